@@ -1,0 +1,14 @@
+"""Consumes orders: running average, retries and dead letters. Run `python consumer.py --help`."""
+
+import sys
+from collections.abc import Sequence
+
+from orderpipe.cli import consumer_main
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return consumer_main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

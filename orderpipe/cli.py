@@ -1,0 +1,163 @@
+"""Command lines of producer.py and consumer.py: flags, settings, signals, exit codes.
+
+Exit codes: 0 success; 1 runtime failure (broker or registry unreachable, records not
+delivered); 2 configuration problem (bad flag or setting), as argparse also uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import random
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from types import FrameType
+
+from config import ENV_NAMES, load_settings
+from orderpipe.console import NORMAL, QUIET, VERBOSE, Console
+from orderpipe.consumer_app import ConsumerOptions, OrderConsumer, simulated_outage
+from orderpipe.errors import OrderPipeError
+from orderpipe.kafka_admin import librdkafka_logger
+from orderpipe.producer_app import ProducerOptions, run_producer
+
+__all__ = ["producer_main", "consumer_main"]
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction from 0 to 1, got {text!r}")
+    return value
+
+
+def _non_negative(kind: type[int] | type[float]) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = -1
+        if value < 0:
+            noun = "whole number" if kind is int else "number"
+            raise argparse.ArgumentTypeError(f"expected a {noun} >= 0, got {text!r}")
+        return value
+
+    return parse
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bootstrap-servers", metavar="HOST:PORT", help="Kafka brokers (KAFKA_BOOTSTRAP_SERVERS, default localhost:9092)")
+    parser.add_argument(
+        "--schema-registry-url",
+        metavar="URL",
+        help="schema registry, e.g. http://localhost:8081/apis/ccompat/v7 (SCHEMA_REGISTRY_URL; empty: no registry)",
+    )
+    parser.add_argument("--seed", type=int, help="seed for reproducible runs")
+    volume = parser.add_mutually_exclusive_group()
+    volume.add_argument("--quiet", action="store_true", help="periodic summaries only")
+    volume.add_argument("--verbose", action="store_true", help="every line, plus Kafka client diagnostics")
+
+
+def _producer_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="producer.py", description="Publish random orders, Avro-encoded, to the orders topic.")
+    parser.add_argument("--count", type=_non_negative(int), metavar="N", help="stop after N orders (default: until Ctrl-C)")
+    parser.add_argument("--rate", type=_non_negative(float), default=2.0, metavar="R", help="orders per second (default 2; 0 = as fast as possible)")
+    parser.add_argument("--invalid-rate", type=_fraction, default=0.0, metavar="F", help="fraction of orders made invalid on purpose")
+    parser.add_argument("--poison-rate", type=_fraction, default=0.0, metavar="F", help="fraction of records that are not decodable at all")
+    _common(parser)
+    return parser
+
+
+def _consumer_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="consumer.py",
+        description="Consume orders: validate, keep a running average, retry transient failures, dead-letter the rest.",
+    )
+    parser.add_argument("--failure-rate", type=_fraction, default=0.0, metavar="F", help="probability that processing an order fails transiently")
+    parser.add_argument("--idle-exit", type=_non_negative(float), metavar="SECONDS", help="exit once nothing arrived and nothing was due for this long")
+    parser.add_argument("--group", metavar="G", help="consumer group (CONSUMER_GROUP, default order-pipeline)")
+    parser.add_argument("--batch-size", type=_non_negative(int), default=500, metavar="N", help="most records handled per batch (default 500)")
+    _common(parser)
+    return parser
+
+
+def _verbosity(args: argparse.Namespace) -> int:
+    return QUIET if args.quiet else VERBOSE if args.verbose else NORMAL
+
+
+def _setup_output(verbosity: int) -> None:
+    # Line by line even into a pipe, so a person or a test sees events as they happen.
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)
+    logging.basicConfig(format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    librdkafka_logger().setLevel(logging.INFO if verbosity >= VERBOSE else logging.CRITICAL + 1)
+
+
+def _stop_on_signals() -> threading.Event:
+    """An event set by the first Ctrl-C or SIGTERM; a second Ctrl-C exits at once."""
+    stop = threading.Event()
+
+    def handle(signum: int, _frame: FrameType | None) -> None:
+        if stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        stop.set()
+
+    signal.signal(signal.SIGINT, handle)
+    signal.signal(signal.SIGTERM, handle)
+    return stop
+
+
+def _settings_overrides(args: argparse.Namespace) -> dict[str, str | None]:
+    overrides = {
+        "KAFKA_BOOTSTRAP_SERVERS": args.bootstrap_servers,
+        "SCHEMA_REGISTRY_URL": args.schema_registry_url,
+        "CONSUMER_GROUP": getattr(args, "group", None),
+    }
+    assert set(overrides) <= set(ENV_NAMES)
+    return overrides
+
+
+def _run(main: Callable[[], int]) -> int:
+    try:
+        return main()
+    except OrderPipeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("Interrupted twice: exiting without a clean shutdown.", file=sys.stderr)
+        return 130
+
+
+def producer_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of producer.py; returns the process exit code."""
+    args = _producer_parser().parse_args(argv)
+
+    def main() -> int:
+        settings = load_settings(_settings_overrides(args))
+        options = ProducerOptions(args.count, args.rate, args.invalid_rate, args.poison_rate, args.seed)
+        verbosity = _verbosity(args)
+        _setup_output(verbosity)
+        summary = run_producer(settings, options, Console(verbosity), _stop_on_signals())
+        return 0 if summary.failed == 0 else 1
+
+    return _run(main)
+
+
+def consumer_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of consumer.py; returns the process exit code."""
+    args = _consumer_parser().parse_args(argv)
+
+    def main() -> int:
+        settings = load_settings(_settings_overrides(args))
+        options = ConsumerOptions(idle_exit_s=args.idle_exit, batch_size=max(args.batch_size, 1))
+        verbosity = _verbosity(args)
+        _setup_output(verbosity)
+        downstream = simulated_outage(random.Random(args.seed), args.failure_rate)
+        OrderConsumer(settings, options, Console(verbosity), downstream).run(_stop_on_signals())
+        return 0
+
+    return _run(main)

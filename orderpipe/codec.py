@@ -1,0 +1,143 @@
+"""Avro wire formats for orders: encoding, format detection and decoding.
+
+Two formats share the `orders` topic (DESIGN section 4):
+
+* Avro single-object encoding: 0xC3 0x01, the writer schema's 8-byte little-endian
+  CRC-64-AVRO fingerprint, then the Avro body. Used when there is no registry.
+* Confluent wire format: 0x00, a 4-byte big-endian schema id, then the Avro body.
+  The writer schema is looked up by id through a `SchemaLookup` the caller supplies
+  (the registry client lives at the edge, in `registry.py`).
+
+Everything that is not a decodable order raises `DeserializationError`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import fastavro
+from fastavro.schema import fingerprint, to_parsing_canonical_form
+
+from orderpipe.errors import DeserializationError
+from orderpipe.order import Order
+
+__all__ = [
+    "SINGLE_OBJECT_MAGIC",
+    "CONFLUENT_MAGIC",
+    "OrderSchema",
+    "SchemaLookup",
+    "load_order_schema",
+    "OrderDecoder",
+]
+
+SINGLE_OBJECT_MAGIC = b"\xc3\x01"
+CONFLUENT_MAGIC = b"\x00"
+_SINGLE_OBJECT_HEADER = len(SINGLE_OBJECT_MAGIC) + 8
+_CONFLUENT_HEADER = len(CONFLUENT_MAGIC) + 4
+DEFAULT_SCHEMA_PATH = Path(__file__).resolve().parent.parent / "order.avsc"
+
+# Returns the parsed writer schema registered under a schema id, or raises
+# DeserializationError when the id is unknown or cannot be looked up.
+SchemaLookup = Callable[[int], Any]
+
+
+@dataclass(frozen=True)
+class OrderSchema:
+    """The order schema, parsed once, with what both wire formats need from it."""
+
+    text: str
+    parsed: Any
+    fingerprint: bytes
+
+    def encode_body(self, order: Order) -> bytes:
+        """The plain Avro body of an order, with no header."""
+        buffer = io.BytesIO()
+        fastavro.schemaless_writer(buffer, self.parsed, order.to_record())
+        return buffer.getvalue()
+
+    def encode_single_object(self, order: Order) -> bytes:
+        """An order in Avro single-object encoding (no registry needed to read it)."""
+        return SINGLE_OBJECT_MAGIC + self.fingerprint + self.encode_body(order)
+
+
+def parse_schema_text(text: str) -> Any:
+    """Parses Avro schema JSON into fastavro's form; bad JSON or schema raises ValueError."""
+    return fastavro.parse_schema(json.loads(text))
+
+
+def load_order_schema(path: Path = DEFAULT_SCHEMA_PATH) -> OrderSchema:
+    """Reads and parses `order.avsc` and computes its CRC-64-AVRO fingerprint."""
+    text = path.read_text(encoding="utf-8")
+    parsed = parse_schema_text(text)
+    # fastavro renders the fingerprint as hex of its little-endian bytes, which is
+    # the byte order the single-object header wants.
+    raw = bytes.fromhex(fingerprint(to_parsing_canonical_form(parsed), "CRC-64-AVRO"))
+    return OrderSchema(text=text, parsed=parsed, fingerprint=raw)
+
+
+class OrderDecoder:
+    """Detects the wire format of a record value and decodes it into an `Order`.
+
+    Args:
+        schema: the reader schema (ours); writer schemas are resolved against it.
+        lookup: resolves Confluent schema ids; None when no registry is configured.
+        known_fingerprints: extra single-object writer schemas, fingerprint -> parsed
+            schema, for older or newer compatible versions of the order schema.
+    """
+
+    def __init__(
+        self,
+        schema: OrderSchema,
+        lookup: SchemaLookup | None = None,
+        known_fingerprints: Mapping[bytes, Any] | None = None,
+    ) -> None:
+        self._schema = schema
+        self._lookup = lookup
+        self._writers: dict[bytes, Any] = {schema.fingerprint: schema.parsed, **(known_fingerprints or {})}
+
+    def decode(self, value: bytes | None) -> Order:
+        """Decodes one record value.
+
+        Raises:
+            DeserializationError: for an empty value, an unknown magic, an unknown
+                fingerprint or schema id, or a body that is not a valid order.
+        """
+        if not value:
+            raise DeserializationError("record has no value")
+        if value.startswith(SINGLE_OBJECT_MAGIC):
+            if len(value) < _SINGLE_OBJECT_HEADER:
+                raise DeserializationError("single-object header is truncated")
+            fp = value[2:_SINGLE_OBJECT_HEADER]
+            writer = self._writers.get(fp)
+            if writer is None:
+                raise DeserializationError(f"unknown writer schema fingerprint {fp.hex()}")
+            return self._read_body(value, _SINGLE_OBJECT_HEADER, writer)
+        if value.startswith(CONFLUENT_MAGIC):
+            if len(value) < _CONFLUENT_HEADER:
+                raise DeserializationError("schema-registry header is truncated")
+            (schema_id,) = struct.unpack(">I", value[1:_CONFLUENT_HEADER])
+            if self._lookup is None:
+                raise DeserializationError(
+                    f"record uses the schema-registry format (schema id {schema_id}) but SCHEMA_REGISTRY_URL is not set"
+                )
+            return self._read_body(value, _CONFLUENT_HEADER, self._lookup(schema_id))
+        raise DeserializationError(f"unknown wire format: first bytes {value[:2].hex()}")
+
+    def _read_body(self, value: bytes, start: int, writer: Any) -> Order:
+        buffer = io.BytesIO(value)
+        buffer.seek(start)
+        try:
+            record = fastavro.schemaless_reader(buffer, writer, self._schema.parsed)
+        except Exception as exc:  # fastavro raises EOFError, ValueError, UnicodeDecodeError, ...
+            raise DeserializationError(f"Avro body is not a valid order: {type(exc).__name__}: {exc}") from exc
+        if buffer.tell() != len(value):
+            raise DeserializationError(f"{len(value) - buffer.tell()} unexpected bytes after the Avro body")
+        if not isinstance(record, dict):
+            raise DeserializationError("Avro body is not a record")
+        return Order.from_record(record)

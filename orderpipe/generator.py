@@ -1,0 +1,159 @@
+"""Random, realistic orders, and the deliberately bad ones used to exercise the DLQ.
+
+Pure: the random generator is passed in, so `--seed` makes a run reproducible.
+OrderIds carry a per-run prefix chosen by the caller, so they stay unique across runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+from orderpipe.order import Order
+
+__all__ = ["Rng", "OrderEncoder", "Kind", "base36", "Generated", "OrderFactory", "PRODUCTS"]
+
+T = TypeVar("T")
+
+# (product, lowest price in cents, highest price in cents)
+PRODUCTS: tuple[tuple[str, int, int], ...] = (
+    ("Keyboard", 2500, 15000),
+    ("Mouse", 1000, 8000),
+    ("Monitor", 12000, 90000),
+    ("USB-C Cable", 500, 2500),
+    ("Laptop Stand", 2000, 7000),
+    ("Headphones", 3000, 35000),
+    ("Webcam", 2500, 12000),
+    ("Desk Lamp", 1500, 6000),
+    ("Office Chair", 9000, 60000),
+    ("Notebook", 200, 1500),
+)
+
+
+class Rng(Protocol):
+    """What the factory needs from a random generator (random.Random fits)."""
+
+    def random(self) -> float: ...
+
+    def randint(self, a: int, b: int) -> int: ...
+
+    def choice(self, seq: tuple[T, ...]) -> T: ...
+
+    def randbytes(self, n: int) -> bytes: ...
+
+
+class OrderEncoder(Protocol):
+    """Turns an order into record value bytes, in either wire format."""
+
+    def __call__(self, order: Order) -> bytes: ...
+
+
+class Kind:
+    VALID = "valid"
+    INVALID = "invalid"
+    POISON = "poison"
+
+
+@dataclass(frozen=True)
+class Generated:
+    """One record to publish: key, value bytes, what kind it is and the order behind it."""
+
+    key: str
+    value: bytes | None
+    kind: str
+    order: Order
+    price_cents: int | None  # set for valid orders: what the consumer should count
+
+
+def base36(number: int) -> str:
+    """Writes a non-negative number in digits and upper-case letters (short, id-safe)."""
+    digits = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    text = ""
+    while True:
+        number, rest = divmod(number, 36)
+        text = digits[rest] + text
+        if number == 0:
+            return text
+
+
+class OrderFactory:
+    """Makes the n-th order of a run; bad orders are mixed in at the given rates.
+
+    Args:
+        rng: the random generator (seeded for reproducible runs).
+        run_id: a prefix unique to this run, e.g. derived from the start time.
+        max_price_cents: MAX_ORDER_PRICE, so "too expensive" orders really are.
+    """
+
+    def __init__(
+        self,
+        rng: Rng,
+        run_id: str,
+        invalid_rate: float = 0.0,
+        poison_rate: float = 0.0,
+        max_price_cents: int = 10_000_000,
+    ) -> None:
+        self._rng = rng
+        self._run_id = run_id
+        self._invalid_rate = invalid_rate
+        self._poison_rate = poison_rate
+        self._max_price = max_price_cents / 100
+        self._sequence = 0
+
+    def next_order_id(self) -> str:
+        self._sequence += 1
+        return f"O-{self._run_id}-{base36(self._sequence)}"
+
+    def make(self, encode: OrderEncoder) -> Generated:
+        """The next record; `encode` turns an order into value bytes (either wire format)."""
+        rng = self._rng
+        order_id = self.next_order_id()
+        product, low, high = rng.choice(PRODUCTS)
+        cents = rng.randint(low, high)
+        order = Order(order_id, product, cents / 100)
+        roll = rng.random()
+        if roll < self._poison_rate:
+            return Generated(order_id, self._poison(encode(order)), Kind.POISON, order, None)
+        if roll < self._poison_rate + self._invalid_rate:
+            bad = self._invalid(order)
+            return Generated(bad.order_id, encode(bad), Kind.INVALID, bad, None)
+        return Generated(order_id, encode(order), Kind.VALID, order, cents)
+
+    def _invalid(self, order: Order) -> Order:
+        """The order with one rule of DESIGN section 2 broken, chosen at random."""
+        mutation = self._rng.choice(
+            (
+                "zero-price",
+                "negative-price",
+                "too-expensive",
+                "nan-price",
+                "blank-product",
+                "long-product",
+                "bad-order-id",
+            )
+        )
+        oid, product, price = order.order_id, order.product, order.price
+        if mutation == "zero-price":
+            return Order(oid, product, 0.0)
+        if mutation == "negative-price":
+            return Order(oid, product, -price)
+        if mutation == "too-expensive":
+            return Order(oid, product, self._max_price * 2)
+        if mutation == "nan-price":
+            return Order(oid, product, float("nan"))
+        if mutation == "blank-product":
+            return Order(oid, "   ", price)
+        if mutation == "long-product":
+            return Order(oid, product * 40, price)
+        return Order(oid + "!", product, price)
+
+    def _poison(self, encoded: bytes) -> bytes:
+        """Bytes no decoder accepts: garbage, a truncated body or an unknown fingerprint."""
+        mutation = self._rng.choice(("garbage", "truncated", "unknown-schema"))
+        if mutation == "garbage":
+            return b"\xde\xad" + self._rng.randbytes(14)
+        if mutation == "truncated":
+            header = 10 if encoded[:1] == b"\xc3" else 5
+            return encoded[: header + 2]
+        return b"\xc3\x01" + self._rng.randbytes(8) + encoded[10:]
+

@@ -1,0 +1,14 @@
+"""Publishes random orders, Avro-encoded, to Kafka. Run `python producer.py --help`."""
+
+import sys
+from collections.abc import Sequence
+
+from orderpipe.cli import producer_main
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return producer_main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
