@@ -20,7 +20,7 @@ from dotenv import dotenv_values
 from orderpipe.errors import ConfigError
 from orderpipe.money import to_cents
 
-__all__ = ["Settings", "load_settings", "ENV_NAMES"]
+__all__ = ["ENV_NAMES", "Settings", "load_settings"]
 
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")

@@ -22,7 +22,7 @@ from orderpipe.errors import OrderPipeError
 from orderpipe.kafka_admin import librdkafka_logger
 from orderpipe.producer_app import ProducerOptions, run_producer
 
-__all__ = ["producer_main", "consumer_main"]
+__all__ = ["consumer_main", "producer_main"]
 
 
 def _fraction(text: str) -> float:
@@ -50,7 +50,11 @@ def _non_negative(kind: type[int] | type[float]) -> Callable[[str], float]:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--bootstrap-servers", metavar="HOST:PORT", help="Kafka brokers (KAFKA_BOOTSTRAP_SERVERS, default localhost:9092)")
+    parser.add_argument(
+        "--bootstrap-servers",
+        metavar="HOST:PORT",
+        help="Kafka brokers (KAFKA_BOOTSTRAP_SERVERS, default localhost:9092)",
+    )
     parser.add_argument(
         "--schema-registry-url",
         metavar="URL",
@@ -63,11 +67,29 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def _producer_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="producer.py", description="Publish random orders, Avro-encoded, to the orders topic.")
-    parser.add_argument("--count", type=_non_negative(int), metavar="N", help="stop after N orders (default: until Ctrl-C)")
-    parser.add_argument("--rate", type=_non_negative(float), default=2.0, metavar="R", help="orders per second (default 2; 0 = as fast as possible)")
-    parser.add_argument("--invalid-rate", type=_fraction, default=0.0, metavar="F", help="fraction of orders made invalid on purpose")
-    parser.add_argument("--poison-rate", type=_fraction, default=0.0, metavar="F", help="fraction of records that are not decodable at all")
+    parser = argparse.ArgumentParser(
+        prog="producer.py", description="Publish random orders, Avro-encoded, to the orders topic."
+    )
+    parser.add_argument(
+        "--count", type=_non_negative(int), metavar="N", help="stop after N orders (default: until Ctrl-C)"
+    )
+    parser.add_argument(
+        "--rate",
+        type=_non_negative(float),
+        default=2.0,
+        metavar="R",
+        help="orders per second (default 2; 0 = as fast as possible)",
+    )
+    parser.add_argument(
+        "--invalid-rate", type=_fraction, default=0.0, metavar="F", help="fraction of orders made invalid on purpose"
+    )
+    parser.add_argument(
+        "--poison-rate",
+        type=_fraction,
+        default=0.0,
+        metavar="F",
+        help="fraction of records that are not decodable at all",
+    )
     _common(parser)
     return parser
 
@@ -77,10 +99,27 @@ def _consumer_parser() -> argparse.ArgumentParser:
         prog="consumer.py",
         description="Consume orders: validate, keep a running average, retry transient failures, dead-letter the rest.",
     )
-    parser.add_argument("--failure-rate", type=_fraction, default=0.0, metavar="F", help="probability that processing an order fails transiently")
-    parser.add_argument("--idle-exit", type=_non_negative(float), metavar="SECONDS", help="exit once nothing arrived and nothing was due for this long")
+    parser.add_argument(
+        "--failure-rate",
+        type=_fraction,
+        default=0.0,
+        metavar="F",
+        help="probability that processing an order fails transiently",
+    )
+    parser.add_argument(
+        "--idle-exit",
+        type=_non_negative(float),
+        metavar="SECONDS",
+        help="exit once nothing arrived and nothing was due for this long",
+    )
     parser.add_argument("--group", metavar="G", help="consumer group (CONSUMER_GROUP, default order-pipeline)")
-    parser.add_argument("--batch-size", type=_non_negative(int), default=500, metavar="N", help="most records handled per batch (default 500)")
+    parser.add_argument(
+        "--batch-size",
+        type=_non_negative(int),
+        default=500,
+        metavar="N",
+        help="most records handled per batch (default 500)",
+    )
     _common(parser)
     return parser
 

@@ -28,12 +28,12 @@ from orderpipe.errors import DeserializationError
 from orderpipe.order import Order
 
 __all__ = [
-    "SINGLE_OBJECT_MAGIC",
     "CONFLUENT_MAGIC",
+    "SINGLE_OBJECT_MAGIC",
+    "OrderDecoder",
     "OrderSchema",
     "SchemaLookup",
     "load_order_schema",
-    "OrderDecoder",
 ]
 
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"

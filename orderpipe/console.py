@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from typing import TextIO
 
-__all__ = ["Console", "QUIET", "NORMAL", "VERBOSE"]
+__all__ = ["NORMAL", "QUIET", "VERBOSE", "Console"]
 
 QUIET, NORMAL, VERBOSE = 0, 1, 2
 

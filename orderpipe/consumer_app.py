@@ -40,7 +40,7 @@ from orderpipe.routing import (
     plan_batch,
 )
 
-__all__ = ["ConsumerOptions", "ConsumerSummary", "OrderConsumer", "Downstream"]
+__all__ = ["ConsumerOptions", "ConsumerSummary", "Downstream", "OrderConsumer"]
 
 # The work done for a valid order after validation (a simulated downstream call in
 # this project); raising any exception makes the order a transient failure.
@@ -60,11 +60,12 @@ class ConsumerSummary:
     processed: int = 0
     retried: int = 0
     dead_lettered: Counter[str] = field(default_factory=Counter)
-    average: RunningAverage = RunningAverage()
+    average: RunningAverage = field(default_factory=RunningAverage)
 
     def describe(self) -> str:
         reasons = ", ".join(
-            f"{reason} {self.dead_lettered[reason]}" for reason in ("deserialization", "validation", "retries-exhausted")
+            f"{reason} {self.dead_lettered[reason]}"
+            for reason in ("deserialization", "validation", "retries-exhausted")
         )
         return (
             f"Consumer summary: processed {self.processed}, retried {self.retried}, "
@@ -75,7 +76,9 @@ class ConsumerSummary:
 
 def _incoming(message: Message) -> Incoming:
     _, timestamp = message.timestamp()
-    headers = message.headers() or []
+    raw = message.headers() or []
+    pairs = raw.items() if isinstance(raw, dict) else raw
+    headers = tuple((k, v.encode() if isinstance(v, str) else v or b"") for k, v in pairs)
     return Incoming(
         topic=message.topic() or "",
         partition=message.partition() or 0,
@@ -83,7 +86,7 @@ def _incoming(message: Message) -> Incoming:
         timestamp=timestamp,
         key=message.key(),
         value=message.value(),
-        headers=tuple((k, v if isinstance(v, bytes) else b"") for k, v in headers),
+        headers=headers,
     )
 
 
@@ -102,6 +105,7 @@ class OrderConsumer:
         options: ConsumerOptions,
         console: Console,
         downstream: Downstream,
+        *,
         clock: Callable[[], float] = time.time,
         on_decision: Callable[[Decision], None] | None = None,
     ) -> None:
@@ -134,7 +138,9 @@ class OrderConsumer:
         settings = self._settings
         admin = connect_admin(settings)
         ensure_topics(admin, settings)
-        lookup = RegistryLookup(connect_registry(settings.schema_registry_url)) if settings.schema_registry_url else None
+        lookup = (
+            RegistryLookup(connect_registry(settings.schema_registry_url)) if settings.schema_registry_url else None
+        )
         self._decoder = OrderDecoder(load_order_schema(), lookup)
         self._producer = Producer(producer_config(settings))
         self._consumer = Consumer(
@@ -175,7 +181,11 @@ class OrderConsumer:
             records = self._records(messages)
             if records:
                 self._last_activity = now
-                self._apply(plan_batch(records, int(self._clock() * 1000), self._process, self._policy, self._settings.retry_topic))
+                self._apply(
+                    plan_batch(
+                        records, int(self._clock() * 1000), self._process, self._policy, self._settings.retry_topic
+                    )
+                )
             elif self._idle_for(now):
                 self._console.info(f"Nothing arrived and nothing was due for {self._options.idle_exit_s:g}s: exiting.")
                 return
@@ -220,7 +230,9 @@ class OrderConsumer:
             remaining = self._producer.flush(DELIVERY_TIMEOUT_S)
             if remaining or self._delivery_errors:
                 problems = "; ".join(self._delivery_errors[:3]) or f"{remaining} records unacknowledged"
-                raise DeliveryError(f"retry/DLQ records were not acknowledged, nothing of this batch was committed: {problems}")
+                raise DeliveryError(
+                    f"retry/DLQ records were not acknowledged, nothing of this batch was committed: {problems}"
+                )
         if plan.commits:
             offsets = [TopicPartition(t, p, offset) for (t, p), offset in plan.commits.items()]
             try:
@@ -234,7 +246,9 @@ class OrderConsumer:
     def _produce(self, topic: str, record: Incoming, headers: Sequence[tuple[str, bytes]]) -> None:
         while True:
             try:
-                self._producer.produce(topic, key=record.key, value=record.value, headers=list(headers), on_delivery=self._on_delivery)
+                self._producer.produce(
+                    topic, key=record.key, value=record.value, headers=list(headers), on_delivery=self._on_delivery
+                )
                 return
             except BufferError:
                 self._producer.poll(0.1)

@@ -7,13 +7,13 @@ the edge, with the original kept as `__cause__`.
 from __future__ import annotations
 
 __all__ = [
-    "OrderPipeError",
-    "ConfigError",
-    "DeserializationError",
-    "ValidationError",
     "BrokerUnavailableError",
-    "RegistryUnavailableError",
+    "ConfigError",
     "DeliveryError",
+    "DeserializationError",
+    "OrderPipeError",
+    "RegistryUnavailableError",
+    "ValidationError",
 ]
 
 

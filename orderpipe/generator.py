@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from orderpipe.order import Order
+from orderpipe.order import MAX_PRODUCT_LENGTH, Order
 
-__all__ = ["Rng", "OrderEncoder", "Kind", "base36", "Generated", "OrderFactory", "PRODUCTS"]
+__all__ = ["PRODUCTS", "Generated", "Kind", "OrderEncoder", "OrderFactory", "Rng", "base36"]
 
 T = TypeVar("T")
 
@@ -144,7 +144,7 @@ class OrderFactory:
         if mutation == "blank-product":
             return Order(oid, "   ", price)
         if mutation == "long-product":
-            return Order(oid, product * 40, price)
+            return Order(oid, product.ljust(MAX_PRODUCT_LENGTH + 1, "+"), price)
         return Order(oid + "!", product, price)
 
     def _poison(self, encoded: bytes) -> bytes:
@@ -156,4 +156,3 @@ class OrderFactory:
             header = 10 if encoded[:1] == b"\xc3" else 5
             return encoded[: header + 2]
         return b"\xc3\x01" + self._rng.randbytes(8) + encoded[10:]
-

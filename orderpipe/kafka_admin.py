@@ -6,7 +6,8 @@ import logging
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
 
 from config import Settings
 from orderpipe.errors import BrokerUnavailableError, ConfigError
@@ -67,5 +68,7 @@ def ensure_topics(admin: AdminClient, settings: Settings, timeout_s: float = 30.
             if error.code() == KafkaError.TOPIC_ALREADY_EXISTS:
                 continue  # another process created it first
             if error.code() in (KafkaError.INVALID_REPLICATION_FACTOR, KafkaError.INVALID_PARTITIONS):
-                raise ConfigError(f"cannot create topic {name}: {error.str()} (check ORDERS_PARTITIONS and REPLICATION_FACTOR)") from exc
+                raise ConfigError(
+                    f"cannot create topic {name}: {error.str()} (check ORDERS_PARTITIONS and REPLICATION_FACTOR)"
+                ) from exc
             raise BrokerUnavailableError(f"cannot create topic {name}: {error.str()}") from exc

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal
 
-__all__ = ["to_cents", "format_cents", "RunningAverage"]
+__all__ = ["RunningAverage", "format_cents", "to_cents"]
 
 _CENT = Decimal(1)
 

@@ -11,7 +11,7 @@ from typing import Any
 from orderpipe.errors import ValidationError
 from orderpipe.money import to_cents
 
-__all__ = ["Order", "ValidOrder", "validate", "MAX_ORDER_ID_LENGTH", "MAX_PRODUCT_LENGTH"]
+__all__ = ["MAX_ORDER_ID_LENGTH", "MAX_PRODUCT_LENGTH", "Order", "ValidOrder", "validate"]
 
 MAX_ORDER_ID_LENGTH = 64
 MAX_PRODUCT_LENGTH = 200

@@ -24,7 +24,7 @@ from orderpipe.money import RunningAverage, format_cents
 from orderpipe.order import Order
 from orderpipe.registry import START_REGISTRY_HINT, connect_registry
 
-__all__ = ["ProducerOptions", "ProducerSummary", "run_producer", "producer_config"]
+__all__ = ["ProducerOptions", "ProducerSummary", "producer_config", "run_producer"]
 
 FLUSH_TIMEOUT_S = 30.0
 
@@ -46,7 +46,7 @@ class ProducerSummary:
     by_kind: dict[str, int] = field(default_factory=lambda: {Kind.VALID: 0, Kind.INVALID: 0, Kind.POISON: 0})
     delivered: int = 0
     failed: int = 0
-    valid: RunningAverage = RunningAverage()
+    valid: RunningAverage = field(default_factory=RunningAverage)
 
     def describe(self) -> str:
         kinds = ", ".join(f"{kind} {n}" for kind, n in self.by_kind.items())
@@ -125,7 +125,9 @@ def run_producer(
         settings.max_order_price_cents,
     )
     summary = ProducerSummary()
-    wire = "schema registry at " + settings.schema_registry_url if settings.schema_registry_url else "single-object Avro"
+    wire = (
+        "schema registry at " + settings.schema_registry_url if settings.schema_registry_url else "single-object Avro"
+    )
     console.info(
         f"Producing to {settings.orders_topic} on {settings.bootstrap_servers} ({wire}); "
         f"rate {'unlimited' if options.rate == 0 else f'{options.rate:g}/s'}. Ctrl-C to stop."
@@ -158,7 +160,10 @@ def run_producer(
         if console.summary_due(now):
             rate = (summary.sent - last_count) / max(now - last_time, 1e-9)
             last_count, last_time = summary.sent, now
-            console.info(f"[producer] {rate:,.0f} orders/s | sent {summary.sent} | delivered {summary.delivered} | failed {summary.failed}")
+            console.info(
+                f"[producer] {rate:,.0f} orders/s | sent {summary.sent} | "
+                f"delivered {summary.delivered} | failed {summary.failed}"
+            )
 
     undelivered = producer.flush(FLUSH_TIMEOUT_S)
     if undelivered:

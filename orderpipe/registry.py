@@ -10,7 +10,7 @@ from confluent_kafka.schema_registry.error import SchemaRegistryError
 from orderpipe.codec import parse_schema_text
 from orderpipe.errors import DeserializationError, RegistryUnavailableError
 
-__all__ = ["START_REGISTRY_HINT", "connect_registry", "RegistryLookup"]
+__all__ = ["START_REGISTRY_HINT", "RegistryLookup", "connect_registry"]
 
 START_REGISTRY_HINT = (
     "start one with 'scripts/broker.sh up' (or 'docker compose up -d'), "
@@ -53,6 +53,8 @@ class RegistryLookup:
         except ValueError as exc:
             raise DeserializationError(f"schema id {schema_id} is not a usable Avro schema: {exc}") from exc
         except Exception as exc:  # the registry is unreachable: the record cannot be read now
-            raise DeserializationError(f"schema id {schema_id} could not be fetched: {type(exc).__name__}: {exc}") from exc
+            raise DeserializationError(
+                f"schema id {schema_id} could not be fetched: {type(exc).__name__}: {exc}"
+            ) from exc
         self._parsed[schema_id] = parsed
         return parsed

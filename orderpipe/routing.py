@@ -8,29 +8,29 @@ the retry partitions whose head record is not yet due.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from orderpipe.errors import DeserializationError, ValidationError
 from orderpipe.order import ValidOrder
 
 __all__ = [
-    "Headers",
-    "Incoming",
-    "Origin",
-    "RetryPolicy",
-    "Processed",
-    "Retry",
+    "REASON_DESERIALIZATION",
+    "REASON_RETRIES_EXHAUSTED",
+    "REASON_VALIDATION",
+    "BatchPlan",
     "DeadLetter",
     "Decision",
     "Deferred",
-    "BatchPlan",
+    "Headers",
+    "Incoming",
+    "Origin",
+    "Processed",
+    "Retry",
+    "RetryPolicy",
     "backoff_ms",
     "decide",
     "plan_batch",
-    "REASON_DESERIALIZATION",
-    "REASON_VALIDATION",
-    "REASON_RETRIES_EXHAUSTED",
 ]
 
 Headers = tuple[tuple[str, bytes], ...]
@@ -193,7 +193,7 @@ class BatchPlan:
 
 def backoff_ms(attempt: int, policy: RetryPolicy) -> int:
     """Delay before retry number `attempt` (1-based): base, doubling, capped."""
-    return min(policy.backoff_ms * 2 ** max(attempt - 1, 0), policy.backoff_max_ms)
+    return min(policy.backoff_ms << max(attempt - 1, 0), policy.backoff_max_ms)
 
 
 def _truncate_utf8(text: str, limit: int) -> bytes:

@@ -1,0 +1,46 @@
+"""Command-line handling that needs no broker: bad flags and settings exit 2, by name."""
+
+import pytest
+
+import consumer
+import producer
+
+
+@pytest.mark.parametrize(
+    ("main", "argv", "expected"),
+    [
+        (producer.main, ["--invalid-rate", "1.5"], "expected a fraction from 0 to 1, got '1.5'"),
+        (producer.main, ["--rate", "-3"], "expected a number >= 0, got '-3'"),
+        (producer.main, ["--count", "many"], "expected a whole number >= 0, got 'many'"),
+        (consumer.main, ["--failure-rate", "abc"], "expected a fraction from 0 to 1"),
+        (consumer.main, ["--idle-exit", "-1"], "expected a number >= 0"),
+        (consumer.main, ["--quiet", "--verbose"], "not allowed with argument"),
+    ],
+)
+def test_bad_flags_exit_2_with_what_was_expected(main, argv, expected, capsys) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    assert expected in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("main", [producer.main, consumer.main])
+def test_a_bad_setting_exits_2_before_connecting(main, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("MAX_RETRIES", "lots")
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:1")  # would take seconds if it connected
+    assert main(["--count", "1"] if main is producer.main else []) == 2
+    assert "MAX_RETRIES must be a whole number >= 0, got 'lots'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("main", [producer.main, consumer.main])
+def test_help_documents_every_contract_flag(main, capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    flags = (
+        ["--count", "--rate", "--invalid-rate", "--poison-rate"]
+        if main is producer.main
+        else ["--failure-rate", "--idle-exit", "--group"]
+    )
+    for flag in [*flags, "--seed", "--quiet", "--verbose"]:
+        assert flag in text

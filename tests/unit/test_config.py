@@ -1,0 +1,119 @@
+"""Settings: precedence (flag > environment > .env > default) and bad values named."""
+
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from config import ENV_NAMES, Settings, load_settings
+from orderpipe.errors import ConfigError
+
+
+@pytest.fixture
+def env_file(tmp_path: Path) -> Path:
+    path = tmp_path / ".env"
+    path.write_text("KAFKA_BOOTSTRAP_SERVERS=from-dotenv:9092\nMAX_RETRIES=5\nORDERS_TOPIC=dotenv-orders\n")
+    return path
+
+
+def test_defaults_without_any_source() -> None:
+    settings = load_settings(environ={}, env_file=None)
+    assert settings == Settings()
+    assert (settings.bootstrap_servers, settings.max_retries, settings.orders_partitions) == ("localhost:9092", 3, 3)
+    assert settings.max_order_price_cents == 10_000_000
+    assert settings.schema_registry_url == ""
+
+
+def test_flag_beats_environment_beats_dotenv_beats_default(env_file: Path) -> None:
+    settings = load_settings(
+        overrides={"KAFKA_BOOTSTRAP_SERVERS": "from-flag:9092", "CONSUMER_GROUP": None},
+        environ={"KAFKA_BOOTSTRAP_SERVERS": "from-env:9092", "MAX_RETRIES": "4"},
+        env_file=env_file,
+    )
+    assert settings.bootstrap_servers == "from-flag:9092"  # flag
+    assert settings.max_retries == 4  # environment over .env
+    assert settings.orders_topic == "dotenv-orders"  # .env over default
+    assert settings.consumer_group == "order-pipeline"  # a flag not given changes nothing
+
+
+def test_every_variable_of_the_contract_is_read() -> None:
+    assert set(ENV_NAMES) == {
+        "KAFKA_BOOTSTRAP_SERVERS", "SCHEMA_REGISTRY_URL", "ORDERS_TOPIC", "RETRY_TOPIC", "DLQ_TOPIC",
+        "STATS_TOPIC", "CONSUMER_GROUP", "ORDERS_PARTITIONS", "REPLICATION_FACTOR", "MAX_RETRIES",
+        "RETRY_BACKOFF_MS", "RETRY_BACKOFF_MAX_MS", "MAX_ORDER_PRICE", "KAFKA_SECURITY_PROTOCOL",
+        "KAFKA_SASL_MECHANISM", "KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD", "KAFKA_SSL_CA_LOCATION",
+    }  # fmt: skip
+
+
+def test_env_example_lists_every_variable() -> None:
+    listed = {line.split("=")[0].lstrip("# ") for line in Path(".env.example").read_text().splitlines() if "=" in line}
+    assert set(ENV_NAMES) <= listed
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("MAX_RETRIES", "three", "MAX_RETRIES must be a whole number >= 0, got 'three'"),
+        ("MAX_RETRIES", "-1", "MAX_RETRIES must be a whole number >= 0"),
+        ("ORDERS_PARTITIONS", "0", "ORDERS_PARTITIONS must be a whole number >= 1"),
+        ("REPLICATION_FACTOR", "1.5", "REPLICATION_FACTOR must be a whole number >= 1"),
+        ("RETRY_BACKOFF_MS", "soon", "RETRY_BACKOFF_MS must be a whole number >= 0"),
+        ("MAX_ORDER_PRICE", "-5", "MAX_ORDER_PRICE must be a positive amount in dollars"),
+        ("MAX_ORDER_PRICE", "NaN", "MAX_ORDER_PRICE must be a positive amount in dollars"),
+        ("KAFKA_BOOTSTRAP_SERVERS", "localhost", "KAFKA_BOOTSTRAP_SERVERS must be a comma-separated list of host:port"),
+        ("KAFKA_BOOTSTRAP_SERVERS", "a:99999", "KAFKA_BOOTSTRAP_SERVERS must be a comma-separated list"),
+        ("SCHEMA_REGISTRY_URL", "localhost:8081", "SCHEMA_REGISTRY_URL must be empty (no registry) or an http"),
+        ("ORDERS_TOPIC", "orders topic", "ORDERS_TOPIC must be a Kafka topic name"),
+        ("CONSUMER_GROUP", "  ", "CONSUMER_GROUP must be a non-empty consumer group name"),
+        ("KAFKA_SECURITY_PROTOCOL", "TLS", "KAFKA_SECURITY_PROTOCOL must be one of PLAINTEXT, SSL"),
+        ("KAFKA_SASL_MECHANISM", "GSSAPI", "KAFKA_SASL_MECHANISM must be empty or one of PLAIN"),
+    ],
+)
+def test_bad_values_are_named_with_what_was_expected(name: str, value: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(environ={name: value}, env_file=None)
+    assert expected in str(caught.value)
+
+
+def test_all_bad_values_are_reported_at_once() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(environ={"MAX_RETRIES": "x", "ORDERS_PARTITIONS": "y"}, env_file=None)
+    assert "MAX_RETRIES" in str(caught.value)
+    assert "ORDERS_PARTITIONS" in str(caught.value)
+
+
+def test_backoff_cap_below_the_base_is_rejected() -> None:
+    with pytest.raises(ConfigError, match="RETRY_BACKOFF_MAX_MS must be >= RETRY_BACKOFF_MS"):
+        load_settings(environ={"RETRY_BACKOFF_MS": "5000", "RETRY_BACKOFF_MAX_MS": "1000"}, env_file=None)
+
+
+def test_values_are_normalised() -> None:
+    settings = load_settings(
+        environ={
+            "SCHEMA_REGISTRY_URL": " http://localhost:8081/apis/ccompat/v7/ ",
+            "KAFKA_BOOTSTRAP_SERVERS": "a:1, b:2",
+            "MAX_ORDER_PRICE": "2500.50",
+            "KAFKA_SASL_MECHANISM": "scram-sha-512",
+        },
+        env_file=None,
+    )
+    assert settings.schema_registry_url == "http://localhost:8081/apis/ccompat/v7"
+    assert settings.bootstrap_servers == "a:1,b:2"
+    assert settings.max_order_price == Decimal("2500.50")
+    assert settings.max_order_price_cents == 250050
+    assert settings.sasl_mechanism == "SCRAM-SHA-512"
+
+
+def test_secrets_stay_out_of_reprs_and_errors() -> None:
+    settings = load_settings(
+        environ={"KAFKA_SASL_USERNAME": "svc", "KAFKA_SASL_PASSWORD": "hunter2", "KAFKA_SECURITY_PROTOCOL": "SASL_SSL"},
+        env_file=None,
+    )
+    assert "hunter2" not in repr(settings)
+    assert "hunter2" not in str(settings)
+    assert settings.kafka_client_config()["sasl.password"] == "hunter2"
+
+
+def test_settings_are_frozen() -> None:
+    with pytest.raises(AttributeError):
+        Settings().max_retries = 9  # type: ignore[misc]

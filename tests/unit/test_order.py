@@ -1,0 +1,51 @@
+"""Validation rules of DESIGN section 2, one row per rule."""
+
+import math
+
+import pytest
+
+from orderpipe.errors import ValidationError
+from orderpipe.order import Order, ValidOrder, validate
+
+MAX = 10_000_000  # $100,000.00
+
+INVALID = [
+    (Order("", "Keyboard", 10.0), "orderId must not be empty"),
+    (Order("O" * 65, "Keyboard", 10.0), "orderId must be at most 64 characters"),
+    (Order("O-1!", "Keyboard", 10.0), "orderId may only contain"),
+    (Order("O 1", "Keyboard", 10.0), "orderId may only contain"),
+    (Order("O-é", "Keyboard", 10.0), "orderId may only contain"),
+    (Order("O-1", "", 10.0), "product must not be blank"),
+    (Order("O-1", "  \t ", 10.0), "product must not be blank"),
+    (Order("O-1", "x" * 201, 10.0), "product must be at most 200 characters"),
+    (Order("O-1", "Keyboard", math.nan), "price must be a finite number"),
+    (Order("O-1", "Keyboard", math.inf), "price must be a finite number"),
+    (Order("O-1", "Keyboard", -math.inf), "price must be a finite number"),
+    (Order("O-1", "Keyboard", 0.0), "price must be > 0"),
+    (Order("O-1", "Keyboard", -0.01), "price must be > 0"),
+    (Order("O-1", "Keyboard", 100000.01), "price must be at most 100000.00"),
+]
+
+
+@pytest.mark.parametrize(("order", "message"), INVALID, ids=[m + f"[{i}]" for i, (_, m) in enumerate(INVALID)])
+def test_invalid_orders_are_rejected_with_the_broken_rule(order: Order, message: str) -> None:
+    with pytest.raises(ValidationError, match=message.replace("(", r"\(")):
+        validate(order, MAX)
+
+
+@pytest.mark.parametrize(
+    ("order", "cents"),
+    [
+        (Order("O-1", "Keyboard", 45.5), 4550),
+        (Order("a" * 64, "x" * 200, 0.01), 1),
+        (Order("Ab_9-z", "Mouse", 100000.0), 10_000_000),
+    ],
+)
+def test_valid_orders_pass_with_their_price_in_cents(order: Order, cents: int) -> None:
+    assert validate(order, MAX) == ValidOrder(order.order_id, order.product, cents)
+
+
+def test_the_price_limit_is_a_setting() -> None:
+    with pytest.raises(ValidationError):
+        validate(Order("O-1", "Keyboard", 50.01), 5000)
+    assert validate(Order("O-1", "Keyboard", 50.0), 5000).price_cents == 5000

@@ -1,0 +1,175 @@
+"""DESIGN section 5: one test per row of the routing table, the headers and the backoff."""
+
+import pytest
+
+from orderpipe.errors import DeserializationError, ValidationError
+from orderpipe.order import ValidOrder
+from orderpipe.routing import (
+    DeadLetter,
+    Deferred,
+    Incoming,
+    Processed,
+    Retry,
+    RetryPolicy,
+    backoff_ms,
+    decide,
+    plan_batch,
+)
+
+NOW = 1_700_000_000_000
+POLICY = RetryPolicy(max_retries=3, backoff_ms=1000, backoff_max_ms=30000)
+ORDER = ValidOrder("O-1", "Keyboard", 4550)
+
+
+def fresh(offset: int = 17, headers: tuple[tuple[str, bytes], ...] = (("trace-id", b"abc"),)) -> Incoming:
+    return Incoming("orders", 2, offset, NOW - 5000, b"O-1", b"\xc3\x01value", headers)
+
+
+def as_retry(record: Incoming, decision: Retry, offset: int = 3) -> Incoming:
+    """The record as the consumer reads it back from the retry topic."""
+    return Incoming("orders-retry", 2, offset, NOW, record.key, record.value, decision.headers)
+
+
+def hdrs(decision: Retry | DeadLetter) -> dict[str, str]:
+    return {k: v.decode() for k, v in decision.headers}
+
+
+def test_processed_orders_are_counted_and_produce_nothing() -> None:
+    assert decide(fresh(), ORDER, NOW, POLICY) == Processed(fresh(), ORDER)
+
+
+def test_deserialization_errors_go_to_the_dlq_without_retry() -> None:
+    decision = decide(fresh(), DeserializationError("bad magic"), NOW, POLICY)
+    assert isinstance(decision, DeadLetter)
+    assert decision.reason == "deserialization"
+    assert hdrs(decision)["retry.attempt"] == "0"
+
+
+def test_invalid_orders_go_to_the_dlq_without_retry() -> None:
+    decision = decide(fresh(), ValidationError("price must be > 0"), NOW, POLICY)
+    assert isinstance(decision, DeadLetter)
+    assert hdrs(decision) == {
+        "trace-id": "abc",
+        "retry.attempt": "0",
+        "dlq.reason": "validation",
+        "error.class": "ValidationError",
+        "error.message": "price must be > 0",
+        "original.topic": "orders",
+        "original.partition": "2",
+        "original.offset": "17",
+        "original.timestamp": str(NOW - 5000),
+        "dlq.failed-at": str(NOW),
+    }
+
+
+def test_transient_failures_are_retried_with_attempt_and_due_time() -> None:
+    decision = decide(fresh(), TimeoutError("inventory service timed out"), NOW, POLICY)
+    assert isinstance(decision, Retry)
+    assert (decision.attempt, decision.not_before) == (1, NOW + 1000)
+    assert hdrs(decision) == {
+        "trace-id": "abc",
+        "retry.attempt": "1",
+        "retry.not-before": str(NOW + 1000),
+        "error.class": "TimeoutError",
+        "error.message": "inventory service timed out",
+        "original.topic": "orders",
+        "original.partition": "2",
+        "original.offset": "17",
+        "original.timestamp": str(NOW - 5000),
+    }
+
+
+def test_retries_keep_the_origin_and_replace_pipeline_headers() -> None:
+    record = fresh()
+    attempts = []
+    for _ in range(3):
+        decision = decide(record, RuntimeError("boom"), NOW, POLICY)
+        assert isinstance(decision, Retry)
+        attempts.append(decision.attempt)
+        record = as_retry(record, decision, offset=decision.attempt)
+        assert len(record.headers) == 1 + 8  # producer header + the pipeline's own, never appended
+        assert hdrs(decision)["original.offset"] == "17"
+    assert attempts == [1, 2, 3]
+
+
+def test_a_failure_on_the_last_retry_goes_to_the_dlq_as_retries_exhausted() -> None:
+    record = fresh()
+    for _ in range(3):
+        decision = decide(record, RuntimeError("boom"), NOW, POLICY)
+        assert isinstance(decision, Retry)
+        record = as_retry(record, decision)
+    final = decide(record, KeyError("sku"), NOW, POLICY)
+    assert isinstance(final, DeadLetter)
+    h = hdrs(final)
+    assert (final.reason, h["dlq.reason"], h["retry.attempt"]) == ("retries-exhausted", "retries-exhausted", "3")
+    assert (h["error.class"], h["original.topic"], h["original.offset"]) == ("KeyError", "orders", "17")
+    assert "retry.not-before" not in h
+
+
+def test_a_retry_that_succeeds_is_processed() -> None:
+    decision = decide(fresh(), RuntimeError("boom"), NOW, POLICY)
+    assert isinstance(decision, Retry)
+    assert isinstance(decide(as_retry(fresh(), decision), ORDER, NOW, POLICY), Processed)
+
+
+def test_zero_max_retries_dead_letters_the_first_transient_failure() -> None:
+    decision = decide(fresh(), RuntimeError("boom"), NOW, RetryPolicy(max_retries=0))
+    assert isinstance(decision, DeadLetter)
+    assert decision.reason == "retries-exhausted"
+
+
+def test_error_messages_are_cut_to_1_kib_on_a_character_boundary() -> None:
+    decision = decide(fresh(), RuntimeError("é" * 2000), NOW, POLICY)
+    message = dict(decision.headers)["error.message"]  # type: ignore[union-attr]
+    assert len(message) <= 1024
+    assert message.decode("utf-8") == "é" * 512
+
+
+@pytest.mark.parametrize(
+    ("attempt", "expected"),
+    [(1, 1000), (2, 2000), (3, 4000), (4, 8000), (5, 16000), (6, 30000), (10, 30000)],
+)
+def test_backoff_doubles_per_attempt_up_to_the_cap(attempt: int, expected: int) -> None:
+    assert backoff_ms(attempt, POLICY) == expected
+
+
+def _retry_record(partition: int, offset: int, due: int) -> Incoming:
+    headers = (("retry.attempt", b"1"), ("retry.not-before", str(due).encode()))
+    return Incoming("orders-retry", partition, offset, NOW, b"k", b"v", headers)
+
+
+def test_plan_batch_defers_a_retry_partition_at_its_first_record_not_yet_due() -> None:
+    records = [
+        _retry_record(0, 10, NOW - 1),  # due: processed
+        _retry_record(0, 11, NOW + 500),  # not due: pause partition 0 here
+        fresh(offset=40),  # orders keep flowing
+        _retry_record(0, 12, NOW - 1),  # behind the deferred one: read again later
+        _retry_record(1, 5, NOW),  # due exactly now
+    ]
+    seen: list[tuple[str, int, int]] = []
+
+    def process(record: Incoming) -> ValidOrder:
+        seen.append((record.topic, record.partition, record.offset))
+        return ORDER
+
+    plan = plan_batch(records, NOW, process, POLICY, "orders-retry")
+    assert seen == [("orders-retry", 0, 10), ("orders", 2, 40), ("orders-retry", 1, 5)]
+    assert plan.deferred == (Deferred("orders-retry", 0, 11, NOW + 500),)
+    assert plan.commits == {("orders-retry", 0): 11, ("orders", 2): 41, ("orders-retry", 1): 6}
+
+
+def test_plan_batch_routes_every_exception_the_processing_raises() -> None:
+    def process(record: Incoming) -> ValidOrder:
+        raise {0: DeserializationError("x"), 1: ValidationError("y"), 2: ZeroDivisionError("z")}[record.offset]
+
+    plan = plan_batch([fresh(offset=i) for i in range(3)], NOW, process, POLICY, "orders-retry")
+    kinds = [(type(d).__name__, getattr(d, "reason", None)) for d in plan.decisions]
+    assert kinds == [("DeadLetter", "deserialization"), ("DeadLetter", "validation"), ("Retry", None)]
+    assert plan.commits == {("orders", 2): 3}
+
+
+def test_headers_that_are_not_utf8_or_numbers_count_as_missing() -> None:
+    record = Incoming("orders", 0, 1, NOW, None, b"", (("retry.attempt", b"\xff"), ("original.offset", b"x")))
+    assert record.attempt == 0
+    assert record.origin.offset == 1
+    assert record.label == "(no key)"
