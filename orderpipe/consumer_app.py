@@ -74,7 +74,8 @@ class ConsumerSummary:
         )
 
 
-def _incoming(message: Message) -> Incoming:
+def incoming(message: Message) -> Incoming:
+    """A consumed message as plain data for the core (headers as UTF-8 bytes)."""
     _, timestamp = message.timestamp()
     raw = message.headers() or []
     pairs = raw.items() if isinstance(raw, dict) else raw
@@ -205,7 +206,7 @@ class OrderConsumer:
                 continue
             if (message.topic(), message.partition()) in self._paused:
                 continue  # fetched before the pause; it is read again after the resume
-            records.append(_incoming(message))
+            records.append(incoming(message))
         return records
 
     def _idle_for(self, now: float) -> bool:

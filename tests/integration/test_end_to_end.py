@@ -1,0 +1,88 @@
+"""producer.py to consumer.py through the real broker, with exact counts."""
+
+import re
+import signal
+from collections import Counter
+
+from confluent_kafka.admin import AdminClient
+
+from orderpipe.codec import OrderDecoder, load_order_schema
+from orderpipe.money import RunningAverage, format_cents, to_cents
+from tests.integration.conftest import CONSUMER_SUMMARY, PRODUCER_SUMMARY, Pipeline, summary
+
+PROCESSED_LINE = re.compile(r"^✓ Processed: Order (\S+) → ", re.MULTILINE)
+
+
+def test_every_order_is_processed_or_dead_lettered_exactly_once(pipeline: Pipeline) -> None:
+    pipeline = pipeline.with_env(ORDERS_PARTITIONS="2")
+    sent = pipeline.run(
+        "producer.py", "--count", "300", "--rate", "0", "--invalid-rate", "0.1", "--poison-rate", "0.05", "--seed", "3"
+    )
+    assert sent.returncode == 0, sent.stderr
+    produced = summary(PRODUCER_SUMMARY, sent.stdout)
+    assert (produced["sent"], produced["delivered"], produced["failed"]) == ("300", "300", "0")
+
+    consumed = pipeline.run("consumer.py", "--failure-rate", "0.2", "--seed", "5", "--idle-exit", "3", "--verbose")
+    assert consumed.returncode == 0, consumed.stderr
+    got = summary(CONSUMER_SUMMARY, consumed.stdout)
+
+    settings = pipeline.settings
+    orders = pipeline.read(settings.orders_topic)
+    dlq = pipeline.read(settings.dlq_topic)
+    retries = pipeline.read(settings.retry_topic)
+    reasons = Counter(r.headers["dlq.reason"] for r in dlq)
+
+    # Every kind of record ends where DESIGN section 5 says, in the numbers the producer sent.
+    assert len(orders) == 300
+    assert reasons["deserialization"] == int(produced["poison"]) == int(got["deserialization"])
+    assert reasons["validation"] == int(produced["invalid"]) == int(got["validation"])
+    assert int(got["processed"]) + reasons["retries-exhausted"] == int(produced["valid"])
+    assert reasons["retries-exhausted"] == int(got["exhausted"])
+    assert len(retries) == int(got["retried"]) > 0
+
+    # Each orderId is either counted or dead-lettered, once.
+    processed_ids = PROCESSED_LINE.findall(consumed.stdout)
+    dlq_ids = [r.key for r in dlq]
+    assert len(processed_ids) == len(set(processed_ids)) == int(got["processed"])
+    assert len(dlq_ids) == len(set(dlq_ids))
+    assert {k.decode() for k in dlq_ids if k}.isdisjoint(processed_ids)
+    assert {r.key for r in orders} == {k.encode() for k in processed_ids} | set(dlq_ids)
+
+    # The running average is that of the valid orders sent, less those dead-lettered.
+    decoder = OrderDecoder(load_order_schema())
+    exhausted = [to_cents(decoder.decode(r.value).price) for r in dlq if r.headers["dlq.reason"] == "retries-exhausted"]
+    valid_total = int(produced["total"].replace(",", "").replace(".", ""))
+    expected = RunningAverage(int(produced["valid"]) - len(exhausted), valid_total - sum(exhausted))
+    assert (got["average"], int(got["count"])) == (expected.describe(), expected.count)
+    assert f"Running Average: {format_cents(expected.average_cents or 0)}" in consumed.stdout
+
+    # The programs created the topics with the configured partition count.
+    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+    topics = admin.list_topics(timeout=10).topics
+    for name in (settings.orders_topic, settings.retry_topic, settings.dlq_topic):
+        assert len(topics[name].partitions) == 2
+
+
+def test_sigterm_finishes_the_batch_commits_and_exits_0(pipeline: Pipeline) -> None:
+    consumer = pipeline.popen("consumer.py")
+    try:
+        assert consumer.stdout is not None
+        assert "Consuming" in consumer.stdout.readline()
+        sent = pipeline.run("producer.py", "--count", "5", "--rate", "0", "--quiet")
+        assert sent.returncode == 0, sent.stderr
+        processed = 0
+        while processed < 5:  # bounded by the test timeout; readline returns "" if the consumer dies
+            line = consumer.stdout.readline()
+            assert line, "the consumer exited early"
+            processed += line.startswith("✓ Processed")
+        consumer.send_signal(signal.SIGTERM)
+        out, err = consumer.communicate(timeout=30)
+    finally:
+        consumer.kill()
+    assert consumer.returncode == 0, err
+    assert "Consumer summary: processed 5," in out
+
+    # The offsets were committed: the same group starts after them.
+    again = pipeline.run("consumer.py", "--idle-exit", "2")
+    assert again.returncode == 0, again.stderr
+    assert "Consumer summary: processed 0," in again.stdout
