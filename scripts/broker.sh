@@ -147,9 +147,12 @@ start_registry_local() {
   fi
   port_open "$KAFKA_HOST" "$REGISTRY_PORT" &&
     die "$KAFKA_HOST:$REGISTRY_PORT is already taken by another process (another registry, or a Docker container?): stop it, or use that registry and skip this script."
-  (cd "$CACHE/apicurio" && nohup java -Xmx512m -Dquarkus.http.host="$KAFKA_HOST" \
-    -Dquarkus.http.port="$REGISTRY_PORT" -jar "apicurio-registry-app-$APICURIO_VERSION-runner.jar" \
-    >"$LOGS/registry.log" 2>&1 & echo $! >"$RUN/registry.pid")
+  # cd first, then background java on its own, so that $! is java's pid (not a subshell's).
+  cd "$CACHE/apicurio"
+  nohup java -Xmx512m -Dquarkus.http.host="$KAFKA_HOST" -Dquarkus.http.port="$REGISTRY_PORT" \
+    -jar "apicurio-registry-app-$APICURIO_VERSION-runner.jar" >"$LOGS/registry.log" 2>&1 &
+  echo $! >"$RUN/registry.pid"
+  cd "$ROOT"
   say "Starting Apicurio Registry $APICURIO_VERSION on $KAFKA_HOST:$REGISTRY_PORT (log: $LOGS/registry.log) ..."
 }
 
