@@ -211,7 +211,13 @@ def load_settings(
             problems.append(f"{name} must be {exc}, got {shown}")
 
     settings = Settings(**values)
-    if not problems and settings.retry_backoff_max_ms < settings.retry_backoff_ms:
+    topics = [settings.orders_topic, settings.retry_topic, settings.dlq_topic, settings.stats_topic]
+    if len(set(topics)) < len(topics):
+        problems.append(
+            "ORDERS_TOPIC, RETRY_TOPIC, DLQ_TOPIC and STATS_TOPIC must be four different topics, "
+            f"got {', '.join(topics)}"
+        )
+    if settings.retry_backoff_max_ms < settings.retry_backoff_ms:
         problems.append(
             f"RETRY_BACKOFF_MAX_MS must be >= RETRY_BACKOFF_MS ({settings.retry_backoff_ms}), "
             f"got {settings.retry_backoff_max_ms}"

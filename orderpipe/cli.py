@@ -19,7 +19,7 @@ from config import ENV_NAMES, load_settings
 from orderpipe.console import NORMAL, QUIET, VERBOSE, Console
 from orderpipe.consumer_app import ConsumerOptions, OrderConsumer, simulated_outage
 from orderpipe.errors import OrderPipeError
-from orderpipe.kafka_admin import librdkafka_logger
+from orderpipe.kafka_clients import librdkafka_logger
 from orderpipe.producer_app import ProducerOptions, run_producer
 
 __all__ = ["consumer_main", "producer_main"]
@@ -35,15 +35,18 @@ def _fraction(text: str) -> float:
     return value
 
 
-def _non_negative(kind: type[int] | type[float]) -> Callable[[str], float]:
+def _at_least(kind: type[int] | type[float], minimum: float, strict: bool = False) -> Callable[[str], float]:
+    """An argparse type for numbers >= minimum (or > minimum when strict)."""
+
     def parse(text: str) -> float:
         try:
             value = kind(text)
+            ok = value > minimum if strict else value >= minimum
         except ValueError:
-            value = -1
-        if value < 0:
+            ok = False
+        if not ok:
             noun = "whole number" if kind is int else "number"
-            raise argparse.ArgumentTypeError(f"expected a {noun} >= 0, got {text!r}")
+            raise argparse.ArgumentTypeError(f"expected a {noun} {'>' if strict else '>='} {minimum:g}, got {text!r}")
         return value
 
     return parse
@@ -71,11 +74,11 @@ def _producer_parser() -> argparse.ArgumentParser:
         prog="producer.py", description="Publish random orders, Avro-encoded, to the orders topic."
     )
     parser.add_argument(
-        "--count", type=_non_negative(int), metavar="N", help="stop after N orders (default: until Ctrl-C)"
+        "--count", type=_at_least(int, 0), metavar="N", help="stop after N orders (default: until Ctrl-C)"
     )
     parser.add_argument(
         "--rate",
-        type=_non_negative(float),
+        type=_at_least(float, 0),
         default=2.0,
         metavar="R",
         help="orders per second (default 2; 0 = as fast as possible)",
@@ -108,14 +111,14 @@ def _consumer_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--idle-exit",
-        type=_non_negative(float),
+        type=_at_least(float, 0, strict=True),
         metavar="SECONDS",
         help="exit once nothing arrived and nothing was due for this long",
     )
     parser.add_argument("--group", metavar="G", help="consumer group (CONSUMER_GROUP, default order-pipeline)")
     parser.add_argument(
         "--batch-size",
-        type=_non_negative(int),
+        type=_at_least(int, 1),
         default=500,
         metavar="N",
         help="most records handled per batch (default 500)",
@@ -192,7 +195,7 @@ def consumer_main(argv: Sequence[str] | None = None) -> int:
 
     def main() -> int:
         settings = load_settings(_settings_overrides(args))
-        options = ConsumerOptions(idle_exit_s=args.idle_exit, batch_size=max(args.batch_size, 1))
+        options = ConsumerOptions(idle_exit_s=args.idle_exit, batch_size=args.batch_size)
         verbosity = _verbosity(args)
         _setup_output(verbosity)
         downstream = simulated_outage(random.Random(args.seed), args.failure_rate)

@@ -24,12 +24,14 @@ from config import Settings
 from orderpipe.codec import OrderDecoder, load_order_schema
 from orderpipe.console import Console
 from orderpipe.errors import BrokerUnavailableError, DeliveryError
-from orderpipe.kafka_admin import connect_admin, ensure_topics, librdkafka_logger
+from orderpipe.kafka_clients import connect_admin, create_client, ensure_topics, produce, producer_config
 from orderpipe.money import RunningAverage, format_cents
 from orderpipe.order import ValidOrder, validate
-from orderpipe.producer_app import producer_config
 from orderpipe.registry import RegistryLookup, connect_registry
 from orderpipe.routing import (
+    REASON_DESERIALIZATION,
+    REASON_RETRIES_EXHAUSTED,
+    REASON_VALIDATION,
     BatchPlan,
     DeadLetter,
     Decision,
@@ -40,12 +42,20 @@ from orderpipe.routing import (
     plan_batch,
 )
 
-__all__ = ["ConsumerOptions", "ConsumerSummary", "Downstream", "OrderConsumer"]
+__all__ = ["ConsumerOptions", "ConsumerSummary", "Downstream", "OrderConsumer", "incoming", "simulated_outage"]
 
 # The work done for a valid order after validation (a simulated downstream call in
 # this project); raising any exception makes the order a transient failure.
 Downstream = Callable[[ValidOrder], None]
 DELIVERY_TIMEOUT_S = 30.0
+# Before the first partition assignment, --idle-exit waits this much longer: joining
+# the group (and, on a new broker, creating __consumer_offsets) is not idleness.
+JOIN_GRACE_S = 30.0
+# Commit failures that only mean a rebalance took the partitions away; the new owner
+# reads from the last committed offsets, which at-least-once allows.
+_REBALANCE_ERRORS = frozenset(
+    {KafkaError.ILLEGAL_GENERATION, KafkaError.UNKNOWN_MEMBER_ID, KafkaError.REBALANCE_IN_PROGRESS}
+)
 
 
 @dataclass(frozen=True)
@@ -65,7 +75,7 @@ class ConsumerSummary:
     def describe(self) -> str:
         reasons = ", ".join(
             f"{reason} {self.dead_lettered[reason]}"
-            for reason in ("deserialization", "validation", "retries-exhausted")
+            for reason in (REASON_DESERIALIZATION, REASON_VALIDATION, REASON_RETRIES_EXHAUSTED)
         )
         return (
             f"Consumer summary: processed {self.processed}, retried {self.retried}, "
@@ -74,12 +84,11 @@ class ConsumerSummary:
         )
 
 
-def incoming(message: Message) -> Incoming:
-    """A consumed message as plain data for the core (headers as UTF-8 bytes)."""
+def incoming(message: Message, retry_topic: str | None = None) -> Incoming:
+    """A consumed message as plain data for the core (header values as bytes)."""
     _, timestamp = message.timestamp()
     raw = message.headers() or []
     pairs = raw.items() if isinstance(raw, dict) else raw
-    headers = tuple((k, v.encode() if isinstance(v, str) else v or b"") for k, v in pairs)
     return Incoming(
         topic=message.topic() or "",
         partition=message.partition() or 0,
@@ -87,7 +96,8 @@ def incoming(message: Message) -> Incoming:
         timestamp=timestamp,
         key=message.key(),
         value=message.value(),
-        headers=headers,
+        headers=tuple((k, v.encode() if isinstance(v, str) else v or b"") for k, v in pairs),
+        from_retry_topic=message.topic() == retry_topic,
     )
 
 
@@ -97,7 +107,7 @@ class OrderConsumer:
     Args:
         downstream: called for every valid order; an exception is a transient failure.
         clock: epoch seconds (time.time); injectable so tests can steer due times.
-        on_decision: called with each decision once its batch is committed.
+        on_decision: called with each decision after its batch was applied.
     """
 
     def __init__(
@@ -122,6 +132,7 @@ class OrderConsumer:
         self._delivery_errors: list[str] = []
         self._fatal: KafkaError | None = None
         self._last_activity = clock()
+        self._assigned_once = False
         self.summary = ConsumerSummary()
 
     def _process(self, record: Incoming) -> ValidOrder:
@@ -130,11 +141,12 @@ class OrderConsumer:
         return order
 
     def run(self, stop: threading.Event) -> ConsumerSummary:
-        """Consumes until `stop` is set or the idle limit passes; commits and closes on the way out.
+        """Consumes until `stop` is set or the idle limit passes, then closes.
 
         Raises:
+            ConfigError: the Kafka client settings were rejected.
             BrokerUnavailableError, RegistryUnavailableError: at start-up.
-            DeliveryError: a retry or DLQ record was not acknowledged (nothing was committed).
+            DeliveryError: a retry or DLQ record was not acknowledged (its batch was not committed).
         """
         settings = self._settings
         admin = connect_admin(settings)
@@ -143,17 +155,17 @@ class OrderConsumer:
             RegistryLookup(connect_registry(settings.schema_registry_url)) if settings.schema_registry_url else None
         )
         self._decoder = OrderDecoder(load_order_schema(), lookup)
-        self._producer = Producer(producer_config(settings))
-        self._consumer = Consumer(
+        self._producer = create_client(Producer, producer_config(settings))
+        self._consumer = create_client(
+            Consumer,
             {
                 **settings.kafka_client_config(),
                 "group.id": settings.consumer_group,
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",
                 "isolation.level": "read_committed",
-                "logger": librdkafka_logger(),
                 "error_cb": self._on_error,
-            }
+            },
         )
         topics = [settings.orders_topic, settings.retry_topic]
         self._consumer.subscribe(topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke)
@@ -165,8 +177,12 @@ class OrderConsumer:
         try:
             self._loop(stop)
         finally:
-            self._consumer.close()
-            self._producer.flush(DELIVERY_TIMEOUT_S)
+            # Every batch was flushed before its commit, so nothing is pending here
+            # unless a batch failed, and then its offsets were not committed anyway.
+            try:
+                self._consumer.close()
+            except KafkaException as exc:
+                self._console.error(f"⚠ Closing the consumer failed: {exc}")
         self._console.info(self.summary.describe())
         return self.summary
 
@@ -182,11 +198,7 @@ class OrderConsumer:
             records = self._records(messages)
             if records:
                 self._last_activity = now
-                self._apply(
-                    plan_batch(
-                        records, int(self._clock() * 1000), self._process, self._policy, self._settings.retry_topic
-                    )
-                )
+                self._apply(plan_batch(records, int(self._clock() * 1000), self._process, self._policy))
             elif self._idle_for(now):
                 self._console.info(f"Nothing arrived and nothing was due for {self._options.idle_exit_s:g}s: exiting.")
                 return
@@ -206,12 +218,14 @@ class OrderConsumer:
                 continue
             if (message.topic(), message.partition()) in self._paused:
                 continue  # fetched before the pause; it is read again after the resume
-            records.append(incoming(message))
+            records.append(incoming(message, self._settings.retry_topic))
         return records
 
     def _idle_for(self, now: float) -> bool:
         limit = self._options.idle_exit_s
-        return limit is not None and not self._paused and now - self._last_activity >= limit
+        if limit is None or self._paused:
+            return False
+        return now - self._last_activity >= (limit if self._assigned_once else limit + JOIN_GRACE_S)
 
     def _apply(self, plan: BatchPlan) -> None:
         for deferred in plan.deferred:
@@ -221,38 +235,42 @@ class OrderConsumer:
             self._paused[(deferred.topic, deferred.partition)] = deferred.due_ms
         produced = 0
         for decision in plan.decisions:
-            if isinstance(decision, Retry):
-                self._produce(self._settings.retry_topic, decision.record, decision.headers)
-                produced += 1
-            elif isinstance(decision, DeadLetter):
-                self._produce(self._settings.dlq_topic, decision.record, decision.headers)
+            if isinstance(decision, Retry | DeadLetter):
+                topic = self._settings.retry_topic if isinstance(decision, Retry) else self._settings.dlq_topic
+                record = decision.record
+                produce(
+                    self._producer,
+                    topic,
+                    record.key,
+                    record.value,
+                    on_delivery=self._on_delivery,
+                    headers=decision.headers,
+                )
                 produced += 1
         if produced:
             remaining = self._producer.flush(DELIVERY_TIMEOUT_S)
             if remaining or self._delivery_errors:
                 problems = "; ".join(self._delivery_errors[:3]) or f"{remaining} records unacknowledged"
                 raise DeliveryError(
-                    f"retry/DLQ records were not acknowledged, nothing of this batch was committed: {problems}"
+                    f"retry/DLQ records were not acknowledged, so this batch was not committed: {problems}"
                 )
         if plan.commits:
-            offsets = [TopicPartition(t, p, offset) for (t, p), offset in plan.commits.items()]
-            try:
-                self._consumer.commit(offsets=offsets, asynchronous=False)
-            except KafkaException as exc:
-                # A rebalance took the partitions away; their new owner replays the batch.
-                self._console.debug(f"commit not accepted: {exc}")
+            self._commit([TopicPartition(t, p, offset) for (t, p), offset in plan.commits.items()])
         for decision in plan.decisions:
             self._report(decision)
 
-    def _produce(self, topic: str, record: Incoming, headers: Sequence[tuple[str, bytes]]) -> None:
-        while True:
-            try:
-                self._producer.produce(
-                    topic, key=record.key, value=record.value, headers=list(headers), on_delivery=self._on_delivery
-                )
-                return
-            except BufferError:
-                self._producer.poll(0.1)
+    def _commit(self, offsets: list[TopicPartition]) -> None:
+        """Commits synchronously; a failure means the batch is read again (at-least-once), so it warns."""
+        try:
+            results = self._consumer.commit(offsets=offsets, asynchronous=False) or []
+            errors = [tp.error for tp in results if tp.error is not None]
+        except KafkaException as exc:
+            errors = [exc.args[0]] if exc.args else []
+        for error in errors:
+            if error.code() in _REBALANCE_ERRORS:
+                self._console.debug(f"commit not accepted after a rebalance: {error.str()}")
+            else:
+                self._console.error(f"⚠ Commit failed, the batch will be read again: {error.str()}")
 
     def _on_delivery(self, error: KafkaError | None, _message: Message) -> None:
         if error is not None:
@@ -291,11 +309,21 @@ class OrderConsumer:
 
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._last_activity = self._clock()
+        self._assigned_once = True
         self._console.debug(f"assigned: {', '.join(f'{tp.topic}-{tp.partition}' for tp in partitions)}")
 
-    def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        for tp in partitions:
-            self._paused.pop((tp.topic, tp.partition), None)
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # librdkafka keeps a partition paused by the application even across an
+        # unassign, so one that came back later would never fetch again. Resume it
+        # now; its committed offset is the deferred record, which is read again.
+        revoked = [tp for tp in partitions if (tp.topic, tp.partition) in self._paused]
+        for tp in revoked:
+            del self._paused[(tp.topic, tp.partition)]
+        if revoked:
+            try:
+                consumer.resume(revoked)
+            except KafkaException as exc:
+                self._console.debug(f"resume on revoke: {exc}")
 
     def _on_error(self, error: KafkaError) -> None:
         if error.fatal():

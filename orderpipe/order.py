@@ -6,16 +6,17 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from orderpipe.errors import ValidationError
-from orderpipe.money import to_cents
+from orderpipe.money import format_cents, to_cents
 
 __all__ = ["MAX_ORDER_ID_LENGTH", "MAX_PRODUCT_LENGTH", "Order", "ValidOrder", "validate"]
 
 MAX_ORDER_ID_LENGTH = 64
 MAX_PRODUCT_LENGTH = 200
-_ORDER_ID = re.compile(r"^[A-Za-z0-9_-]+$")
+_ORDER_ID = re.compile(r"[A-Za-z0-9_-]+")
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ def validate(order: Order, max_price_cents: int) -> ValidOrder:
         raise ValidationError("orderId must not be empty")
     if len(order_id) > MAX_ORDER_ID_LENGTH:
         raise ValidationError(f"orderId must be at most {MAX_ORDER_ID_LENGTH} characters, got {len(order_id)}")
-    if not _ORDER_ID.match(order_id):
+    if not _ORDER_ID.fullmatch(order_id):
         raise ValidationError("orderId may only contain A-Z, a-z, 0-9, '_' and '-'")
     if not product.strip():
         raise ValidationError("product must not be blank")
@@ -64,7 +65,9 @@ def validate(order: Order, max_price_cents: int) -> ValidOrder:
         raise ValidationError(f"price must be a finite number, got {price}")
     if price <= 0:
         raise ValidationError("price must be > 0")
+    if Decimal(price) * 100 > max_price_cents:  # exact: no rounding before the comparison
+        raise ValidationError(f"price must be at most {format_cents(max_price_cents)}, got {price:.2f}")
     cents = to_cents(price)
-    if cents > max_price_cents:
-        raise ValidationError(f"price must be at most {max_price_cents / 100:.2f}, got {price:.2f}")
+    if cents == 0:
+        raise ValidationError(f"price must be at least $0.01 once rounded to cents, got {price}")
     return ValidOrder(order_id, product, cents)

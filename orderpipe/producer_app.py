@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import random
 import secrets
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
 from confluent_kafka.schema_registry import Schema
@@ -19,12 +19,12 @@ from orderpipe.codec import OrderSchema, load_order_schema
 from orderpipe.console import Console
 from orderpipe.errors import RegistryUnavailableError
 from orderpipe.generator import Generated, Kind, OrderEncoder, OrderFactory, base36
-from orderpipe.kafka_admin import connect_admin, ensure_topics, librdkafka_logger
+from orderpipe.kafka_clients import connect_admin, create_client, ensure_topics, produce, producer_config
 from orderpipe.money import RunningAverage, format_cents
 from orderpipe.order import Order
 from orderpipe.registry import START_REGISTRY_HINT, connect_registry
 
-__all__ = ["ProducerOptions", "ProducerSummary", "producer_config", "run_producer"]
+__all__ = ["ProducerOptions", "ProducerSummary", "run_producer"]
 
 FLUSH_TIMEOUT_S = 30.0
 
@@ -55,17 +55,6 @@ class ProducerSummary:
             f"failed {self.failed}; valid orders total {format_cents(self.valid.sum_cents)}, "
             f"average {self.valid.describe()}"
         )
-
-
-def producer_config(settings: Settings) -> dict[str, Any]:
-    """Durable producer settings: every record acknowledged by all in-sync replicas, no duplicates."""
-    return {
-        **settings.kafka_client_config(),
-        "acks": "all",
-        "enable.idempotence": True,
-        "linger.ms": 5,
-        "logger": librdkafka_logger(),
-    }
 
 
 def _encoder(settings: Settings, schema: OrderSchema) -> OrderEncoder:
@@ -113,7 +102,7 @@ def run_producer(
     ensure_topics(admin, settings)
     schema = load_order_schema()
     encode = _encoder(settings, schema)
-    producer = Producer(producer_config(settings))
+    producer = create_client(Producer, producer_config(settings))
     # The run id makes orderIds unique across runs; it is not drawn from the seeded
     # generator, so a seeded run repeats its orders but never their ids.
     run_id = base36(time.time_ns() // 1_000_000) + base36(secrets.randbelow(36 * 36)).rjust(2, "0")
@@ -152,7 +141,14 @@ def run_producer(
                 producer.poll(min(wait, 0.2))  # serves delivery reports while waiting
                 continue
         generated = factory.make(encode)
-        _produce(producer, settings.orders_topic, generated, on_delivery)
+        produce(
+            producer,
+            settings.orders_topic,
+            generated.key.encode("utf-8"),
+            generated.value,
+            on_delivery=functools.partial(on_delivery, generated),
+        )
+        producer.poll(0)
         summary.sent += 1
         summary.by_kind[generated.kind] += 1
         if generated.price_cents is not None:
@@ -171,19 +167,3 @@ def run_producer(
         console.error(f"✗ {undelivered} orders were still not acknowledged after {FLUSH_TIMEOUT_S:.0f}s")
     console.info(summary.describe())
     return summary
-
-
-def _produce(producer: Producer, topic: str, generated: Generated, on_delivery: Any) -> None:
-    """Produces one record, waiting for room when the local queue is full."""
-    while True:
-        try:
-            producer.produce(
-                topic,
-                key=generated.key.encode("utf-8"),
-                value=generated.value,
-                on_delivery=lambda err, msg: on_delivery(generated, err, msg),
-            )
-            producer.poll(0)
-            return
-        except BufferError:
-            producer.poll(0.1)

@@ -87,6 +87,9 @@ class Incoming:
     key: bytes | None
     value: bytes | None
     headers: Headers = ()
+    # True for records read from the retry topic. Only those carry trustworthy
+    # pipeline headers: a DLQ record replayed onto `orders` starts afresh.
+    from_retry_topic: bool = False
 
     def header(self, name: str) -> str | None:
         """The last value of a header as text, or None when absent or not UTF-8."""
@@ -108,14 +111,16 @@ class Incoming:
     @property
     def attempt(self) -> int:
         """How many retries this record already is (0 on the orders topic)."""
-        return max(self.header_int(H_ATTEMPT) or 0, 0)
+        return max(self.header_int(H_ATTEMPT) or 0, 0) if self.from_retry_topic else 0
 
     @property
     def not_before(self) -> int | None:
-        return self.header_int(H_NOT_BEFORE)
+        return self.header_int(H_NOT_BEFORE) if self.from_retry_topic else None
 
     @property
     def origin(self) -> Origin:
+        if not self.from_retry_topic:
+            return Origin(self.topic, self.partition, self.offset, self.timestamp)
         topic = self.header(H_ORIGINAL_TOPIC)
         partition = self.header_int(H_ORIGINAL_PARTITION)
         offset = self.header_int(H_ORIGINAL_OFFSET)
@@ -258,7 +263,6 @@ def plan_batch(
     now_ms: int,
     process: Callable[[Incoming], ValidOrder],
     policy: RetryPolicy,
-    retry_topic: str,
 ) -> BatchPlan:
     """Decides a batch in order, stopping each retry partition at its first record not yet due.
 
@@ -267,8 +271,9 @@ def plan_batch(
         now_ms: the current time in epoch milliseconds (one reading per batch).
         process: decodes, validates and handles one record; any exception it raises
             is the record's failure and is routed by `decide`.
-        policy: retry limits and backoff.
-        retry_topic: records from this topic carry `retry.not-before`.
+        policy: retry limits and backoff. A due time further ahead than the longest
+            backoff (a garbled header, or another consumer's clock running fast) is
+            cut to that, so no partition stays paused for longer.
     """
     decisions: list[Decision] = []
     commits: dict[tuple[str, int], int] = {}
@@ -278,8 +283,9 @@ def plan_batch(
         tp = (record.topic, record.partition)
         if tp in stopped:
             continue  # refetched after the seek back to the deferred record
-        due = record.not_before if record.topic == retry_topic else None
+        due = record.not_before
         if due is not None and due > now_ms:
+            due = min(due, now_ms + policy.backoff_max_ms)
             stopped.add(tp)
             deferred.append(Deferred(record.topic, record.partition, record.offset, due))
             commits[tp] = record.offset

@@ -28,7 +28,7 @@ from config import Settings, load_settings
 from orderpipe.console import QUIET, Console
 from orderpipe.consumer_app import ConsumerOptions, OrderConsumer, incoming
 from orderpipe.errors import OrderPipeError
-from orderpipe.kafka_admin import connect_admin
+from orderpipe.kafka_clients import connect_admin
 from orderpipe.order import ValidOrder
 from orderpipe.registry import connect_registry
 from orderpipe.routing import Decision
@@ -74,6 +74,7 @@ class Record:
     key: bytes | None
     value: bytes | None
     headers: dict[str, str]
+    header_names: tuple[str, ...]  # in order, with any repeats
 
 
 @dataclass
@@ -128,6 +129,19 @@ class Pipeline:
         assert producer.flush(30) == 0
         assert not errors, errors
         return acked
+
+    def committed(self) -> int:
+        """The offsets the consumer group committed on the orders topic, summed over partitions."""
+        reader = Consumer(
+            {"bootstrap.servers": self.settings.bootstrap_servers, "group.id": self.settings.consumer_group}
+        )
+        try:
+            topic = self.settings.orders_topic
+            partitions = reader.list_topics(topic, timeout=10).topics[topic].partitions
+            committed = reader.committed([TopicPartition(topic, p) for p in partitions], timeout=10)
+            return sum(max(tp.offset, 0) for tp in committed)
+        finally:
+            reader.close()
 
     def read(self, topic: str, at_least: int = 0, timeout: float = 30.0) -> list[Record]:
         """Every committed record of a topic, waiting until there are at least `at_least`."""
@@ -185,7 +199,8 @@ def read_topic(bootstrap: str, topic: str) -> list[Record]:
                 continue
             got = incoming(message)
             headers = {k: v.decode() for k, v in got.headers}
-            records.append(Record(topic, got.partition, got.offset, got.timestamp, got.key, got.value, headers))
+            names = tuple(k for k, _ in got.headers)
+            records.append(Record(topic, got.partition, got.offset, got.timestamp, got.key, got.value, headers, names))
             if got.offset + 1 >= ends[got.partition]:
                 pending.discard(got.partition)
         assert not pending, f"could not read {topic} to its end"
@@ -217,9 +232,13 @@ class Running:
 def running_consumer(
     settings: Settings,
     downstream: Callable[[ValidOrder], None] = lambda _order: None,
+    decisions: list[tuple[float, Decision]] | None = None,
 ) -> Iterator[Running]:
-    """Runs the real consumer loop in a thread; stops it cleanly when the block ends."""
-    decisions: list[tuple[float, Decision]] = []
+    """Runs the real consumer loop in a thread; stops it cleanly when the block ends.
+
+    Several consumers may share one `decisions` list to see the group's decisions together.
+    """
+    decisions = [] if decisions is None else decisions
     consumer = OrderConsumer(
         settings,
         ConsumerOptions(),

@@ -3,9 +3,11 @@
 import time
 from collections import defaultdict
 
+from confluent_kafka.admin import AdminClient
+
 from orderpipe.codec import load_order_schema
 from orderpipe.order import Order, ValidOrder
-from orderpipe.routing import Processed, Retry
+from orderpipe.routing import Decision, Processed, Retry
 from tests.integration.conftest import Pipeline, running_consumer, wait_for
 
 SCHEMA = load_order_schema()
@@ -57,11 +59,15 @@ def test_transient_failures_retry_three_times_then_dead_letter(pipeline: Pipelin
 
     assert [r.headers["retry.attempt"] for r in retries] == ["1", "2", "3"]
     due = [int(r.headers["retry.not-before"]) for r in retries]
-    assert due == sorted(due)
-    # Backoff 100 ms doubling (RETRY_BACKOFF_MS=100): each retry is due at least that long after it was written.
+    # Backoff 100 ms doubling (RETRY_BACKOFF_MS=100). Retry n+1 was decided no earlier
+    # than retry n was due, and is due its own backoff after that decision.
     for record, backoff in zip(retries, (100, 200, 400), strict=True):
-        assert int(record.headers["retry.not-before"]) - record.timestamp >= backoff - 5
+        assert int(record.headers["retry.not-before"]) <= record.timestamp + backoff
+    assert due[1] - due[0] >= 200
+    assert due[2] - due[1] >= 400
+    assert int(dead.headers["dlq.failed-at"]) >= due[2], "the last retry ran before it was due"
     for record in [*retries, dead]:
+        assert len(record.header_names) == len(set(record.header_names)), "headers were appended, not replaced"
         assert record.value == value
         assert record.headers["trace-id"] == "t-7"
         assert record.headers["original.offset"] == str(sent.offset())
@@ -115,3 +121,34 @@ def test_a_retry_not_yet_due_does_not_hold_up_fresh_orders(pipeline: Pipeline) -
     assert b_done * 1000 < retry.not_before, "the fresh order waited for the retry"
     assert a_done * 1000 >= retry.not_before, "the retry ran before it was due"
     assert running.consumer.summary.processed == 2
+
+
+def test_a_paused_retry_partition_is_resumed_after_a_rebalance(pipeline: Pipeline) -> None:
+    """A second consumer joins and leaves while a retry waits: both rebalances take the
+    paused partition away from the first consumer and give it back, and the retry must
+    still run when due (librdkafka keeps an application's pause across reassignment)."""
+    settings = pipeline.with_env(ORDERS_PARTITIONS="1", RETRY_BACKOFF_MS="8000", RETRY_BACKOFF_MAX_MS="8000").settings
+    failed_once: set[str] = set()
+
+    def fails_first_try(order: ValidOrder) -> None:
+        if order.order_id not in failed_once:
+            failed_once.add(order.order_id)
+            raise TimeoutError("inventory service timed out")
+
+    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+
+    def members() -> int:
+        groups = admin.describe_consumer_groups([settings.consumer_group], request_timeout=10)
+        return len(groups[settings.consumer_group].result(timeout=15).members)
+
+    decisions: list[tuple[float, Decision]] = []
+    with running_consumer(settings, fails_first_try, decisions):
+        pipeline.produce([(b"O-A", SCHEMA.encode_single_object(Order("O-A", "Monitor", 120.0)), [])])
+        _, retry = wait_for(lambda: next(((t, d) for t, d in decisions if isinstance(d, Retry)), None))
+        assert isinstance(retry, Retry)
+        with running_consumer(settings, fails_first_try, decisions):
+            wait_for(lambda: members() == 2, what="the second consumer in the group")
+        wait_for(lambda: members() == 1, what="the second consumer gone")
+        assert time.time() * 1000 < retry.not_before, "both rebalances happened while the retry was paused"
+        wait_for(lambda: any(isinstance(d, Processed) for _, d in decisions), timeout=20, what="the retry processed")
+    assert [type(d).__name__ for _, d in decisions] == ["Retry", "Processed"]

@@ -13,7 +13,8 @@ import producer
         (producer.main, ["--rate", "-3"], "expected a number >= 0, got '-3'"),
         (producer.main, ["--count", "many"], "expected a whole number >= 0, got 'many'"),
         (consumer.main, ["--failure-rate", "abc"], "expected a fraction from 0 to 1"),
-        (consumer.main, ["--idle-exit", "-1"], "expected a number >= 0"),
+        (consumer.main, ["--idle-exit", "0"], "expected a number > 0, got '0'"),
+        (consumer.main, ["--batch-size", "0"], "expected a whole number >= 1, got '0'"),
         (consumer.main, ["--quiet", "--verbose"], "not allowed with argument"),
     ],
 )
@@ -25,7 +26,8 @@ def test_bad_flags_exit_2_with_what_was_expected(main, argv, expected, capsys) -
 
 
 @pytest.mark.parametrize("main", [producer.main, consumer.main])
-def test_a_bad_setting_exits_2_before_connecting(main, monkeypatch, capsys) -> None:
+def test_a_bad_setting_exits_2_before_connecting(main, monkeypatch, capsys, tmp_path) -> None:
+    monkeypatch.chdir(tmp_path)  # no developer's .env in the way
     monkeypatch.setenv("MAX_RETRIES", "lots")
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:1")  # would take seconds if it connected
     assert main(["--count", "1"] if main is producer.main else []) == 2

@@ -42,7 +42,7 @@ def confluent(schema_id: int, body: bytes) -> bytes:
 
 
 def test_schema_file_keeps_the_original_fields_and_documents_them() -> None:
-    schema = json.loads(Path("order.avsc").read_text())
+    schema = json.loads((Path(__file__).parents[2] / "order.avsc").read_text())
     assert [(f["name"], f["type"]) for f in schema["fields"]] == [
         ("orderId", "string"),
         ("product", "string"),

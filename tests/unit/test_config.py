@@ -46,7 +46,11 @@ def test_every_variable_of_the_contract_is_read() -> None:
 
 
 def test_env_example_lists_every_variable() -> None:
-    listed = {line.split("=")[0].lstrip("# ") for line in Path(".env.example").read_text().splitlines() if "=" in line}
+    listed = {
+        line.split("=")[0].lstrip("# ")
+        for line in (Path(__file__).parents[2] / ".env.example").read_text().splitlines()
+        if "=" in line
+    }
     assert set(ENV_NAMES) <= listed
 
 
@@ -80,6 +84,11 @@ def test_all_bad_values_are_reported_at_once() -> None:
         load_settings(environ={"MAX_RETRIES": "x", "ORDERS_PARTITIONS": "y"}, env_file=None)
     assert "MAX_RETRIES" in str(caught.value)
     assert "ORDERS_PARTITIONS" in str(caught.value)
+
+
+def test_the_topics_must_differ() -> None:
+    with pytest.raises(ConfigError, match="must be four different topics, got orders, orders-retry, orders, "):
+        load_settings(environ={"DLQ_TOPIC": "orders"}, env_file=None)
 
 
 def test_backoff_cap_below_the_base_is_rejected() -> None:

@@ -27,7 +27,7 @@ def fresh(offset: int = 17, headers: tuple[tuple[str, bytes], ...] = (("trace-id
 
 def as_retry(record: Incoming, decision: Retry, offset: int = 3) -> Incoming:
     """The record as the consumer reads it back from the retry topic."""
-    return Incoming("orders-retry", 2, offset, NOW, record.key, record.value, decision.headers)
+    return Incoming("orders-retry", 2, offset, NOW, record.key, record.value, decision.headers, from_retry_topic=True)
 
 
 def hdrs(decision: Retry | DeadLetter) -> dict[str, str]:
@@ -135,7 +135,7 @@ def test_backoff_doubles_per_attempt_up_to_the_cap(attempt: int, expected: int) 
 
 def _retry_record(partition: int, offset: int, due: int) -> Incoming:
     headers = (("retry.attempt", b"1"), ("retry.not-before", str(due).encode()))
-    return Incoming("orders-retry", partition, offset, NOW, b"k", b"v", headers)
+    return Incoming("orders-retry", partition, offset, NOW, b"k", b"v", headers, from_retry_topic=True)
 
 
 def test_plan_batch_defers_a_retry_partition_at_its_first_record_not_yet_due() -> None:
@@ -152,7 +152,7 @@ def test_plan_batch_defers_a_retry_partition_at_its_first_record_not_yet_due() -
         seen.append((record.topic, record.partition, record.offset))
         return ORDER
 
-    plan = plan_batch(records, NOW, process, POLICY, "orders-retry")
+    plan = plan_batch(records, NOW, process, POLICY)
     assert seen == [("orders-retry", 0, 10), ("orders", 2, 40), ("orders-retry", 1, 5)]
     assert plan.deferred == (Deferred("orders-retry", 0, 11, NOW + 500),)
     assert plan.commits == {("orders-retry", 0): 11, ("orders", 2): 41, ("orders-retry", 1): 6}
@@ -162,7 +162,7 @@ def test_plan_batch_routes_every_exception_the_processing_raises() -> None:
     def process(record: Incoming) -> ValidOrder:
         raise {0: DeserializationError("x"), 1: ValidationError("y"), 2: ZeroDivisionError("z")}[record.offset]
 
-    plan = plan_batch([fresh(offset=i) for i in range(3)], NOW, process, POLICY, "orders-retry")
+    plan = plan_batch([fresh(offset=i) for i in range(3)], NOW, process, POLICY)
     kinds = [(type(d).__name__, getattr(d, "reason", None)) for d in plan.decisions]
     assert kinds == [("DeadLetter", "deserialization"), ("DeadLetter", "validation"), ("Retry", None)]
     assert plan.commits == {("orders", 2): 3}
@@ -173,3 +173,25 @@ def test_headers_that_are_not_utf8_or_numbers_count_as_missing() -> None:
     assert record.attempt == 0
     assert record.origin.offset == 1
     assert record.label == "(no key)"
+
+
+def test_a_dlq_record_replayed_onto_orders_starts_afresh() -> None:
+    record = fresh()
+    for _ in range(3):
+        retry = decide(record, RuntimeError("boom"), NOW, POLICY)
+        assert isinstance(retry, Retry)
+        record = as_retry(record, retry)
+    dead = decide(record, RuntimeError("boom"), NOW, POLICY)
+    assert isinstance(dead, DeadLetter)  # carries retry.attempt=3 and the old origin
+    replayed = Incoming("orders", 0, 99, NOW + 1, record.key, record.value, dead.headers)
+    assert (replayed.attempt, replayed.not_before) == (0, None)
+    decision = decide(replayed, RuntimeError("boom"), NOW + 1, POLICY)
+    assert isinstance(decision, Retry)
+    assert decision.attempt == 1
+    assert hdrs(decision)["original.offset"] == "99"
+    assert "dlq.reason" not in hdrs(decision)
+
+
+def test_a_due_time_beyond_the_longest_backoff_is_cut_to_it() -> None:
+    plan = plan_batch([_retry_record(0, 1, NOW + 10**12)], NOW, lambda r: ORDER, POLICY)
+    assert plan.deferred == (Deferred("orders-retry", 0, 1, NOW + POLICY.backoff_max_ms),)
