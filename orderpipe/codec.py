@@ -16,7 +16,7 @@ from __future__ import annotations
 import io
 import json
 import struct
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,19 +87,11 @@ class OrderDecoder:
     Args:
         schema: the reader schema (ours); writer schemas are resolved against it.
         lookup: resolves Confluent schema ids; None when no registry is configured.
-        known_fingerprints: extra single-object writer schemas, fingerprint -> parsed
-            schema, for older or newer compatible versions of the order schema.
     """
 
-    def __init__(
-        self,
-        schema: OrderSchema,
-        lookup: SchemaLookup | None = None,
-        known_fingerprints: Mapping[bytes, Any] | None = None,
-    ) -> None:
+    def __init__(self, schema: OrderSchema, lookup: SchemaLookup | None = None) -> None:
         self._schema = schema
         self._lookup = lookup
-        self._writers: dict[bytes, Any] = {schema.fingerprint: schema.parsed, **(known_fingerprints or {})}
 
     def decode(self, value: bytes | None) -> Order:
         """Decodes one record value.
@@ -114,10 +106,9 @@ class OrderDecoder:
             if len(value) < _SINGLE_OBJECT_HEADER:
                 raise DeserializationError("single-object header is truncated")
             fp = value[2:_SINGLE_OBJECT_HEADER]
-            writer = self._writers.get(fp)
-            if writer is None:
+            if fp != self._schema.fingerprint:
                 raise DeserializationError(f"unknown writer schema fingerprint {fp.hex()}")
-            return self._read_body(value, _SINGLE_OBJECT_HEADER, writer)
+            return self._read_body(value, _SINGLE_OBJECT_HEADER, self._schema.parsed)
         if value.startswith(CONFLUENT_MAGIC):
             if len(value) < _CONFLUENT_HEADER:
                 raise DeserializationError("schema-registry header is truncated")

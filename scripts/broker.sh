@@ -15,8 +15,10 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CACHE="$ROOT/.cache/broker"
 LOGS="$CACHE/logs"
 RUN="$CACHE/run"
-KAFKA_VERSION="4.1.1"
+KAFKA_VERSION="4.1.1"      # passed to scripts/broker-pom.xml
 APICURIO_VERSION="3.0.9"
+KAFKA_LIBS="$CACHE/kafka-$KAFKA_VERSION"
+APICURIO_HOME="$CACHE/apicurio-$APICURIO_VERSION"
 KAFKA_HOST=127.0.0.1
 KAFKA_PORT=9092
 CONTROLLER_PORT=9093
@@ -33,12 +35,16 @@ registry_answers() {
   curl -fsS -m 2 -o /dev/null "$REGISTRY_CHECK_URL" 2>/dev/null
 }
 
+# The way `up` started the services is recorded, so that `down` and `status` act on
+# the same services even if a Docker engine started answering in between.
 use_docker() {
-  case "${BROKER_MODE:-auto}" in
+  local mode="${BROKER_MODE:-}"
+  [ -n "$mode" ] || mode=$(cat "$RUN/mode" 2>/dev/null || echo auto)
+  case "$mode" in
     docker) return 0 ;;
     local) return 1 ;;
     auto) command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1 ;;
-    *) die "BROKER_MODE must be docker, local or auto, got '${BROKER_MODE}'" ;;
+    *) die "BROKER_MODE must be docker, local or auto, got '$mode'" ;;
   esac
 }
 
@@ -62,26 +68,26 @@ require_maven() {
 
 # Downloads the jars once; later runs reuse the cache.
 fetch_jars() {
-  if [ ! -f "$CACHE/kafka-libs/.complete" ]; then
+  if [ ! -f "$KAFKA_LIBS/.complete" ]; then
     require_maven
-    say "Downloading Apache Kafka $KAFKA_VERSION from Maven Central into $CACHE/kafka-libs ..."
-    rm -rf "$CACHE/kafka-libs"
-    mvn -q -B -f "$ROOT/scripts/broker-pom.xml" dependency:copy-dependencies \
-      -DincludeScope=runtime -DoutputDirectory="$CACHE/kafka-libs" >"$LOGS/maven-kafka.log" 2>&1 ||
+    say "Downloading Apache Kafka $KAFKA_VERSION from Maven Central into $KAFKA_LIBS ..."
+    rm -rf "$KAFKA_LIBS"
+    mvn -q -B -f "$ROOT/scripts/broker-pom.xml" dependency:copy-dependencies -Dkafka.version="$KAFKA_VERSION" \
+      -DincludeScope=runtime -DoutputDirectory="$KAFKA_LIBS" >"$LOGS/maven-kafka.log" 2>&1 ||
       die "Maven could not download Kafka; see $LOGS/maven-kafka.log"
-    touch "$CACHE/kafka-libs/.complete"
+    touch "$KAFKA_LIBS/.complete"
   fi
-  if [ ! -f "$CACHE/apicurio/.complete" ]; then
+  if [ ! -f "$APICURIO_HOME/.complete" ]; then
     require_maven
-    say "Downloading Apicurio Registry $APICURIO_VERSION from Maven Central into $CACHE/apicurio ..."
-    rm -rf "$CACHE/apicurio"
+    say "Downloading Apicurio Registry $APICURIO_VERSION from Maven Central into $APICURIO_HOME ..."
+    rm -rf "$APICURIO_HOME"
     mvn -q -B -f "$ROOT/scripts/broker-pom.xml" dependency:copy \
       -Dartifact="io.apicurio:apicurio-registry-app:$APICURIO_VERSION:tar.gz:all" \
-      -DoutputDirectory="$CACHE/apicurio" >"$LOGS/maven-apicurio.log" 2>&1 ||
+      -DoutputDirectory="$APICURIO_HOME" >"$LOGS/maven-apicurio.log" 2>&1 ||
       die "Maven could not download Apicurio Registry; see $LOGS/maven-apicurio.log"
-    tar -xzf "$CACHE/apicurio/apicurio-registry-app-$APICURIO_VERSION-all.tar.gz" -C "$CACHE/apicurio"
-    rm "$CACHE/apicurio/apicurio-registry-app-$APICURIO_VERSION-all.tar.gz"
-    touch "$CACHE/apicurio/.complete"
+    tar -xzf "$APICURIO_HOME/apicurio-registry-app-$APICURIO_VERSION-all.tar.gz" -C "$APICURIO_HOME"
+    rm "$APICURIO_HOME/apicurio-registry-app-$APICURIO_VERSION-all.tar.gz"
+    touch "$APICURIO_HOME/.complete"
   fi
 }
 
@@ -126,10 +132,11 @@ start_kafka_local() {
   port_open "$KAFKA_HOST" "$KAFKA_PORT" &&
     die "$KAFKA_HOST:$KAFKA_PORT is already taken by another process (another Kafka, or a Docker container?): stop it, or use that broker and skip this script."
   write_kafka_config
-  local cp="$CACHE/kafka-libs/*"
+  local cp="$KAFKA_LIBS/*"
   if [ ! -f "$CACHE/kafka-data/meta.properties" ]; then
     local cluster_id
-    cluster_id=$(java -cp "$cp" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n 1)
+    cluster_id=$(java -cp "$cp" kafka.tools.StorageTool random-uuid 2>"$LOGS/kafka-format.log" | tail -n 1) ||
+      die "Kafka could not make a cluster id; see $LOGS/kafka-format.log"
     java -cp "$cp" -Dlog4j2.configurationFile="$CACHE/log4j2.properties" kafka.tools.StorageTool format \
       -t "$cluster_id" -c "$CACHE/server.properties" --standalone >"$LOGS/kafka-format.log" 2>&1 ||
       die "formatting the Kafka storage failed; see $LOGS/kafka-format.log"
@@ -148,7 +155,7 @@ start_registry_local() {
   port_open "$KAFKA_HOST" "$REGISTRY_PORT" &&
     die "$KAFKA_HOST:$REGISTRY_PORT is already taken by another process (another registry, or a Docker container?): stop it, or use that registry and skip this script."
   # cd first, then background java on its own, so that $! is java's pid (not a subshell's).
-  cd "$CACHE/apicurio"
+  cd "$APICURIO_HOME"
   nohup java -Xmx512m -Dquarkus.http.host="$KAFKA_HOST" -Dquarkus.http.port="$REGISTRY_PORT" \
     -jar "apicurio-registry-app-$APICURIO_VERSION-runner.jar" >"$LOGS/registry.log" 2>&1 &
   echo $! >"$RUN/registry.pid"
@@ -181,7 +188,7 @@ stop_pid() {
   local name=$1 pidfile=$2 pid
   pid_alive "$pidfile" || { rm -f "$pidfile"; say "$name is not running."; return; }
   pid=$(cat "$pidfile")
-  kill "$pid"
+  kill "$pid" 2>/dev/null || true  # it may have ended since the check
   for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
   kill -0 "$pid" 2>/dev/null && kill -9 "$pid"
   rm -f "$pidfile"
@@ -190,10 +197,13 @@ stop_pid() {
 
 cmd_up() {
   mkdir -p "$LOGS" "$RUN"
+  rm -f "$RUN/mode"  # decide afresh; recorded below for down and status
   if use_docker; then
+    echo docker >"$RUN/mode"
     say "A Docker engine answers: starting the services from docker-compose.yml ..."
     docker compose -f "$ROOT/docker-compose.yml" up -d --wait
   else
+    echo local >"$RUN/mode"
     require_java
     fetch_jars
     start_kafka_local
