@@ -30,6 +30,15 @@ def as_retry(record: Incoming, decision: Retry, offset: int = 3) -> Incoming:
     return Incoming("orders-retry", 2, offset, NOW, record.key, record.value, decision.headers, from_retry_topic=True)
 
 
+def after_three_retries(record: Incoming) -> Incoming:
+    """The record as read back for its third and last retry."""
+    for _ in range(3):
+        decision = decide(record, RuntimeError("boom"), NOW, POLICY)
+        assert isinstance(decision, Retry)
+        record = as_retry(record, decision)
+    return record
+
+
 def hdrs(decision: Retry | DeadLetter) -> dict[str, str]:
     return {k: v.decode() for k, v in decision.headers}
 
@@ -93,12 +102,7 @@ def test_retries_keep_the_origin_and_replace_pipeline_headers() -> None:
 
 
 def test_a_failure_on_the_last_retry_goes_to_the_dlq_as_retries_exhausted() -> None:
-    record = fresh()
-    for _ in range(3):
-        decision = decide(record, RuntimeError("boom"), NOW, POLICY)
-        assert isinstance(decision, Retry)
-        record = as_retry(record, decision)
-    final = decide(record, KeyError("sku"), NOW, POLICY)
+    final = decide(after_three_retries(fresh()), KeyError("sku"), NOW, POLICY)
     assert isinstance(final, DeadLetter)
     h = hdrs(final)
     assert (final.reason, h["dlq.reason"], h["retry.attempt"]) == ("retries-exhausted", "retries-exhausted", "3")
@@ -176,11 +180,7 @@ def test_headers_that_are_not_utf8_or_numbers_count_as_missing() -> None:
 
 
 def test_a_dlq_record_replayed_onto_orders_starts_afresh() -> None:
-    record = fresh()
-    for _ in range(3):
-        retry = decide(record, RuntimeError("boom"), NOW, POLICY)
-        assert isinstance(retry, Retry)
-        record = as_retry(record, retry)
+    record = after_three_retries(fresh())
     dead = decide(record, RuntimeError("boom"), NOW, POLICY)
     assert isinstance(dead, DeadLetter)  # carries retry.attempt=3 and the old origin
     replayed = Incoming("orders", 0, 99, NOW + 1, record.key, record.value, dead.headers)
