@@ -82,3 +82,25 @@ def test_sigterm_finishes_the_batch_commits_and_exits_0(pipeline: Pipeline) -> N
     assert consumer.returncode == 0, err
     assert "Consumer summary: processed 5," in out
     assert pipeline.committed() == 5, "the offsets of the processed orders were committed"
+
+
+def test_the_producer_stops_on_sigterm_flushes_and_reports(pipeline: Pipeline) -> None:
+    producer = pipeline.popen("producer.py", "--rate", "50")
+    try:
+        assert producer.stdout is not None
+        assert "Producing" in producer.stdout.readline()
+        sent = 0
+        while sent < 10:  # bounded by the test timeout; readline returns "" if the producer dies
+            line = producer.stdout.readline()
+            assert line, "the producer exited early"
+            sent += line.startswith("✓ Sent")
+        producer.send_signal(signal.SIGTERM)
+        out, err = producer.communicate(timeout=30)
+    finally:
+        producer.kill()
+    assert producer.returncode == 0, err
+    produced = summary(PRODUCER_SUMMARY, out)
+    assert int(produced["sent"]) >= 10
+    assert produced["delivered"] == produced["sent"]
+    assert produced["failed"] == "0"
+    assert len(pipeline.read(pipeline.settings.orders_topic)) == int(produced["sent"])
