@@ -209,6 +209,19 @@ def read_topic(bootstrap: str, topic: str) -> list[Record]:
         reader.close()
 
 
+def read_until(process: subprocess.Popen[str], prefix: str, count: int) -> None:
+    """Reads a program's output until `count` lines started with `prefix`.
+
+    Bounded by the test timeout; fails at once if the program exits first.
+    """
+    assert process.stdout is not None
+    seen = 0
+    while seen < count:
+        line = process.stdout.readline()
+        assert line, f"{process.args!r} exited before {count} lines starting {prefix!r}"
+        seen += line.startswith(prefix)
+
+
 def wait_for(condition: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
     """Polls until `condition()` is truthy and returns it; fails after `timeout` seconds."""
     deadline = time.monotonic() + timeout

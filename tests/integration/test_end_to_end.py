@@ -8,7 +8,7 @@ from confluent_kafka.admin import AdminClient
 
 from orderpipe.codec import OrderDecoder, load_order_schema
 from orderpipe.money import RunningAverage, format_cents, to_cents
-from tests.integration.conftest import CONSUMER_SUMMARY, PRODUCER_SUMMARY, Pipeline, summary
+from tests.integration.conftest import CONSUMER_SUMMARY, PRODUCER_SUMMARY, Pipeline, read_until, summary
 
 PROCESSED_LINE = re.compile(r"^✓ Processed: Order (\S+) → ", re.MULTILINE)
 
@@ -66,15 +66,10 @@ def test_every_order_is_processed_or_dead_lettered_exactly_once(pipeline: Pipeli
 def test_sigterm_finishes_the_batch_commits_and_exits_0(pipeline: Pipeline) -> None:
     consumer = pipeline.popen("consumer.py")
     try:
-        assert consumer.stdout is not None
-        assert "Consuming" in consumer.stdout.readline()
+        read_until(consumer, "Consuming", 1)
         sent = pipeline.run("producer.py", "--count", "5", "--rate", "0", "--quiet")
         assert sent.returncode == 0, sent.stderr
-        processed = 0
-        while processed < 5:  # bounded by the test timeout; readline returns "" if the consumer dies
-            line = consumer.stdout.readline()
-            assert line, "the consumer exited early"
-            processed += line.startswith("✓ Processed")
+        read_until(consumer, "✓ Processed", 5)
         consumer.send_signal(signal.SIGTERM)
         out, err = consumer.communicate(timeout=30)
     finally:
@@ -87,13 +82,8 @@ def test_sigterm_finishes_the_batch_commits_and_exits_0(pipeline: Pipeline) -> N
 def test_the_producer_stops_on_sigterm_flushes_and_reports(pipeline: Pipeline) -> None:
     producer = pipeline.popen("producer.py", "--rate", "50")
     try:
-        assert producer.stdout is not None
-        assert "Producing" in producer.stdout.readline()
-        sent = 0
-        while sent < 10:  # bounded by the test timeout; readline returns "" if the producer dies
-            line = producer.stdout.readline()
-            assert line, "the producer exited early"
-            sent += line.startswith("✓ Sent")
+        read_until(producer, "Producing", 1)
+        read_until(producer, "✓ Sent", 10)
         producer.send_signal(signal.SIGTERM)
         out, err = producer.communicate(timeout=30)
     finally:
