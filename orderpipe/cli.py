@@ -17,10 +17,12 @@ from types import FrameType
 
 from config import ENV_NAMES, load_settings
 from orderpipe.console import NORMAL, QUIET, VERBOSE, Console
-from orderpipe.consumer_app import ConsumerOptions, OrderConsumer, simulated_outage
+from orderpipe.consumer_app import AT_LEAST_ONCE, EXACTLY_ONCE, ConsumerOptions, OrderConsumer, simulated_outage
 from orderpipe.errors import OrderPipeError
 from orderpipe.kafka_clients import librdkafka_logger
+from orderpipe.money import RunningAverage
 from orderpipe.producer_app import ProducerOptions, run_producer
+from orderpipe.stats_reader import read_group_stats
 
 __all__ = ["consumer_main", "producer_main"]
 
@@ -121,7 +123,19 @@ def _consumer_parser() -> argparse.ArgumentParser:
         type=_at_least(int, 1),
         default=500,
         metavar="N",
-        help="most records handled per batch (default 500)",
+        help="most records handled per batch, and so per transaction (default 500)",
+    )
+    parser.add_argument(
+        "--delivery",
+        choices=(EXACTLY_ONCE, AT_LEAST_ONCE),
+        default=EXACTLY_ONCE,
+        help="exactly-once (default): each batch's records, stats and offsets in one transaction; "
+        "at-least-once: produce, then commit (for comparison)",
+    )
+    parser.add_argument(
+        "--stats",
+        action="store_true",
+        help="print the group-wide count, sum and running average from the stats topic and exit",
     )
     _common(parser)
     return parser
@@ -189,15 +203,28 @@ def producer_main(argv: Sequence[str] | None = None) -> int:
     return _run(main)
 
 
+def _print_stats(topic: str, states: dict[str, RunningAverage], verbosity: int) -> None:
+    """The stats view: one line for scripts and people, and one per partition with --verbose."""
+    total = RunningAverage()
+    for key, state in states.items():
+        total += state
+        if verbosity >= VERBOSE:
+            print(f"{key}: count {state.count}, sum_cents {state.sum_cents}, average {state.describe()}")
+    print(f"{topic}: count {total.count}, sum_cents {total.sum_cents}, running average {total.describe()}")
+
+
 def consumer_main(argv: Sequence[str] | None = None) -> int:
     """Entry point of consumer.py; returns the process exit code."""
     args = _consumer_parser().parse_args(argv)
 
     def main() -> int:
         settings = load_settings(_settings_overrides(args))
-        options = ConsumerOptions(idle_exit_s=args.idle_exit, batch_size=args.batch_size)
         verbosity = _verbosity(args)
         _setup_output(verbosity)
+        if args.stats:
+            _print_stats(settings.stats_topic, read_group_stats(settings, Console(verbosity)), verbosity)
+            return 0
+        options = ConsumerOptions(idle_exit_s=args.idle_exit, batch_size=args.batch_size, delivery=args.delivery)
         downstream = simulated_outage(random.Random(args.seed), args.failure_rate)
         OrderConsumer(settings, options, Console(verbosity), downstream).run(_stop_on_signals())
         return 0

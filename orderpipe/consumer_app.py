@@ -1,8 +1,21 @@
 """The consumer at the edge: reads batches, asks the pure core what to do, and does it.
 
-Per batch: decide every record (`routing.plan_batch`), produce the retry and DLQ
-records, wait until the broker acknowledged all of them, then commit the input
-offsets. A crash anywhere before the commit replays the batch: at-least-once.
+Per batch (one `consume` call: at most `batch_size` records or `batch_timeout_s`):
+decide every record (`routing.plan_batch`), then hand the retry and DLQ records, the
+new `orders-stats` values of the partitions that changed and the input offsets to a
+committer, which makes them durable together: one Kafka transaction by default
+(exactly-once), or produce-then-commit (`--delivery at-least-once`).
+
+A transaction never outlives its batch: it is begun and committed between two
+`consume` calls, and rebalance callbacks run only inside `consume`, so no
+transaction is open when partitions are revoked. An aborted batch rewinds its
+partitions to the last committed offsets; the in-memory state was never changed by
+it, since a batch's state is applied only once its commit succeeded.
+
+On assignment the consumer reads the committed offsets (which waits for any
+transaction still holding offsets of those partitions), then reads `orders-stats` up
+to its end, and starts each partition at exactly the offset its restored state
+belongs to.
 
 Retries never block `orders`: a retry partition whose head record is not yet due is
 paused and rewound to that record, and resumed once it is due. The poll loop never
@@ -18,13 +31,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from config import Settings
 from orderpipe.codec import OrderDecoder, load_order_schema
+from orderpipe.committers import AtLeastOnceCommitter, Committer, Outgoing, TransactionalCommitter
 from orderpipe.console import Console
-from orderpipe.errors import BrokerUnavailableError, DeliveryError
-from orderpipe.kafka_clients import connect_admin, create_client, ensure_topics, produce, producer_config
+from orderpipe.errors import BatchAbortedError, BrokerUnavailableError, FatalKafkaError
+from orderpipe.instance import InstanceSlot, claim_slot
+from orderpipe.kafka_clients import connect_admin, create_client, ensure_topics
 from orderpipe.money import RunningAverage, format_cents
 from orderpipe.order import ValidOrder, validate
 from orderpipe.registry import RegistryLookup, connect_registry
@@ -33,7 +48,6 @@ from orderpipe.routing import (
     REASON_RETRIES_EXHAUSTED,
     REASON_VALIDATION,
     BatchPlan,
-    DeadLetter,
     Decision,
     Incoming,
     Processed,
@@ -41,28 +55,52 @@ from orderpipe.routing import (
     RetryPolicy,
     plan_batch,
 )
+from orderpipe.stats import encode_stats, group_total, stats_key
+from orderpipe.stats_reader import StatsReader
 
-__all__ = ["ConsumerOptions", "ConsumerSummary", "Downstream", "OrderConsumer", "incoming", "simulated_outage"]
+__all__ = [
+    "AT_LEAST_ONCE",
+    "EXACTLY_ONCE",
+    "ConsumerOptions",
+    "ConsumerSummary",
+    "Downstream",
+    "OrderConsumer",
+    "incoming",
+    "simulated_outage",
+]
 
 # The work done for a valid order after validation (a simulated downstream call in
 # this project); raising any exception makes the order a transient failure.
 Downstream = Callable[[ValidOrder], None]
-DELIVERY_TIMEOUT_S = 30.0
+EXACTLY_ONCE = "exactly-once"
+AT_LEAST_ONCE = "at-least-once"
 # Before the first partition assignment, --idle-exit waits this much longer: joining
 # the group (and, on a new broker, creating __consumer_offsets) is not idleness.
 JOIN_GRACE_S = 30.0
-# Commit failures that only mean a rebalance took the partitions away; the new owner
-# reads from the last committed offsets, which at-least-once allows.
-_REBALANCE_ERRORS = frozenset(
-    {KafkaError.ILLEGAL_GENERATION, KafkaError.UNKNOWN_MEMBER_ID, KafkaError.REBALANCE_IN_PROGRESS}
-)
+ASSIGN_TIMEOUT_S = 60.0
+
+TP = tuple[str, int]
 
 
 @dataclass(frozen=True)
 class ConsumerOptions:
+    """How the consumer runs; the defaults are what consumer.py uses.
+
+    Attributes:
+        session_timeout_ms: how soon the group notices a consumer that died without
+            leaving, and gives its partitions to the others.
+        transaction_timeout_ms: how long the broker keeps a dead consumer's open
+            transaction before aborting it (a restart on the same machine aborts it
+            at once; see `orderpipe.instance`).
+    """
+
     idle_exit_s: float | None = None
     batch_size: int = 500
     batch_timeout_s: float = 0.1
+    delivery: str = EXACTLY_ONCE
+    session_timeout_ms: int = 10_000
+    max_poll_interval_ms: int = 300_000
+    transaction_timeout_ms: int = 10_000
 
 
 @dataclass
@@ -70,6 +108,8 @@ class ConsumerSummary:
     processed: int = 0
     retried: int = 0
     dead_lettered: Counter[str] = field(default_factory=Counter)
+    aborted: int = 0
+    # Group-wide: every partition's committed state, this consumer's own included.
     average: RunningAverage = field(default_factory=RunningAverage)
 
     def describe(self) -> str:
@@ -107,7 +147,7 @@ class OrderConsumer:
     Args:
         downstream: called for every valid order; an exception is a transient failure.
         clock: epoch seconds (time.time); injectable so tests can steer due times.
-        on_decision: called with each decision after its batch was applied.
+        on_decision: called with each decision after its batch was committed.
     """
 
     def __init__(
@@ -128,8 +168,11 @@ class OrderConsumer:
         self._on_decision = on_decision
         self._policy = RetryPolicy(settings.max_retries, settings.retry_backoff_ms, settings.retry_backoff_max_ms)
         self._max_price_cents = settings.max_order_price_cents
-        self._paused: dict[tuple[str, int], int] = {}  # retry partition -> due time (epoch ms)
-        self._delivery_errors: list[str] = []
+        self._input_topics = (settings.orders_topic, settings.retry_topic)
+        self._paused: dict[TP, int] = {}  # retry partition -> due time (epoch ms)
+        # Per owned input partition: the state and the next offset of the last commit.
+        self._owned: dict[TP, RunningAverage] = {}
+        self._committed_offsets: dict[TP, int] = {}
         self._fatal: KafkaError | None = None
         self._last_activity = clock()
         self._assigned_once = False
@@ -146,16 +189,18 @@ class OrderConsumer:
         Raises:
             ConfigError: the Kafka client settings were rejected.
             BrokerUnavailableError, RegistryUnavailableError: at start-up.
-            DeliveryError: a retry or DLQ record was not acknowledged (its batch was not committed).
+            FatalKafkaError: the transactional producer was fenced or failed for good.
+            DeliveryError: at-least-once only, a retry or DLQ record was not
+                acknowledged (its batch was not committed).
         """
-        settings = self._settings
+        settings, options = self._settings, self._options
         admin = connect_admin(settings)
         ensure_topics(admin, settings)
         lookup = (
             RegistryLookup(connect_registry(settings.schema_registry_url)) if settings.schema_registry_url else None
         )
         self._decoder = OrderDecoder(load_order_schema(), lookup)
-        self._producer = create_client(Producer, producer_config(settings))
+        self._stats = StatsReader(settings, admin, self._console)
         self._consumer = create_client(
             Consumer,
             {
@@ -164,36 +209,62 @@ class OrderConsumer:
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",
                 "isolation.level": "read_committed",
+                "session.timeout.ms": options.session_timeout_ms,
+                "max.poll.interval.ms": options.max_poll_interval_ms,
                 "error_cb": self._on_error,
             },
         )
-        topics = [settings.orders_topic, settings.retry_topic]
-        self._consumer.subscribe(topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke)
-        wire = f"schema registry at {settings.schema_registry_url}" if lookup else "no schema registry"
-        self._console.info(
-            f"Consuming {', '.join(topics)} as group {settings.consumer_group} from {settings.bootstrap_servers} "
-            f"({wire}). Ctrl-C to stop."
-        )
+        slot: InstanceSlot | None = None
+        committer: Committer
+        if options.delivery == EXACTLY_ONCE:
+            slot = claim_slot(settings.consumer_group)
+            committer = TransactionalCommitter(
+                settings, self._consumer, slot.transactional_id, options.transaction_timeout_ms
+            )
+            mode = f"exactly-once, transactional id {slot.transactional_id}"
+        else:
+            committer = AtLeastOnceCommitter(settings, self._consumer, self._console)
+            mode = "at-least-once"
+        self._committer = committer
         try:
+            committer.start()
+            self._consumer.subscribe(
+                list(self._input_topics), on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
+            )
+            wire = f"schema registry at {settings.schema_registry_url}" if lookup else "no schema registry"
+            self._console.info(
+                f"Consuming {', '.join(self._input_topics)} as group {settings.consumer_group} from "
+                f"{settings.bootstrap_servers} ({wire}; {mode}). Ctrl-C to stop."
+            )
             self._loop(stop)
         finally:
-            # Every batch was flushed before its commit, so nothing is pending here
-            # unless a batch failed, and then its offsets were not committed anyway.
+            # No transaction is open here: each is committed or aborted within its batch.
             try:
                 self._consumer.close()
             except KafkaException as exc:
                 self._console.error(f"⚠ Closing the consumer failed: {exc}")
+            committer.close()
+            self._stats.close()
+            if slot is not None:
+                slot.release()
+        self.summary.average = self.group_total()
         self._console.info(self.summary.describe())
         return self.summary
+
+    def group_total(self) -> RunningAverage:
+        """The group-wide running average: own partitions from memory, the others' from `orders-stats`."""
+        own = {stats_key(topic, partition): state for (topic, partition), state in self._owned.items()}
+        return group_total(self._stats.latest, own, self._input_topics)
 
     def _loop(self, stop: threading.Event) -> None:
         last_processed, last_time = 0, self._clock()
         while not stop.is_set():
             if self._fatal is not None:
-                raise BrokerUnavailableError(f"Kafka reported a fatal error: {self._fatal.str()}")
+                raise FatalKafkaError(f"Kafka reported a fatal error: {self._fatal.str()}")
             now = self._clock()
             self._console.tick(now)
             self._resume_due(now)
+            self._stats.poll()
             messages = self._consumer.consume(self._options.batch_size, self._options.batch_timeout_s)
             records = self._records(messages)
             if records:
@@ -213,7 +284,7 @@ class OrderConsumer:
             error = message.error()
             if error is not None:
                 if error.fatal():
-                    raise BrokerUnavailableError(f"Kafka reported a fatal error: {error.str()}")
+                    raise FatalKafkaError(f"Kafka reported a fatal error: {error.str()}")
                 self._console.debug(f"consumer error: {error.str()}")
                 continue
             if (message.topic(), message.partition()) in self._paused:
@@ -228,63 +299,61 @@ class OrderConsumer:
         return now - self._last_activity >= (limit if self._assigned_once else limit + JOIN_GRACE_S)
 
     def _apply(self, plan: BatchPlan) -> None:
-        for deferred in plan.deferred:
-            tp = TopicPartition(deferred.topic, deferred.partition, deferred.offset)
-            self._consumer.pause([tp])
-            self._consumer.seek(tp)
-            self._paused[(deferred.topic, deferred.partition)] = deferred.due_ms
-        produced = 0
+        outgoing: list[Outgoing] = []
+        changed: dict[TP, RunningAverage] = {}
         for decision in plan.decisions:
-            if isinstance(decision, Retry | DeadLetter):
-                topic = self._settings.retry_topic if isinstance(decision, Retry) else self._settings.dlq_topic
-                record = decision.record
-                produce(
-                    self._producer,
-                    topic,
-                    record.key,
-                    record.value,
-                    on_delivery=self._on_delivery,
-                    headers=decision.headers,
-                )
-                produced += 1
-        if produced:
-            remaining = self._producer.flush(DELIVERY_TIMEOUT_S)
-            if remaining or self._delivery_errors:
-                problems = "; ".join(self._delivery_errors[:3]) or f"{remaining} records unacknowledged"
-                raise DeliveryError(
-                    f"retry/DLQ records were not acknowledged, so this batch was not committed: {problems}"
-                )
-        if plan.commits:
-            self._commit([TopicPartition(t, p, offset) for (t, p), offset in plan.commits.items()])
-        for decision in plan.decisions:
-            self._report(decision)
-
-    def _commit(self, offsets: list[TopicPartition]) -> None:
-        """Commits synchronously; a failure means the batch is read again (at-least-once), so it warns."""
-        try:
-            results = self._consumer.commit(offsets=offsets, asynchronous=False) or []
-            errors = [tp.error for tp in results if tp.error is not None]
-        except KafkaException as exc:
-            errors = [exc.args[0]] if exc.args else []
-        for error in errors:
-            if error.code() in _REBALANCE_ERRORS:
-                self._console.debug(f"commit not accepted after a rebalance: {error.str()}")
+            record = decision.record
+            if isinstance(decision, Processed):
+                tp = (record.topic, record.partition)
+                changed[tp] = changed.get(tp, self._owned.get(tp, RunningAverage())).add(decision.order.price_cents)
             else:
-                self._console.error(f"⚠ Commit failed, the batch will be read again: {error.str()}")
+                topic = self._settings.retry_topic if isinstance(decision, Retry) else self._settings.dlq_topic
+                outgoing.append(Outgoing(topic, record.key, record.value, decision.headers))
+        outgoing.extend(
+            Outgoing(self._settings.stats_topic, stats_key(*tp).encode(), encode_stats(state))
+            for tp, state in changed.items()
+        )
+        if plan.commits:
+            offsets = [TopicPartition(topic, partition, offset) for (topic, partition), offset in plan.commits.items()]
+            try:
+                self._committer.commit(outgoing, offsets)
+            except BatchAbortedError as exc:
+                self.summary.aborted += 1
+                self._console.error(f"⚠ {exc}; reading the batch again from the last commit")
+                self._rewind(list(plan.commits))
+                return
+        before = self.group_total()
+        self._owned.update(changed)
+        self._committed_offsets.update(plan.commits)
+        for deferred in plan.deferred:
+            position = TopicPartition(deferred.topic, deferred.partition, deferred.offset)
+            self._consumer.pause([position])
+            self._consumer.seek(position)
+            self._paused[(deferred.topic, deferred.partition)] = deferred.due_ms
+        for decision in plan.decisions:
+            before = self._report(decision, before)
 
-    def _on_delivery(self, error: KafkaError | None, _message: Message) -> None:
-        if error is not None:
-            self._delivery_errors.append(error.str())
+    def _rewind(self, partitions: list[TP]) -> None:
+        """Seeks partitions back to their last committed offsets after an aborted batch."""
+        for topic, partition in partitions:
+            if (topic, partition) not in self._owned:
+                continue  # taken away by a rebalance; its new owner starts from the commit
+            offset = self._committed_offsets.get((topic, partition), OFFSET_BEGINNING)
+            try:
+                self._consumer.seek(TopicPartition(topic, partition, offset))
+            except KafkaException as exc:
+                self._console.debug(f"rewind of {topic}-{partition} skipped: {exc}")
 
-    def _report(self, decision: Decision) -> None:
+    def _report(self, decision: Decision, running: RunningAverage) -> RunningAverage:
+        """Counts and prints one committed decision; returns the group-wide state after it."""
         summary, console = self.summary, self._console
         if isinstance(decision, Processed):
             order = decision.order
             summary.processed += 1
-            summary.average = summary.average.add(order.price_cents)
+            running = running.add(order.price_cents)
             console.event(
                 f"✓ Processed: Order {order.order_id} → {order.product} → {format_cents(order.price_cents)}\n"
-                f"Running Average: {summary.average.describe()}"
+                f"Running Average: {running.describe()}"
             )
         elif isinstance(decision, Retry):
             summary.retried += 1
@@ -298,6 +367,7 @@ class OrderConsumer:
             console.event(f"✗ Sent to DLQ ({decision.reason}): Order {decision.record.label}: {decision.error}")
         if self._on_decision is not None:
             self._on_decision(decision)
+        return running
 
     def _resume_due(self, now: float) -> None:
         now_ms = int(now * 1000)
@@ -307,12 +377,50 @@ class OrderConsumer:
             for tp in due:
                 del self._paused[tp]
 
-    def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Restores the assigned partitions' state and starts each at the offset that state belongs to."""
         self._last_activity = self._clock()
         self._assigned_once = True
-        self._console.debug(f"assigned: {', '.join(f'{tp.topic}-{tp.partition}' for tp in partitions)}")
+        committed = self._committed(consumer, partitions)
+        self._stats.catch_up()
+        for tp in committed:
+            key = (tp.topic, tp.partition)
+            self._owned[key] = self._stats.latest.get(stats_key(*key), RunningAverage())
+            if tp.offset >= 0:
+                self._committed_offsets[key] = tp.offset
+            else:
+                self._committed_offsets.pop(key, None)
+        consumer.assign(committed)
+        self._console.debug(f"assigned: {', '.join(f'{tp.topic}-{tp.partition}@{tp.offset}' for tp in committed)}")
+
+    def _committed(self, consumer: Consumer, partitions: list[TopicPartition]) -> list[TopicPartition]:
+        """The committed offsets, once no open transaction holds offsets of these partitions.
+
+        A read_committed consumer asks for stable offsets, so the broker answers only
+        after such a transaction has been committed or aborted.
+        """
+        deadline = time.monotonic() + ASSIGN_TIMEOUT_S
+        while True:
+            try:
+                result = consumer.committed(partitions, timeout=ASSIGN_TIMEOUT_S)
+                errors = [tp.error for tp in result if tp.error is not None]
+                if not errors:
+                    return list(result)
+                detail = errors[0].str()
+            except KafkaException as exc:
+                detail = str(exc)
+            if time.monotonic() > deadline:
+                raise BrokerUnavailableError(f"could not read the committed offsets of the new partitions: {detail}")
+            self._console.debug(f"committed offsets not ready ({detail}); asking again")
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            key = (tp.topic, tp.partition)
+            state = self._owned.pop(key, None)
+            self._committed_offsets.pop(key, None)
+            if state is not None:
+                # Committed already (no transaction is open here), so it is what the topic holds.
+                self._stats.latest[stats_key(*key)] = state
         # librdkafka keeps a partition paused by the application even across an
         # unassign, so one that came back later would never fetch again. Resume it
         # now; its committed offset is the deferred record, which is read again.
@@ -337,7 +445,7 @@ class OrderConsumer:
         summary = self.summary
         return (
             f"[consumer] {rate:,.0f} orders/s | processed {summary.processed} | retried {summary.retried} | "
-            f"dead-lettered {sum(summary.dead_lettered.values())} | average {summary.average.describe()} | "
+            f"dead-lettered {sum(summary.dead_lettered.values())} | average {self.group_total().describe()} | "
             f"lag {self._lag()}"
         )
 

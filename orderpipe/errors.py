@@ -7,10 +7,12 @@ the edge, with the original kept as `__cause__`.
 from __future__ import annotations
 
 __all__ = [
+    "BatchAbortedError",
     "BrokerUnavailableError",
     "ConfigError",
     "DeliveryError",
     "DeserializationError",
+    "FatalKafkaError",
     "OrderPipeError",
     "RegistryUnavailableError",
     "ValidationError",
@@ -52,3 +54,13 @@ class RegistryUnavailableError(OrderPipeError):
 
 class DeliveryError(OrderPipeError):
     """The broker did not acknowledge records the programs produced."""
+
+
+class BatchAbortedError(OrderPipeError):
+    """A batch's transaction was aborted; its records are read again from the last commit."""
+
+    retriable = True
+
+
+class FatalKafkaError(OrderPipeError):
+    """Kafka reported an error the client cannot recover from (for example, fenced by a newer instance)."""

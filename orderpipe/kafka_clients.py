@@ -80,16 +80,25 @@ def ensure_topics(admin: AdminClient, settings: Settings, timeout_s: float = 30.
 
     `orders` gets ORDERS_PARTITIONS partitions; `orders-retry` and `orders-dlq` get as
     many as `orders` really has, so an order's records keep the same partition number
-    on every topic.
+    on every topic. `orders-stats` is compacted, with one partition, so one reader
+    sees every key's latest value in order.
     """
     existing = admin.list_topics(timeout=timeout_s).topics
     orders = existing.get(settings.orders_topic)
     partitions = len(orders.partitions) if orders is not None else settings.orders_partitions
-    missing = [
+    wanted = [
         NewTopic(name, num_partitions=partitions, replication_factor=settings.replication_factor)
         for name in (settings.orders_topic, settings.retry_topic, settings.dlq_topic)
-        if name not in existing
     ]
+    wanted.append(
+        NewTopic(
+            settings.stats_topic,
+            num_partitions=1,
+            replication_factor=settings.replication_factor,
+            config={"cleanup.policy": "compact"},
+        )
+    )
+    missing = [topic for topic in wanted if topic.topic not in existing]
     if not missing:
         return
     for name, future in admin.create_topics(missing, operation_timeout=timeout_s).items():
@@ -112,10 +121,13 @@ def produce(
     key: bytes | None,
     value: bytes | None,
     *,
-    on_delivery: Callable[[KafkaError | None, Any], None],
     headers: Sequence[tuple[str, bytes]] = (),
+    on_delivery: Callable[[KafkaError | None, Any], None] | None = None,
 ) -> None:
     """Produces one record, serving delivery reports while the local queue is full.
+
+    Without `on_delivery` no per-record callback runs; a transaction's commit reports
+    any record that failed.
 
     Raises:
         DeliveryError: librdkafka refused the record outright (for example larger
@@ -123,7 +135,10 @@ def produce(
     """
     while True:
         try:
-            producer.produce(topic, key=key, value=value, headers=list(headers), on_delivery=on_delivery)
+            if on_delivery is None:
+                producer.produce(topic, key=key, value=value, headers=list(headers))
+            else:
+                producer.produce(topic, key=key, value=value, headers=list(headers), on_delivery=on_delivery)
             return
         except BufferError:
             producer.poll(0.1)

@@ -175,7 +175,11 @@ def pipeline(broker: str) -> Pipeline:
 
 
 def read_topic(bootstrap: str, topic: str) -> list[Record]:
-    """Reads a topic from the beginning up to its end as of now (read_committed)."""
+    """Reads a topic from the beginning up to its last stable offset as of now (read_committed).
+
+    Ends are judged by the reader's position, which moves past transaction markers
+    and aborted records, not by the offsets of the records it returns.
+    """
     reader = Consumer(
         {
             "bootstrap.servers": bootstrap,
@@ -188,21 +192,25 @@ def read_topic(bootstrap: str, topic: str) -> list[Record]:
         metadata = reader.list_topics(topic, timeout=10).topics[topic]
         if metadata.error is not None:
             return []
+        # A read_committed client's watermark query answers the last stable offset.
         ends = {p: reader.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in metadata.partitions}
         pending = {p for p, end in ends.items() if end > 0}
         reader.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in pending])
         records: list[Record] = []
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while pending and time.monotonic() < deadline:
-            message = reader.poll(0.5)
-            if message is None or message.error() is not None:
-                continue
-            got = incoming(message)
-            headers = {k: v.decode() for k, v in got.headers}
-            names = tuple(k for k, _ in got.headers)
-            records.append(Record(topic, got.partition, got.offset, got.timestamp, got.key, got.value, headers, names))
-            if got.offset + 1 >= ends[got.partition]:
-                pending.discard(got.partition)
+            for message in reader.consume(1000, 0.2):
+                if message.error() is not None:
+                    continue
+                got = incoming(message)
+                headers = {k: v.decode() for k, v in got.headers}
+                names = tuple(k for k, _ in got.headers)
+                records.append(
+                    Record(topic, got.partition, got.offset, got.timestamp, got.key, got.value, headers, names)
+                )
+            for position in reader.position([TopicPartition(topic, p) for p in pending]):
+                if position.offset >= ends[position.partition]:
+                    pending.discard(position.partition)
         assert not pending, f"could not read {topic} to its end"
         return records
     finally:

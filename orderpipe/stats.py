@@ -1,0 +1,80 @@
+"""The running-average state as it is kept in `orders-stats` (DESIGN section 3), free of Kafka.
+
+Each input partition the consumer reads (of `orders` and of `orders-retry`) has one
+record in the compacted stats topic: key `<topic>-<partition>`, value
+`{"count": int, "sum_cents": int}`. Only the partition's current owner writes it, in
+the same transaction as the partition's offsets, so the latest value of each key is
+exactly what was processed up to the committed offset. The group-wide average is the
+sum over all keys.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+
+from orderpipe.errors import DeserializationError
+from orderpipe.money import RunningAverage
+
+__all__ = ["decode_stats", "encode_stats", "group_total", "stats_key", "topic_of_key"]
+
+
+def stats_key(topic: str, partition: int) -> str:
+    """The stats key of an input partition, e.g. `orders-0`."""
+    return f"{topic}-{partition}"
+
+
+def topic_of_key(key: str) -> str | None:
+    """The input topic a stats key belongs to, or None when the key is not of that shape."""
+    topic, sep, partition = key.rpartition("-")
+    return topic if sep and topic and partition.isdigit() else None
+
+
+def encode_stats(state: RunningAverage) -> bytes:
+    return json.dumps({"count": state.count, "sum_cents": state.sum_cents}, separators=(",", ":")).encode()
+
+
+def decode_stats(value: bytes) -> RunningAverage:
+    """Reads one stats value; extra fields are ignored so later versions may add some.
+
+    Raises:
+        DeserializationError: the value is not a JSON object with non-negative integer
+            `count` and `sum_cents`.
+    """
+    try:
+        data = json.loads(value)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DeserializationError(f"stats value is not JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise DeserializationError("stats value is not a JSON object")
+    return RunningAverage(_count(data, "count"), _count(data, "sum_cents"))
+
+
+def _count(data: dict[str, object], name: str) -> int:
+    number = data.get(name)
+    if not isinstance(number, int) or isinstance(number, bool) or number < 0:
+        raise DeserializationError(f"stats value needs a non-negative integer {name}, got {number!r}")
+    return number
+
+
+def group_total(
+    published: Mapping[str, RunningAverage],
+    own: Mapping[str, RunningAverage],
+    topics: Iterable[str],
+) -> RunningAverage:
+    """The group-wide state: this consumer's partitions from memory, every other from the topic.
+
+    Args:
+        published: the latest value of each key read from the stats topic.
+        own: the state of the partitions this consumer owns (newer than the topic's).
+        topics: the input topics that count; keys of other topics are ignored, so a
+            stats topic shared by mistake does not mix pipelines.
+    """
+    wanted = set(topics)
+    total = RunningAverage()
+    for key, state in published.items():
+        if key not in own and topic_of_key(key) in wanted:
+            total += state
+    for state in own.values():
+        total += state
+    return total
