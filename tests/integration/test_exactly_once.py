@@ -1,0 +1,235 @@
+"""Exactly-once under crashes, scale-out, zombies and restarts (DESIGN section 6), on the real broker."""
+
+from __future__ import annotations
+
+import io
+import random
+import re
+import signal
+import subprocess
+import threading
+import time
+
+import pytest
+from confluent_kafka import IsolationLevel, TopicPartition
+from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
+
+from orderpipe.console import QUIET, Console
+from orderpipe.consumer_app import ConsumerOptions, OrderConsumer
+from orderpipe.order import ValidOrder
+from orderpipe.routing import Processed
+from tests.integration.audit import Audit, audit
+from tests.integration.conftest import CONSUMER_SUMMARY, PRODUCER_SUMMARY, Pipeline, read_until, summary, wait_for
+
+STATS_LINE = re.compile(
+    r"(?P<topic>\S+): count (?P<count>\d+), sum_cents (?P<sum>\d+), running average (?P<average>\S+)"
+)
+
+
+def produce_orders(pipeline: Pipeline, count: int, seed: int) -> dict[str, str]:
+    sent = pipeline.run(
+        "producer.py",
+        *("--count", str(count), "--rate", "0", "--invalid-rate", "0.05", "--poison-rate", "0.01"),
+        *("--seed", str(seed), "--quiet"),
+    )
+    assert sent.returncode == 0, sent.stderr
+    produced = summary(PRODUCER_SUMMARY, sent.stdout)
+    assert produced["delivered"] == str(count)
+    return produced
+
+
+def assert_exact(result: Audit, produced: dict[str, str]) -> None:
+    """Every order counted or dead-lettered exactly once, and the stats say so to the cent."""
+    assert result.orders == int(produced["sent"])
+    assert (result.poison, result.invalid) == (int(produced["poison"]), int(produced["invalid"]))
+    assert result.dlq_by_reason.get("deserialization", 0) == result.poison
+    assert result.dlq_by_reason.get("validation", 0) == result.invalid
+    assert result.dlq_duplicates == 0
+    assert result.retry_duplicates == 0
+    assert result.missing == 0
+    assert result.stats == result.expected
+
+
+def stats_view(pipeline: Pipeline) -> dict[str, str]:
+    shown = pipeline.run("consumer.py", "--stats")
+    assert shown.returncode == 0, shown.stderr
+    match = STATS_LINE.search(shown.stdout)
+    assert match, shown.stdout
+    return match.groupdict()
+
+
+def open_transaction(admin: AdminClient, topics: list[str]) -> bool:
+    """Whether a transaction holds back the last stable offset of any partition of `topics`."""
+    metadata = admin.list_topics(timeout=10).topics
+    partitions = [TopicPartition(topic, p) for topic in topics for p in metadata[topic].partitions]
+    ends = {
+        level: {
+            tp: future.result(timeout=10).offset
+            for tp, future in admin.list_offsets(
+                {tp: OffsetSpec.latest() for tp in partitions},  # type: ignore[no-untyped-call]
+                isolation_level=level,
+            ).items()
+        }
+        for level in (IsolationLevel.READ_COMMITTED, IsolationLevel.READ_UNCOMMITTED)
+    }
+    return ends[IsolationLevel.READ_COMMITTED] != ends[IsolationLevel.READ_UNCOMMITTED]
+
+
+def kill_mid_transaction(process: subprocess.Popen[str], admin: AdminClient, topics: list[str]) -> None:
+    """SIGKILLs the consumer while one of its transactions is open on `topics`.
+
+    Freezing it first (SIGSTOP) makes "open" a fact rather than a race: a transaction
+    seen open while the process is stopped is still open when the kill lands.
+    """
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        wait_for(lambda: open_transaction(admin, topics), 30, "a transaction to be open")
+        process.send_signal(signal.SIGSTOP)
+        if open_transaction(admin, topics):
+            process.kill()
+            process.wait()
+            return
+        process.send_signal(signal.SIGCONT)
+    pytest.fail("never caught the consumer with a transaction open")
+
+
+def test_consumer_killed_at_five_random_moments_counts_every_order_exactly_once(pipeline: Pipeline) -> None:
+    pipeline = pipeline.with_env(RETRY_BACKOFF_MS="200", RETRY_BACKOFF_MAX_MS="1000")
+    # A live stream: 20000 orders over about a minute, while the consumer is killed five times.
+    producer = pipeline.popen(
+        "producer.py",
+        *("--count", "20000", "--rate", "330", "--invalid-rate", "0.05", "--poison-rate", "0.01", "--seed", "11"),
+        "--quiet",
+    )
+    admin = AdminClient({"bootstrap.servers": pipeline.settings.bootstrap_servers})
+    written = [pipeline.settings.retry_topic, pipeline.settings.stats_topic]
+    moments = random.Random(2026)
+    timings: list[str] = []
+    process = pipeline.popen("consumer.py", "--failure-rate", "0.2", "--seed", "0")
+    for kill in range(1, 6):
+        started = time.monotonic()
+        read_until(process, "✓ Processed", 1)  # it has its partitions and committed a batch
+        working = time.monotonic() - started
+        # The kill moment: a random delay, then the next instant a transaction is open.
+        threading.Event().wait(moments.uniform(0.1, 2.0))
+        kill_mid_transaction(process, admin, written)
+        assert open_transaction(admin, written)
+        restarted = time.monotonic()
+        process = pipeline.popen(
+            "consumer.py", "--failure-rate", "0.2", "--seed", str(kill), *(["--idle-exit", "5"] if kill == 5 else [])
+        )
+        # The new consumer takes its predecessor's transactional id and aborts the
+        # transaction the kill left open, instead of waiting for it to time out.
+        wait_for(lambda: not open_transaction(admin, written), 30, "the open transaction to be aborted")
+        timings.append(
+            f"kill {kill}: working {working:.1f}s after its start, killed mid-transaction at "
+            f"{restarted - started:.1f}s, its transaction aborted {time.monotonic() - restarted:.1f}s after the restart"
+        )
+    sent_out, sent_err = producer.communicate(timeout=240)
+    assert producer.returncode == 0, sent_err
+    produced = summary(PRODUCER_SUMMARY, sent_out)
+    out, err = process.communicate(timeout=240)
+    assert process.returncode == 0, err
+
+    result = audit(pipeline)
+    print("crash test:", "; ".join(timings))
+    print("crash test:", result.describe())
+    assert_exact(result, produced)
+    final = summary(CONSUMER_SUMMARY, out)
+    assert (final["average"], int(final["count"])) == (result.expected.describe(), result.expected.count)
+
+
+def test_three_consumers_one_killed_agree_on_the_group_wide_average(pipeline: Pipeline) -> None:
+    pipeline = pipeline.with_env(ORDERS_PARTITIONS="6", RETRY_BACKOFF_MS="200", RETRY_BACKOFF_MAX_MS="1000")
+    produced = produce_orders(pipeline, 6000, seed=12)
+    # Idle exit longer than the session timeout, so survivors wait for the dead one's partitions.
+    consumers = [
+        pipeline.popen("consumer.py", "--failure-rate", "0.2", "--seed", str(n), "--idle-exit", "15") for n in range(3)
+    ]
+    for process in consumers:
+        read_until(process, "✓ Processed", 1)
+    victim, survivors = consumers[0], consumers[1:]
+    victim.kill()
+    victim.wait()
+    outputs = [process.communicate(timeout=240) for process in survivors]
+    assert [process.returncode for process in survivors] == [0, 0], [err for _, err in outputs]
+
+    result = audit(pipeline)
+    print("scale-out:", result.describe())
+    assert_exact(result, produced)
+    view = stats_view(pipeline)
+    assert (int(view["count"]), int(view["sum"])) == (result.expected.count, result.expected.sum_cents)
+    for out, _ in outputs:
+        final = summary(CONSUMER_SUMMARY, out)
+        assert (final["average"], final["count"]) == (view["average"], view["count"])
+
+
+def test_a_zombie_cannot_commit_after_its_partitions_moved(pipeline: Pipeline) -> None:
+    pipeline = pipeline.with_env(ORDERS_PARTITIONS="2")
+    produced = produce_orders(pipeline, 2000, seed=13)
+    options = ConsumerOptions(session_timeout_ms=6000, max_poll_interval_ms=6000)
+    stalled, release = threading.Event(), threading.Event()
+
+    def stall_once(_order: ValidOrder) -> None:
+        if not stalled.is_set():
+            stalled.set()
+            release.wait(60)  # the zombie: stuck past max.poll.interval.ms with a batch in hand
+
+    zombie = OrderConsumer(pipeline.settings, options, Console(QUIET, out=io.StringIO()), stall_once)
+    taker_processed: list[Processed] = []
+    taker = OrderConsumer(
+        pipeline.settings,
+        options,
+        Console(QUIET, out=io.StringIO()),
+        lambda _order: None,
+        on_decision=lambda d: taker_processed.append(d) if isinstance(d, Processed) else None,
+    )
+    stop = threading.Event()
+    failures: list[BaseException] = []
+
+    def run(consumer: OrderConsumer) -> threading.Thread:
+        def target() -> None:
+            try:
+                consumer.run(stop)
+            except BaseException as exc:
+                failures.append(exc)
+
+        thread = threading.Thread(target=target, daemon=True)
+        thread.start()
+        return thread
+
+    threads = [run(zombie)]
+    wait_for(stalled.is_set, 60, "the first consumer to stall")
+    threads.append(run(taker))
+    # The group drops the stalled consumer; the other takes every partition and does all the work.
+    valid = int(produced["valid"])
+    wait_for(lambda: len(taker_processed) >= valid, 90, "the second consumer to process every order")
+    release.set()
+    wait_for(lambda: zombie.summary.aborted >= 1, 60, "the zombie's commit to be refused")
+    stop.set()
+    for thread in threads:
+        thread.join(60)
+    assert not failures, failures
+
+    assert zombie.summary.processed == 0
+    result = audit(pipeline)
+    assert_exact(result, produced)
+    assert len(taker_processed) == result.expected.count == valid
+
+
+def test_a_restarted_consumer_shows_the_same_running_average(pipeline: Pipeline) -> None:
+    produced = produce_orders(pipeline, 300, seed=14)
+    first = pipeline.run("consumer.py", "--failure-rate", "0.2", "--seed", "1", "--idle-exit", "3")
+    assert first.returncode == 0, first.stderr
+    before = summary(CONSUMER_SUMMARY, first.stdout)
+    assert int(before["processed"]) > 0
+
+    again = pipeline.run("consumer.py", "--idle-exit", "3")
+    assert again.returncode == 0, again.stderr
+    after = summary(CONSUMER_SUMMARY, again.stdout)
+    assert after["processed"] == "0"
+    assert (after["average"], after["count"]) == (before["average"], before["count"])
+
+    view = stats_view(pipeline)
+    assert (view["average"], view["count"]) == (before["average"], before["count"])
+    assert_exact(audit(pipeline), produced)
