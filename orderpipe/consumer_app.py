@@ -111,6 +111,16 @@ class ConsumerSummary:
     aborted: int = 0
     # Group-wide: every partition's committed state, this consumer's own included.
     average: RunningAverage = field(default_factory=RunningAverage)
+    # Records in committed batches, and the time from the first batch's start to the last one's commit.
+    handled: int = 0
+    busy_s: float = 0.0
+
+    def describe_throughput(self) -> str:
+        rate = self.handled / self.busy_s if self.busy_s > 0 else 0.0
+        return (
+            f"Throughput: {self.handled} records in {self.busy_s:.2f}s from the first batch to the last commit "
+            f"({rate:,.0f} records/s)"
+        )
 
     def describe(self) -> str:
         reasons = ", ".join(
@@ -249,6 +259,7 @@ class OrderConsumer:
                 slot.release()
         self.summary.average = self.group_total()
         self._console.info(self.summary.describe())
+        self._console.info(self.summary.describe_throughput())
         return self.summary
 
     def group_total(self) -> RunningAverage:
@@ -258,6 +269,7 @@ class OrderConsumer:
 
     def _loop(self, stop: threading.Event) -> None:
         last_processed, last_time = 0, self._clock()
+        first_batch: float | None = None
         while not stop.is_set():
             if self._fatal is not None:
                 raise FatalKafkaError(f"Kafka reported a fatal error: {self._fatal.str()}")
@@ -269,7 +281,10 @@ class OrderConsumer:
             records = self._records(messages)
             if records:
                 self._last_activity = now
-                self._apply(plan_batch(records, int(self._clock() * 1000), self._process, self._policy))
+                if self._apply(plan_batch(records, int(self._clock() * 1000), self._process, self._policy)):
+                    first_batch = now if first_batch is None else first_batch
+                    self.summary.handled += len(records)
+                    self.summary.busy_s = self._clock() - first_batch
             elif self._idle_for(now):
                 self._console.info(f"Nothing arrived and nothing was due for {self._options.idle_exit_s:g}s: exiting.")
                 return
@@ -298,7 +313,8 @@ class OrderConsumer:
             return False
         return now - self._last_activity >= (limit if self._assigned_once else limit + JOIN_GRACE_S)
 
-    def _apply(self, plan: BatchPlan) -> None:
+    def _apply(self, plan: BatchPlan) -> bool:
+        """Commits a batch's effects and reports them; False when its transaction was aborted."""
         outgoing: list[Outgoing] = []
         changed: dict[TP, RunningAverage] = {}
         for decision in plan.decisions:
@@ -321,7 +337,7 @@ class OrderConsumer:
                 self.summary.aborted += 1
                 self._console.error(f"⚠ {exc}; reading the batch again from the last commit")
                 self._rewind(list(plan.commits))
-                return
+                return False
         before = self.group_total()
         self._owned.update(changed)
         self._committed_offsets.update(plan.commits)
@@ -332,6 +348,7 @@ class OrderConsumer:
             self._paused[(deferred.topic, deferred.partition)] = deferred.due_ms
         for decision in plan.decisions:
             before = self._report(decision, before)
+        return True
 
     def _rewind(self, partitions: list[TP]) -> None:
         """Seeks partitions back to their last committed offsets after an aborted batch."""

@@ -110,6 +110,9 @@ transaction.state.log.min.isr=1
 share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
+# Abort a dead consumer's timed-out transaction within a second of its timeout,
+# not up to ten seconds later (the default check interval).
+transaction.abort.timed.out.transaction.cleanup.interval.ms=1000
 EOF
   cat >"$CACHE/log4j2.properties" <<'EOF'
 status = warn

@@ -16,6 +16,7 @@ import producer
         (consumer.main, ["--idle-exit", "0"], "expected a number > 0, got '0'"),
         (consumer.main, ["--batch-size", "0"], "expected a whole number >= 1, got '0'"),
         (consumer.main, ["--quiet", "--verbose"], "not allowed with argument"),
+        (consumer.main, ["--delivery", "twice"], "invalid choice: 'twice'"),
     ],
 )
 def test_bad_flags_exit_2_with_what_was_expected(main, argv, expected, capsys) -> None:

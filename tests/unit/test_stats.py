@@ -1,0 +1,52 @@
+"""The orders-stats state: keys, values and the group-wide total."""
+
+import pytest
+
+from orderpipe.errors import DeserializationError
+from orderpipe.money import RunningAverage
+from orderpipe.stats import decode_stats, encode_stats, group_total, stats_key, topic_of_key
+
+
+def test_a_key_names_the_input_partition() -> None:
+    assert stats_key("orders", 0) == "orders-0"
+    assert stats_key("orders-retry", 12) == "orders-retry-12"
+    assert topic_of_key("orders-retry-12") == "orders-retry"
+    assert topic_of_key("orders") is None
+    assert topic_of_key("-3") is None
+    assert topic_of_key("orders-x") is None
+
+
+def test_values_are_the_json_of_design_section_3() -> None:
+    assert encode_stats(RunningAverage(3, 13650)) == b'{"count":3,"sum_cents":13650}'
+    assert decode_stats(b'{"count": 3, "sum_cents": 13650}') == RunningAverage(3, 13650)
+    assert decode_stats(b'{"count":1,"sum_cents":5,"added_later":true}') == RunningAverage(1, 5)
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        (b"not json", "not JSON"),
+        (b"\xff", "not JSON"),
+        (b"[1, 2]", "not a JSON object"),
+        (b'{"count": 1}', "sum_cents"),
+        (b'{"count": -1, "sum_cents": 0}', "count"),
+        (b'{"count": 1.5, "sum_cents": 0}', "count"),
+        (b'{"count": true, "sum_cents": 0}', "count"),
+        (b'{"count": 1, "sum_cents": "12"}', "sum_cents"),
+    ],
+)
+def test_a_malformed_value_is_named(value: bytes, problem: str) -> None:
+    with pytest.raises(DeserializationError, match=problem):
+        decode_stats(value)
+
+
+def test_the_group_total_takes_own_partitions_from_memory_and_the_rest_from_the_topic() -> None:
+    published = {
+        "orders-0": RunningAverage(2, 200),  # ours, older than memory
+        "orders-1": RunningAverage(3, 300),
+        "orders-retry-1": RunningAverage(1, 50),
+        "other-0": RunningAverage(100, 100_000),  # another pipeline's key
+    }
+    own = {"orders-0": RunningAverage(4, 450)}
+    assert group_total(published, own, ["orders", "orders-retry"]) == RunningAverage(8, 800)
+    assert group_total({}, {}, ["orders"]) == RunningAverage()
