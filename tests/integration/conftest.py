@@ -230,6 +230,40 @@ def read_until(process: subprocess.Popen[str], prefix: str, count: int) -> None:
         seen += line.startswith(prefix)
 
 
+class Output:
+    """A program's output, read in the background so the program never blocks on a full pipe."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        assert process.stdout is not None
+        self.process = process
+        self.lines: list[str] = []
+        self._thread = threading.Thread(target=self._read, args=(process.stdout,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream: io.TextIOBase) -> None:
+        for line in stream:
+            self.lines.append(line)
+
+    def wait_for_line(self, prefix: str, timeout: float = 60.0) -> None:
+        """Waits until a line starting with `prefix` was printed; fails if the program exits first."""
+
+        def seen() -> bool:
+            if any(line.startswith(prefix) for line in self.lines):
+                return True
+            assert self.process.poll() is None or self._thread.is_alive(), (
+                f"{self.process.args!r} exited before a line starting {prefix!r}:\n{''.join(self.lines)}"
+            )
+            return False
+
+        wait_for(seen, timeout, f"a line starting {prefix!r}")
+
+    def text(self, timeout: float = 240.0) -> str:
+        """All of the output, once the program has exited."""
+        self.process.wait(timeout)
+        self._thread.join(timeout)
+        return "".join(self.lines)
+
+
 def wait_for(condition: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
     """Polls until `condition()` is truthy and returns it; fails after `timeout` seconds."""
     deadline = time.monotonic() + timeout

@@ -19,7 +19,7 @@ from orderpipe.consumer_app import ConsumerOptions, OrderConsumer
 from orderpipe.order import ValidOrder
 from orderpipe.routing import Processed
 from tests.integration.audit import Audit, audit
-from tests.integration.conftest import CONSUMER_SUMMARY, PRODUCER_SUMMARY, Pipeline, read_until, summary, wait_for
+from tests.integration.conftest import CONSUMER_SUMMARY, PRODUCER_SUMMARY, Output, Pipeline, summary, wait_for
 
 STATS_LINE = re.compile(
     r"(?P<topic>\S+): count (?P<count>\d+), sum_cents (?P<sum>\d+), running average (?P<average>\S+)"
@@ -78,13 +78,15 @@ def open_transaction(admin: AdminClient, topics: list[str]) -> bool:
 def kill_mid_transaction(process: subprocess.Popen[str], admin: AdminClient, topics: list[str]) -> None:
     """SIGKILLs the consumer while one of its transactions is open on `topics`.
 
-    Freezing it first (SIGSTOP) makes "open" a fact rather than a race: a transaction
-    seen open while the process is stopped is still open when the kill lands.
+    The consumer is frozen first (SIGSTOP). A commit it had already sent may still
+    complete at the broker, so the transaction must stay open for a moment while the
+    process is frozen; then it is certainly left open by the kill.
     """
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         wait_for(lambda: open_transaction(admin, topics), 30, "a transaction to be open")
         process.send_signal(signal.SIGSTOP)
+        threading.Event().wait(0.3)  # let a commit already in flight finish; not a synchronisation
         if open_transaction(admin, topics):
             process.kill()
             process.wait()
@@ -95,29 +97,28 @@ def kill_mid_transaction(process: subprocess.Popen[str], admin: AdminClient, top
 
 def test_consumer_killed_at_five_random_moments_counts_every_order_exactly_once(pipeline: Pipeline) -> None:
     pipeline = pipeline.with_env(RETRY_BACKOFF_MS="200", RETRY_BACKOFF_MAX_MS="1000")
-    # A live stream: 20000 orders over 80 seconds, while the consumer is killed five times
+    # A live stream: 20000 orders over 100 seconds, while the consumer is killed five times
     # (each restart takes about one session timeout, 10 s, to get its partitions back).
     producer = pipeline.popen(
         "producer.py",
-        *("--count", "20000", "--rate", "250", "--invalid-rate", "0.05", "--poison-rate", "0.01", "--seed", "11"),
+        *("--count", "20000", "--rate", "200", "--invalid-rate", "0.05", "--poison-rate", "0.01", "--seed", "11"),
         "--quiet",
     )
     admin = AdminClient({"bootstrap.servers": pipeline.settings.bootstrap_servers})
     written = [pipeline.settings.retry_topic, pipeline.settings.stats_topic]
     moments = random.Random(2026)
-    process = pipeline.popen("consumer.py", "--failure-rate", "0.2", "--seed", "0")
+    output = Output(pipeline.popen("consumer.py", "--failure-rate", "0.2", "--seed", "0"))
     for kill in range(1, 6):
         started = time.monotonic()
-        read_until(process, "✓ Processed", 1)  # it has its partitions and committed a batch
+        output.wait_for_line("✓ Processed")  # it has its partitions and committed a batch
         working = time.monotonic() - started
         # The kill moment: a random delay, then the next instant a transaction is open.
         threading.Event().wait(moments.uniform(0.1, 2.0))
-        kill_mid_transaction(process, admin, written)
+        kill_mid_transaction(output.process, admin, written)
         assert open_transaction(admin, written)
         restarted = time.monotonic()
-        process = pipeline.popen(
-            "consumer.py", "--failure-rate", "0.2", "--seed", str(kill), *(["--idle-exit", "5"] if kill == 5 else [])
-        )
+        idle_exit = ["--idle-exit", "5"] if kill == 5 else []
+        output = Output(pipeline.popen("consumer.py", "--failure-rate", "0.2", "--seed", str(kill), *idle_exit))
         # The new consumer takes its predecessor's transactional id and aborts the
         # transaction the kill left open, instead of waiting for it to time out.
         wait_for(lambda: not open_transaction(admin, written), 30, "the open transaction to be aborted")
@@ -128,8 +129,8 @@ def test_consumer_killed_at_five_random_moments_counts_every_order_exactly_once(
     sent_out, sent_err = producer.communicate(timeout=240)
     assert producer.returncode == 0, sent_err
     produced = summary(PRODUCER_SUMMARY, sent_out)
-    out, err = process.communicate(timeout=240)
-    assert process.returncode == 0, err
+    out = output.text()
+    assert output.process.returncode == 0, out
 
     result = audit(pipeline)
     print("crash test:", result.describe())
@@ -140,25 +141,34 @@ def test_consumer_killed_at_five_random_moments_counts_every_order_exactly_once(
 
 def test_three_consumers_one_killed_agree_on_the_group_wide_average(pipeline: Pipeline) -> None:
     pipeline = pipeline.with_env(ORDERS_PARTITIONS="6", RETRY_BACKOFF_MS="200", RETRY_BACKOFF_MAX_MS="1000")
-    produced = produce_orders(pipeline, 6000, seed=12)
+    # A live stream over 20 seconds, so that each of the three has work when it joins.
+    producer = pipeline.popen(
+        "producer.py",
+        *("--count", "6000", "--rate", "300", "--invalid-rate", "0.05", "--poison-rate", "0.01", "--seed", "12"),
+        "--quiet",
+    )
     # Idle exit longer than the session timeout, so survivors wait for the dead one's partitions.
     consumers = [
-        pipeline.popen("consumer.py", "--failure-rate", "0.2", "--seed", str(n), "--idle-exit", "15") for n in range(3)
+        Output(pipeline.popen("consumer.py", "--failure-rate", "0.2", "--seed", str(n), "--idle-exit", "15"))
+        for n in range(3)
     ]
-    for process in consumers:
-        read_until(process, "✓ Processed", 1)
+    for output in consumers:
+        output.wait_for_line("✓ Processed")
     victim, survivors = consumers[0], consumers[1:]
-    victim.kill()
-    victim.wait()
-    outputs = [process.communicate(timeout=240) for process in survivors]
-    assert [process.returncode for process in survivors] == [0, 0], [err for _, err in outputs]
+    victim.process.kill()
+    victim.process.wait()
+    sent_out, sent_err = producer.communicate(timeout=240)
+    assert producer.returncode == 0, sent_err
+    produced = summary(PRODUCER_SUMMARY, sent_out)
+    outputs = [output.text() for output in survivors]
+    assert [output.process.returncode for output in survivors] == [0, 0], outputs
 
     result = audit(pipeline)
     print("scale-out:", result.describe())
     assert_exact(result, produced)
     view = stats_view(pipeline)
     assert (int(view["count"]), int(view["sum"])) == (result.expected.count, result.expected.sum_cents)
-    for out, _ in outputs:
+    for out in outputs:
         final = summary(CONSUMER_SUMMARY, out)
         assert (final["average"], final["count"]) == (view["average"], view["count"])
 
