@@ -7,9 +7,11 @@ do (exactly-once). `AtLeastOnceCommitter` produces, waits for every acknowledgem
 then commits the offsets; a crash in between repeats the batch. It is kept for
 comparison (`--delivery at-least-once`).
 
-Errors are sorted by kind: retriable ones are retried in place, abortable ones abort
-the transaction and raise BatchAbortedError (the caller rewinds and reads the batch
-again), fatal ones raise FatalKafkaError.
+Errors are sorted by kind: retriable ones are retried in place (with a backoff),
+abortable ones abort the transaction and raise BatchAbortedError (the caller rewinds
+and reads the batch again), fatal ones raise FatalKafkaError. A commit whose outcome
+stays unknown is never aborted: the consumer exits, and its restart (same
+transactional id) settles the transaction either way.
 """
 
 from __future__ import annotations
@@ -29,14 +31,15 @@ from orderpipe.routing import Headers
 
 __all__ = ["AtLeastOnceCommitter", "Committer", "Outgoing", "TransactionalCommitter"]
 
-# How long a retriable error is retried before the batch is given up (and read again).
-RETRY_WINDOW_S = 30.0
+# How long a retriable error is retried before giving up.
+RETRY_WINDOW_S = 60.0
 CALL_TIMEOUT_S = 30.0
+BACKOFF_S = (0.05, 0.1, 0.2, 0.5, 1.0)
 # Offset-commit failures that only mean a rebalance took the partitions away.
 REBALANCE_ERRORS = frozenset(
     {KafkaError.ILLEGAL_GENERATION, KafkaError.UNKNOWN_MEMBER_ID, KafkaError.REBALANCE_IN_PROGRESS}
 )
-FENCED_ERRORS = frozenset({KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH})
+FENCED_ERRORS = frozenset({KafkaError._FENCED, KafkaError.PRODUCER_FENCED})
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,11 @@ class Committer(Protocol):
 def _error_of(exc: KafkaException) -> KafkaError | None:
     error = exc.args[0] if exc.args else None
     return error if isinstance(error, KafkaError) else None
+
+
+def _back_off(attempt: int) -> None:
+    """Waits a little longer after each failed attempt of a retriable call."""
+    time.sleep(BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)])
 
 
 class TransactionalCommitter:
@@ -95,6 +103,7 @@ class TransactionalCommitter:
     def start(self) -> None:
         """Registers the transactional id, fencing and aborting whatever an older instance left open."""
         deadline = self._clock() + RETRY_WINDOW_S
+        attempt = 0
         while True:
             try:
                 self._producer.init_transactions(CALL_TIMEOUT_S)
@@ -104,6 +113,8 @@ class TransactionalCommitter:
                 if error is not None and error.fatal():
                     raise FatalKafkaError(self._fatal_sentence(error)) from exc
                 if error is not None and error.retriable() and self._clock() < deadline:
+                    _back_off(attempt)
+                    attempt += 1
                     continue
                 raise BrokerUnavailableError(
                     f"could not start transactions as {self._transactional_id}: {error.str() if error else exc}"
@@ -128,10 +139,22 @@ class TransactionalCommitter:
             "send the offsets",
             lambda: self._producer.send_offsets_to_transaction(list(offsets), metadata, CALL_TIMEOUT_S),
         )
-        self._call("commit the transaction", lambda: self._producer.commit_transaction(CALL_TIMEOUT_S))
+        self._call(
+            "commit the transaction",
+            lambda: self._producer.commit_transaction(CALL_TIMEOUT_S),
+            outcome_unknown_on_timeout=True,
+        )
 
-    def _call(self, what: str, action: Callable[[], Any]) -> None:
+    def _call(self, what: str, action: Callable[[], Any], *, outcome_unknown_on_timeout: bool = False) -> None:
+        """Runs one transactional call: retried if retriable, the transaction aborted if abortable.
+
+        Args:
+            outcome_unknown_on_timeout: for the commit. librdkafka keeps a commit that
+                timed out going, so it is retried, never aborted; if it still has not
+                finished when the retry window closes, the consumer stops.
+        """
         deadline = self._clock() + RETRY_WINDOW_S
+        attempt = 0
         while True:
             try:
                 action()
@@ -140,15 +163,23 @@ class TransactionalCommitter:
                 error = _error_of(exc)
                 if error is not None and error.fatal():
                     raise FatalKafkaError(self._fatal_sentence(error)) from exc
+                detail = error.str() if error is not None else str(exc)
                 retriable = error is not None and error.retriable() and not error.txn_requires_abort()
                 if retriable and self._clock() < deadline:
+                    _back_off(attempt)
+                    attempt += 1
                     continue
-                detail = error.str() if error is not None else str(exc)
+                if retriable and outcome_unknown_on_timeout:
+                    raise FatalKafkaError(
+                        f"could not {what} within {RETRY_WINDOW_S:g}s ({detail}); stopping, so that a restart "
+                        f"with transactional id {self._transactional_id} settles it"
+                    ) from exc
                 self._abort()
                 raise BatchAbortedError(f"could not {what}, so the transaction was aborted ({detail})") from exc
 
     def _abort(self) -> None:
         deadline = self._clock() + RETRY_WINDOW_S
+        attempt = 0
         while True:
             try:
                 self._producer.abort_transaction(CALL_TIMEOUT_S)
@@ -156,6 +187,8 @@ class TransactionalCommitter:
             except KafkaException as exc:
                 error = _error_of(exc)
                 if error is not None and error.retriable() and self._clock() < deadline:
+                    _back_off(attempt)
+                    attempt += 1
                     continue
                 if error is not None and error.code() == KafkaError._STATE:
                     return  # no transaction was open

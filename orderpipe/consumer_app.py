@@ -78,6 +78,9 @@ AT_LEAST_ONCE = "at-least-once"
 # the group (and, on a new broker, creating __consumer_offsets) is not idleness.
 JOIN_GRACE_S = 30.0
 ASSIGN_TIMEOUT_S = 60.0
+# Aborted batches in a row before the consumer gives up: the same failure each time
+# (a record the broker refuses, say) would otherwise repeat forever.
+MAX_ABORTS_IN_A_ROW = 5
 
 TP = tuple[str, int]
 
@@ -184,6 +187,7 @@ class OrderConsumer:
         self._owned: dict[TP, RunningAverage] = {}
         self._committed_offsets: dict[TP, int] = {}
         self._fatal: KafkaError | None = None
+        self._aborts_in_a_row = 0
         self._last_activity = clock()
         self._assigned_once = False
         self.summary = ConsumerSummary()
@@ -325,9 +329,15 @@ class OrderConsumer:
             else:
                 topic = self._settings.retry_topic if isinstance(decision, Retry) else self._settings.dlq_topic
                 outgoing.append(Outgoing(topic, record.key, record.value, decision.headers))
+        # Every partition of the batch gets its stats value, so the offset in it always
+        # equals the committed one.
         outgoing.extend(
-            Outgoing(self._settings.stats_topic, stats_key(*tp).encode(), encode_stats(state))
-            for tp, state in changed.items()
+            Outgoing(
+                self._settings.stats_topic,
+                stats_key(*tp).encode(),
+                encode_stats(changed.get(tp, self._owned.get(tp, RunningAverage())), offset),
+            )
+            for tp, offset in plan.commits.items()
         )
         if plan.commits:
             offsets = [TopicPartition(topic, partition, offset) for (topic, partition), offset in plan.commits.items()]
@@ -335,9 +345,15 @@ class OrderConsumer:
                 self._committer.commit(outgoing, offsets)
             except BatchAbortedError as exc:
                 self.summary.aborted += 1
+                self._aborts_in_a_row += 1
+                if self._aborts_in_a_row >= MAX_ABORTS_IN_A_ROW:
+                    raise FatalKafkaError(
+                        f"{self._aborts_in_a_row} batches in a row were aborted; the last: {exc}"
+                    ) from exc
                 self._console.error(f"⚠ {exc}; reading the batch again from the last commit")
                 self._rewind(list(plan.commits))
                 return False
+        self._aborts_in_a_row = 0
         before = self.group_total()
         self._owned.update(changed)
         self._committed_offsets.update(plan.commits)
@@ -402,7 +418,12 @@ class OrderConsumer:
         self._stats.catch_up()
         for tp in committed:
             key = (tp.topic, tp.partition)
-            self._owned[key] = self._stats.latest.get(stats_key(*key), RunningAverage())
+            name = stats_key(*key)
+            self._owned[key] = self._stats.latest.get(name, RunningAverage())
+            if tp.offset < 0 and name in self._stats.next_offsets:
+                # The group's offsets expired (or were deleted) but the state survived in
+                # the compacted topic: resume where the state ends, not from the start.
+                tp.offset = self._stats.next_offsets[name]
             if tp.offset >= 0:
                 self._committed_offsets[key] = tp.offset
             else:
@@ -429,15 +450,18 @@ class OrderConsumer:
             if time.monotonic() > deadline:
                 raise BrokerUnavailableError(f"could not read the committed offsets of the new partitions: {detail}")
             self._console.debug(f"committed offsets not ready ({detail}); asking again")
+            time.sleep(0.2)  # back off before asking again
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Forgets revoked (or lost) partitions; their state is re-read from the topic if they come back.
+
+        The memory is dropped, never published into the stats reader: after a lost
+        assignment another consumer may already have committed a newer state.
+        """
         for tp in partitions:
             key = (tp.topic, tp.partition)
-            state = self._owned.pop(key, None)
+            self._owned.pop(key, None)
             self._committed_offsets.pop(key, None)
-            if state is not None:
-                # Committed already (no transaction is open here), so it is what the topic holds.
-                self._stats.latest[stats_key(*key)] = state
         # librdkafka keeps a partition paused by the application even across an
         # unassign, so one that came back later would never fetch again. Resume it
         # now; its committed offset is the deferred record, which is read again.

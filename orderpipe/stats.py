@@ -2,10 +2,11 @@
 
 Each input partition the consumer reads (of `orders` and of `orders-retry`) has one
 record in the compacted stats topic: key `<topic>-<partition>`, value
-`{"count": int, "sum_cents": int}`. Only the partition's current owner writes it, in
-the same transaction as the partition's offsets, so the latest value of each key is
-exactly what was processed up to the committed offset. The group-wide average is the
-sum over all keys.
+`{"count": int, "sum_cents": int, "next_offset": int}`. Only the partition's current
+owner writes it, in the same transaction as the partition's offsets, so the latest
+value of each key is exactly what was processed up to the committed offset; the
+offset is repeated in the value so the state can be resumed even if the group's
+committed offsets expired. The group-wide average is the sum over all keys.
 """
 
 from __future__ import annotations
@@ -30,16 +31,19 @@ def topic_of_key(key: str) -> str | None:
     return topic if sep and topic and partition.isdigit() else None
 
 
-def encode_stats(state: RunningAverage) -> bytes:
-    return json.dumps({"count": state.count, "sum_cents": state.sum_cents}, separators=(",", ":")).encode()
+def encode_stats(state: RunningAverage, next_offset: int) -> bytes:
+    value = {"count": state.count, "sum_cents": state.sum_cents, "next_offset": next_offset}
+    return json.dumps(value, separators=(",", ":")).encode()
 
 
-def decode_stats(value: bytes) -> RunningAverage:
-    """Reads one stats value; extra fields are ignored so later versions may add some.
+def decode_stats(value: bytes) -> tuple[RunningAverage, int | None]:
+    """Reads one stats value: the state, and the input offset it reaches (None if absent).
+
+    Extra fields are ignored so later versions may add some.
 
     Raises:
         DeserializationError: the value is not a JSON object with non-negative integer
-            `count` and `sum_cents`.
+            `count` and `sum_cents` (and `next_offset`, when present).
     """
     try:
         data = json.loads(value)
@@ -47,7 +51,8 @@ def decode_stats(value: bytes) -> RunningAverage:
         raise DeserializationError(f"stats value is not JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise DeserializationError("stats value is not a JSON object")
-    return RunningAverage(_count(data, "count"), _count(data, "sum_cents"))
+    next_offset = _count(data, "next_offset") if "next_offset" in data else None
+    return RunningAverage(_count(data, "count"), _count(data, "sum_cents")), next_offset
 
 
 def _count(data: dict[str, object], name: str) -> int:

@@ -60,6 +60,7 @@ class StatsReader:
         )
         self._consumer.assign([TopicPartition(self._topic, 0, OFFSET_BEGINNING)])
         self.latest: dict[str, RunningAverage] = {}
+        self.next_offsets: dict[str, int] = {}
 
     def poll(self, timeout_s: float = 0.0) -> None:
         """Takes in whatever committed updates have arrived, waiting at most `timeout_s`."""
@@ -73,11 +74,17 @@ class StatsReader:
             key = raw_key.decode("utf-8", errors="replace") if raw_key else ""
             if value is None:
                 self.latest.pop(key, None)  # a tombstone: the key was deleted on purpose
+                self.next_offsets.pop(key, None)
                 continue
             try:
-                self.latest[key] = decode_stats(value)
+                self.latest[key], next_offset = decode_stats(value)
             except DeserializationError as exc:
                 self._console.error(f"⚠ Ignoring {self._topic} record {key!r} at offset {message.offset()}: {exc}")
+                continue
+            if next_offset is None:
+                self.next_offsets.pop(key, None)
+            else:
+                self.next_offsets[key] = next_offset
 
     def catch_up(self, timeout_s: float = CATCH_UP_TIMEOUT_S) -> None:
         """Reads everything written to the topic before this call, once its transactions have ended.

@@ -55,6 +55,10 @@ class Audit:
     expected: RunningAverage  # valid orders not dead-lettered
     stats: RunningAverage  # summed over the stats topic's latest values
 
+    @property
+    def counted_exactly(self) -> bool:
+        return self.stats == self.expected
+
     def describe(self) -> str:
         return (
             f"orders {self.orders} (valid {self.valid}, invalid {self.invalid}, poison {self.poison}); "

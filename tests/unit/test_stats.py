@@ -16,10 +16,11 @@ def test_a_key_names_the_input_partition() -> None:
     assert topic_of_key("orders-x") is None
 
 
-def test_values_are_the_json_of_design_section_3() -> None:
-    assert encode_stats(RunningAverage(3, 13650)) == b'{"count":3,"sum_cents":13650}'
-    assert decode_stats(b'{"count": 3, "sum_cents": 13650}') == RunningAverage(3, 13650)
-    assert decode_stats(b'{"count":1,"sum_cents":5,"added_later":true}') == RunningAverage(1, 5)
+def test_values_are_the_json_of_design_section_3_with_the_offset_they_reach() -> None:
+    assert encode_stats(RunningAverage(3, 13650), 42) == b'{"count":3,"sum_cents":13650,"next_offset":42}'
+    assert decode_stats(b'{"count":3,"sum_cents":13650,"next_offset":42}') == (RunningAverage(3, 13650), 42)
+    assert decode_stats(b'{"count": 3, "sum_cents": 13650}') == (RunningAverage(3, 13650), None)
+    assert decode_stats(b'{"count":1,"sum_cents":5,"added_later":true}') == (RunningAverage(1, 5), None)
 
 
 @pytest.mark.parametrize(
@@ -33,6 +34,7 @@ def test_values_are_the_json_of_design_section_3() -> None:
         (b'{"count": 1.5, "sum_cents": 0}', "count"),
         (b'{"count": true, "sum_cents": 0}', "count"),
         (b'{"count": 1, "sum_cents": "12"}', "sum_cents"),
+        (b'{"count": 1, "sum_cents": 2, "next_offset": -1}', "next_offset"),
     ],
 )
 def test_a_malformed_value_is_named(value: bytes, problem: str) -> None:
