@@ -251,6 +251,8 @@ class OrderConsumer:
                 f"{settings.bootstrap_servers} ({wire}; {mode}). Ctrl-C to stop."
             )
             self._loop(stop)
+            # Before closing: closing revokes the partitions and drops their state from memory.
+            self.summary.average = self.group_total()
         finally:
             # No transaction is open here: each is committed or aborted within its batch.
             try:
@@ -261,7 +263,6 @@ class OrderConsumer:
             self._stats.close()
             if slot is not None:
                 slot.release()
-        self.summary.average = self.group_total()
         self._console.info(self.summary.describe())
         self._console.info(self.summary.describe_throughput())
         return self.summary
