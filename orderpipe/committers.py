@@ -63,6 +63,20 @@ def _error_of(exc: KafkaException) -> KafkaError | None:
     return error if isinstance(error, KafkaError) else None
 
 
+def _detail(exc: KafkaException) -> str:
+    error = _error_of(exc)
+    return error.str() if error is not None else str(exc)
+
+
+def _retriable(error: KafkaError) -> bool:
+    return bool(error.retriable())
+
+
+def _retriable_in_transaction(error: KafkaError) -> bool:
+    """Retriable, and the transaction can still go on (it need not be aborted)."""
+    return bool(error.retriable()) and not error.txn_requires_abort()
+
+
 def _back_off(attempt: int) -> None:
     """Waits a little longer after each failed attempt of a retriable call."""
     time.sleep(BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)])
@@ -102,23 +116,12 @@ class TransactionalCommitter:
 
     def start(self) -> None:
         """Registers the transactional id, fencing and aborting whatever an older instance left open."""
-        deadline = self._clock() + RETRY_WINDOW_S
-        attempt = 0
-        while True:
-            try:
-                self._producer.init_transactions(CALL_TIMEOUT_S)
-                return
-            except KafkaException as exc:
-                error = _error_of(exc)
-                if error is not None and error.fatal():
-                    raise FatalKafkaError(self._fatal_sentence(error)) from exc
-                if error is not None and error.retriable() and self._clock() < deadline:
-                    _back_off(attempt)
-                    attempt += 1
-                    continue
-                raise BrokerUnavailableError(
-                    f"could not start transactions as {self._transactional_id}: {error.str() if error else exc}"
-                ) from exc
+        try:
+            self._retrying(lambda: self._producer.init_transactions(CALL_TIMEOUT_S), _retriable)
+        except KafkaException as exc:
+            raise BrokerUnavailableError(
+                f"could not start transactions as {self._transactional_id}: {_detail(exc)}"
+            ) from exc
 
     def commit(self, outgoing: Sequence[Outgoing], offsets: Sequence[TopicPartition]) -> None:
         """Writes the batch's records and offsets in one transaction.
@@ -153,6 +156,36 @@ class TransactionalCommitter:
                 timed out going, so it is retried, never aborted; if it still has not
                 finished when the retry window closes, the consumer stops.
         """
+        try:
+            self._retrying(action, _retriable_in_transaction)
+        except KafkaException as exc:
+            error = _error_of(exc)
+            if outcome_unknown_on_timeout and error is not None and _retriable_in_transaction(error):
+                raise FatalKafkaError(
+                    f"could not {what} within {RETRY_WINDOW_S:g}s ({_detail(exc)}); stopping, so that a restart "
+                    f"with transactional id {self._transactional_id} settles it"
+                ) from exc
+            self._abort()
+            raise BatchAbortedError(f"could not {what}, so the transaction was aborted ({_detail(exc)})") from exc
+
+    def _abort(self) -> None:
+        try:
+            self._retrying(lambda: self._producer.abort_transaction(CALL_TIMEOUT_S), _retriable)
+        except KafkaException as exc:
+            error = _error_of(exc)
+            if error is not None and error.code() == KafkaError._STATE:
+                return  # no transaction was open
+            raise FatalKafkaError(
+                f"could not abort the transaction of {self._transactional_id}: {_detail(exc)}"
+            ) from exc
+
+    def _retrying(self, action: Callable[[], Any], retriable: Callable[[KafkaError], bool]) -> None:
+        """Runs `action`, again after a backoff while it fails retriably within the retry window.
+
+        Raises:
+            FatalKafkaError: the error was fatal (fenced, for example).
+            KafkaException: the last error, once it is not retriable or the window closed.
+        """
         deadline = self._clock() + RETRY_WINDOW_S
         attempt = 0
         while True:
@@ -163,38 +196,10 @@ class TransactionalCommitter:
                 error = _error_of(exc)
                 if error is not None and error.fatal():
                     raise FatalKafkaError(self._fatal_sentence(error)) from exc
-                detail = error.str() if error is not None else str(exc)
-                retriable = error is not None and error.retriable() and not error.txn_requires_abort()
-                if retriable and self._clock() < deadline:
-                    _back_off(attempt)
-                    attempt += 1
-                    continue
-                if retriable and outcome_unknown_on_timeout:
-                    raise FatalKafkaError(
-                        f"could not {what} within {RETRY_WINDOW_S:g}s ({detail}); stopping, so that a restart "
-                        f"with transactional id {self._transactional_id} settles it"
-                    ) from exc
-                self._abort()
-                raise BatchAbortedError(f"could not {what}, so the transaction was aborted ({detail})") from exc
-
-    def _abort(self) -> None:
-        deadline = self._clock() + RETRY_WINDOW_S
-        attempt = 0
-        while True:
-            try:
-                self._producer.abort_transaction(CALL_TIMEOUT_S)
-                return
-            except KafkaException as exc:
-                error = _error_of(exc)
-                if error is not None and error.retriable() and self._clock() < deadline:
-                    _back_off(attempt)
-                    attempt += 1
-                    continue
-                if error is not None and error.code() == KafkaError._STATE:
-                    return  # no transaction was open
-                raise FatalKafkaError(
-                    f"could not abort the transaction of {self._transactional_id}: {error.str() if error else exc}"
-                ) from exc
+                if error is None or not retriable(error) or self._clock() >= deadline:
+                    raise
+                _back_off(attempt)
+                attempt += 1
 
     def _fatal_sentence(self, error: KafkaError) -> str:
         if error.code() in FENCED_ERRORS:
