@@ -50,13 +50,21 @@ class Console:
         if self._last_summary_s is None:
             self._last_summary_s = now_s
 
-    def event(self, text: str) -> None:
-        """A per-order line, printed unless the budget is spent or the console is quiet."""
+    def wants_event(self) -> bool:
+        """Claims a per-order line: True when it is to be printed (then print it with `info`).
+
+        Lets a caller at high rates skip building lines that would be held back anyway.
+        """
         if self.verbosity >= VERBOSE or (self.verbosity == NORMAL and self._used < self._budget):
             self._used += 1
+            return True
+        self._held_back += 1
+        return False
+
+    def event(self, text: str) -> None:
+        """A per-order line, printed unless the budget is spent or the console is quiet."""
+        if self.wants_event():
             print(text, file=self._out)
-        else:
-            self._held_back += 1
 
     def info(self, text: str) -> None:
         """A line always shown (start-up, final summary)."""

@@ -6,8 +6,7 @@ OrderIds carry a per-run prefix chosen by the caller, so they stay unique across
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import NamedTuple, Protocol, TypeVar
 
 from orderpipe.order import MAX_PRODUCT_LENGTH, Order
 
@@ -54,8 +53,7 @@ class Kind:
     POISON = "poison"
 
 
-@dataclass(frozen=True)
-class Generated:
+class Generated(NamedTuple):
     """One record to publish: key, value bytes, what kind it is and the order behind it."""
 
     key: str
@@ -102,7 +100,7 @@ class OrderFactory:
 
     def next_order_id(self) -> str:
         self._sequence += 1
-        return f"O-{self._run_id}-{base36(self._sequence)}"
+        return f"O-{self._run_id}-{self._sequence:X}"
 
     def make(self, encode: OrderEncoder) -> Generated:
         """The next record; `encode` turns an order into value bytes (either wire format)."""

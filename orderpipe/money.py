@@ -3,20 +3,28 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import Decimal
 
-__all__ = ["RunningAverage", "format_cents", "to_cents"]
-
-_CENT = Decimal(1)
+__all__ = ["RunningAverage", "divide_half_even", "format_cents", "to_cents"]
 
 
 def to_cents(price: float | Decimal) -> int:
     """Converts a dollar price to whole cents, rounding half to even.
 
-    The float is converted to Decimal exactly (no decimal repr in between), so the
-    result depends only on the value the wire carried.
+    Exact: the price's value is taken as a ratio of integers (no decimal repr in
+    between), so the result depends only on the value the wire carried.
     """
-    return int((Decimal(price) * 100).quantize(_CENT, rounding=ROUND_HALF_EVEN))
+    numerator, denominator = price.as_integer_ratio()
+    return divide_half_even(numerator * 100, denominator)
+
+
+def divide_half_even(numerator: int, denominator: int) -> int:
+    """numerator / denominator rounded to an integer, half to even; denominator > 0."""
+    quotient, remainder = divmod(numerator, denominator)
+    twice = 2 * remainder
+    if twice > denominator or (twice == denominator and quotient % 2 == 1):
+        quotient += 1
+    return quotient
 
 
 def format_cents(cents: int) -> str:
@@ -44,11 +52,7 @@ class RunningAverage:
         """The mean price in cents, rounded half to even; None before the first order."""
         if self.count == 0:
             return None
-        quotient, remainder = divmod(self.sum_cents, self.count)
-        twice = 2 * remainder
-        if twice > self.count or (twice == self.count and quotient % 2 == 1):
-            quotient += 1
-        return quotient
+        return divide_half_even(self.sum_cents, self.count)
 
     def describe(self) -> str:
         average = self.average_cents

@@ -9,7 +9,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from confluent_kafka.schema_registry import Schema
 from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
@@ -27,6 +27,8 @@ from orderpipe.registry import START_REGISTRY_HINT, connect_registry
 __all__ = ["ProducerOptions", "ProducerSummary", "run_producer"]
 
 FLUSH_TIMEOUT_S = 30.0
+# Records made between two readings of the clock (and two services of delivery reports).
+SLICE = 1000
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,15 @@ class ProducerSummary:
     delivered: int = 0
     failed: int = 0
     valid: RunningAverage = field(default_factory=RunningAverage)
+    # From the first send to the last acknowledgement (the end of the final flush).
+    busy_s: float = 0.0
+
+    def describe_throughput(self) -> str:
+        rate = self.delivered / self.busy_s if self.busy_s > 0 else 0.0
+        return (
+            f"Throughput: {self.delivered} orders in {self.busy_s:.2f}s from the first send to the last "
+            f"acknowledgement ({rate:,.0f} orders/s)"
+        )
 
     def describe(self) -> str:
         kinds = ", ".join(f"{kind} {n}" for kind, n in self.by_kind.items())
@@ -87,6 +98,11 @@ def _describe(generated: Generated) -> str:
     return f"{label} {order.order_id} → {order.product.strip() or '(blank)'} → ${order.price:.2f}"
 
 
+def _key_label(message: Message) -> str:
+    key = message.key()
+    return key.decode("utf-8", errors="replace") if isinstance(key, bytes) else "(no key)"
+
+
 def run_producer(
     settings: Settings,
     options: ProducerOptions,
@@ -102,7 +118,6 @@ def run_producer(
     ensure_topics(admin, settings)
     schema = load_order_schema()
     encode = _encoder(settings, schema)
-    producer = create_client(Producer, producer_config(settings))
     # The run id makes orderIds unique across runs; it is not drawn from the seeded
     # generator, so a seeded run repeats its orders but never their ids.
     run_id = base36(time.time_ns() // 1_000_000) + base36(secrets.randbelow(36 * 36)).rjust(2, "0")
@@ -113,7 +128,6 @@ def run_producer(
         options.poison_rate,
         settings.max_order_price_cents,
     )
-    summary = ProducerSummary()
     wire = (
         "schema registry at " + settings.schema_registry_url if settings.schema_registry_url else "single-object Avro"
     )
@@ -121,49 +135,94 @@ def run_producer(
         f"Producing to {settings.orders_topic} on {settings.bootstrap_servers} ({wire}); "
         f"rate {'unlimited' if options.rate == 0 else f'{options.rate:g}/s'}. Ctrl-C to stop."
     )
+    return _Publisher(settings, console).run(factory, encode, options, stop)
 
-    def on_delivery(generated: Generated, error: KafkaError | None, message: Message) -> None:
-        if error is not None:
-            summary.failed += 1
-            console.error(f"✗ Not delivered: {_describe(generated)}: {error.str()}")
+
+class _Publisher:
+    """Produces the factory's records and counts their delivery reports."""
+
+    def __init__(self, settings: Settings, console: Console) -> None:
+        self._topic = settings.orders_topic
+        self._console = console
+        self.summary = ProducerSummary()
+        self._producer = create_client(Producer, {**producer_config(settings), "on_delivery": self._delivered})
+
+    def _delivered(self, error: KafkaError | None, message: Message) -> None:
+        """Every record's delivery report (the client's default callback)."""
+        if error is None:
+            self.summary.delivered += 1
             return
-        summary.delivered += 1
-        console.event(f"✓ Sent: {_describe(generated)} (partition {message.partition()}, offset {message.offset()})")
+        self.summary.failed += 1
+        self._console.error(f"✗ Not delivered: order {_key_label(message)}: {error.str()}")
 
-    started = time.monotonic()
-    last_count, last_time = 0, started
-    while not stop.is_set() and (options.count is None or summary.sent < options.count):
-        now = time.monotonic()
-        console.tick(now)
-        if options.rate > 0:
-            wait = started + summary.sent / options.rate - now
-            if wait > 0:
-                producer.poll(min(wait, 0.2))  # serves delivery reports while waiting
-                continue
-        generated = factory.make(encode)
-        produce(
-            producer,
-            settings.orders_topic,
-            generated.key.encode("utf-8"),
-            generated.value,
-            on_delivery=functools.partial(on_delivery, generated),
-        )
-        producer.poll(0)
-        summary.sent += 1
-        summary.by_kind[generated.kind] += 1
-        if generated.price_cents is not None:
-            summary.valid = summary.valid.add(generated.price_cents)
-        if console.summary_due(now):
-            rate = (summary.sent - last_count) / max(now - last_time, 1e-9)
-            last_count, last_time = summary.sent, now
-            console.info(
-                f"[producer] {rate:,.0f} orders/s | sent {summary.sent} | "
-                f"delivered {summary.delivered} | failed {summary.failed}"
+    def _delivered_shown(self, generated: Generated, error: KafkaError | None, message: Message) -> None:
+        """The report of a record whose line is printed: only these get a callback of their own."""
+        self._delivered(error, message)
+        if error is None:
+            self._console.info(
+                f"✓ Sent: {_describe(generated)} (partition {message.partition()}, offset {message.offset()})"
             )
 
-    undelivered = producer.flush(FLUSH_TIMEOUT_S)
-    if undelivered:
-        summary.failed += undelivered
-        console.error(f"✗ {undelivered} orders were still not acknowledged after {FLUSH_TIMEOUT_S:.0f}s")
-    console.info(summary.describe())
-    return summary
+    def run(
+        self, factory: OrderFactory, encode: OrderEncoder, options: ProducerOptions, stop: threading.Event
+    ) -> ProducerSummary:
+        """Publishes until `count` is reached or `stop` is set, then flushes.
+
+        Records are made in slices: the clock is read, delivery reports are served and
+        the console is updated once per slice, not once per record.
+        """
+        summary, console, producer = self.summary, self._console, self._producer
+        started = time.monotonic()
+        last_count, last_time = 0, started
+        while not stop.is_set() and (options.count is None or summary.sent < options.count):
+            now = time.monotonic()
+            console.tick(now)
+            wanted = SLICE if options.rate == 0 else min(SLICE, int((now - started) * options.rate) + 1 - summary.sent)
+            if options.count is not None:
+                wanted = min(wanted, options.count - summary.sent)
+            if wanted <= 0:
+                # Ahead of the rate: wait for the next record's time, serving delivery reports.
+                producer.poll(min(started + summary.sent / options.rate - now, 0.2))
+                continue
+            self._produce_slice(factory, encode, wanted)
+            producer.poll(0)
+            if console.summary_due(now):
+                rate = (summary.sent - last_count) / max(now - last_time, 1e-9)
+                last_count, last_time = summary.sent, now
+                console.info(
+                    f"[producer] {rate:,.0f} orders/s | sent {summary.sent} | "
+                    f"delivered {summary.delivered} | failed {summary.failed}"
+                )
+        undelivered = producer.flush(FLUSH_TIMEOUT_S)
+        if undelivered:
+            summary.failed += undelivered
+            console.error(f"✗ {undelivered} orders were still not acknowledged after {FLUSH_TIMEOUT_S:.0f}s")
+        summary.busy_s = time.monotonic() - started
+        console.info(summary.describe())
+        console.info(summary.describe_throughput())
+        return summary
+
+    def _produce_slice(self, factory: OrderFactory, encode: OrderEncoder, count: int) -> None:
+        """The hot loop: make, encode and produce `count` records."""
+        producer, topic, wants_event = self._producer, self._topic, self._console.wants_event
+        by_kind, make = self.summary.by_kind, factory.make
+        valid_count = valid_sum_cents = 0
+        for _ in range(count):
+            generated = make(encode)
+            key = generated.key.encode("utf-8")
+            try:
+                if wants_event():
+                    callback = functools.partial(self._delivered_shown, generated)
+                    producer.produce(topic, generated.value, key, on_delivery=callback)
+                else:
+                    producer.produce(topic, generated.value, key)
+            except (BufferError, KafkaException):
+                # The local queue is full (wait for room) or the record was refused (named).
+                produce(producer, topic, key, generated.value)
+            by_kind[generated.kind] += 1
+            if generated.price_cents is not None:
+                valid_count += 1
+                valid_sum_cents += generated.price_cents
+        summary = self.summary
+        summary.sent += count
+        summary.valid += RunningAverage(valid_count, valid_sum_cents)

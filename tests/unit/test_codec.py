@@ -3,13 +3,14 @@
 import io
 import json
 import struct
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import fastavro
 import pytest
 
-from orderpipe.codec import OrderDecoder, load_order_schema, parse_schema_text
+from orderpipe.codec import OrderDecoder, OrderSchema, load_order_schema, parse_schema_text
 from orderpipe.errors import DeserializationError
 from orderpipe.order import Order
 
@@ -113,3 +114,43 @@ def test_undecodable_bytes_raise_a_deserialization_error(value: bytes) -> None:
 def test_confluent_records_without_a_registry_name_the_missing_setting() -> None:
     with pytest.raises(DeserializationError, match="SCHEMA_REGISTRY_URL"):
         OrderDecoder(SCHEMA).decode(confluent(1, SCHEMA.encode_body(ORDER)))
+
+
+@pytest.mark.parametrize(
+    "order",
+    [
+        Order("O-1", "Keyboard", 123.45),
+        Order("", "", 0.0),
+        Order("O-" + "x" * 62, "Ünïcödé ✓ " * 30, 99999.99),  # lengths past one varint byte
+        Order("O-2", "Mouse", -1.5),
+        Order("O-3", "Mouse", float("nan")),
+        Order("O-4", "Mouse", 1e39),  # beyond float32: written as infinity
+        Order("O-5", "Mouse", -1e39),
+        Order("O-6", "p" * 70_000, 1.0),  # a length past the ready-made prefixes
+    ],
+)
+def test_the_direct_writer_matches_fastavro_byte_for_byte(order: Order) -> None:
+    assert SCHEMA.has_order_layout
+    general = replace(SCHEMA, has_order_layout=False)
+    assert SCHEMA.encode_body(order) == general.encode_body(order)
+
+
+def test_a_schema_of_another_shape_is_written_by_fastavro() -> None:
+    text = json.dumps(
+        {
+            "type": "record",
+            "name": "Order",
+            "fields": [
+                {"name": "orderId", "type": "string"},
+                {"name": "product", "type": "string"},
+                {"name": "price", "type": "float"},
+                {"name": "note", "type": "string", "default": ""},
+            ],
+        }
+    )
+    parsed = parse_schema_text(text)
+    schema = OrderSchema(text, parsed, b"", has_order_layout=False)
+    body = schema.encode_body(Order("O-1", "Keyboard", 1.5))
+    record = fastavro.schemaless_reader(io.BytesIO(body), parsed, None)
+    assert isinstance(record, dict)
+    assert record["note"] == ""
