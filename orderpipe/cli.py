@@ -17,7 +17,14 @@ from types import FrameType
 
 from config import ENV_NAMES, load_settings
 from orderpipe.console import NORMAL, QUIET, VERBOSE, Console
-from orderpipe.consumer_app import AT_LEAST_ONCE, EXACTLY_ONCE, ConsumerOptions, OrderConsumer, simulated_outage
+from orderpipe.consumer_app import (
+    AT_LEAST_ONCE,
+    DEFAULT_COMMIT_INTERVAL_MS,
+    EXACTLY_ONCE,
+    ConsumerOptions,
+    OrderConsumer,
+    simulated_outage,
+)
 from orderpipe.errors import OrderPipeError
 from orderpipe.kafka_clients import librdkafka_logger
 from orderpipe.money import RunningAverage
@@ -121,9 +128,17 @@ def _consumer_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--batch-size",
         type=_at_least(int, 1),
-        default=500,
+        default=ConsumerOptions.batch_size,
         metavar="N",
-        help="most records handled per batch, and so per transaction (default 500)",
+        help=f"most records handled per batch, and so per transaction (default {ConsumerOptions.batch_size})",
+    )
+    parser.add_argument(
+        "--commit-interval-ms",
+        type=_at_least(int, 1),
+        metavar="MS",
+        help="longest a batch waits to fill before it is committed: the transaction interval "
+        f"(default {DEFAULT_COMMIT_INTERVAL_MS[EXACTLY_ONCE]} exactly-once, "
+        f"{DEFAULT_COMMIT_INTERVAL_MS[AT_LEAST_ONCE]} at-least-once)",
     )
     parser.add_argument(
         "--delivery",
@@ -131,6 +146,11 @@ def _consumer_parser() -> argparse.ArgumentParser:
         default=EXACTLY_ONCE,
         help="exactly-once (default): each batch's records, stats and offsets in one transaction; "
         "at-least-once: produce, then commit (for comparison)",
+    )
+    parser.add_argument(
+        "--report-latency",
+        action="store_true",
+        help="at exit, print the p50/p99/p99.9 latency from record timestamp to commit (for bench/)",
     )
     parser.add_argument(
         "--stats",
@@ -224,7 +244,13 @@ def consumer_main(argv: Sequence[str] | None = None) -> int:
         if args.stats:
             _print_stats(settings.stats_topic, read_group_stats(settings, Console(verbosity)), verbosity)
             return 0
-        options = ConsumerOptions(idle_exit_s=args.idle_exit, batch_size=args.batch_size, delivery=args.delivery)
+        options = ConsumerOptions(
+            idle_exit_s=args.idle_exit,
+            batch_size=args.batch_size,
+            commit_interval_ms=args.commit_interval_ms,
+            delivery=args.delivery,
+            report_latency=args.report_latency,
+        )
         downstream = simulated_outage(random.Random(args.seed), args.failure_rate)
         OrderConsumer(settings, options, Console(verbosity), downstream).run(_stop_on_signals())
         return 0

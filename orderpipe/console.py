@@ -50,16 +50,25 @@ class Console:
         if self._last_summary_s is None:
             self._last_summary_s = now_s
 
-    def wants_event(self) -> bool:
-        """Claims a per-order line: True when it is to be printed (then print it with `info`).
+    def claim_events(self, count: int) -> int:
+        """Claims `count` per-order lines; returns how many of them to print (the first ones).
 
-        Lets a caller at high rates skip building lines that would be held back anyway.
+        The rest are counted as held back. Lets a caller at high rates skip building
+        lines that would not be printed.
         """
-        if self.verbosity >= VERBOSE or (self.verbosity == NORMAL and self._used < self._budget):
-            self._used += 1
-            return True
-        self._held_back += 1
-        return False
+        if self.verbosity >= VERBOSE:
+            shown = count
+        elif self.verbosity == NORMAL:
+            shown = min(count, max(self._budget - self._used, 0))
+        else:
+            shown = 0
+        self._used += shown
+        self._held_back += count - shown
+        return shown
+
+    def wants_event(self) -> bool:
+        """Claims one per-order line: True when it is to be printed (then print it with `info`)."""
+        return self.claim_events(1) == 1
 
     def event(self, text: str) -> None:
         """A per-order line, printed unless the budget is spent or the console is quiet."""

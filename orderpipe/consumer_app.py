@@ -40,6 +40,7 @@ from orderpipe.console import Console
 from orderpipe.errors import BatchAbortedError, BrokerUnavailableError, FatalKafkaError
 from orderpipe.instance import InstanceSlot, claim_slot
 from orderpipe.kafka_clients import connect_admin, create_client, ensure_topics
+from orderpipe.latency import LatencyHistogram
 from orderpipe.money import RunningAverage, format_cents
 from orderpipe.order import ValidOrder, validate
 from orderpipe.registry import RegistryLookup, connect_registry
@@ -48,6 +49,7 @@ from orderpipe.routing import (
     REASON_RETRIES_EXHAUSTED,
     REASON_VALIDATION,
     BatchPlan,
+    DeadLetter,
     Decision,
     Incoming,
     Processed,
@@ -81,6 +83,7 @@ ASSIGN_TIMEOUT_S = 60.0
 # Aborted batches in a row before the consumer gives up: the same failure each time
 # (a record the broker refuses, say) would otherwise repeat forever.
 MAX_ABORTS_IN_A_ROW = 5
+DEFAULT_COMMIT_INTERVAL_MS = {EXACTLY_ONCE: 100, AT_LEAST_ONCE: 5}
 
 TP = tuple[str, int]
 
@@ -90,6 +93,11 @@ class ConsumerOptions:
     """How the consumer runs; the defaults are what consumer.py uses.
 
     Attributes:
+        batch_size: the most records one batch (and so one transaction) holds.
+        commit_interval_ms: the longest a batch waits to fill before it is committed:
+            the transaction interval. None takes the delivery mode's default
+            (DEFAULT_COMMIT_INTERVAL_MS): a transaction costs a few milliseconds of
+            round trips, an offset commit much less.
         session_timeout_ms: how soon the group notices a consumer that died without
             leaving, and gives its partitions to the others.
         transaction_timeout_ms: how long the broker keeps a dead consumer's open
@@ -98,12 +106,18 @@ class ConsumerOptions:
     """
 
     idle_exit_s: float | None = None
-    batch_size: int = 500
-    batch_timeout_s: float = 0.1
+    batch_size: int = 10_000
+    commit_interval_ms: int | None = None
     delivery: str = EXACTLY_ONCE
     session_timeout_ms: int = 10_000
     max_poll_interval_ms: int = 300_000
     transaction_timeout_ms: int = 10_000
+    report_latency: bool = False
+
+    @property
+    def batch_wait_s(self) -> float:
+        interval = self.commit_interval_ms
+        return (DEFAULT_COMMIT_INTERVAL_MS[self.delivery] if interval is None else interval) / 1000
 
 
 @dataclass
@@ -139,19 +153,23 @@ class ConsumerSummary:
 
 def incoming(message: Message, retry_topic: str | None = None) -> Incoming:
     """A consumed message as plain data for the core (header values as bytes)."""
-    _, timestamp = message.timestamp()
-    raw = message.headers() or []
-    pairs = raw.items() if isinstance(raw, dict) else raw
+    raw = message.headers()
+    topic = message.topic() or ""
     return Incoming(
-        topic=message.topic() or "",
-        partition=message.partition() or 0,
-        offset=message.offset() or 0,
-        timestamp=timestamp,
-        key=message.key(),
-        value=message.value(),
-        headers=tuple((k, v.encode() if isinstance(v, str) else v or b"") for k, v in pairs),
-        from_retry_topic=message.topic() == retry_topic,
+        topic,
+        message.partition() or 0,
+        message.offset() or 0,
+        message.timestamp()[1],
+        message.key(),
+        message.value(),
+        _headers(raw) if raw else (),
+        topic == retry_topic,
     )
+
+
+def _headers(raw: Any) -> tuple[tuple[str, bytes], ...]:
+    pairs = raw.items() if isinstance(raw, dict) else raw
+    return tuple((k, v.encode() if isinstance(v, str) else v or b"") for k, v in pairs)
 
 
 class OrderConsumer:
@@ -191,6 +209,7 @@ class OrderConsumer:
         self._last_activity = clock()
         self._assigned_once = False
         self.summary = ConsumerSummary()
+        self._latency = LatencyHistogram() if options.report_latency else None
 
     def _process(self, record: Incoming) -> ValidOrder:
         order = validate(self._decoder.decode(record.value), self._max_price_cents)
@@ -265,6 +284,8 @@ class OrderConsumer:
                 slot.release()
         self._console.info(self.summary.describe())
         self._console.info(self.summary.describe_throughput())
+        if self._latency is not None:
+            self._console.info(self._latency.describe())
         return self.summary
 
     def group_total(self) -> RunningAverage:
@@ -282,7 +303,7 @@ class OrderConsumer:
             self._console.tick(now)
             self._resume_due(now)
             self._stats.poll()
-            messages = self._consumer.consume(self._options.batch_size, self._options.batch_timeout_s)
+            messages = self._consumer.consume(self._options.batch_size, self._options.batch_wait_s)
             records = self._records(messages)
             if records:
                 self._last_activity = now
@@ -300,6 +321,7 @@ class OrderConsumer:
 
     def _records(self, messages: Sequence[Message]) -> list[Incoming]:
         records = []
+        paused, retry_topic = self._paused, self._settings.retry_topic
         for message in messages:
             error = message.error()
             if error is not None:
@@ -307,9 +329,10 @@ class OrderConsumer:
                     raise FatalKafkaError(f"Kafka reported a fatal error: {error.str()}")
                 self._console.debug(f"consumer error: {error.str()}")
                 continue
-            if (message.topic(), message.partition()) in self._paused:
+            record = incoming(message, retry_topic)
+            if paused and (record.topic, record.partition) in paused:
                 continue  # fetched before the pause; it is read again after the resume
-            records.append(incoming(message, self._settings.retry_topic))
+            records.append(record)
         return records
 
     def _idle_for(self, now: float) -> bool:
@@ -321,15 +344,23 @@ class OrderConsumer:
     def _apply(self, plan: BatchPlan) -> bool:
         """Commits a batch's effects and reports them; False when its transaction was aborted."""
         outgoing: list[Outgoing] = []
-        changed: dict[TP, RunningAverage] = {}
+        added: dict[TP, list[int]] = {}  # per partition: [orders, cents] processed in this batch
         for decision in plan.decisions:
             record = decision.record
             if isinstance(decision, Processed):
                 tp = (record.topic, record.partition)
-                changed[tp] = changed.get(tp, self._owned.get(tp, RunningAverage())).add(decision.order.price_cents)
+                totals = added.get(tp)
+                if totals is None:
+                    totals = added[tp] = [0, 0]
+                totals[0] += 1
+                totals[1] += decision.order.price_cents
             else:
                 topic = self._settings.retry_topic if isinstance(decision, Retry) else self._settings.dlq_topic
                 outgoing.append(Outgoing(topic, record.key, record.value, decision.headers))
+        changed = {
+            tp: self._owned.get(tp, RunningAverage()) + RunningAverage(count, cents)
+            for tp, (count, cents) in added.items()
+        }
         # Every partition of the batch gets its stats value, so the offset in it always
         # equals the committed one.
         outgoing.extend(
@@ -363,8 +394,9 @@ class OrderConsumer:
             self._consumer.pause([position])
             self._consumer.seek(position)
             self._paused[(deferred.topic, deferred.partition)] = deferred.due_ms
-        for decision in plan.decisions:
-            before = self._report(decision, before)
+        if self._latency is not None:
+            self._latency.add(int(self._clock() * 1000), (decision.record.timestamp for decision in plan.decisions))
+        self._report(plan.decisions, sum(count for count, _ in added.values()), before)
         return True
 
     def _rewind(self, partitions: list[TP]) -> None:
@@ -378,29 +410,45 @@ class OrderConsumer:
             except KafkaException as exc:
                 self._console.debug(f"rewind of {topic}-{partition} skipped: {exc}")
 
-    def _report(self, decision: Decision, running: RunningAverage) -> RunningAverage:
-        """Counts and prints one committed decision; returns the group-wide state after it."""
-        summary, console = self.summary, self._console
+    def _report(self, decisions: Sequence[Decision], processed: int, running: RunningAverage) -> None:
+        """Counts a committed batch's decisions and prints the lines the console has room for.
+
+        Args:
+            processed: how many of the decisions are Processed.
+            running: the group-wide state before the batch, for the running average in the lines.
+        """
+        summary = self.summary
+        summary.processed += processed
+        if processed < len(decisions):
+            for decision in decisions:
+                if isinstance(decision, Retry):
+                    summary.retried += 1
+                elif isinstance(decision, DeadLetter):
+                    summary.dead_lettered[decision.reason] += 1
+        for decision in decisions[: self._console.claim_events(len(decisions))]:
+            running = self._print(decision, running)
+        if self._on_decision is not None:
+            for decision in decisions:
+                self._on_decision(decision)
+
+    def _print(self, decision: Decision, running: RunningAverage) -> RunningAverage:
+        """Prints one decision's line; returns the group-wide state after it."""
+        console = self._console
         if isinstance(decision, Processed):
             order = decision.order
-            summary.processed += 1
             running = running.add(order.price_cents)
-            console.event(
+            console.info(
                 f"✓ Processed: Order {order.order_id} → {order.product} → {format_cents(order.price_cents)}\n"
                 f"Running Average: {running.describe()}"
             )
         elif isinstance(decision, Retry):
-            summary.retried += 1
             error = decision.error
-            console.event(
+            console.info(
                 f"⚠ Retrying ({decision.attempt}/{self._policy.max_retries}): Order {decision.record.label} "
                 f"({type(error).__name__}: {error})"
             )
         else:
-            summary.dead_lettered[decision.reason] += 1
-            console.event(f"✗ Sent to DLQ ({decision.reason}): Order {decision.record.label}: {decision.error}")
-        if self._on_decision is not None:
-            self._on_decision(decision)
+            console.info(f"✗ Sent to DLQ ({decision.reason}): Order {decision.record.label}: {decision.error}")
         return running
 
     def _resume_due(self, now: float) -> None:

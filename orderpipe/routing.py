@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from orderpipe.errors import DeserializationError, ValidationError
 from orderpipe.order import ValidOrder
@@ -76,9 +77,8 @@ class Origin:
     timestamp: int
 
 
-@dataclass(frozen=True)
-class Incoming:
-    """One consumed record, as plain data."""
+class Incoming(NamedTuple):
+    """One consumed record, as plain data (a named tuple: one is made per record)."""
 
     topic: str
     partition: int
@@ -147,14 +147,12 @@ class RetryPolicy:
     backoff_max_ms: int = 30000
 
 
-@dataclass(frozen=True)
-class Processed:
+class Processed(NamedTuple):
     record: Incoming
     order: ValidOrder
 
 
-@dataclass(frozen=True)
-class Retry:
+class Retry(NamedTuple):
     """Produce `value` to the retry topic as retry number `attempt`, due at `not_before`."""
 
     record: Incoming
@@ -164,8 +162,7 @@ class Retry:
     headers: Headers
 
 
-@dataclass(frozen=True)
-class DeadLetter:
+class DeadLetter(NamedTuple):
     """Produce `value` unchanged to the DLQ with the reason in the headers."""
 
     record: Incoming
@@ -283,7 +280,7 @@ def plan_batch(
         tp = (record.topic, record.partition)
         if tp in stopped:
             continue  # refetched after the seek back to the deferred record
-        due = record.not_before
+        due = record.not_before if record.from_retry_topic else None
         if due is not None and due > now_ms:
             due = min(due, now_ms + policy.backoff_max_ms)
             stopped.add(tp)

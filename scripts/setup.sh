@@ -16,8 +16,8 @@ command -v "$PYTHON" >/dev/null 2>&1 ||
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 
 # Reinstall only when the requirements (or a file they include) changed.
-stamp="$VENV/.installed-$(basename "$REQUIREMENTS")"
-digest=$(cat "$ROOT"/requirements*.txt | sha256sum | cut -d' ' -f1)
+stamp="$VENV/.installed-$(echo "$REQUIREMENTS" | tr / -)"
+digest=$(cat "$ROOT"/requirements*.txt "$ROOT/$REQUIREMENTS" | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$digest" ]; then
   echo "Installing Python packages from $REQUIREMENTS into $VENV ..."
   "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$ROOT/$REQUIREMENTS"

@@ -1,0 +1,478 @@
+"""The pipeline's speed and memory, side by side with the C and Java clients and the bare binding.
+
+Run it with `scripts/bench.sh` (which sets everything up); it needs a running broker.
+Every run gets fresh topics and groups. Tiers, interleaved A B C ... for each round:
+
+* C ceiling: kcat producing and consuming pre-made payloads of our records' sizes.
+* Java ceiling: Kafka's ProducerPerformance and ConsumerPerformance.
+* binding: confluent-kafka producing pre-encoded orders, consuming without decoding.
+* ours: producer.py --rate 0, consumer.py at-least-once and exactly-once.
+
+Then producer and consumer together (end to end), the latency at a fixed offered
+rate (at-least-once, and exactly-once over a long run that also watches memory).
+Prints a markdown report (and writes it with --write).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import random
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from confluent_kafka import Consumer, libversion
+from confluent_kafka import __version__ as binding_version
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from orderpipe.codec import load_order_schema  # noqa: E402
+from orderpipe.generator import OrderFactory  # noqa: E402
+
+BOOTSTRAP = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
+KAFKA_VERSION = "4.1.1"
+JAVA_LIBS = ROOT / ".cache" / "bench" / f"kafka-tools-{KAFKA_VERSION}"
+PARTITIONS = 3
+PRODUCER_SETTINGS = {"acks": "all", "enable.idempotence": "true", "linger.ms": "5"}
+THROUGHPUT = re.compile(r"Throughput: (\d+) \w+ in ([\d.]+)s")
+LATENCY = re.compile(r"Latency: p50 (\d+) ms, p99 (\d+) ms, p99.9 (\d+) ms, max (\d+) ms over (\d+)")
+
+
+@dataclass
+class Run:
+    """One process: what it printed and what the kernel measured."""
+
+    stdout: str
+    wall_s: float
+    cpu_s: float
+    peak_rss_mb: float
+    rss_samples_mb: list[tuple[float, float]] = field(default_factory=list)
+
+
+class Process:
+    """A child process whose CPU time and peak RSS come from wait4, its RSS sampled meanwhile."""
+
+    def __init__(self, argv: Sequence[str], env: dict[str, str] | None = None, stdin: Path | None = None) -> None:
+        self._out = tempfile.TemporaryFile()  # noqa: SIM115 (closed with the process)
+        self._started = time.monotonic()
+        self._stdin = open(stdin, "rb") if stdin else subprocess.DEVNULL  # noqa: SIM115
+        self.popen = subprocess.Popen(
+            list(argv),
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+            stdin=self._stdin,
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+        )
+        self._samples: list[tuple[float, float]] = []
+        self._sampler = threading.Thread(target=self._sample, daemon=True)
+        self._sampler.start()
+
+    def _sample(self) -> None:
+        status = Path(f"/proc/{self.popen.pid}/status")
+        while self.popen.returncode is None:
+            try:
+                for line in status.read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        self._samples.append((time.monotonic() - self._started, int(line.split()[1]) / 1024))
+            except OSError:
+                return
+            time.sleep(5)  # a sampling period, not a synchronisation
+
+    def wait(self, timeout_s: float = 900) -> Run:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            pid, status, usage = os.wait4(self.popen.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.monotonic() > deadline:
+                self.popen.kill()
+                sys.exit(f"{' '.join(map(str, self.popen.args))} did not finish in {timeout_s:.0f}s")  # type: ignore[arg-type]
+            time.sleep(0.05)
+        self.popen.returncode = os.waitstatus_to_exitcode(status)
+        wall = time.monotonic() - self._started
+        self._out.seek(0)
+        text = self._out.read().decode("utf-8", "replace")
+        if self.popen.returncode != 0:
+            sys.exit(f"{' '.join(map(str, self.popen.args))} failed ({self.popen.returncode}):\n{text[-3000:]}")  # type: ignore[arg-type]
+        return Run(text, wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, self._samples)
+
+
+def run(argv: Sequence[str], env: dict[str, str] | None = None, stdin: Path | None = None) -> Run:
+    return Process(argv, env, stdin).wait()
+
+
+def throughput(result: Run) -> float:
+    match = THROUGHPUT.search(result.stdout)
+    if not match:
+        sys.exit(f"no Throughput line in:\n{result.stdout[-2000:]}")
+    return int(match[1]) / float(match[2])
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.admin = AdminClient({"bootstrap.servers": BOOTSTRAP})
+        self.run_id = uuid.uuid4().hex[:6]
+        factory = OrderFactory(random.Random(7), "SIZE")
+        sample = [factory.make(load_order_schema().encode_single_object) for _ in range(1000)]
+        self.key_size = round(statistics.mean(len(g.key) for g in sample))
+        self.value_size = round(statistics.mean(len(g.value or b"") for g in sample))
+        self.payloads = Path(tempfile.mkdtemp()) / "payloads.txt"
+        with self.payloads.open("w") as out:
+            for i in range(args.orders):
+                out.write(f"{str(i).rjust(self.key_size, 'K')}\t{'v' * self.value_size}\n")
+        self.figures: dict[str, dict[str, list[float]]] = {}
+        self.python = sys.executable
+
+    # -- helpers -------------------------------------------------------------------------
+    def topic(self, label: str) -> str:
+        name = f"bench-{self.run_id}-{label}-{uuid.uuid4().hex[:4]}"
+        self.admin.create_topics([NewTopic(name, PARTITIONS, 1)])[name].result()
+        return name
+
+    def pipeline_env(self, orders_topic: str) -> dict[str, str]:
+        """Fresh pipeline topics and group around `orders_topic`."""
+        return {
+            "KAFKA_BOOTSTRAP_SERVERS": BOOTSTRAP,
+            "SCHEMA_REGISTRY_URL": "",
+            "ORDERS_TOPIC": orders_topic,
+            "RETRY_TOPIC": f"{orders_topic}-retry",
+            "DLQ_TOPIC": f"{orders_topic}-dlq",
+            "STATS_TOPIC": f"{orders_topic}-stats-{uuid.uuid4().hex[:4]}",
+            "CONSUMER_GROUP": f"{orders_topic}-group-{uuid.uuid4().hex[:4]}",
+        }
+
+    def record(self, table: str, tier: str, rate: float, result: Run) -> None:
+        per_order_us = result.cpu_s / self.args.orders * 1e6
+        row = self.figures.setdefault(f"{table}|{tier}", {"rate": [], "cpu": [], "rss": []})
+        row["rate"].append(rate)
+        row["cpu"].append(per_order_us)
+        row["rss"].append(result.peak_rss_mb)
+        print(
+            f"  {table:9s} {tier:28s} {rate:>10,.0f}/s  {per_order_us:6.1f} µs CPU/order  {result.peak_rss_mb:6.0f} MB"
+        )
+
+    def java(self, main: str, *args: str) -> list[str]:
+        return ["java", "-Xmx512m", "-cp", f"{JAVA_LIBS}/*", f"org.apache.kafka.tools.{main}", *args]
+
+    def kcat_settings(self) -> list[str]:
+        return [arg for key, value in PRODUCER_SETTINGS.items() for arg in ("-X", f"{key}={value}")]
+
+    # -- producer tiers ------------------------------------------------------------------
+    def produce_c(self) -> tuple[str, Run]:
+        topic = self.topic("c")
+        cmd = ["kcat", "-P", "-b", BOOTSTRAP, "-t", topic, "-K", "\t", *self.kcat_settings()]
+        return topic, run(cmd, stdin=self.payloads)
+
+    def produce_java(self) -> tuple[str, Run]:
+        topic = self.topic("java")
+        props = [f"{k}={v}" for k, v in PRODUCER_SETTINGS.items()]
+        cmd = self.java(
+            "ProducerPerformance", "--topic", topic, "--num-records", str(self.args.orders),
+            "--record-size", str(self.key_size + self.value_size), "--throughput", "-1",
+            "--producer-props", f"bootstrap.servers={BOOTSTRAP}", *props,
+        )  # fmt: skip
+        return topic, run(cmd)
+
+    def produce_binding(self) -> tuple[str, Run]:
+        topic = self.topic("binding")
+        env = {"KAFKA_BOOTSTRAP_SERVERS": BOOTSTRAP}
+        return topic, run([self.python, "bench/binding.py", "produce", topic, str(self.args.orders)], env)
+
+    def produce_ours(self) -> tuple[str, Run]:
+        topic = self.topic("ours")
+        cmd = [self.python, "producer.py", "--rate", "0", "--count", str(self.args.orders), "--quiet"]
+        return topic, run(cmd, self.pipeline_env(topic))
+
+    # -- consumer tiers ------------------------------------------------------------------
+    def consume_c(self, topic: str) -> Run:
+        cmd = ["kcat", "-C", "-b", BOOTSTRAP, "-t", topic, "-o", "beginning", "-c", str(self.args.orders), "-q"]
+        return run(cmd)
+
+    def consume_java(self, topic: str) -> Run:
+        cmd = self.java(
+            "ConsumerPerformance", "--bootstrap-server", BOOTSTRAP, "--topic", topic,
+            "--messages", str(self.args.orders), "--group", f"{topic}-group", "--timeout", "60000",
+        )  # fmt: skip
+        return run(cmd)
+
+    def consume_binding(self, topic: str) -> Run:
+        return run([self.python, "bench/binding.py", "consume", topic, str(self.args.orders)])
+
+    def consume_ours(self, topic: str, delivery: str, *extra: str) -> Run:
+        cmd = [self.python, "consumer.py", "--quiet", "--idle-exit", "2", "--delivery", delivery, *extra]
+        return run(cmd, self.pipeline_env(topic))
+
+    # -- phases --------------------------------------------------------------------------
+    def throughput_rounds(self) -> None:
+        for round_no in range(1, self.args.rounds + 1):
+            print(f"Round {round_no}: producers, then consumers", flush=True)
+            topics = {}
+            for tier, produce, rate_of in (
+                ("C ceiling (kcat)", self.produce_c, lambda r: self.args.orders / r.wall_s),
+                ("Java ceiling (ProducerPerformance)", self.produce_java, java_producer_rate),
+                ("binding (confluent-kafka)", self.produce_binding, throughput),
+                ("ours (producer.py)", self.produce_ours, throughput),
+            ):
+                topic, result = produce()
+                topics[tier] = topic
+                self.record("producer", tier, rate_of(result), result)
+            for tier, source, consume, rate_of in (
+                ("C ceiling (kcat)", "C ceiling (kcat)", self.consume_c, lambda r: self.args.orders / r.wall_s),
+                ("Java ceiling (ConsumerPerformance)", "Java ceiling (ProducerPerformance)", self.consume_java,
+                 java_consumer_rate),
+                ("binding (confluent-kafka)", "binding (confluent-kafka)", self.consume_binding, throughput),
+                ("ours, at-least-once", "ours (producer.py)",
+                 lambda t: self.consume_ours(t, "at-least-once"), throughput),
+                ("ours, exactly-once", "ours (producer.py)",
+                 lambda t: self.consume_ours(t, "exactly-once"), throughput),
+            ):  # fmt: skip
+                result = consume(topics[source])
+                self.record("consumer", tier, rate_of(result), result)
+
+    def end_to_end_rounds(self) -> None:
+        n = str(self.args.orders)
+        for round_no in range(1, self.args.rounds + 1):
+            print(f"Round {round_no}: producer and consumer together", flush=True)
+            topic = self.topic("e2e-c")
+            consumer = Process(["kcat", "-C", "-b", BOOTSTRAP, "-t", topic, "-o", "beginning", "-c", n, "-q"])
+            wait_for_partitions(topic)
+            started = time.monotonic()
+            run(["kcat", "-P", "-b", BOOTSTRAP, "-t", topic, "-K", "\t", *self.kcat_settings()], stdin=self.payloads)
+            result = consumer.wait()
+            self.record("together", "C ceiling (kcat)", self.args.orders / (time.monotonic() - started), result)
+
+            topic = self.topic("e2e-binding")
+            consumer = Process([self.python, "bench/binding.py", "consume", topic, n])
+            wait_for_group_member(topic)
+            run([self.python, "bench/binding.py", "produce", topic, n], {"KAFKA_BOOTSTRAP_SERVERS": BOOTSTRAP})
+            result = consumer.wait()
+            self.record("together", "binding (confluent-kafka)", throughput(result), result)
+
+            for delivery in ("at-least-once", "exactly-once"):
+                topic = self.topic("e2e-ours")
+                env = self.pipeline_env(topic)
+                cmd = [self.python, "consumer.py", "--quiet", "--idle-exit", "2", "--delivery", delivery]
+                consumer = Process(cmd, env)
+                wait_for_group_member(topic, env["CONSUMER_GROUP"])
+                run([self.python, "producer.py", "--rate", "0", "--count", n, "--quiet"], env)
+                result = consumer.wait()
+                self.record("together", f"ours, {delivery}", throughput(result), result)
+
+    def latency_run(self, delivery: str, seconds: float) -> dict[str, object]:
+        """Producer at the fixed offered rate and consumer together for `seconds`."""
+        rate = self.args.latency_rate
+        topic = self.topic("latency")
+        env = self.pipeline_env(topic)
+        consumer = Process(
+            [self.python, "consumer.py", "--quiet", "--idle-exit", "3", "--delivery", delivery, "--report-latency"],
+            env,
+        )
+        wait_for_group_member(topic, env["CONSUMER_GROUP"])
+        print(f"Latency at {rate}/s, {delivery}, {seconds:.0f}s", flush=True)
+        producer = run(
+            [self.python, "producer.py", "--rate", str(rate), "--count", str(int(rate * seconds)), "--quiet"], env
+        )
+        result = consumer.wait()
+        match = LATENCY.search(result.stdout)
+        if not match:
+            sys.exit(f"no Latency line in:\n{result.stdout[-2000:]}")
+        figures = {
+            "delivery": delivery,
+            "seconds": seconds,
+            "p50": int(match[1]),
+            "p99": int(match[2]),
+            "p999": int(match[3]),
+            "max": int(match[4]),
+            "records": int(match[5]),
+            "consumer_cpu_us": result.cpu_s / int(match[5]) * 1e6,
+            "producer_cpu_us": producer.cpu_s / int(match[5]) * 1e6,
+            "consumer": result,
+            "producer": producer,
+        }
+        print(f"  p50 {match[1]} ms, p99 {match[2]} ms, p99.9 {match[3]} ms; peak RSS producer "
+              f"{producer.peak_rss_mb:.0f} MB, consumer {result.peak_rss_mb:.0f} MB", flush=True)  # fmt: skip
+        return figures
+
+
+def java_producer_rate(result: Run) -> float:
+    match = re.search(r"records sent, ([\d.]+) records/sec", result.stdout)
+    if not match:
+        sys.exit(f"no ProducerPerformance summary in:\n{result.stdout[-2000:]}")
+    return float(match[1])
+
+
+def java_consumer_rate(result: Run) -> float:
+    """fetch.nMsg.sec: records per second once the group has joined (rebalance time excluded)."""
+    lines = [line for line in result.stdout.splitlines() if line.count(",") >= 9 and line[:1].isdigit()]
+    if not lines:
+        sys.exit(f"no ConsumerPerformance figures in:\n{result.stdout[-2000:]}")
+    return float(lines[-1].split(",")[-1])
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            sys.exit(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def wait_for_group_member(topic: str, group: str | None = None) -> None:
+    """Waits until a consumer of `topic` (in `group`, or any bench group) holds partitions."""
+    admin = AdminClient({"bootstrap.servers": BOOTSTRAP})
+
+    def assigned() -> bool:
+        groups = [group] if group else [g.group_id for g in admin.list_consumer_groups().result().valid]
+        if not groups:
+            return False
+        for description in admin.describe_consumer_groups(groups).values():
+            for member in description.result().members:
+                if any(tp.topic == topic for tp in member.assignment.topic_partitions):
+                    return True
+        return False
+
+    wait_until(assigned, f"a consumer of {topic} to join")
+
+
+def wait_for_partitions(topic: str) -> None:
+    """kcat -C assigns partitions without a group; give it until it has fetched metadata."""
+    probe = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": "bench-probe"})
+    wait_until(lambda: len(probe.list_topics(topic, timeout=5).topics[topic].partitions) == PARTITIONS, topic)
+    probe.close()
+
+
+def summarise(bench: Bench, latency: list[dict[str, object]], command: str) -> str:
+    args, figures = bench.args, bench.figures
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"- Machine: {os.cpu_count()} cores, {cpu_model()}, {memory_gb():.0f} GiB; broker on the same machine.",
+        f"- Versions: Kafka {KAFKA_VERSION} broker (single node, KRaft), Python {platform.python_version()}, "
+        f"confluent-kafka {binding_version}, librdkafka {libversion()[0]}, {kcat_version()}, {java_version()}.",
+        f"- Records: {args.orders} per run, {PARTITIONS} partitions, key {bench.key_size} bytes, value "
+        f"{bench.value_size} bytes (the Java tool sends {bench.key_size + bench.value_size}-byte values, no key).",
+        "- Producers: acks=all, enable.idempotence=true, linger.ms=5. Consumers: read_committed (ours, binding).",
+        f"- {args.rounds} rounds, tiers interleaved within each round; median and (min-max).",
+        "",
+        "| phase | tier | orders/s | CPU µs/order | peak RSS MB |",
+        "|---|---|---|---|---|",
+    ]
+    for key, row in figures.items():
+        table, tier = key.split("|")
+        rates = row["rate"]
+        lines.append(
+            f"| {table} | {tier} | {statistics.median(rates):,.0f} ({min(rates):,.0f}-{max(rates):,.0f}) | "
+            f"{statistics.median(row['cpu']):.1f} | {max(row['rss']):.0f} |"
+        )
+
+    def median(table: str, tier: str) -> float:
+        return statistics.median(figures[f"{table}|{tier}"]["rate"])
+
+    lines += ["", "Ratios (medians):", ""]
+    for table, ours_tier in (
+        ("producer", "ours (producer.py)"),
+        ("consumer", "ours, at-least-once"),
+        ("consumer", "ours, exactly-once"),
+        ("together", "ours, at-least-once"),
+        ("together", "ours, exactly-once"),
+    ):
+        ours = median(table, ours_tier)
+        lines.append(
+            f"- {table}, {ours_tier}: {ours / median(table, 'C ceiling (kcat)'):.2f} of C, "
+            f"{ours / median(table, 'binding (confluent-kafka)'):.2f} of the binding"
+        )
+    eos, alo = median("consumer", "ours, exactly-once"), median("consumer", "ours, at-least-once")
+    lines.append(f"- consumer, exactly-once / at-least-once: {eos / alo:.2f}")
+    lines += [
+        "",
+        f"Latency at {args.latency_rate} orders/s offered (record timestamp to the commit of its batch):",
+        "",
+        "| consumer | run | p50 ms | p99 ms | p99.9 ms | max ms | CPU µs/order (producer, consumer) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for fig in latency:
+        lines.append(
+            f"| {fig['delivery']} | {fig['seconds']:.0f} s, {fig['records']} orders | {fig['p50']} | {fig['p99']} | "
+            f"{fig['p999']} | {fig['max']} | {fig['producer_cpu_us']:.1f}, {fig['consumer_cpu_us']:.1f} |"
+        )
+    lines += ["", "Memory over the longest latency run (RSS sampled every 5 s):", ""]
+    longest = max(latency, key=lambda fig: float(fig["seconds"]))  # type: ignore[arg-type]
+    for role in ("producer", "consumer"):
+        result: Run = longest[role]  # type: ignore[assignment]
+        samples = [mb for t, mb in result.rss_samples_mb if t >= 60] or [mb for _, mb in result.rss_samples_mb]
+        first = samples[0] if samples else 0.0
+        lines.append(
+            f"- {role}: peak {result.peak_rss_mb:.0f} MB; after the first minute {first:.0f} MB, "
+            f"at the end {samples[-1] if samples else 0:.0f} MB, highest {max(samples, default=0):.0f} MB"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
+def memory_gb() -> float:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1]) / 1024 / 1024
+    return 0.0
+
+
+def kcat_version() -> str:
+    out = subprocess.run(["kcat", "-V"], capture_output=True, text=True, check=False).stdout
+    match = re.search(r"kcat - .*?version ([\w.-]+)", out)
+    return f"kcat {match[1]}" if match else "kcat"
+
+
+def java_version() -> str:
+    out = subprocess.run(["java", "-version"], capture_output=True, text=True, check=False).stderr
+    return out.splitlines()[0].replace('"', "") if out else "java"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--orders", type=int, default=300_000, help="records per throughput run")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--latency-rate", type=int, default=10_000, help="offered orders/s in the latency runs")
+    parser.add_argument("--latency-s", type=float, default=60, help="length of the at-least-once latency run")
+    parser.add_argument("--soak-s", type=float, default=300, help="length of the exactly-once latency and memory run")
+    parser.add_argument("--write", type=Path, help="also write the report to this file")
+    args = parser.parse_args()
+    command = "scripts/bench.sh " + " ".join(sys.argv[1:])
+    bench = Bench(args)
+    print(f"Records: key {bench.key_size} bytes, value {bench.value_size} bytes", flush=True)
+    bench.throughput_rounds()
+    bench.end_to_end_rounds()
+    latency = [
+        bench.latency_run("at-least-once", args.latency_s),
+        bench.latency_run("exactly-once", args.soak_s),
+    ]
+    report = summarise(bench, latency, command.strip())
+    print(report)
+    if args.write:
+        args.write.write_text(report)
+
+
+if __name__ == "__main__":
+    main()
