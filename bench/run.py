@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from confluent_kafka import Consumer, libversion
+from confluent_kafka import Consumer, TopicPartition, libversion
 from confluent_kafka import __version__ as binding_version
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
@@ -78,6 +78,7 @@ class Process:
             stderr=subprocess.STDOUT,
         )
         self._samples: list[tuple[float, float]] = []
+        self.ended = 0.0  # epoch seconds when the process was seen to exit
         self._sampler = threading.Thread(target=self._sample, daemon=True)
         self._sampler.start()
 
@@ -101,7 +102,8 @@ class Process:
             if time.monotonic() > deadline:
                 self.popen.kill()
                 sys.exit(f"{' '.join(map(str, self.popen.args))} did not finish in {timeout_s:.0f}s")  # type: ignore[arg-type]
-            time.sleep(0.05)
+            time.sleep(0.005)
+        self.ended = time.time()
         self.popen.returncode = os.waitstatus_to_exitcode(status)
         wall = time.monotonic() - self._started
         self._out.seek(0)
@@ -245,23 +247,27 @@ class Bench:
                 self.record("consumer", tier, rate_of(result), result)
 
     def end_to_end_rounds(self) -> None:
+        """Producer and consumer together: orders/s from the first record's timestamp to the last one handled."""
         n = str(self.args.orders)
         for round_no in range(1, self.args.rounds + 1):
             print(f"Round {round_no}: producer and consumer together", flush=True)
             topic = self.topic("e2e-c")
             consumer = Process(["kcat", "-C", "-b", BOOTSTRAP, "-t", topic, "-o", "beginning", "-c", n, "-q"])
             wait_for_partitions(topic)
-            started = time.monotonic()
             run(["kcat", "-P", "-b", BOOTSTRAP, "-t", topic, "-K", "\t", *self.kcat_settings()], stdin=self.payloads)
             result = consumer.wait()
-            self.record("together", "C ceiling (kcat)", self.args.orders / (time.monotonic() - started), result)
+            self.record("together", "C ceiling (kcat)", self.rate_since_first_record(topic, consumer.ended), result)
 
             topic = self.topic("e2e-binding")
             consumer = Process([self.python, "bench/binding.py", "consume", topic, n])
             wait_for_group_member(topic)
             run([self.python, "bench/binding.py", "produce", topic, n], {"KAFKA_BOOTSTRAP_SERVERS": BOOTSTRAP})
             result = consumer.wait()
-            self.record("together", "binding (confluent-kafka)", throughput(result), result)
+            last = re.search(r"Last record at ([\d.]+)", result.stdout)
+            assert last, result.stdout
+            self.record(
+                "together", "binding (confluent-kafka)", self.rate_since_first_record(topic, float(last[1])), result
+            )
 
             for delivery in ("at-least-once", "exactly-once"):
                 topic = self.topic("e2e-ours")
@@ -271,7 +277,12 @@ class Bench:
                 wait_for_group_member(topic, env["CONSUMER_GROUP"])
                 run([self.python, "producer.py", "--rate", "0", "--count", n, "--quiet"], env)
                 result = consumer.wait()
-                self.record("together", f"ours, {delivery}", throughput(result), result)
+                # The consumer's last commit: the newest timestamp in its stats topic.
+                last_commit = max(timestamps(env["STATS_TOPIC"], first_only=False)) / 1000
+                self.record("together", f"ours, {delivery}", self.rate_since_first_record(topic, last_commit), result)
+
+    def rate_since_first_record(self, topic: str, ended: float) -> float:
+        return float(self.args.orders / (ended - min(timestamps(topic, first_only=True)) / 1000))
 
     def latency_run(self, delivery: str, seconds: float) -> dict[str, object]:
         """Producer at the fixed offered rate and consumer together for `seconds`."""
@@ -322,6 +333,30 @@ def java_consumer_rate(result: Run) -> float:
     if not lines:
         sys.exit(f"no ConsumerPerformance figures in:\n{result.stdout[-2000:]}")
     return float(lines[-1].split(",")[-1])
+
+
+def timestamps(topic: str, *, first_only: bool) -> list[int]:
+    """Record timestamps (epoch ms) of a topic: the first of each partition, or all of them."""
+    consumer = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": "bench-reader", "enable.auto.commit": False})
+    partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+    found: list[int] = []
+    for partition in partitions:
+        low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+        if high <= low:
+            continue
+        consumer.assign([TopicPartition(topic, partition, low)])
+        wanted = 1 if first_only else high - low
+        seen = 0
+        deadline = time.monotonic() + 30
+        while seen < wanted and time.monotonic() < deadline:
+            for message in consumer.consume(1000, 0.5):
+                if message.error() is None:
+                    found.append(message.timestamp()[1])
+                    seen += 1
+    consumer.close()
+    if not found:
+        sys.exit(f"no records in {topic}")
+    return found
 
 
 def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 60) -> None:
@@ -416,11 +451,11 @@ def summarise(bench: Bench, latency: list[dict[str, object]], command: str) -> s
     longest = max(latency, key=lambda fig: float(fig["seconds"]))  # type: ignore[arg-type]
     for role in ("producer", "consumer"):
         result: Run = longest[role]  # type: ignore[assignment]
-        samples = [mb for t, mb in result.rss_samples_mb if t >= 60] or [mb for _, mb in result.rss_samples_mb]
-        first = samples[0] if samples else 0.0
+        settle = min(60.0, float(longest["seconds"]) / 2)  # type: ignore[arg-type]
+        samples = [mb for t, mb in result.rss_samples_mb if t >= settle] or [0.0]
         lines.append(
-            f"- {role}: peak {result.peak_rss_mb:.0f} MB; after the first minute {first:.0f} MB, "
-            f"at the end {samples[-1] if samples else 0:.0f} MB, highest {max(samples, default=0):.0f} MB"
+            f"- {role}: peak {result.peak_rss_mb:.0f} MB; after {settle:.0f} s {samples[0]:.0f} MB, "
+            f"at the end {samples[-1]:.0f} MB, lowest-highest from then on {min(samples):.0f}-{max(samples):.0f} MB"
         )
     return "\n".join(lines) + "\n"
 

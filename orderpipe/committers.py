@@ -35,6 +35,7 @@ __all__ = ["AtLeastOnceCommitter", "Committer", "Outgoing", "TransactionalCommit
 RETRY_WINDOW_S = 60.0
 CALL_TIMEOUT_S = 30.0
 BACKOFF_S = (0.05, 0.1, 0.2, 0.5, 1.0)
+TRANSACTION_RETRY_BACKOFF_MS = 10
 # Offset-commit failures that only mean a rebalance took the partitions away.
 REBALANCE_ERRORS = frozenset(
     {KafkaError.ILLEGAL_GENERATION, KafkaError.UNKNOWN_MEMBER_ID, KafkaError.REBALANCE_IN_PROGRESS}
@@ -111,6 +112,11 @@ class TransactionalCommitter:
                 **producer_config(settings),
                 "transactional.id": transactional_id,
                 "transaction.timeout.ms": transaction_timeout_ms,
+                # Right after a commit the coordinator answers the next transaction's first
+                # request with CONCURRENT_TRANSACTIONS until the commit markers are written
+                # (a millisecond or two). librdkafka retries after retry.backoff.ms, 100 ms
+                # by default, which made every transaction wait about that long.
+                "retry.backoff.ms": TRANSACTION_RETRY_BACKOFF_MS,
             },
         )
 

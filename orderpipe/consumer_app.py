@@ -115,7 +115,7 @@ class ConsumerOptions:
     report_latency: bool = False
 
     @property
-    def batch_wait_s(self) -> float:
+    def commit_interval_s(self) -> float:
         interval = self.commit_interval_ms
         return (DEFAULT_COMMIT_INTERVAL_MS[self.delivery] if interval is None else interval) / 1000
 
@@ -135,7 +135,7 @@ class ConsumerSummary:
     def describe_throughput(self) -> str:
         rate = self.handled / self.busy_s if self.busy_s > 0 else 0.0
         return (
-            f"Throughput: {self.handled} records in {self.busy_s:.2f}s from the first batch to the last commit "
+            f"Throughput: {self.handled} records in {self.busy_s:.3f}s from the first batch to the last commit "
             f"({rate:,.0f} records/s)"
         )
 
@@ -296,6 +296,10 @@ class OrderConsumer:
     def _loop(self, stop: threading.Event) -> None:
         last_processed, last_time = 0, self._clock()
         first_batch: float | None = None
+        # A batch is read every commit interval: the wait for records is what is left of
+        # the interval once the previous batch was handled and committed.
+        interval = self._options.commit_interval_s
+        batch_started = time.monotonic() - interval
         while not stop.is_set():
             if self._fatal is not None:
                 raise FatalKafkaError(f"Kafka reported a fatal error: {self._fatal.str()}")
@@ -303,7 +307,9 @@ class OrderConsumer:
             self._console.tick(now)
             self._resume_due(now)
             self._stats.poll()
-            messages = self._consumer.consume(self._options.batch_size, self._options.batch_wait_s)
+            wait = max(interval - (time.monotonic() - batch_started), 0.0)
+            messages = self._consumer.consume(self._options.batch_size, wait)
+            batch_started = time.monotonic()
             records = self._records(messages)
             if records:
                 self._last_activity = now

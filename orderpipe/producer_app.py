@@ -29,6 +29,7 @@ __all__ = ["ProducerOptions", "ProducerSummary", "run_producer"]
 FLUSH_TIMEOUT_S = 30.0
 # Records made between two readings of the clock (and two services of delivery reports).
 SLICE = 1000
+PACING_S = 0.001
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ class ProducerSummary:
     def describe_throughput(self) -> str:
         rate = self.delivered / self.busy_s if self.busy_s > 0 else 0.0
         return (
-            f"Throughput: {self.delivered} orders in {self.busy_s:.2f}s from the first send to the last "
+            f"Throughput: {self.delivered} orders in {self.busy_s:.3f}s from the first send to the last "
             f"acknowledgement ({rate:,.0f} orders/s)"
         )
 
@@ -182,7 +183,9 @@ class _Publisher:
                 wanted = min(wanted, options.count - summary.sent)
             if wanted <= 0:
                 # Ahead of the rate: wait for the next record's time, serving delivery reports.
-                producer.poll(min(started + summary.sent / options.rate - now, 0.2))
+                # At least a millisecond (librdkafka's unit), so that high rates are paced in
+                # small slices instead of a busy loop.
+                producer.poll(min(max(started + summary.sent / options.rate - now, PACING_S), 0.2))
                 continue
             self._produce_slice(factory, encode, wanted)
             producer.poll(0)
