@@ -4,7 +4,7 @@
     binding.py consume TOPIC N   consumes N records as a group member, without decoding
 
 Both use the producer and consumer settings of the pipeline (acks=all, idempotence,
-linger.ms=5; read_committed) and print one line as the pipeline does:
+linger.ms=5; read_committed and CONSUMER_FETCH_SETTINGS) and print one line as the pipeline does:
 "Throughput: N records in Xs ... (R records/s)"; the consumer also prints the epoch
 time of its last record, for the end-to-end figure.
 """
@@ -21,7 +21,7 @@ from confluent_kafka import Consumer, Producer
 from config import load_settings
 from orderpipe.codec import load_order_schema
 from orderpipe.generator import OrderFactory
-from orderpipe.kafka_clients import producer_config
+from orderpipe.kafka_clients import CONSUMER_FETCH_SETTINGS, producer_config
 
 
 def produce(topic: str, count: int) -> None:
@@ -53,6 +53,7 @@ def consume(topic: str, count: int) -> None:
     consumer = Consumer(
         {
             **settings.kafka_client_config(),
+            **CONSUMER_FETCH_SETTINGS,
             "group.id": f"bench-binding-{uuid.uuid4().hex[:8]}",
             "auto.offset.reset": "earliest",
             "enable.auto.commit": False,

@@ -48,6 +48,7 @@ JAVA_LIBS = ROOT / ".cache" / "bench" / f"kafka-tools-{KAFKA_VERSION}"
 PARTITIONS = 3
 PRODUCER_SETTINGS = {"acks": "all", "enable.idempotence": "true", "linger.ms": "5"}
 THROUGHPUT = re.compile(r"Throughput: (\d+) \w+ in ([\d.]+)s")
+RSS_SAMPLE_S = 5.0
 LATENCY = re.compile(r"Latency: p50 (\d+) ms, p99 (\d+) ms, p99.9 (\d+) ms, max (\d+) ms over (\d+)")
 
 
@@ -79,19 +80,31 @@ class Process:
         )
         self._samples: list[tuple[float, float]] = []
         self.ended = 0.0  # epoch seconds when the process was seen to exit
+        self.peak_rss_mb = 0.0
         self._sampler = threading.Thread(target=self._sample, daemon=True)
         self._sampler.start()
 
     def _sample(self) -> None:
+        """Reads the child's peak RSS (VmHWM) often and its RSS every RSS_SAMPLE_S.
+
+        The peak is read from /proc, not from wait4's ru_maxrss: on Linux that also
+        counts the memory of this (forking) process, which the child carried until exec.
+        """
         status = Path(f"/proc/{self.popen.pid}/status")
+        next_sample = 0.0
         while self.popen.returncode is None:
             try:
-                for line in status.read_text().splitlines():
-                    if line.startswith("VmRSS:"):
-                        self._samples.append((time.monotonic() - self._started, int(line.split()[1]) / 1024))
+                fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
             except OSError:
                 return
-            time.sleep(5)  # a sampling period, not a synchronisation
+            if "VmHWM" not in fields:
+                return  # exited: a zombie has no memory left to read
+            elapsed = time.monotonic() - self._started
+            self.peak_rss_mb = max(self.peak_rss_mb, int(fields["VmHWM"].split()[0]) / 1024)
+            if elapsed >= next_sample:
+                self._samples.append((elapsed, int(fields["VmRSS"].split()[0]) / 1024))
+                next_sample += RSS_SAMPLE_S
+            time.sleep(0.1)  # a sampling period, not a synchronisation
 
     def wait(self, timeout_s: float = 900) -> Run:
         deadline = time.monotonic() + timeout_s
@@ -110,7 +123,7 @@ class Process:
         text = self._out.read().decode("utf-8", "replace")
         if self.popen.returncode != 0:
             sys.exit(f"{' '.join(map(str, self.popen.args))} failed ({self.popen.returncode}):\n{text[-3000:]}")  # type: ignore[arg-type]
-        return Run(text, wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, self._samples)
+        return Run(text, wall, usage.ru_utime + usage.ru_stime, self.peak_rss_mb, self._samples)
 
 
 def run(argv: Sequence[str], env: dict[str, str] | None = None, stdin: Path | None = None) -> Run:

@@ -39,7 +39,7 @@ from orderpipe.committers import AtLeastOnceCommitter, Committer, Outgoing, Tran
 from orderpipe.console import Console
 from orderpipe.errors import BatchAbortedError, BrokerUnavailableError, FatalKafkaError
 from orderpipe.instance import InstanceSlot, claim_slot
-from orderpipe.kafka_clients import connect_admin, create_client, ensure_topics
+from orderpipe.kafka_clients import CONSUMER_FETCH_SETTINGS, connect_admin, create_client, ensure_topics
 from orderpipe.latency import LatencyHistogram
 from orderpipe.money import RunningAverage, format_cents
 from orderpipe.order import ValidOrder, validate
@@ -238,6 +238,7 @@ class OrderConsumer:
             Consumer,
             {
                 **settings.kafka_client_config(),
+                **CONSUMER_FETCH_SETTINGS,
                 "group.id": settings.consumer_group,
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",

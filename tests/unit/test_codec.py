@@ -2,6 +2,7 @@
 
 import io
 import json
+import random
 import struct
 from dataclasses import replace
 from pathlib import Path
@@ -10,8 +11,9 @@ from typing import Any
 import fastavro
 import pytest
 
-from orderpipe.codec import OrderDecoder, OrderSchema, load_order_schema, parse_schema_text
+from orderpipe.codec import OrderDecoder, OrderSchema, _read_order, load_order_schema, parse_schema_text
 from orderpipe.errors import DeserializationError
+from orderpipe.generator import OrderFactory
 from orderpipe.order import Order
 
 SCHEMA = load_order_schema()
@@ -154,3 +156,53 @@ def test_a_schema_of_another_shape_is_written_by_fastavro() -> None:
     record = fastavro.schemaless_reader(io.BytesIO(body), parsed, None)
     assert isinstance(record, dict)
     assert record["note"] == ""
+
+
+def _fastavro_order(body: bytes) -> Order | None:
+    """What fastavro makes of a body (None when it refuses it), as the general decoder would."""
+    buffer = io.BytesIO(body)
+    try:
+        record = fastavro.schemaless_reader(buffer, SCHEMA.parsed, None)
+    except Exception:
+        return None
+    if buffer.tell() != len(body) or not isinstance(record, dict):
+        return None
+    return Order.from_record(record)
+
+
+def test_the_direct_reader_never_disagrees_with_fastavro() -> None:
+    """On well-formed and on mutated bodies it returns fastavro's order, or leaves the body to fastavro."""
+    rng = random.Random(3)
+    factory = OrderFactory(rng, "READ", invalid_rate=0.3, max_price_cents=10_000_000)
+    bodies = [SCHEMA.encode_body(g.order) for g in (factory.make(SCHEMA.encode_single_object) for _ in range(300))]
+    bodies += [SCHEMA.encode_body(Order("O-1", "é" * 40, 1.0)), b"", b"\x00", b"\x02a\x02b\x00\x00\x80"]
+    mutated = []
+    for body in bodies[:300]:
+        for _ in range(10):
+            data = bytearray(body)
+            cut = rng.randrange(len(data) + 1)
+            choice = rng.randrange(3)
+            if choice == 0 and data:
+                data[rng.randrange(len(data))] = rng.randrange(256)
+            elif choice == 1:
+                del data[cut:]
+            else:
+                data[cut:cut] = rng.randbytes(rng.randrange(1, 4))
+            mutated.append(bytes(data))
+    taken = 0
+    for body in bodies + mutated:
+        direct = _read_order(body, 0)
+        if direct is None:
+            continue
+        taken += 1
+        general = _fastavro_order(body)
+        assert general is not None, body
+        assert (direct.order_id, direct.product) == (general.order_id, general.product)
+        assert struct.pack("<f", direct.price) == struct.pack("<f", general.price), body
+    assert taken > 300  # the common shape really takes the fast path
+
+
+def test_records_the_direct_reader_leaves_alone_get_fastavros_error() -> None:
+    truncated = SCHEMA.encode_single_object(ORDER)[:-2]
+    with pytest.raises(DeserializationError, match="Avro body is not a valid order"):
+        OrderDecoder(SCHEMA).decode(truncated)
