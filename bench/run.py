@@ -433,6 +433,25 @@ def summarise(bench: Bench, latency: list[dict[str, object]], command: str) -> s
     def median(table: str, tier: str) -> float:
         return statistics.median(figures[f"{table}|{tier}"]["rate"])
 
+    lines += [
+        "",
+        "How each figure is taken:",
+        "",
+        "- Producer orders/s: ours and the binding from the first send to the last acknowledgement, by their "
+        "own clock. That includes the idempotent producer's start: librdkafka 2.16 asks for a producer id about "
+        "0.5 s after it starts. kcat: the process's wall time (its librdkafka 2.0.2 has the id at once). Java: "
+        "the tool's own figure.",
+        "- Consumer orders/s: ours from the first batch to the last commit; the binding from the first batch to "
+        "the last record; kcat: the process's wall time, start-up included; Java: fetch.nMsg.sec (after the group "
+        "joined).",
+        "- Together: producer and consumer started together, from the first record's timestamp to the last record "
+        "handled (kcat: the consumer's exit; binding: its last record; ours: the newest timestamp in its stats "
+        "topic, which each batch's commit writes).",
+        "- CPU µs/order: user + system CPU of the whole process (wait4), start-up included (for Java, the JIT too), "
+        "divided by the orders. Peak RSS: VmHWM of the process, read every 0.1 s.",
+        "- Latency: `consumer.py --report-latency`, from each record's timestamp (set when the producer hands it "
+        "to the client) to the commit of its batch; the first second of records is left out as warm-up.",
+    ]
     lines += ["", "Ratios (medians):", ""]
     for table, ours_tier in (
         ("producer", "ours (producer.py)"),
@@ -489,8 +508,8 @@ def memory_gb() -> float:
 
 def kcat_version() -> str:
     out = subprocess.run(["kcat", "-V"], capture_output=True, text=True, check=False).stdout
-    match = re.search(r"kcat - .*?version ([\w.-]+)", out)
-    return f"kcat {match[1]}" if match else "kcat"
+    match = re.search(r"Version ([\w.-]+) .*?librdkafka ([\w.-]+)", out)
+    return f"kcat {match[1]} (its own librdkafka {match[2]}, Debian)" if match else "kcat"
 
 
 def java_version() -> str:
@@ -500,7 +519,7 @@ def java_version() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--orders", type=int, default=300_000, help="records per throughput run")
+    parser.add_argument("--orders", type=int, default=1_000_000, help="records per throughput run")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--latency-rate", type=int, default=10_000, help="offered orders/s in the latency runs")
     parser.add_argument("--latency-s", type=float, default=60, help="length of the at-least-once latency run")
