@@ -9,9 +9,15 @@ from __future__ import annotations
 import sys
 from typing import TextIO
 
-__all__ = ["NORMAL", "QUIET", "VERBOSE", "Console"]
+__all__ = ["NORMAL", "QUIET", "VERBOSE", "Console", "throughput_line"]
 
 QUIET, NORMAL, VERBOSE = 0, 1, 2
+
+
+def throughput_line(count: int, unit: str, seconds: float, span: str) -> str:
+    """The final `Throughput:` line both programs print, e.g. for bench/ to read."""
+    rate = count / seconds if seconds > 0 else 0.0
+    return f"Throughput: {count} {unit} in {seconds:.3f}s {span} ({rate:,.0f} {unit}/s)"
 
 
 class Console:

@@ -36,7 +36,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from config import Settings
 from orderpipe.codec import OrderDecoder, load_order_schema
 from orderpipe.committers import AtLeastOnceCommitter, Committer, Outgoing, TransactionalCommitter
-from orderpipe.console import Console
+from orderpipe.console import Console, throughput_line
 from orderpipe.errors import BatchAbortedError, BrokerUnavailableError, FatalKafkaError
 from orderpipe.instance import InstanceSlot, claim_slot
 from orderpipe.kafka_clients import CONSUMER_FETCH_SETTINGS, connect_admin, create_client, ensure_topics
@@ -133,11 +133,7 @@ class ConsumerSummary:
     busy_s: float = 0.0
 
     def describe_throughput(self) -> str:
-        rate = self.handled / self.busy_s if self.busy_s > 0 else 0.0
-        return (
-            f"Throughput: {self.handled} records in {self.busy_s:.3f}s from the first batch to the last commit "
-            f"({rate:,.0f} records/s)"
-        )
+        return throughput_line(self.handled, "records", self.busy_s, "from the first batch to the last commit")
 
     def describe(self) -> str:
         reasons = ", ".join(

@@ -16,7 +16,7 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 
 from config import Settings
 from orderpipe.codec import OrderSchema, load_order_schema
-from orderpipe.console import Console
+from orderpipe.console import Console, throughput_line
 from orderpipe.errors import RegistryUnavailableError
 from orderpipe.generator import Generated, Kind, OrderEncoder, OrderFactory, base36
 from orderpipe.kafka_clients import connect_admin, create_client, ensure_topics, produce, producer_config
@@ -54,11 +54,7 @@ class ProducerSummary:
     busy_s: float = 0.0
 
     def describe_throughput(self) -> str:
-        rate = self.delivered / self.busy_s if self.busy_s > 0 else 0.0
-        return (
-            f"Throughput: {self.delivered} orders in {self.busy_s:.3f}s from the first send to the last "
-            f"acknowledgement ({rate:,.0f} orders/s)"
-        )
+        return throughput_line(self.delivered, "orders", self.busy_s, "from the first send to the last acknowledgement")
 
     def describe(self) -> str:
         kinds = ", ".join(f"{kind} {n}" for kind, n in self.by_kind.items())

@@ -2,7 +2,7 @@
 
 import io
 
-from orderpipe.console import NORMAL, QUIET, VERBOSE, Console
+from orderpipe.console import NORMAL, QUIET, VERBOSE, Console, throughput_line
 
 
 def make(verbosity: int) -> tuple[Console, io.StringIO]:
@@ -42,3 +42,23 @@ def test_quiet_shows_summaries_only_and_verbose_shows_everything() -> None:
     for i in range(10):
         verbose.event(f"line {i}")
     assert len(verbose_out.getvalue().splitlines()) == 10
+
+
+def test_the_throughput_line_gives_count_time_and_rate() -> None:
+    line = throughput_line(300_000, "records", 1.5, "from the first batch to the last commit")
+    assert line == "Throughput: 300000 records in 1.500s from the first batch to the last commit (200,000 records/s)"
+    assert throughput_line(0, "orders", 0.0, "from the first send").endswith("(0 orders/s)")
+
+
+def test_a_batch_claims_only_the_lines_left_in_the_budget() -> None:
+    console, _ = make(NORMAL)
+    console.tick(10.0)
+    assert console.claim_events(5) == 3  # the budget is 3 lines per second
+    assert console.claim_events(2) == 0
+    assert console.summary_due(15.0)  # lines were held back
+    console.tick(16.0)
+    assert console.claim_events(1) == 1
+    quiet, _ = make(QUIET)
+    assert quiet.claim_events(4) == 0
+    verbose, _ = make(VERBOSE)
+    assert verbose.claim_events(400) == 400
