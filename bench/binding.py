@@ -67,7 +67,7 @@ def consume(topic: str, count: int) -> None:
         if batch and not started:
             started = time.monotonic()
         seen += sum(1 for message in batch if message.error() is None)
-    elapsed, finished = time.monotonic() - started, time.time()
+    elapsed, finished = max(time.monotonic() - started, 1e-6), time.time()
     consumer.close()
     print(
         f"Throughput: {seen} records in {elapsed:.3f}s from the first batch to the last "

@@ -46,7 +46,11 @@ BOOTSTRAP = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
 KAFKA_VERSION = "4.1.1"
 JAVA_LIBS = ROOT / ".cache" / "bench" / f"kafka-tools-{KAFKA_VERSION}"
 PARTITIONS = 3
+# The pipeline's producer settings (orderpipe.kafka_clients.producer_config), for kcat and Java.
 PRODUCER_SETTINGS = {"acks": "all", "enable.idempotence": "true", "linger.ms": "5"}
+# kcat's librdkafka (2.0.2) stops fetching a partition for a second whenever its local
+# queue holds queued.min.messages; a ceiling should not wait, so the limit is set out of reach.
+KCAT_CONSUMER_SETTINGS = ["-X", "queued.min.messages=10000000"]
 THROUGHPUT = re.compile(r"Throughput: (\d+) \w+ in ([\d.]+)s")
 RSS_SAMPLE_S = 5.0
 LATENCY = re.compile(r"Latency: p50 (\d+) ms, p99 (\d+) ms, p99.9 (\d+) ms, max (\d+) ms over (\d+)")
@@ -216,7 +220,7 @@ class Bench:
     # -- consumer tiers ------------------------------------------------------------------
     def consume_c(self, topic: str) -> Run:
         cmd = ["kcat", "-C", "-b", BOOTSTRAP, "-t", topic, "-o", "beginning", "-c", str(self.args.orders), "-q"]
-        return run(cmd)
+        return run([*cmd, *KCAT_CONSUMER_SETTINGS])
 
     def consume_java(self, topic: str) -> Run:
         cmd = self.java(
@@ -226,7 +230,8 @@ class Bench:
         return run(cmd)
 
     def consume_binding(self, topic: str) -> Run:
-        return run([self.python, "bench/binding.py", "consume", topic, str(self.args.orders)])
+        env = {"KAFKA_BOOTSTRAP_SERVERS": BOOTSTRAP}
+        return run([self.python, "bench/binding.py", "consume", topic, str(self.args.orders)], env)
 
     def consume_ours(self, topic: str, delivery: str, *extra: str) -> Run:
         cmd = [self.python, "consumer.py", "--quiet", "--idle-exit", "2", "--delivery", delivery, *extra]
@@ -265,14 +270,17 @@ class Bench:
         for round_no in range(1, self.args.rounds + 1):
             print(f"Round {round_no}: producer and consumer together", flush=True)
             topic = self.topic("e2e-c")
-            consumer = Process(["kcat", "-C", "-b", BOOTSTRAP, "-t", topic, "-o", "beginning", "-c", n, "-q"])
+            kcat = ["kcat", "-C", "-b", BOOTSTRAP, "-t", topic, "-o", "beginning", "-c", n, "-q"]
+            consumer = Process([*kcat, *KCAT_CONSUMER_SETTINGS])
             wait_for_partitions(topic)
             run(["kcat", "-P", "-b", BOOTSTRAP, "-t", topic, "-K", "\t", *self.kcat_settings()], stdin=self.payloads)
             result = consumer.wait()
             self.record("together", "C ceiling (kcat)", self.rate_since_first_record(topic, consumer.ended), result)
 
             topic = self.topic("e2e-binding")
-            consumer = Process([self.python, "bench/binding.py", "consume", topic, n])
+            consumer = Process(
+                [self.python, "bench/binding.py", "consume", topic, n], {"KAFKA_BOOTSTRAP_SERVERS": BOOTSTRAP}
+            )
             wait_for_group_member(topic)
             run([self.python, "bench/binding.py", "produce", topic, n], {"KAFKA_BOOTSTRAP_SERVERS": BOOTSTRAP})
             result = consumer.wait()
@@ -443,7 +451,8 @@ def summarise(bench: Bench, latency: list[dict[str, object]], command: str) -> s
         "the tool's own figure.",
         "- Consumer orders/s: ours from the first batch to the last commit; the binding from the first batch to "
         "the last record; kcat: the process's wall time, start-up included; Java: fetch.nMsg.sec (after the group "
-        "joined).",
+        "joined). kcat's consumer runs with queued.min.messages=10000000: its librdkafka otherwise stops fetching a "
+        "partition for a second whenever that many records wait.",
         "- Together: producer and consumer started together, from the first record's timestamp to the last record "
         "handled (kcat: the consumer's exit; binding: its last record; ours: the newest timestamp in its stats "
         "topic, which each batch's commit writes).",

@@ -76,11 +76,6 @@ class Console:
         """Claims one per-order line: True when it is to be printed (then print it with `info`)."""
         return self.claim_events(1) == 1
 
-    def event(self, text: str) -> None:
-        """A per-order line, printed unless the budget is spent or the console is quiet."""
-        if self.wants_event():
-            print(text, file=self._out)
-
     def info(self, text: str) -> None:
         """A line always shown (start-up, final summary)."""
         print(text, file=self._out)

@@ -1,6 +1,7 @@
 """The consumer at the edge: reads batches, asks the pure core what to do, and does it.
 
-Per batch (one `consume` call: at most `batch_size` records or `batch_timeout_s`):
+Per batch (one `consume` call: at most `batch_size` records, or what arrived within the
+commit interval):
 decide every record (`routing.plan_batch`), then hand the retry and DLQ records, the
 new `orders-stats` values of the partitions that changed and the input offsets to a
 committer, which makes them durable together: one Kafka transaction by default

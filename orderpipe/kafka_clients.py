@@ -133,8 +133,8 @@ def produce(
 ) -> None:
     """Produces one record, serving delivery reports while the local queue is full.
 
-    Without `on_delivery` no per-record callback runs; a transaction's commit reports
-    any record that failed.
+    Without `on_delivery` only the client's default callback (if it has one) runs; a
+    transaction's commit reports any record that failed.
 
     Raises:
         DeliveryError: librdkafka refused the record outright (for example larger

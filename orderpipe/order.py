@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from orderpipe.errors import ValidationError
-from orderpipe.money import divide_half_even, format_cents
+from orderpipe.money import format_cents, to_cents
 
 __all__ = ["MAX_ORDER_ID_LENGTH", "MAX_PRODUCT_LENGTH", "Order", "ValidOrder", "validate"]
 
@@ -65,11 +65,11 @@ def validate(order: Order, max_price_cents: int) -> ValidOrder:
         raise ValidationError(f"price must be a finite number, got {price}")
     if price <= 0:
         raise ValidationError("price must be > 0")
-    # Exact: the float as a ratio of integers, compared and rounded without a decimal repr.
+    # Exact: the float as a ratio of integers, compared without a decimal repr in between.
     numerator, denominator = price.as_integer_ratio()
     if numerator * 100 > max_price_cents * denominator:
         raise ValidationError(f"price must be at most {format_cents(max_price_cents)}, got {price:.2f}")
-    cents = divide_half_even(numerator * 100, denominator)
+    cents = to_cents(price)
     if cents == 0:
         raise ValidationError(f"price must be at least $0.01 once rounded to cents, got {price}")
     return ValidOrder(order_id, product, cents)

@@ -209,15 +209,15 @@ class _Publisher:
         for _ in range(count):
             generated = make(encode)
             key = generated.key.encode("utf-8")
+            callback = functools.partial(self._delivered_shown, generated) if wants_event() else None
             try:
-                if wants_event():
-                    callback = functools.partial(self._delivered_shown, generated)
-                    producer.produce(topic, generated.value, key, on_delivery=callback)
-                else:
+                if callback is None:
                     producer.produce(topic, generated.value, key)
+                else:
+                    producer.produce(topic, generated.value, key, on_delivery=callback)
             except (BufferError, KafkaException):
                 # The local queue is full (wait for room) or the record was refused (named).
-                produce(producer, topic, key, generated.value)
+                produce(producer, topic, key, generated.value, on_delivery=callback)
             by_kind[generated.kind] += 1
             if generated.price_cents is not None:
                 valid_count += 1

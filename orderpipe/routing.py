@@ -280,7 +280,7 @@ def plan_batch(
         tp = (record.topic, record.partition)
         if tp in stopped:
             continue  # refetched after the seek back to the deferred record
-        due = record.not_before if record.from_retry_topic else None
+        due = record.not_before
         if due is not None and due > now_ms:
             due = min(due, now_ms + policy.backoff_max_ms)
             stopped.add(tp)

@@ -5,6 +5,12 @@ import io
 from orderpipe.console import NORMAL, QUIET, VERBOSE, Console, throughput_line
 
 
+def event(console: Console, text: str) -> None:
+    """How the programs print a per-order line: claim it, then print it."""
+    if console.wants_event():
+        console.info(text)
+
+
 def make(verbosity: int) -> tuple[Console, io.StringIO]:
     out = io.StringIO()
     return Console(verbosity, out=out, err=io.StringIO(), lines_per_second=3, summary_every_s=5.0), out
@@ -14,33 +20,33 @@ def test_lines_beyond_the_budget_are_held_back_and_a_summary_falls_due() -> None
     console, out = make(NORMAL)
     console.tick(100.0)
     for i in range(5):
-        console.event(f"line {i}")
+        event(console, f"line {i}")
     assert out.getvalue().splitlines() == ["line 0", "line 1", "line 2"]
     assert not console.summary_due(104.9)
     assert console.summary_due(105.0)
     assert not console.summary_due(105.1), "one summary per interval"
     console.tick(101.0)  # a new second, a new budget
-    console.event("line 5")
+    event(console, "line 5")
     assert out.getvalue().splitlines()[-1] == "line 5"
 
 
 def test_no_summary_while_every_line_is_shown() -> None:
     console, _ = make(NORMAL)
     console.tick(100.0)
-    console.event("only line")
+    event(console, "only line")
     assert not console.summary_due(200.0)
 
 
 def test_quiet_shows_summaries_only_and_verbose_shows_everything() -> None:
     quiet, quiet_out = make(QUIET)
     quiet.tick(0.0)
-    quiet.event("hidden")
+    event(quiet, "hidden")
     assert quiet_out.getvalue() == ""
     assert quiet.summary_due(5.0)
     verbose, verbose_out = make(VERBOSE)
     verbose.tick(0.0)
     for i in range(10):
-        verbose.event(f"line {i}")
+        event(verbose, f"line {i}")
     assert len(verbose_out.getvalue().splitlines()) == 10
 
 
