@@ -3,11 +3,12 @@
 import sys
 from collections.abc import Sequence
 
+from config import load_settings
 from orderpipe.cli import producer_main
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return producer_main(argv)
+    return producer_main(load_settings, argv)
 
 
 if __name__ == "__main__":

@@ -12,10 +12,10 @@ import random
 import signal
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from types import FrameType
 
-from config import ENV_NAMES, load_settings
 from orderpipe.console import NORMAL, QUIET, VERBOSE, Console
 from orderpipe.consumer_app import (
     AT_LEAST_ONCE,
@@ -27,11 +27,16 @@ from orderpipe.consumer_app import (
 )
 from orderpipe.errors import OrderPipeError
 from orderpipe.kafka_clients import librdkafka_logger
+from orderpipe.kafka_edge import read_group_stats
 from orderpipe.money import RunningAverage
 from orderpipe.producer_app import ProducerOptions, run_producer
-from orderpipe.stats_reader import read_group_stats
+from orderpipe.settings import ENV_NAMES, Settings
 
-__all__ = ["consumer_main", "producer_main"]
+__all__ = ["LoadSettings", "consumer_main", "producer_main"]
+
+# Builds the settings from flag values keyed by environment variable name (None: not
+# given); the entry scripts pass config.load_settings, the one reader of the environment.
+LoadSettings = Callable[[Mapping[str, str | None]], Settings]
 
 
 def _fraction(text: str) -> float:
@@ -166,15 +171,27 @@ def _verbosity(args: argparse.Namespace) -> int:
 
 
 def _setup_output(verbosity: int) -> None:
+    """Console lines go to stdout, line by line; diagnostics go through `logging` to stderr.
+
+    Warnings are always shown; --verbose shows the package's debug lines and
+    librdkafka's own log (the clients' `logger` setting routes it into logging).
+    """
     # Line by line even into a pipe, so a person or a test sees events as they happen.
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(line_buffering=True)
     logging.basicConfig(format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
-    librdkafka_logger().setLevel(logging.INFO if verbosity >= VERBOSE else logging.CRITICAL + 1)
+    verbose = verbosity >= VERBOSE
+    logging.getLogger("orderpipe").setLevel(logging.DEBUG if verbose else logging.WARNING)
+    librdkafka_logger().setLevel(logging.DEBUG if verbose else logging.CRITICAL + 1)
 
 
-def _stop_on_signals() -> threading.Event:
-    """An event set by the first Ctrl-C or SIGTERM; a second Ctrl-C exits at once."""
+@contextmanager
+def _stop_on_signals() -> Iterator[threading.Event]:
+    """An event set by the first Ctrl-C or SIGTERM; a second Ctrl-C exits at once.
+
+    The previous handlers come back when the block ends, so `main(argv)` can be
+    called from tests and other programs.
+    """
     stop = threading.Event()
 
     def handle(signum: int, _frame: FrameType | None) -> None:
@@ -182,9 +199,12 @@ def _stop_on_signals() -> threading.Event:
             raise KeyboardInterrupt
         stop.set()
 
-    signal.signal(signal.SIGINT, handle)
-    signal.signal(signal.SIGTERM, handle)
-    return stop
+    previous = {signum: signal.signal(signum, handle) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _settings_overrides(args: argparse.Namespace) -> dict[str, str | None]:
@@ -208,7 +228,7 @@ def _run(main: Callable[[], int]) -> int:
         return 130
 
 
-def producer_main(argv: Sequence[str] | None = None) -> int:
+def producer_main(load_settings: LoadSettings, argv: Sequence[str] | None = None) -> int:
     """Entry point of producer.py; returns the process exit code."""
     args = _producer_parser().parse_args(argv)
 
@@ -217,7 +237,8 @@ def producer_main(argv: Sequence[str] | None = None) -> int:
         options = ProducerOptions(args.count, args.rate, args.invalid_rate, args.poison_rate, args.seed)
         verbosity = _verbosity(args)
         _setup_output(verbosity)
-        summary = run_producer(settings, options, Console(verbosity), _stop_on_signals())
+        with _stop_on_signals() as stop:
+            summary = run_producer(settings, options, Console(verbosity), stop)
         return 0 if summary.failed == 0 else 1
 
     return _run(main)
@@ -233,7 +254,7 @@ def _print_stats(topic: str, states: dict[str, RunningAverage], verbosity: int) 
     print(f"{topic}: count {total.count}, sum_cents {total.sum_cents}, running average {total.describe()}")
 
 
-def consumer_main(argv: Sequence[str] | None = None) -> int:
+def consumer_main(load_settings: LoadSettings, argv: Sequence[str] | None = None) -> int:
     """Entry point of consumer.py; returns the process exit code."""
     args = _consumer_parser().parse_args(argv)
 
@@ -242,7 +263,7 @@ def consumer_main(argv: Sequence[str] | None = None) -> int:
         verbosity = _verbosity(args)
         _setup_output(verbosity)
         if args.stats:
-            _print_stats(settings.stats_topic, read_group_stats(settings, Console(verbosity)), verbosity)
+            _print_stats(settings.stats_topic, read_group_stats(settings), verbosity)
             return 0
         options = ConsumerOptions(
             idle_exit_s=args.idle_exit,
@@ -252,7 +273,8 @@ def consumer_main(argv: Sequence[str] | None = None) -> int:
             report_latency=args.report_latency,
         )
         downstream = simulated_outage(random.Random(args.seed), args.failure_rate)
-        OrderConsumer(settings, options, Console(verbosity), downstream).run(_stop_on_signals())
+        with _stop_on_signals() as stop:
+            OrderConsumer(settings, options, Console(verbosity), downstream).run(stop)
         return 0
 
     return _run(main)

@@ -80,10 +80,6 @@ class Console:
         """A line always shown (start-up, final summary)."""
         print(text, file=self._out)
 
-    def debug(self, text: str) -> None:
-        if self.verbosity >= VERBOSE:
-            print(text, file=self._out)
-
     def error(self, text: str) -> None:
         print(text, file=self._err)
 

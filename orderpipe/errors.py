@@ -1,18 +1,20 @@
 """The project's exceptions: one root, and each error says whether it is retriable.
 
 Third-party errors (confluent-kafka, fastavro, httpx) are translated into these at
-the edge, with the original kept as `__cause__`.
+the edge, with the original kept as `__cause__`. Each class says whether the failed
+operation may simply be tried again (`retriable`) and which exit code a program
+ends with when the error reaches the command line.
 """
 
 from __future__ import annotations
 
 __all__ = [
-    "BatchAbortedError",
     "BrokerUnavailableError",
     "ConfigError",
     "DeliveryError",
     "DeserializationError",
     "FatalKafkaError",
+    "KafkaCallError",
     "OrderPipeError",
     "RegistryUnavailableError",
     "ValidationError",
@@ -56,11 +58,31 @@ class DeliveryError(OrderPipeError):
     """The broker did not acknowledge records the programs produced."""
 
 
-class BatchAbortedError(OrderPipeError):
-    """A batch's transaction was aborted; its records are read again from the last commit."""
-
-    retriable = True
-
-
 class FatalKafkaError(OrderPipeError):
     """Kafka reported an error the client cannot recover from (for example, fenced by a newer instance)."""
+
+
+class KafkaCallError(OrderPipeError):
+    """A call to Kafka failed; the flags say what the caller may do about it.
+
+    Attributes:
+        code: Kafka's name for the error (e.g. REQUEST_TIMED_OUT, ILLEGAL_GENERATION).
+        retriable: the same call may succeed if repeated.
+        abortable: the open transaction cannot go on and must be aborted.
+        fatal: the client can never succeed again (fenced by a newer instance, say).
+    """
+
+    FENCED_CODES = frozenset({"_FENCED", "PRODUCER_FENCED", "INVALID_PRODUCER_EPOCH"})
+
+    def __init__(
+        self, message: str, code: str, *, retriable: bool = False, abortable: bool = False, fatal: bool = False
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.retriable = retriable
+        self.abortable = abortable
+        self.fatal = fatal
+
+    @property
+    def fenced(self) -> bool:
+        return self.code in self.FENCED_CODES

@@ -1,7 +1,8 @@
-"""Kafka clients at the edge: construction, reachability, topics and producing.
+"""confluent-kafka clients: construction, reachability, topics, producing, and error translation.
 
-Errors from confluent-kafka are translated here into the project's own, so that a
-user sees one clear sentence (naming the setting or the address) and not a traceback.
+Errors from confluent-kafka are translated here, once, into the project's own, so
+that a user sees one clear sentence (naming the setting or the address) and not a
+traceback, and so that the rest of the package never sees a `KafkaException`.
 """
 
 from __future__ import annotations
@@ -11,19 +12,24 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from confluent_kafka import KafkaError, KafkaException, Producer
-from confluent_kafka.admin import AdminClient
-from confluent_kafka.cimpl import NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from config import Settings
-from orderpipe.errors import BrokerUnavailableError, ConfigError, DeliveryError
+from orderpipe.edge import TopicSpec
+from orderpipe.errors import BrokerUnavailableError, ConfigError, DeliveryError, KafkaCallError
+from orderpipe.settings import Settings
+from orderpipe.topics import missing_topics
 
 __all__ = [
+    "CONNECT_TIMEOUT_S",
     "CONSUMER_FETCH_SETTINGS",
     "START_BROKER_HINT",
+    "call_error",
     "connect_admin",
     "create_client",
+    "create_topics",
     "ensure_topics",
     "librdkafka_logger",
+    "partition_counts",
     "produce",
     "producer_config",
 ]
@@ -36,12 +42,27 @@ __all__ = [
 CONSUMER_FETCH_SETTINGS = {"fetch.queue.backoff.ms": 10, "queued.min.messages": 20_000}
 START_BROKER_HINT = "start one with 'scripts/broker.sh up' (or 'docker compose up -d') and try again"
 CONNECT_TIMEOUT_S = 10.0
+TOPIC_TIMEOUT_S = 30.0
 Client = TypeVar("Client")
 
 
 def librdkafka_logger() -> logging.Logger:
-    """The logger librdkafka's own messages go to; shown only with --verbose."""
+    """The logger librdkafka's own messages go to (the clients' `logger` setting)."""
     return logging.getLogger("orderpipe.librdkafka")
+
+
+def call_error(failure: KafkaException | KafkaError, what: str) -> KafkaCallError:
+    """A failed confluent-kafka call as the project's error, with Kafka's verdict on it."""
+    error = failure.args[0] if isinstance(failure, KafkaException) and failure.args else failure
+    if not isinstance(error, KafkaError):
+        return KafkaCallError(f"could not {what}: {failure}", "_UNKNOWN")
+    return KafkaCallError(
+        f"could not {what}: {error.str()}",
+        error.name(),
+        retriable=bool(error.retriable()),
+        abortable=bool(error.txn_requires_abort()),
+        fatal=bool(error.fatal()),
+    )
 
 
 def create_client(factory: Callable[[dict[str, Any]], Client], conf: dict[str, Any]) -> Client:
@@ -54,7 +75,7 @@ def create_client(factory: Callable[[dict[str, Any]], Client], conf: dict[str, A
         return factory({**conf, "logger": librdkafka_logger()})
     except KafkaException as exc:
         raise ConfigError(
-            f"the Kafka client settings were rejected ({exc.args[0].str() if exc.args else exc}); check "
+            f"the Kafka client settings were rejected ({call_error(exc, 'create a client')}); check "
             "KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_MECHANISM, KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD "
             "and KAFKA_SSL_CA_LOCATION"
         ) from exc
@@ -75,51 +96,52 @@ def connect_admin(settings: Settings, timeout_s: float = CONNECT_TIMEOUT_S) -> A
     try:
         admin.list_topics(timeout=timeout_s)
     except KafkaException as exc:
-        detail = exc.args[0].str() if exc.args else str(exc)
         raise BrokerUnavailableError(
-            f"Cannot reach the Kafka broker at {settings.bootstrap_servers} ({detail}): {START_BROKER_HINT}."
+            f"Cannot reach the Kafka broker at {settings.bootstrap_servers} ({call_error(exc, 'list topics')}): "
+            f"{START_BROKER_HINT}."
         ) from exc
     return admin
 
 
-def ensure_topics(admin: AdminClient, settings: Settings, timeout_s: float = 30.0) -> None:
-    """Creates the pipeline's topics that are missing.
+def partition_counts(admin: AdminClient, timeout_s: float = TOPIC_TIMEOUT_S) -> dict[str, int]:
+    """Every topic's partition count."""
+    try:
+        topics = admin.list_topics(timeout=timeout_s).topics
+    except KafkaException as exc:
+        raise BrokerUnavailableError(str(call_error(exc, "list topics"))) from exc
+    return {name: len(metadata.partitions) for name, metadata in topics.items()}
 
-    `orders` gets ORDERS_PARTITIONS partitions; `orders-retry` and `orders-dlq` get as
-    many as `orders` really has, so an order's records keep the same partition number
-    on every topic. `orders-stats` is compacted, with one partition, so one reader
-    sees every key's latest value in order.
-    """
-    existing = admin.list_topics(timeout=timeout_s).topics
-    orders = existing.get(settings.orders_topic)
-    partitions = len(orders.partitions) if orders is not None else settings.orders_partitions
-    wanted = [
-        NewTopic(name, num_partitions=partitions, replication_factor=settings.replication_factor)
-        for name in (settings.orders_topic, settings.retry_topic, settings.dlq_topic)
-    ]
-    wanted.append(
-        NewTopic(
-            settings.stats_topic,
-            num_partitions=1,
-            replication_factor=settings.replication_factor,
-            config={"cleanup.policy": "compact"},
-        )
-    )
-    missing = [topic for topic in wanted if topic.topic not in existing]
-    if not missing:
+
+def create_topics(admin: AdminClient, specs: Sequence[TopicSpec], timeout_s: float = TOPIC_TIMEOUT_S) -> None:
+    """Creates topics; one that another process created first is fine."""
+    if not specs:
         return
-    for name, future in admin.create_topics(missing, operation_timeout=timeout_s).items():
+    wanted = [
+        NewTopic(
+            spec.name,
+            num_partitions=spec.partitions,
+            replication_factor=spec.replication_factor,
+            config=dict(spec.config),
+        )
+        for spec in specs
+    ]
+    for name, future in admin.create_topics(wanted, operation_timeout=timeout_s).items():
         try:
             future.result(timeout=timeout_s)
+        except TimeoutError as exc:
+            raise BrokerUnavailableError(f"could not create topic {name} within {timeout_s:g}s") from exc
         except KafkaException as exc:
-            error: KafkaError = exc.args[0]
-            if error.code() == KafkaError.TOPIC_ALREADY_EXISTS:
-                continue  # another process created it first
-            if error.code() in (KafkaError.INVALID_REPLICATION_FACTOR, KafkaError.INVALID_PARTITIONS):
-                raise ConfigError(
-                    f"cannot create topic {name}: {error.str()} (check ORDERS_PARTITIONS and REPLICATION_FACTOR)"
-                ) from exc
-            raise BrokerUnavailableError(f"cannot create topic {name}: {error.str()}") from exc
+            error = call_error(exc, f"create topic {name}")
+            if error.code == "TOPIC_ALREADY_EXISTS":
+                continue
+            if error.code in ("INVALID_REPLICATION_FACTOR", "INVALID_PARTITIONS"):
+                raise ConfigError(f"{error} (check ORDERS_PARTITIONS and REPLICATION_FACTOR)") from exc
+            raise BrokerUnavailableError(str(error)) from exc
+
+
+def ensure_topics(admin: AdminClient, settings: Settings) -> None:
+    """Creates the pipeline's topics that are missing (see orderpipe.topics)."""
+    create_topics(admin, missing_topics(settings, partition_counts(admin)))
 
 
 def produce(
@@ -129,25 +151,27 @@ def produce(
     value: bytes | None,
     *,
     headers: Sequence[tuple[str, bytes]] = (),
+    partition: int | None = None,
     on_delivery: Callable[[KafkaError | None, Any], None] | None = None,
 ) -> None:
     """Produces one record, serving delivery reports while the local queue is full.
 
-    Without `on_delivery` only the client's default callback (if it has one) runs; a
-    transaction's commit reports any record that failed.
+    This is the one place that waits for room in the queue. Without `on_delivery`
+    only the client's default callback (if it has one) runs; a transaction's commit
+    reports any record that failed.
 
     Raises:
         DeliveryError: librdkafka refused the record outright (for example larger
             than message.max.bytes); it never reached the broker.
     """
+    extra: dict[str, Any] = {} if partition is None else {"partition": partition}
+    if on_delivery is not None:
+        extra["on_delivery"] = on_delivery
     while True:
         try:
-            if on_delivery is None:
-                producer.produce(topic, key=key, value=value, headers=list(headers))
-            else:
-                producer.produce(topic, key=key, value=value, headers=list(headers), on_delivery=on_delivery)
+            producer.produce(topic, key=key, value=value, headers=list(headers), **extra)
             return
         except BufferError:
             producer.poll(0.1)
         except KafkaException as exc:
-            raise DeliveryError(f"could not produce to {topic}: {exc.args[0].str() if exc.args else exc}") from exc
+            raise DeliveryError(str(call_error(exc, f"produce to {topic}"))) from exc

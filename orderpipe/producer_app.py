@@ -7,6 +7,7 @@ import random
 import secrets
 import threading
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
@@ -14,7 +15,6 @@ from confluent_kafka.schema_registry import Schema
 from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from config import Settings
 from orderpipe.codec import OrderSchema, load_order_schema
 from orderpipe.console import Console, throughput_line
 from orderpipe.errors import RegistryUnavailableError
@@ -23,6 +23,7 @@ from orderpipe.kafka_clients import connect_admin, create_client, ensure_topics,
 from orderpipe.money import RunningAverage, format_cents
 from orderpipe.order import Order
 from orderpipe.registry import START_REGISTRY_HINT, connect_registry
+from orderpipe.settings import Settings
 
 __all__ = ["ProducerOptions", "ProducerSummary", "run_producer"]
 
@@ -65,11 +66,11 @@ class ProducerSummary:
         )
 
 
-def _encoder(settings: Settings, schema: OrderSchema) -> OrderEncoder:
-    """The value encoder: Confluent wire format with a registry, single-object without."""
+def _encoder(settings: Settings, schema: OrderSchema, stack: ExitStack) -> OrderEncoder:
+    """The value encoder: Confluent wire format with a registry (closed with `stack`), single-object without."""
     if not settings.schema_registry_url:
         return schema.encode_single_object
-    client = connect_registry(settings.schema_registry_url)
+    client = stack.enter_context(connect_registry(settings.schema_registry_url))
     subject = f"{settings.orders_topic}-value"
     try:
         client.register_schema(subject, Schema(schema.text, "AVRO"))
@@ -111,10 +112,14 @@ def run_producer(
     Raises:
         BrokerUnavailableError, RegistryUnavailableError: before anything is sent.
     """
-    admin = connect_admin(settings)
-    ensure_topics(admin, settings)
-    schema = load_order_schema()
-    encode = _encoder(settings, schema)
+    ensure_topics(connect_admin(settings), settings)
+    with ExitStack() as stack:
+        return _publish(settings, options, console, stop, _encoder(settings, load_order_schema(), stack))
+
+
+def _publish(
+    settings: Settings, options: ProducerOptions, console: Console, stop: threading.Event, encode: OrderEncoder
+) -> ProducerSummary:
     # The run id makes orderIds unique across runs; it is not drawn from the seeded
     # generator, so a seeded run repeats its orders but never their ids.
     run_id = base36(time.time_ns() // 1_000_000) + base36(secrets.randbelow(36 * 36)).rjust(2, "0")

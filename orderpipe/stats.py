@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
+from typing import NamedTuple
 
 from orderpipe.errors import DeserializationError
 from orderpipe.money import RunningAverage
+from orderpipe.routing import Incoming
 
-__all__ = ["decode_stats", "encode_stats", "group_total", "stats_key", "topic_of_key"]
+__all__ = ["Published", "StatsTable", "decode_stats", "encode_stats", "group_total", "stats_key", "topic_of_key"]
 
 
 def stats_key(topic: str, partition: int) -> str:
@@ -83,3 +85,39 @@ def group_total(
     for state in own.values():
         total += state
     return total
+
+
+class Published(NamedTuple):
+    """What `orders-stats` holds, by stats key: each partition's state and the offset it reaches."""
+
+    states: Mapping[str, RunningAverage]
+    next_offsets: Mapping[str, int]
+
+
+class StatsTable:
+    """Each stats key's latest committed value, built from the topic's records in order."""
+
+    def __init__(self) -> None:
+        self.states: dict[str, RunningAverage] = {}
+        self.next_offsets: dict[str, int] = {}
+
+    @property
+    def published(self) -> Published:
+        return Published(self.states, self.next_offsets)
+
+    def take(self, record: Incoming) -> None:
+        """Applies one record of the stats topic.
+
+        Raises:
+            DeserializationError: the value is not a stats value; the table is unchanged.
+        """
+        key = record.key.decode("utf-8", errors="replace") if record.key else ""
+        if record.value is None:
+            self.states.pop(key, None)  # a tombstone: the key was deleted on purpose
+            self.next_offsets.pop(key, None)
+            return
+        self.states[key], next_offset = decode_stats(record.value)
+        if next_offset is None:
+            self.next_offsets.pop(key, None)
+        else:
+            self.next_offsets[key] = next_offset

@@ -8,7 +8,7 @@ from confluent_kafka.admin import AdminClient
 
 from orderpipe.codec import OrderDecoder, load_order_schema
 from orderpipe.money import RunningAverage, format_cents, to_cents
-from tests.integration.conftest import CONSUMER_SUMMARY, PRODUCER_SUMMARY, Pipeline, read_until, summary
+from tests.integration.helpers import CONSUMER_SUMMARY, PRODUCER_SUMMARY, Pipeline, read_until, summary
 
 PROCESSED_LINE = re.compile(r"^✓ Processed: Order (\S+) → ", re.MULTILINE)
 

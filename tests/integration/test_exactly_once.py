@@ -18,8 +18,8 @@ from orderpipe.console import QUIET, Console
 from orderpipe.consumer_app import ConsumerOptions, OrderConsumer
 from orderpipe.order import ValidOrder
 from orderpipe.routing import Processed
-from tests.integration.audit import Audit, audit
-from tests.integration.conftest import CONSUMER_SUMMARY, PRODUCER_SUMMARY, Output, Pipeline, summary, wait_for
+from tests.audit import Audit
+from tests.integration.helpers import CONSUMER_SUMMARY, PRODUCER_SUMMARY, Output, Pipeline, audit, summary, wait_for
 
 STATS_LINE = re.compile(
     r"(?P<topic>\S+): count (?P<count>\d+), sum_cents (?P<sum>\d+), running average (?P<average>\S+)"

@@ -9,7 +9,7 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 
 from orderpipe.codec import load_order_schema
 from orderpipe.routing import Processed
-from tests.integration.conftest import CONSUMER_SUMMARY, PRODUCER_SUMMARY, Pipeline, running_consumer, summary, wait_for
+from tests.integration.helpers import CONSUMER_SUMMARY, PRODUCER_SUMMARY, Pipeline, running_consumer, summary, wait_for
 
 
 def test_schema_registry_path_end_to_end(pipeline: Pipeline, registry_url: str) -> None:

@@ -8,7 +8,7 @@ from confluent_kafka.admin import AdminClient
 from orderpipe.codec import load_order_schema
 from orderpipe.order import Order, ValidOrder
 from orderpipe.routing import Decision, Processed, Retry
-from tests.integration.conftest import Pipeline, running_consumer, wait_for
+from tests.integration.helpers import Pipeline, running_consumer, wait_for
 
 SCHEMA = load_order_schema()
 

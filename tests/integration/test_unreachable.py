@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.integration.conftest import Pipeline
+from tests.integration.helpers import Pipeline
 
 CLOSED = "127.0.0.1:1"
 

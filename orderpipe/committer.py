@@ -1,0 +1,191 @@
+"""Making a batch durable: its retry, DLQ and stats records together with its input offsets.
+
+`TransactionalCommitter` (the default) writes them in one Kafka transaction, with the
+offsets sent through the transaction and the consumer's group metadata, so either
+all of a batch's effects become visible to read_committed readers or none do
+(exactly-once). `AtLeastOnceCommitter` produces, waits for every acknowledgement,
+then commits the offsets; a crash in between repeats the batch (`--delivery
+at-least-once`, kept for comparison).
+
+A commit is a small state machine the loop moves on with `advance`, never a wait:
+
+* a retriable failure (a timeout, say) returns WAITING with the time to try that
+  step again; the loop keeps polling meanwhile;
+* an abortable one aborts the transaction and returns ABORTED: the caller rewinds
+  and reads the batch again;
+* a fatal one (fenced by a newer instance) raises FatalKafkaError.
+
+A commit whose outcome stays unknown is never aborted: once its retry window closes
+the consumer stops, and its restart (same transactional id) settles it either way.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Callable
+
+from orderpipe.clock import Clock
+from orderpipe.edge import KafkaEdge
+from orderpipe.effects import BatchEffects
+from orderpipe.errors import BrokerUnavailableError, DeliveryError, FatalKafkaError, KafkaCallError
+
+__all__ = ["AtLeastOnceCommitter", "Committer", "Progress", "TransactionalCommitter"]
+
+log = logging.getLogger(__name__)
+
+# How long a step that fails retriably is tried again before giving up.
+RETRY_WINDOW_S = 60.0
+BACKOFF_S = (0.05, 0.1, 0.2, 0.5, 1.0)
+# Offset-commit failures that only mean a rebalance took the partitions away.
+REBALANCE_CODES = frozenset({"ILLEGAL_GENERATION", "UNKNOWN_MEMBER_ID", "REBALANCE_IN_PROGRESS"})
+
+
+class Progress(enum.Enum):
+    COMMITTED = "committed"
+    ABORTED = "aborted"
+    WAITING = "waiting"
+
+
+class TransactionalCommitter:
+    """One transaction per batch.
+
+    Args:
+        transactional_id: stable across restarts of the same consumer, so that
+            `start` aborts a transaction its crashed predecessor left open.
+    """
+
+    def __init__(self, edge: KafkaEdge, transactional_id: str, clock: Clock) -> None:
+        self._edge = edge
+        self._id = transactional_id
+        self._clock = clock
+        self._steps: list[tuple[str, Callable[[], None]]] = []
+        self._attempt = 0
+        self._deadline = 0.0
+        self.retry_at = 0.0
+        self.aborting = ""  # why the transaction is being aborted; empty while it goes on
+        self.mode = f"exactly-once, transactional id {transactional_id}"
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._steps)
+
+    def start(self) -> None:
+        """Registers the transactional id, fencing and aborting whatever an older instance left open."""
+        try:
+            self._edge.init_transactions()
+        except KafkaCallError as exc:
+            if exc.fatal:
+                raise FatalKafkaError(self._fatal_sentence(exc)) from exc
+            raise BrokerUnavailableError(f"could not start transactions as {self._id}: {exc}") from exc
+
+    def begin(self, effects: BatchEffects) -> None:
+        """Takes a batch to commit; `advance` does the work."""
+        edge = self._edge
+        self._steps = [
+            ("begin the transaction", edge.begin_transaction),
+            ("produce", lambda: edge.produce(effects.records)),
+            ("send the offsets", lambda: edge.send_offsets(effects.offsets)),
+            ("commit the transaction", edge.commit_transaction),
+        ]
+        self._attempt, self.retry_at, self.aborting = 0, 0.0, ""
+
+    def advance(self) -> Progress:
+        """Runs the batch's steps until one must wait, the transaction is aborted, or it is committed."""
+        now = self._clock.monotonic()
+        if now < self.retry_at:
+            return Progress.WAITING
+        if self.aborting:
+            return self._abort(now)
+        while self._steps:
+            what, step = self._steps[0]
+            try:
+                step()
+            except DeliveryError as exc:  # librdkafka refused a record outright: it can never be sent
+                return self._begin_abort(f"transaction aborted: {exc}", now)
+            except KafkaCallError as exc:
+                if exc.fatal:
+                    raise FatalKafkaError(self._fatal_sentence(exc)) from exc
+                if exc.retriable and not exc.abortable and what != "produce":
+                    if self._attempt == 0:
+                        self._deadline = now + RETRY_WINDOW_S
+                    if now < self._deadline:
+                        return self._wait(what, exc, now)
+                    if what == "commit the transaction":
+                        raise FatalKafkaError(
+                            f"could not commit the transaction within {RETRY_WINDOW_S:g}s ({exc}); stopping, so "
+                            f"that a restart with transactional id {self._id} settles it"
+                        ) from exc
+                return self._begin_abort(f"could not {what}, so the transaction was aborted ({exc})", now)
+            self._steps.pop(0)
+            self._attempt = 0
+        return Progress.COMMITTED
+
+    def _wait(self, what: str, exc: KafkaCallError, now: float) -> Progress:
+        self.retry_at = now + BACKOFF_S[min(self._attempt, len(BACKOFF_S) - 1)]
+        self._attempt += 1
+        log.debug("could not %s (%s); trying again", what, exc)
+        return Progress.WAITING
+
+    def _begin_abort(self, reason: str, now: float) -> Progress:
+        self.aborting, self._attempt, self._deadline = reason, 0, now + RETRY_WINDOW_S
+        return self._abort(now)
+
+    def _abort(self, now: float) -> Progress:
+        try:
+            self._edge.abort_transaction()
+        except KafkaCallError as exc:
+            if exc.fatal:
+                raise FatalKafkaError(self._fatal_sentence(exc)) from exc
+            if exc.retriable and now < self._deadline:
+                return self._wait("abort the transaction", exc, now)
+            raise FatalKafkaError(f"could not abort the transaction of {self._id}: {exc}") from exc
+        self._steps = []
+        return Progress.ABORTED
+
+    def _fatal_sentence(self, exc: KafkaCallError) -> str:
+        if exc.fenced:
+            return (
+                f"another consumer started with transactional id {self._id} and fenced this one, "
+                f"so this one stops to keep processing exactly-once ({exc})"
+            )
+        return f"Kafka reported a fatal transaction error for {self._id}: {exc}"
+
+
+class AtLeastOnceCommitter:
+    """Produce, wait for every acknowledgement, then commit the offsets; never waits in between."""
+
+    mode = "at-least-once"
+    pending = False
+    retry_at = 0.0
+    aborting = ""
+
+    def __init__(self, edge: KafkaEdge) -> None:
+        self._edge = edge
+        self._effects: BatchEffects | None = None
+
+    def start(self) -> None:
+        """Nothing to set up: there are no transactions."""
+
+    def begin(self, effects: BatchEffects) -> None:
+        self._effects = effects
+
+    def advance(self) -> Progress:
+        """Raises DeliveryError when a record was not acknowledged (the offsets are then not committed)."""
+        effects, self._effects = self._effects, None
+        assert effects is not None, "advance without a batch"
+        if effects.records:
+            self._edge.produce(effects.records)
+            self._edge.flush()
+        try:
+            self._edge.commit_offsets(effects.offsets)
+        except KafkaCallError as exc:
+            # The batch is read again, which at-least-once allows.
+            if exc.code in REBALANCE_CODES:
+                log.debug("commit not accepted after a rebalance: %s", exc)
+            else:
+                log.warning("⚠ Commit failed, the batch will be read again: %s", exc)
+        return Progress.COMMITTED
+
+
+Committer = TransactionalCommitter | AtLeastOnceCommitter

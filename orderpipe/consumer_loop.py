@@ -1,0 +1,199 @@
+"""The consumer loop: poll a batch, have the core decide it, commit its effects, carry them out.
+
+Per batch (one poll: at most `batch_size` records, or what arrived within the commit
+interval): `decide` routes every record (routing.plan_batch), `batch_effects` turns
+the plan into data (records to produce, offsets, states, retries to defer) and the
+committer makes the records and offsets durable together. Only once the commit
+succeeded does the loop move the partitions' states on, pause the deferred retry
+partitions and report; an aborted batch is read again from the last commit.
+
+Nothing here waits except the poll itself. A restore after an assignment, a
+transactional step to be tried again and a retry not yet due are states the loop
+checks on every turn while it keeps polling.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+
+from orderpipe.assignment import Restorer
+from orderpipe.clock import Clock
+from orderpipe.committer import Committer, Progress
+from orderpipe.edge import TP, Assigned, Event, KafkaEdge, Polled
+from orderpipe.effects import BatchEffects, OutputTopics, batch_effects
+from orderpipe.errors import FatalKafkaError
+from orderpipe.hold import Hold
+from orderpipe.money import RunningAverage
+from orderpipe.ownership import Ownership
+from orderpipe.reporting import Reporter
+from orderpipe.retry_scheduler import RetryScheduler
+from orderpipe.routing import BatchPlan, Incoming
+from orderpipe.stats import group_total, stats_key
+from orderpipe.stats_view import StatsView
+
+__all__ = ["ConsumerLoop", "Decide"]
+
+log = logging.getLogger(__name__)
+
+# Decides a batch at a time (epoch ms): routing.plan_batch with the processing bound in.
+Decide = Callable[[Sequence[Incoming], int], BatchPlan]
+# Before the first partition assignment, --idle-exit waits this much longer: joining
+# the group (and, on a new broker, creating __consumer_offsets) is not idleness.
+JOIN_GRACE_S = 30.0
+# Aborted batches in a row before the consumer gives up: the same failure each time
+# (a record the broker refuses, say) would otherwise repeat forever.
+MAX_ABORTS_IN_A_ROW = 5
+
+
+class ConsumerLoop:
+    def __init__(
+        self,
+        edge: KafkaEdge,
+        committer: Committer,
+        stats: StatsView,
+        reporter: Reporter,
+        decide: Decide,
+        *,
+        inputs: Sequence[str],
+        outputs: OutputTopics,
+        batch_size: int,
+        interval_s: float,
+        idle_exit_s: float | None,
+        clock: Clock,
+    ) -> None:
+        self._edge, self._committer, self._stats, self._reporter = edge, committer, stats, reporter
+        self._decide = decide
+        self._inputs, self._outputs = tuple(inputs), outputs
+        self._batch_size, self._interval_s, self._idle_exit_s = batch_size, interval_s, idle_exit_s
+        self._clock = clock
+        self._ownership = Ownership()
+        self._scheduler = RetryScheduler()
+        self._hold = Hold()
+        self._restorer = Restorer(edge, self._ownership, stats, clock)
+        self._effects: BatchEffects | None = None  # the batch being committed
+        self._batch_read_s = 0.0
+        self._aborts_in_a_row = 0
+        self._last_activity = clock.monotonic()
+        self._batch_started = self._last_activity - interval_s
+        self._assigned_once = False
+
+    def group_total(self) -> RunningAverage:
+        """The group-wide running average: own partitions from memory, the others' from `orders-stats`."""
+        own = {stats_key(*tp): state for tp, state in self._ownership.states.items()}
+        return group_total(self._stats.table.states, own, self._inputs)
+
+    def run(self, stop: threading.Event) -> RunningAverage:
+        """Turns until `stop` is set (finishing the batch in hand) or the idle limit passes.
+
+        Returns the group-wide running average at the end.
+        """
+        while (not stop.is_set() or self._committer.pending) and self.turn():
+            pass
+        return self.group_total()
+
+    def turn(self) -> bool:
+        """One turn of the loop: at most one poll and one batch. False once the idle limit passed."""
+        edge, clock = self._edge, self._clock
+        now = clock.time()
+        self._restorer.advance()
+        self._stats.poll()
+        if self._committer.pending:
+            self._wait_for_commit()
+            return True
+        due = self._scheduler.due(int(now * 1000))
+        if due:
+            edge.resume(due)
+        # A batch is read every commit interval: the wait for records is what is left of
+        # the interval once the previous batch was handled and committed.
+        wait = max(self._interval_s - (clock.monotonic() - self._batch_started), 0.0)
+        polled = edge.poll(self._batch_size, wait)
+        self._batch_started = clock.monotonic()
+        records = self._take(polled)
+        if records:
+            self._last_activity = self._batch_started
+            self._commit(records, now)
+        elif self._idle():
+            self._reporter.idle(self._idle_exit_s or 0)
+            return False
+        self._reporter.periodic(now, self.group_total, edge.lag)
+        return True
+
+    def _take(self, polled: Polled) -> list[Incoming]:
+        if polled.events:
+            self._on_events(polled.events)
+        elif not self._scheduler.paused:
+            return polled.records  # with nothing paused or revoked, every record is of an owned partition
+        return self._ownership.accept(polled.records, self._scheduler.paused.keys())
+
+    def _on_events(self, events: tuple[Event, ...]) -> None:
+        for event in events:
+            if isinstance(event, Assigned):
+                self._ownership.assigned(event.partitions)
+                self._restorer.start()
+                self._assigned_once, self._last_activity = True, self._clock.monotonic()
+                continue
+            self._ownership.revoked(event.partitions)
+            self._hold.forget(event.partitions)
+            paused = self._scheduler.forget(event.partitions)
+            if paused:
+                self._edge.resume(paused)
+
+    def _commit(self, records: list[Incoming], now: float) -> None:
+        plan = self._decide(records, int(now * 1000))
+        self._effects = batch_effects(plan, self._ownership.states, self._outputs)
+        self._batch_read_s = now
+        self._committer.begin(self._effects)
+        self._advance_commit()
+
+    def _wait_for_commit(self) -> None:
+        """Polls while a commit step waits to be tried again; what arrives is read again later."""
+        wait = min(max(self._committer.retry_at - self._clock.monotonic(), 0.0), self._interval_s)
+        polled = self._edge.poll(self._batch_size, wait)
+        if polled.events:
+            self._on_events(polled.events)
+        self._hold.drop(self._ownership.accept(polled.records, self._scheduler.paused.keys()))
+        self._advance_commit()
+
+    def _advance_commit(self) -> None:
+        progress = self._committer.advance()
+        if progress is Progress.WAITING:
+            if not self._hold.active:
+                self._edge.pause(self._hold.begin(self._ownership.states.keys() - self._scheduler.paused.keys()))
+            return
+        effects, self._effects = self._effects, None
+        assert effects is not None
+        resume, seeks = self._hold.end()
+        pause: set[TP] = set()
+        if progress is Progress.COMMITTED:
+            self._aborts_in_a_row = 0
+            before = self.group_total()
+            self._ownership.committed(effects)
+            owned = self._ownership.states
+            deferred = self._scheduler.defer([d for d in effects.deferred if (d.topic, d.partition) in owned])
+            pause, resume = set(deferred), resume - deferred.keys()
+            seeks.update(deferred)
+            self._reporter.committed(effects, before, self._batch_read_s, self._clock.time())
+        else:
+            self._reporter.summary.aborted += 1
+            self._aborts_in_a_row += 1
+            if self._aborts_in_a_row >= MAX_ABORTS_IN_A_ROW:
+                raise FatalKafkaError(
+                    f"{self._aborts_in_a_row} batches in a row were aborted; the last: {self._committer.aborting}"
+                )
+            log.warning("⚠ %s; reading the batch again from the last commit", self._committer.aborting)
+            seeks.update(self._ownership.rewind(effects.offsets))
+        if pause:
+            self._edge.pause(pause)
+        if seeks:
+            self._edge.seek(seeks)
+        if resume:
+            self._edge.resume(resume)
+
+    def _idle(self) -> bool:
+        limit = self._idle_exit_s
+        if limit is None or self._scheduler.paused or self._ownership.restoring:
+            return False
+        grace = 0.0 if self._assigned_once else JOIN_GRACE_S
+        return self._clock.monotonic() - self._last_activity >= limit + grace

@@ -1,0 +1,199 @@
+"""The consumer's Kafka edge: the few operations it needs, as a protocol, and the data that crosses it.
+
+Everything the consumer does with Kafka goes through one `KafkaEdge`: its group
+consumer (poll, assignment events, pause, resume, seek, committed offsets, lag), its
+producer (transactions with offsets, or produce-then-commit) and its reader of the
+stats topic. Two implementations keep each other honest, the way httpx puts its real
+transport beside `MockTransport`:
+
+* `orderpipe.kafka_edge`: confluent-kafka, for real brokers (and librdkafka's
+  in-process mock cluster in unit tests);
+* `orderpipe.twin`: an in-memory twin with partitions, transactions that really
+  abort, read_committed visibility, rebalances on demand, injected errors and kills,
+  so that unit tests drive the whole consumer loop in milliseconds.
+
+Nothing here imports Kafka. Failed calls raise `KafkaCallError` (errors.py), which
+says whether the call may be repeated, whether the transaction must be aborted and
+whether the client is finished.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Mapping, Sequence
+from contextlib import AbstractContextManager
+from typing import NamedTuple, Protocol, TypeVar
+
+from orderpipe.routing import Headers, Incoming
+from orderpipe.settings import Settings
+
+__all__ = [
+    "BEGINNING",
+    "TP",
+    "Assigned",
+    "EdgeOpener",
+    "EdgeOptions",
+    "Event",
+    "KafkaEdge",
+    "Outgoing",
+    "Pending",
+    "Polled",
+    "Revoked",
+    "StatsTail",
+    "TopicSpec",
+]
+
+# A partition: (topic, partition number).
+TP = tuple[str, int]
+# An offset that means "the partition's first record" (Kafka's OFFSET_BEGINNING).
+BEGINNING = -2
+
+T_co = TypeVar("T_co", covariant=True)
+
+
+class Assigned(NamedTuple):
+    """The group gave this consumer these partitions (all of them: the protocol is eager).
+
+    The edge assigns nothing yet: the consumer restores their state first, then calls
+    `KafkaEdge.assign` with the offset each partition starts at.
+    """
+
+    partitions: tuple[TP, ...]
+
+
+class Revoked(NamedTuple):
+    """The group took these partitions away (or this consumer lost them)."""
+
+    partitions: tuple[TP, ...]
+
+
+Event = Assigned | Revoked
+
+
+class Polled(NamedTuple):
+    """What one poll brought: assignment changes, then records.
+
+    The events happened during the poll; records of partitions revoked by them may
+    still be among `records` and must be dropped.
+    """
+
+    events: tuple[Event, ...]
+    records: list[Incoming]
+
+
+class Outgoing(NamedTuple):
+    """A record to produce; without a partition, the key chooses one."""
+
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: Headers = ()
+    partition: int | None = None
+
+
+class TopicSpec(NamedTuple):
+    """A topic to create."""
+
+    name: str
+    partitions: int
+    replication_factor: int
+    config: Mapping[str, str] = {}
+
+
+class Pending(Protocol[T_co]):
+    """An answer that is on its way: the loop checks `done` while it keeps polling."""
+
+    def done(self) -> bool: ...
+
+    def result(self) -> T_co:
+        """The answer once done; raises KafkaCallError if the request failed."""
+        ...
+
+
+class StatsTail(Protocol):
+    """A reader of the stats topic's one partition, from the beginning, read_committed."""
+
+    def poll(self, max_records: int, timeout_s: float = 0.0) -> list[Incoming]: ...
+
+    def end_offset(self) -> Pending[int]:
+        """The partition's end including open transactions (its high watermark)."""
+        ...
+
+    def position(self) -> int:
+        """The offset of the next record to read (past markers and aborted records)."""
+        ...
+
+
+class KafkaEdge(Protocol):
+    """One consumer process's connection to Kafka."""
+
+    @property
+    def stats(self) -> StatsTail: ...
+
+    # Topic metadata.
+    def partition_counts(self) -> dict[str, int]: ...
+
+    def create_topics(self, specs: Sequence[TopicSpec]) -> None: ...
+
+    # The group consumer.
+    def subscribe(self, topics: Sequence[str]) -> None: ...
+
+    def poll(self, max_records: int, timeout_s: float) -> Polled: ...
+
+    def assign(self, starts: Mapping[TP, int]) -> None: ...
+
+    def pause(self, partitions: Collection[TP]) -> None: ...
+
+    def resume(self, partitions: Collection[TP]) -> None: ...
+
+    def seek(self, offsets: Mapping[TP, int]) -> None: ...
+
+    def committed(self, partitions: Collection[TP]) -> Pending[dict[TP, int | None]]:
+        """The group's stable committed offsets (None: nothing committed)."""
+        ...
+
+    def lag(self) -> int | None: ...
+
+    # The producer: transactions (exactly-once) ...
+    def init_transactions(self) -> None: ...
+
+    def begin_transaction(self) -> None: ...
+
+    def produce(self, records: Sequence[Outgoing]) -> None: ...
+
+    def send_offsets(self, offsets: Mapping[TP, int]) -> None: ...
+
+    def commit_transaction(self) -> None: ...
+
+    def abort_transaction(self) -> None:
+        """Aborts the open transaction; with none open, does nothing."""
+        ...
+
+    # ... or produce, flush, then commit offsets (at-least-once).
+    def flush(self) -> None:
+        """Waits for every produced record's acknowledgement; raises DeliveryError for any that failed."""
+        ...
+
+    def commit_offsets(self, offsets: Mapping[TP, int]) -> None: ...
+
+
+class EdgeOptions(NamedTuple):
+    """How a consumer's clients are set up.
+
+    Attributes:
+        transactional_id: the producer's transactional id; None for no transactions
+            (at-least-once).
+        session_timeout_ms: how soon the group notices a consumer that died without
+            leaving, and gives its partitions to the others.
+        transaction_timeout_ms: how long the broker keeps a dead consumer's open
+            transaction before aborting it (a restart on the same machine aborts it
+            at once; see `orderpipe.instance`).
+    """
+
+    transactional_id: str | None = None
+    session_timeout_ms: int = 10_000
+    max_poll_interval_ms: int = 300_000
+    transaction_timeout_ms: int = 10_000
+
+
+# Opens an edge for the settings; closing the context closes its clients.
+EdgeOpener = Callable[[Settings, EdgeOptions], AbstractContextManager[KafkaEdge]]

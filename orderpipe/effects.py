@@ -1,0 +1,77 @@
+"""A batch's effects as data: what must be produced, committed and remembered, free of Kafka.
+
+`routing.plan_batch` decides each record; `batch_effects` turns that plan into
+everything the edge must carry out for it, in one value:
+
+* the records to produce: each retry and DLQ record, and the new `orders-stats`
+  value of every input partition in the batch (its state and its committed offset);
+* the input offsets to commit with them;
+* the state each of those partitions has once the batch is committed;
+* the retry partitions to pause (and seek back) until their head record is due.
+
+The consumer applies `states` and `deferred` only after the commit succeeded, so an
+aborted batch needs nothing undone but a seek back to the last commit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import NamedTuple
+
+from orderpipe.edge import TP, Outgoing
+from orderpipe.money import RunningAverage
+from orderpipe.routing import BatchPlan, Decision, Deferred, Processed, Retry
+from orderpipe.stats import encode_stats, stats_key
+
+__all__ = ["BatchEffects", "OutputTopics", "batch_effects"]
+
+
+class OutputTopics(NamedTuple):
+    retry: str
+    dlq: str
+    stats: str
+
+
+class BatchEffects(NamedTuple):
+    records: tuple[Outgoing, ...]
+    offsets: dict[TP, int]
+    states: dict[TP, RunningAverage]
+    deferred: tuple[Deferred, ...]
+    decisions: tuple[Decision, ...]
+    # How many of the decisions are Processed.
+    processed: int
+
+
+def batch_effects(plan: BatchPlan, states: Mapping[TP, RunningAverage], topics: OutputTopics) -> BatchEffects:
+    """Everything a planned batch changes.
+
+    Args:
+        plan: the batch's decisions, offsets and deferred retries.
+        states: the committed state of each partition the consumer owns.
+        topics: where retry, DLQ and stats records go.
+    """
+    outgoing: list[Outgoing] = []
+    added: dict[TP, list[int]] = {}  # per partition: [orders, cents] processed in this batch
+    for decision in plan.decisions:
+        record = decision.record
+        if isinstance(decision, Processed):
+            tp = (record.topic, record.partition)
+            totals = added.get(tp)
+            if totals is None:
+                totals = added[tp] = [0, 0]
+            totals[0] += 1
+            totals[1] += decision.order.price_cents
+        else:
+            topic = topics.retry if isinstance(decision, Retry) else topics.dlq
+            outgoing.append(Outgoing(topic, record.key, record.value, decision.headers))
+    after = {tp: states.get(tp, RunningAverage()) for tp in plan.commits}
+    for tp, (count, cents) in added.items():
+        after[tp] += RunningAverage(count, cents)
+    # Every partition of the batch gets its stats value, so the offset in it always
+    # equals the committed one. The stats topic is read from its partition 0 alone.
+    outgoing.extend(
+        Outgoing(topics.stats, stats_key(*tp).encode(), encode_stats(after[tp], offset), partition=0)
+        for tp, offset in plan.commits.items()
+    )
+    processed = sum(count for count, _ in added.values())
+    return BatchEffects(tuple(outgoing), dict(plan.commits), after, plan.deferred, plan.decisions, processed)

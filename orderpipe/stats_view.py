@@ -1,0 +1,62 @@
+"""The stats topic as the consumer reads it: tailed between batches, caught up before a restore.
+
+A `StatsView` reads `orders-stats` through the edge's `StatsTail` (its one partition,
+from the beginning, read_committed) into a `StatsTable`: the latest committed value of
+every key. The consumer polls it without waiting between batches, for the other
+consumers' partitions in the group-wide average. Before it takes over partitions it
+catches up: reads everything written before that moment, once the transactions
+still open on the topic have ended, so the state it restores is the last committed.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from orderpipe.edge import Pending, StatsTail
+from orderpipe.errors import DeserializationError
+from orderpipe.stats import StatsTable
+
+__all__ = ["CatchUp", "StatsView"]
+
+log = logging.getLogger(__name__)
+
+POLL_RECORDS = 1000
+
+
+class StatsView:
+    def __init__(self, tail: StatsTail, topic: str) -> None:
+        self._tail = tail
+        self._topic = topic
+        self.table = StatsTable()
+
+    def poll(self, timeout_s: float = 0.0) -> None:
+        """Takes in whatever committed updates have arrived, waiting at most `timeout_s`."""
+        for record in self._tail.poll(POLL_RECORDS, timeout_s):
+            try:
+                self.table.take(record)
+            except DeserializationError as exc:
+                log.warning("Ignoring %s record %r at offset %d: %s", self._topic, record.label, record.offset, exc)
+
+    def catch_up(self) -> CatchUp:
+        """Starts reading up to the topic's present end; `CatchUp.advance` says when it is reached."""
+        return CatchUp(self, self._tail.end_offset())
+
+    def position(self) -> int:
+        return max(self._tail.position(), 0)
+
+
+class CatchUp:
+    """Reading the stats topic up to the end it had when this began, without waiting."""
+
+    def __init__(self, view: StatsView, end: Pending[int]) -> None:
+        self._view = view
+        self._end = end
+
+    def advance(self, timeout_s: float = 0.0) -> bool:
+        """Reads what has arrived; True once the end is reached.
+
+        Raises:
+            KafkaCallError: the end could not be asked for.
+        """
+        self._view.poll(timeout_s)
+        return self._end.done() and self._view.position() >= self._end.result()

@@ -1,0 +1,130 @@
+"""The consumer's pure core beyond routing: a batch's effects, ownership, retry scheduling, the hold, topics."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from orderpipe.edge import BEGINNING, Outgoing, TopicSpec
+from orderpipe.effects import OutputTopics, batch_effects
+from orderpipe.errors import DeserializationError
+from orderpipe.hold import Hold
+from orderpipe.money import RunningAverage
+from orderpipe.order import ValidOrder
+from orderpipe.ownership import Ownership
+from orderpipe.retry_scheduler import RetryScheduler
+from orderpipe.routing import BatchPlan, DeadLetter, Deferred, Incoming, Processed, Retry
+from orderpipe.settings import Settings
+from orderpipe.stats import Published, StatsTable
+from orderpipe.topics import missing_topics
+
+TOPICS = OutputTopics("orders-retry", "orders-dlq", "orders-stats")
+A, B, R = ("orders", 0), ("orders", 1), ("orders-retry", 0)
+
+
+def record(tp: tuple[str, int], offset: int, key: bytes = b"K") -> Incoming:
+    return Incoming(tp[0], tp[1], offset, 0, key, b"value", (), tp[0] == "orders-retry")
+
+
+def test_a_batch_becomes_records_offsets_and_states_to_apply_after_its_commit() -> None:
+    error = TimeoutError("down")
+    plan = BatchPlan(
+        (
+            Processed(record(A, 4), ValidOrder("O-1", "Mouse", 1000)),
+            Retry(record(A, 5, b"O-2"), 1, 99, error, (("retry.attempt", b"1"),)),
+            DeadLetter(record(B, 7, b"O-3"), "validation", 0, error, (("dlq.reason", b"validation"),)),
+            Processed(record(A, 6), ValidOrder("O-4", "Mouse", 500)),
+        ),
+        {A: 7, B: 8, R: 3},
+        (Deferred("orders-retry", 0, 3, 12345),),
+    )
+    effects = batch_effects(plan, {A: RunningAverage(10, 20000), B: RunningAverage(1, 100)}, TOPICS)
+    retry, dead, *stats = effects.records
+    assert retry == Outgoing("orders-retry", b"O-2", b"value", (("retry.attempt", b"1"),))
+    assert dead == Outgoing("orders-dlq", b"O-3", b"value", (("dlq.reason", b"validation"),))
+    assert [(s.topic, s.key, s.partition, json.loads(s.value or b"")) for s in stats] == [
+        ("orders-stats", b"orders-0", 0, {"count": 12, "sum_cents": 21500, "next_offset": 7}),
+        ("orders-stats", b"orders-1", 0, {"count": 1, "sum_cents": 100, "next_offset": 8}),
+        ("orders-stats", b"orders-retry-0", 0, {"count": 0, "sum_cents": 0, "next_offset": 3}),
+    ]
+    assert effects.offsets == {A: 7, B: 8, R: 3}
+    assert effects.states == {A: RunningAverage(12, 21500), B: RunningAverage(1, 100), R: RunningAverage()}
+    assert (effects.deferred, effects.decisions, effects.processed) == (plan.deferred, plan.decisions, 2)
+
+
+def test_restored_partitions_start_at_the_commit_or_where_their_state_ends_or_the_beginning() -> None:
+    ownership = Ownership()
+    ownership.assigned([A, B, R])
+    published = Published({"orders-0": RunningAverage(3, 30), "orders-1": RunningAverage(5, 50)}, {"orders-1": 40})
+    starts = ownership.restored({A: 12, B: None, R: None}, published)
+    assert starts == {A: 12, B: 40, R: BEGINNING}
+    assert ownership.states == {A: RunningAverage(3, 30), B: RunningAverage(5, 50), R: RunningAverage()}
+    assert ownership.restoring == ()
+
+
+def test_only_owned_partitions_that_are_not_paused_are_read_and_moved_on() -> None:
+    ownership = Ownership()
+    ownership.assigned([A, B])
+    ownership.restored({A: 1, B: 1}, Published({}, {}))
+    ownership.assigned([R])  # a later assignment restoring: not read yet
+    records = [record(A, 1), record(B, 1), record(R, 0), record(("elsewhere", 0), 0)]
+    assert ownership.accept(records, {B}) == [records[0]]
+    ownership.revoked([B])
+    plan = BatchPlan((), {A: 5, B: 9})
+    ownership.committed(batch_effects(plan, ownership.states, TOPICS))
+    assert ownership.rewind([A, B, R]) == {A: 5}
+
+
+def test_a_revoked_partition_is_no_longer_restored() -> None:
+    ownership = Ownership()
+    ownership.assigned([A, B])
+    ownership.revoked([A])
+    assert ownership.restoring == (B,)
+    assert ownership.restored({B: 2}, Published({}, {})) == {B: 2}
+
+
+def test_retry_partitions_are_paused_until_due_and_forgotten_when_revoked() -> None:
+    scheduler = RetryScheduler()
+    seeks = scheduler.defer([Deferred("orders-retry", 0, 3, 1000), Deferred("orders-retry", 1, 8, 2000)])
+    assert seeks == {("orders-retry", 0): 3, ("orders-retry", 1): 8}
+    assert scheduler.due(999) == []
+    assert scheduler.due(1000) == [("orders-retry", 0)]
+    assert scheduler.forget([("orders-retry", 1), A]) == [("orders-retry", 1)]
+    assert scheduler.paused == {}
+
+
+def test_the_hold_pauses_what_is_read_and_seeks_back_to_what_it_dropped() -> None:
+    hold = Hold()
+    assert hold.begin([A, B, R]) == {A, B, R}
+    was_active = hold.active
+    hold.drop([record(A, 7), record(A, 8), record(B, 2)])
+    hold.forget([B])
+    assert hold.end() == ({A, R}, {A: 7})
+    assert (was_active, hold.active) == (True, False)
+    assert hold.end() == (set(), {})
+
+
+def test_missing_topics_keep_the_partition_count_orders_really_has() -> None:
+    settings = Settings(orders_partitions=3, replication_factor=1)
+    assert missing_topics(settings, {"orders": 6, "orders-dlq": 6}) == [
+        TopicSpec("orders-retry", 6, 1),
+        TopicSpec("orders-stats", 1, 1, {"cleanup.policy": "compact"}),
+    ]
+    assert [spec.partitions for spec in missing_topics(settings, {})] == [3, 3, 3, 1]
+
+
+def test_the_stats_table_keeps_each_keys_latest_value() -> None:
+    table = StatsTable()
+    table.take(Incoming("orders-stats", 0, 0, 0, b"orders-0", b'{"count": 1, "sum_cents": 5, "next_offset": 3}'))
+    table.take(Incoming("orders-stats", 0, 1, 0, b"orders-1", b'{"count": 2, "sum_cents": 9}'))
+    assert table.published == Published(
+        {"orders-0": RunningAverage(1, 5), "orders-1": RunningAverage(2, 9)}, {"orders-0": 3}
+    )
+    with pytest.raises(DeserializationError):
+        table.take(Incoming("orders-stats", 0, 2, 0, b"orders-0", b"{"))
+    assert table.states["orders-0"] == RunningAverage(1, 5), "a bad value changes nothing"
+    table.take(Incoming("orders-stats", 0, 3, 0, b"orders-0", b'{"count": 4, "sum_cents": 8}'))
+    assert "orders-0" not in table.next_offsets
+    table.take(Incoming("orders-stats", 0, 4, 0, b"orders-1", None))
+    assert table.published == Published({"orders-0": RunningAverage(4, 8)}, {})

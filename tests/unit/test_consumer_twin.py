@@ -1,0 +1,376 @@
+"""The whole consumer loop, driven through the in-memory twin of the Kafka edge (no broker, virtual time)."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from dataclasses import replace
+
+import pytest
+
+from orderpipe.consumer_app import AT_LEAST_ONCE, ConsumerOptions
+from orderpipe.errors import FatalKafkaError
+from orderpipe.order import ValidOrder
+from orderpipe.routing import Retry
+from orderpipe.twin import Killed, TwinCluster
+from tests.audit import audit_records
+from tests.unit.twin_helpers import (
+    SETTINGS,
+    audit,
+    encoded,
+    new_cluster,
+    processed,
+    produce_orders,
+    run,
+    turn_until,
+    turns,
+    twin_consumer,
+)
+
+
+def test_every_order_is_processed_or_dead_lettered_exactly_once() -> None:
+    cluster = new_cluster()
+    made = produce_orders(cluster, 300, seed=3)
+    twin = twin_consumer(cluster, failure_rate=0.2, seed=5)
+    summary = run(twin)
+    result = audit(cluster)
+    assert result.exact, result.describe()
+    assert result.orders == len(made)
+    assert summary.average == result.expected
+    assert summary.retried > 0
+    assert summary.dead_lettered["deserialization"] == result.poison
+    assert cluster.open_transactions() == 0
+
+
+def calls_of_a_run(orders: int, seed: int) -> list[str]:
+    cluster = new_cluster()
+    produce_orders(cluster, orders, seed=seed)
+    run(twin_consumer(cluster, failure_rate=0.3, seed=seed))
+    return cluster.calls
+
+
+def kill_points(calls: list[str]) -> list[tuple[str, int, bool]]:
+    """Every call of a run, as (operation, which call of it, after it took effect?)."""
+    seen: Counter[str] = Counter()
+    points = []
+    for operation in calls:
+        seen[operation] += 1
+        points.append((operation, seen[operation], False))
+        if operation in TwinCluster.CHECKED_AFTER:
+            points.append((operation, seen[operation], True))
+    return points
+
+
+KILLS = kill_points(calls_of_a_run(40, seed=7))
+
+
+@pytest.mark.parametrize(
+    ("operation", "nth", "after"), KILLS, ids=[f"{op}-{n}{'-after' if after else ''}" for op, n, after in KILLS]
+)
+def test_a_consumer_killed_at_any_call_and_restarted_counts_every_order_once(
+    operation: str, nth: int, after: bool
+) -> None:
+    cluster = new_cluster()
+    produce_orders(cluster, 40, seed=7)
+    cluster.kill_at(operation, nth=nth, after=after)
+    with pytest.raises(Killed):
+        run(twin_consumer(cluster, failure_rate=0.3, seed=7))
+    # The restart takes the same transactional id, so its start aborts what the kill left open.
+    run(twin_consumer(cluster, failure_rate=0.3, seed=8))
+    result = audit(cluster)
+    assert result.exact, result.describe()
+    assert cluster.open_transactions() == 0
+
+
+def test_a_rebalance_mid_batch_aborts_the_batch_and_nothing_is_lost() -> None:
+    cluster = new_cluster()
+    produce_orders(cluster, 60, seed=9)
+    # The group moves on while a batch is in its transaction: its offsets are refused.
+    cluster.when("send_offsets", lambda: cluster.rebalance(SETTINGS.consumer_group))
+    twin = twin_consumer(cluster, failure_rate=0.2, seed=9)
+    summary = run(twin)
+    assert summary.aborted == 1
+    assert "reading the batch again from the last commit" in twin.log.getvalue()
+    result = audit(cluster)
+    assert result.exact, result.describe()
+
+
+def test_a_second_consumer_joining_and_leaving_shares_the_work_exactly_once() -> None:
+    cluster = new_cluster(partitions=4)
+    produce_orders(cluster, 200, seed=10)
+    first = twin_consumer(cluster, failure_rate=0.2, seed=1)
+    second = twin_consumer(cluster, failure_rate=0.2, seed=2, transactional_id="order-pipeline.twin.1")
+    with first.consumer.open() as loop_a:
+        turns(loop_a, 3)
+        with second.consumer.open() as loop_b:
+            turns(loop_a, 20, loop_b)
+            produce_orders(cluster, 100, seed=11)
+            turns(loop_a, 20, loop_b)
+            assert loop_a.group_total() == loop_b.group_total()
+        while loop_a.turn():
+            pass
+    assert first.decisions
+    assert second.decisions
+    result = audit(cluster)
+    assert result.exact, result.describe()
+
+
+def test_an_aborted_transaction_is_read_again_from_the_last_commit() -> None:
+    cluster = new_cluster()
+    produce_orders(cluster, 50, seed=12)
+    cluster.fail("commit_transaction", "abortable")
+    summary = run(twin_consumer(cluster, failure_rate=0.2, seed=12))
+    assert summary.aborted == 1
+    result = audit(cluster)
+    assert result.exact, result.describe()
+
+
+def test_a_retriable_step_is_tried_again_while_the_loop_keeps_polling() -> None:
+    cluster = new_cluster()
+    produce_orders(cluster, 50, seed=13)
+    cluster.when("send_offsets", lambda: cluster.fail("send_offsets", "retriable", times=3))
+    summary = run(twin_consumer(cluster, seed=13))
+    assert summary.aborted == 0
+    calls = cluster.calls
+    first = calls.index("send_offsets")
+    waiting = calls[first : first + calls[first:].index("commit_transaction")]
+    assert waiting.count("send_offsets") == 4
+    assert waiting.count("poll") >= 3, "the loop polled while the step waited"
+    assert "pause" in waiting, "input was held back while the commit waited"
+    result = audit(cluster)
+    assert result.exact, result.describe()
+
+
+def test_a_commit_whose_outcome_stays_unknown_stops_the_consumer_and_a_restart_settles_it() -> None:
+    cluster = new_cluster()
+    cluster.transaction_timeout_s = 600  # longer than the commit is tried, so the restart finds it open
+    produce_orders(cluster, 30, seed=14)
+    cluster.fail("commit_transaction", "retriable", times=10_000)
+    with pytest.raises(FatalKafkaError, match=r"a restart with transactional id \S+ settles it"):
+        run(twin_consumer(cluster, seed=14))
+    assert cluster.open_transactions() == 1
+    cluster.clear_faults()
+    run(twin_consumer(cluster, seed=14))
+    result = audit(cluster)
+    assert result.exact, result.describe()
+
+
+def test_five_aborted_batches_in_a_row_stop_the_consumer() -> None:
+    cluster = new_cluster()
+    produce_orders(cluster, 10, seed=15)
+    cluster.fail("send_offsets", "abortable", times=5)
+    with pytest.raises(FatalKafkaError, match="5 batches in a row were aborted"):
+        run(twin_consumer(cluster, seed=15))
+    run(twin_consumer(cluster, seed=15))
+    result = audit(cluster)
+    assert result.exact, result.describe()
+
+
+def test_a_fenced_producer_stops_with_one_sentence_and_the_newer_one_finishes() -> None:
+    cluster = new_cluster()
+    produce_orders(cluster, 40, seed=16)
+    old = twin_consumer(cluster, seed=16).consumer.open()
+    old_loop = old.__enter__()
+    turns(old_loop, 3)
+    newer = twin_consumer(cluster, seed=16)  # the same transactional id: a second process on one slot
+    with newer.consumer.open() as new_loop:
+        produce_orders(cluster, 20, seed=17)
+        with pytest.raises(FatalKafkaError, match="fenced this one") as fenced:
+            turns(old_loop, 50)
+        old.__exit__(FatalKafkaError, fenced.value, None)  # the fenced process exits, leaving the group
+        while new_loop.turn():
+            pass
+    result = audit(cluster)
+    assert result.exact, result.describe()
+
+
+def test_a_fatal_consumer_error_stops_the_loop() -> None:
+    cluster = new_cluster()
+    cluster.fail("poll", "fatal")
+    with pytest.raises(FatalKafkaError, match="fatal"):
+        run(twin_consumer(cluster))
+
+
+def test_a_zombie_past_max_poll_interval_cannot_commit_and_rejoins_from_the_commit() -> None:
+    cluster = new_cluster()
+    produce_orders(cluster, 80, seed=18)
+    zombie = twin_consumer(cluster, failure_rate=0.2, seed=18)
+    with zombie.consumer.open() as loop:
+        edge = cluster.groups[SETTINGS.consumer_group].members[0]
+        cluster.when("send_offsets", lambda: cluster.expire(edge))
+        while loop.turn():
+            pass
+    assert zombie.consumer.summary.aborted == 1
+    result = audit(cluster)
+    assert result.exact, result.describe()
+
+
+POISON_VALUES = [
+    b"",
+    None,
+    b"\xde\xad\xbe\xef",
+    b"\xc3\x01",  # a truncated single-object header
+    b"\xc3\x01" + bytes(8) + b"\x02a",  # a fingerprint nobody knows
+    encoded("O-X")[:-3],  # a truncated body
+    encoded("O-X") + b"\x00",  # trailing bytes
+    b"\x00\x00\x00\x00\x07\x02a",  # the registry format, with no registry configured
+]
+
+
+def test_poison_on_the_orders_topic_is_dead_lettered_byte_for_byte_and_the_rest_goes_on() -> None:
+    cluster = new_cluster()
+    for index, value in enumerate(POISON_VALUES):
+        cluster.produce(SETTINGS.orders_topic, f"P-{index}".encode(), value)
+    cluster.produce(SETTINGS.orders_topic, None, encoded("O-NO-KEY"))
+    produce_orders(cluster, 20, seed=19, invalid_rate=0, poison_rate=0)
+    summary = run(twin_consumer(cluster))
+    dead = {record.key: record for record in cluster.records(SETTINGS.dlq_topic)}
+    for index, value in enumerate(POISON_VALUES):
+        record = dead[f"P-{index}".encode()]
+        assert record.value == value
+        assert (record.header("dlq.reason"), record.header("error.class")) == (
+            "deserialization",
+            "DeserializationError",
+        )
+    assert summary.processed == 21
+    result = audit(cluster)
+    assert result.exact, result.describe()
+
+
+FORGED_RETRY_HEADERS = [
+    (),  # none of the pipeline's headers
+    (("retry.attempt", b"abc"),),
+    (("retry.attempt", b"-3"),),
+    (("retry.attempt", b"\xff\xfe"),),
+    (("retry.not-before", b"soon"),),
+    (("original.topic", b"\xff"), ("original.offset", b"x")),
+]
+
+
+def test_records_on_the_retry_topic_with_missing_or_malformed_headers_neither_crash_nor_stall() -> None:
+    cluster = new_cluster()
+    for index, headers in enumerate(FORGED_RETRY_HEADERS):
+        cluster.produce(SETTINGS.retry_topic, f"R-{index}".encode(), encoded(f"R-{index}"), headers)
+
+    def always_down(_order: ValidOrder) -> None:
+        raise TimeoutError("inventory service timed out")
+
+    run(twin_consumer(cluster, downstream=always_down))
+    dead = {record.key: record for record in cluster.records(SETTINGS.dlq_topic)}
+    assert set(dead) == {f"R-{index}".encode() for index in range(len(FORGED_RETRY_HEADERS))}
+    for record in dead.values():
+        assert (record.header("dlq.reason"), record.header("retry.attempt")) == ("retries-exhausted", "3")
+
+
+def test_bad_values_on_the_stats_topic_are_ignored_and_other_keys_do_not_count() -> None:
+    cluster = new_cluster()
+    for key, value in [
+        (b"orders-0", b"not json"),
+        (b"orders-1", b'{"count": -1, "sum_cents": 5}'),
+        (b"orders-2", b"[1, 2]"),
+        (b"another-topic-0", b'{"count": 5, "sum_cents": 500}'),
+        (None, b"{}"),
+        (b"orders-retry-0", None),
+    ]:
+        cluster.produce(SETTINGS.stats_topic, key, value)
+    produce_orders(cluster, 30, seed=20)
+    twin = twin_consumer(cluster)
+    summary = run(twin)
+    expected = audit_records(
+        cluster.records(SETTINGS.orders_topic),
+        cluster.records(SETTINGS.dlq_topic),
+        [],
+        [],
+        SETTINGS.max_order_price_cents,
+    ).expected
+    assert summary.average == expected
+    assert twin.log.getvalue().count("Ignoring") == 4
+
+
+def test_a_retry_not_yet_due_does_not_hold_up_fresh_orders() -> None:
+    settings = replace(SETTINGS, retry_backoff_ms=4000, retry_backoff_max_ms=4000)
+    cluster = new_cluster(settings)
+    failed: set[str] = set()
+
+    def fails_first_try_of_a(order: ValidOrder) -> None:
+        if order.order_id == "O-A" and "O-A" not in failed:
+            failed.add("O-A")
+            raise TimeoutError("inventory service timed out")
+
+    twin = twin_consumer(cluster, settings=settings, downstream=fails_first_try_of_a)
+    cluster.produce(settings.orders_topic, b"O-A", encoded("O-A", "Monitor", 120.0))
+    with twin.consumer.open() as loop:
+        retry = turn_until(loop, lambda: next((d for d in twin.decisions if isinstance(d, Retry)), None))
+        cluster.produce(settings.orders_topic, b"O-B", encoded("O-B"))
+        turn_until(loop, lambda: processed(twin, "O-B"))
+        assert cluster.clock.now * 1000 < retry.not_before, "the fresh order waited for the retry"
+        turn_until(loop, lambda: processed(twin, "O-A"))
+        assert cluster.clock.now * 1000 >= retry.not_before, "the retry ran before it was due"
+
+
+def test_a_paused_retry_partition_taken_away_and_given_back_is_read_again() -> None:
+    """librdkafka (and the twin) keep an application's pause across reassignment."""
+    settings = replace(SETTINGS, retry_backoff_ms=8000, retry_backoff_max_ms=8000)
+    cluster = new_cluster(settings, partitions=1)
+    failed: set[str] = set()
+
+    def fails_first_try(order: ValidOrder) -> None:
+        if order.order_id not in failed:
+            failed.add(order.order_id)
+            raise TimeoutError("inventory service timed out")
+
+    twin = twin_consumer(cluster, settings=settings, downstream=fails_first_try)
+    cluster.produce(settings.orders_topic, b"O-A", encoded("O-A"))
+    with twin.consumer.open() as loop:
+        turn_until(loop, lambda: any(isinstance(d, Retry) for d in twin.decisions))
+        turns(loop, 3)  # the retry is read and deferred: its partition is paused
+        cluster.rebalance(settings.consumer_group)
+        cluster.rebalance(settings.consumer_group)
+        turn_until(loop, lambda: processed(twin, "O-A"))
+    assert [type(d).__name__ for d in twin.decisions] == ["Retry", "Processed"]
+
+
+def test_at_least_once_delivery_is_exact_when_nothing_fails() -> None:
+    cluster = new_cluster()
+    produce_orders(cluster, 100, seed=21)
+    twin = twin_consumer(
+        cluster, failure_rate=0.2, seed=21, options=ConsumerOptions(idle_exit_s=5, delivery=AT_LEAST_ONCE)
+    )
+    run(twin)
+    assert "at-least-once" in twin.out.getvalue()
+    result = audit(cluster)
+    assert result.exact, result.describe()
+
+
+def test_a_restore_waits_for_an_open_transaction_while_it_keeps_polling() -> None:
+    cluster = new_cluster()
+    produce_orders(cluster, 40, seed=22)
+    cluster.kill_at("commit_transaction")
+    with pytest.raises(Killed):
+        run(twin_consumer(cluster, seed=22))
+    killed_at = cluster.clock.now
+    # Another machine: another transactional id, so the open transaction waits for its timeout.
+    calls_before = len(cluster.calls)
+    run(twin_consumer(cluster, seed=22, transactional_id="order-pipeline.elsewhere.0"))
+    waiting = cluster.calls[calls_before : cluster.calls.index("assign", calls_before)]
+    assert waiting.count("committed") > 1, "the committed offsets were asked for again"
+    assert waiting.count("poll") > 10, "the loop kept polling meanwhile"
+    assert cluster.clock.now - killed_at >= cluster.transaction_timeout_s
+    result = audit(cluster)
+    assert result.exact, result.describe()
+
+
+def test_a_stop_while_a_commit_waits_finishes_that_commit_first() -> None:
+    cluster = new_cluster()
+    produce_orders(cluster, 20, seed=23)
+    stop = threading.Event()
+
+    def stop_and_fail() -> None:
+        stop.set()
+        cluster.fail("commit_transaction", "retriable", times=2)
+
+    cluster.when("commit_transaction", stop_and_fail)
+    summary = twin_consumer(cluster, seed=23).consumer.run(stop)
+    assert summary.handled == 20
+    assert cluster.open_transactions() == 0
+    assert audit(cluster).counted_exactly

@@ -1,0 +1,231 @@
+"""The confluent-kafka edge itself, against librdkafka's in-process mock cluster (no broker)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TypeVar
+
+import pytest
+from confluent_kafka import KafkaError, Producer
+
+from orderpipe.edge import BEGINNING, Assigned, EdgeOptions, Outgoing, Pending, TopicSpec
+from orderpipe.errors import BrokerUnavailableError, ConfigError, DeliveryError, FatalKafkaError, KafkaCallError
+from orderpipe.kafka_clients import (
+    call_error,
+    connect_admin,
+    create_client,
+    create_topics,
+    ensure_topics,
+    partition_counts,
+)
+from orderpipe.kafka_edge import ConfluentEdge, open_kafka_edge, read_group_stats
+from orderpipe.money import RunningAverage
+from orderpipe.routing import Incoming
+from orderpipe.settings import Settings, build_settings
+from orderpipe.stats import encode_stats
+from tests.unit.mock_cluster import MockCluster
+
+T = TypeVar("T")
+
+
+def eventually(condition: Callable[[], T | None], timeout: float = 15.0) -> T:
+    """Polls `condition` until it is truthy (the mock cluster answers within milliseconds to seconds)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = condition()
+        if result:
+            return result
+    raise AssertionError(f"not reached within {timeout}s")
+
+
+def answer(pending: Pending[T]) -> T:
+    eventually(pending.done)
+    return pending.result()
+
+
+def gather(poll: Callable[[], list[T]], count: int) -> list[T]:
+    """What `poll` brings, until there are at least `count`."""
+    found: list[T] = []
+
+    def enough() -> bool:
+        found.extend(poll())
+        return len(found) >= count
+
+    eventually(enough)
+    return found
+
+
+def read(edge: ConfluentEdge, count: int) -> list[Incoming]:
+    return gather(lambda: edge.poll(100, 0.1).records, count)
+
+
+@contextmanager
+def edge_of(settings: Settings, transactional_id: str | None = None) -> Iterator[ConfluentEdge]:
+    with open_kafka_edge(settings, EdgeOptions(transactional_id)) as edge:
+        yield edge
+
+
+def test_records_go_out_and_come_back_with_keys_headers_and_their_topic(mock_cluster: MockCluster) -> None:
+    settings = mock_cluster.settings()
+    with edge_of(settings) as edge:
+        edge.produce(
+            [
+                Outgoing(settings.retry_topic, b"O-1", b"one", (("retry.attempt", b"1"),)),
+                Outgoing(settings.retry_topic, b"O-1", b"two"),
+            ]
+        )
+        edge.flush()
+        edge.assign({(settings.retry_topic, p): BEGINNING for p in range(4)})
+        first, second = sorted(read(edge, 2), key=lambda r: r.offset)
+    assert (first.key, first.value, first.headers, first.from_retry_topic) == (
+        b"O-1",
+        b"one",
+        (("retry.attempt", b"1"),),
+        True,
+    )
+    assert (second.value, second.headers, second.partition) == (b"two", (), first.partition)
+
+
+def test_a_paused_partition_delivers_nothing_until_resumed_and_seek_reads_again(mock_cluster: MockCluster) -> None:
+    settings = mock_cluster.settings()
+    tp = (settings.orders_topic, 0)
+    with edge_of(settings) as edge:
+        mock_cluster.produce(settings.orders_topic, 0, [f"v{n}".encode() for n in range(5)])
+        edge.assign({tp: BEGINNING})
+        assert [r.value for r in read(edge, 5)] == [b"v0", b"v1", b"v2", b"v3", b"v4"]
+        assert edge.lag() == 0
+        edge.pause([tp])
+        edge.seek({tp: 3})
+        mock_cluster.produce(settings.orders_topic, 0, [b"v5"])
+        assert all(not edge.poll(100, 0.05).records for _ in range(5))
+        edge.resume([tp])
+        assert [r.value for r in read(edge, 3)] == [b"v3", b"v4", b"v5"]
+
+
+def test_committed_offsets_are_read_without_waiting_on_the_poll_thread(mock_cluster: MockCluster) -> None:
+    settings = mock_cluster.settings()
+    tps = [(settings.orders_topic, 0), (settings.orders_topic, 1)]
+    with edge_of(settings) as edge:
+        edge.assign(dict.fromkeys(tps, BEGINNING))
+        assert answer(edge.committed(tps)) == {tps[0]: None, tps[1]: None}
+        edge.commit_offsets({tps[0]: 7})
+        assert answer(edge.committed(tps)) == {tps[0]: 7, tps[1]: None}
+
+
+def test_a_transaction_shows_its_records_only_once_committed(mock_cluster: MockCluster) -> None:
+    settings = mock_cluster.settings()
+    tp = (settings.dlq_topic, 0)
+    with edge_of(settings, f"{settings.consumer_group}.mock.0") as edge:
+        edge.init_transactions()
+        edge.abort_transaction()  # with nothing open, nothing happens
+        edge.begin_transaction()
+        edge.produce([Outgoing(settings.dlq_topic, b"K", b"aborted")] * 3)
+        edge.abort_transaction()
+        edge.begin_transaction()
+        edge.produce([Outgoing(settings.dlq_topic, b"K", b"committed")])
+        edge.send_offsets({(settings.orders_topic, 0): 1})
+        edge.commit_transaction()
+        partition = next(p for p in range(4) if mock_cluster.end(settings.dlq_topic, p) > 0)
+        edge.assign({(settings.dlq_topic, partition): BEGINNING})
+        assert [r.value for r in read(edge, 1)] == [b"committed"]
+        assert tp[0] == settings.dlq_topic
+
+
+def test_the_stats_tail_reads_the_stats_topic_to_its_end(mock_cluster: MockCluster) -> None:
+    settings = mock_cluster.settings()
+    values = [encode_stats(RunningAverage(2, 300), 5), encode_stats(RunningAverage(3, 700), 9)]
+    mock_cluster.produce(settings.stats_topic, 0, values, keys=[f"{settings.orders_topic}-0".encode(), b"other-0"])
+    with edge_of(settings) as edge:
+        assert answer(edge.stats.end_offset()) == 2
+        got = read_stats(edge, 2)
+        assert [r.value for r in got] == values
+        assert edge.stats.position() == 2
+    assert read_group_stats(settings) == {f"{settings.orders_topic}-0": RunningAverage(2, 300)}
+
+
+def read_stats(edge: ConfluentEdge, count: int) -> list[Incoming]:
+    return gather(lambda: edge.stats.poll(100, 0.1), count)
+
+
+def test_topics_that_exist_are_counted_and_left_alone(mock_cluster: MockCluster) -> None:
+    settings = mock_cluster.settings()
+    with edge_of(settings) as edge:
+        counts = edge.partition_counts()
+        edge.create_topics([])
+    assert counts[settings.orders_topic] == counts[settings.stats_topic] == 4
+    ensure_topics(connect_admin(settings), settings)  # all exist: nothing to create
+    assert partition_counts(connect_admin(settings))[settings.dlq_topic] == 4
+
+
+def test_a_subscription_reports_the_assignment_and_assigns_nothing_by_itself(mock_cluster: MockCluster) -> None:
+    settings = mock_cluster.settings()
+    mock_cluster.produce(settings.orders_topic, 0, [b"early"])
+    with edge_of(settings) as edge:
+        edge.subscribe([settings.orders_topic])
+        events = gather(lambda: list(edge.poll(100, 0.1).events), 1)
+        assert isinstance(events[0], Assigned)
+        assert sorted(events[0].partitions) == [(settings.orders_topic, p) for p in range(4)]
+        assert all(not edge.poll(100, 0.05).records for _ in range(5)), "nothing is read before `assign`"
+        edge.assign({(settings.orders_topic, 0): 0})
+        assert [r.value for r in read(edge, 1)] == [b"early"]
+
+
+def test_seeking_a_partition_that_is_not_assigned_is_an_error(mock_cluster: MockCluster) -> None:
+    settings = mock_cluster.settings()
+    with edge_of(settings) as edge, pytest.raises(KafkaCallError, match="could not seek"):
+        edge.seek({(settings.orders_topic, 0): 1})
+
+
+def test_a_record_larger_than_the_producer_allows_is_refused_by_name(mock_cluster: MockCluster) -> None:
+    settings = mock_cluster.settings()
+    with edge_of(settings) as edge, pytest.raises(DeliveryError, match=f"could not produce to {settings.dlq_topic}"):
+        edge.produce([Outgoing(settings.dlq_topic, b"K", bytes(2_000_000))])
+
+
+def test_kafka_errors_are_translated_with_their_kind() -> None:
+    error = call_error(KafkaError(KafkaError.REQUEST_TIMED_OUT, "slow", retriable=True), "commit the transaction")
+    assert (str(error), error.code, error.retriable, error.abortable, error.fatal) == (
+        "could not commit the transaction: slow",
+        "REQUEST_TIMED_OUT",
+        True,
+        False,
+        False,
+    )
+    fenced = call_error(KafkaError(KafkaError._FENCED, "fenced", fatal=True), "begin")
+    assert fenced.fatal
+    assert fenced.fenced
+    unknown = call_error(RuntimeError("odd"), "poll")  # type: ignore[arg-type]
+    assert unknown.code == "_UNKNOWN"
+
+
+def test_a_fatal_consumer_error_is_raised_by_the_next_poll(mock_cluster: MockCluster) -> None:
+    settings = mock_cluster.settings()
+    with edge_of(settings) as edge:
+        edge._errors(KafkaError(KafkaError._ALL_BROKERS_DOWN, "down"))  # logged, not raised
+        edge.poll(10, 0)
+        edge._errors(KafkaError(KafkaError._FATAL, "gone for good", fatal=True))
+        with pytest.raises(FatalKafkaError, match="gone for good"):
+            edge.poll(10, 0)
+
+
+def test_client_settings_librdkafka_rejects_are_named() -> None:
+    conf = {"bootstrap.servers": "127.0.0.1:1", "security.protocol": "SSL", "ssl.ca.location": "/nonexistent"}
+    with pytest.raises(ConfigError, match="KAFKA_SSL_CA_LOCATION"):
+        create_client(Producer, conf)
+
+
+def test_a_broker_that_does_not_answer_is_named_with_how_to_start_one() -> None:
+    settings = build_settings({"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"})
+    with pytest.raises(
+        BrokerUnavailableError, match=r"Cannot reach the Kafka broker at 127\.0\.0\.1:1 .*scripts/broker\.sh up"
+    ):
+        connect_admin(settings, timeout_s=0.5)
+
+
+def test_a_topic_that_cannot_be_created_is_named(mock_cluster: MockCluster) -> None:
+    # The mock cluster does not answer CreateTopics: the request times out.
+    admin = connect_admin(mock_cluster.settings())
+    with pytest.raises(BrokerUnavailableError, match="could not create topic never-made"):
+        create_topics(admin, [TopicSpec("never-made", 1, 1, {"cleanup.policy": "compact"})], timeout_s=0.5)

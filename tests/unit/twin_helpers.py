@@ -1,0 +1,144 @@
+"""Helpers for unit tests that drive the whole consumer through the in-memory twin of the edge."""
+
+from __future__ import annotations
+
+import io
+import logging
+import random
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from orderpipe.codec import load_order_schema
+from orderpipe.console import QUIET, Console
+from orderpipe.consumer_app import EXACTLY_ONCE, ConsumerOptions, OrderConsumer, simulated_outage
+from orderpipe.consumer_loop import ConsumerLoop
+from orderpipe.generator import Generated, OrderFactory
+from orderpipe.order import Order, ValidOrder
+from orderpipe.reporting import ConsumerSummary
+from orderpipe.routing import Decision, Processed
+from orderpipe.settings import Settings
+from orderpipe.twin import TwinCluster
+from tests.audit import Audit, audit_records
+
+T = TypeVar("T")
+SCHEMA = load_order_schema()
+SETTINGS = Settings(retry_backoff_ms=100, retry_backoff_max_ms=400)
+TRANSACTIONAL_ID = f"{SETTINGS.consumer_group}.twin.0"
+
+
+def new_cluster(settings: Settings = SETTINGS, partitions: int = 3) -> TwinCluster:
+    cluster = TwinCluster()
+    for name in (settings.orders_topic, settings.retry_topic, settings.dlq_topic):
+        cluster.create_topic(name, partitions)
+    cluster.create_topic(settings.stats_topic, 1)
+    return cluster
+
+
+def encoded(order_id: str, product: str = "Mouse", price: float = 19.99) -> bytes:
+    return SCHEMA.encode_single_object(Order(order_id, product, price))
+
+
+def produce_orders(
+    cluster: TwinCluster,
+    count: int,
+    *,
+    seed: int = 1,
+    invalid_rate: float = 0.1,
+    poison_rate: float = 0.05,
+    settings: Settings = SETTINGS,
+) -> list[Generated]:
+    """Writes `count` generated orders (some invalid, some undecodable) to the orders topic."""
+    factory = OrderFactory(random.Random(seed), f"T{seed}", invalid_rate, poison_rate, settings.max_order_price_cents)
+    made = [factory.make(SCHEMA.encode_single_object) for _ in range(count)]
+    for generated in made:
+        cluster.produce(settings.orders_topic, generated.key.encode(), generated.value)
+    return made
+
+
+@dataclass
+class Twin:
+    """A consumer on the twin, what it decided (in order) and what it printed and logged."""
+
+    consumer: OrderConsumer
+    decisions: list[Decision] = field(default_factory=list)
+    out: io.StringIO = field(default_factory=io.StringIO)
+    log: io.StringIO = field(default_factory=io.StringIO)
+
+
+def twin_consumer(
+    cluster: TwinCluster,
+    *,
+    settings: Settings = SETTINGS,
+    downstream: Callable[[ValidOrder], None] | None = None,
+    failure_rate: float = 0.0,
+    seed: int = 0,
+    transactional_id: str = TRANSACTIONAL_ID,
+    options: ConsumerOptions | None = None,
+) -> Twin:
+    """A consumer of the twin cluster, quiet, with a fixed transactional id (as a restart on one machine has)."""
+    decisions: list[Decision] = []
+    out = io.StringIO()
+
+    @contextmanager
+    def claim(_group: str) -> Iterator[str]:
+        yield transactional_id
+
+    consumer = OrderConsumer(
+        settings,
+        options or ConsumerOptions(idle_exit_s=5.0, delivery=EXACTLY_ONCE),
+        Console(QUIET, out=out, err=out),
+        downstream or simulated_outage(random.Random(seed), failure_rate),
+        on_decision=decisions.append,
+        clock=cluster.clock,
+        open_edge=cluster.open_edge,
+        claim=claim,
+    )
+    return Twin(consumer, decisions, out, _capture_warnings())
+
+
+def _capture_warnings() -> io.StringIO:
+    """The package's log lines from now on (warnings and up), for assertions."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setLevel(logging.WARNING)
+    logging.getLogger("orderpipe").addHandler(handler)
+    return stream
+
+
+def turns(loop: ConsumerLoop, count: int, *others: ConsumerLoop) -> None:
+    """Turns each loop `count` times, taking turns (consumers of one group side by side)."""
+    for _ in range(count):
+        for each in (loop, *others):
+            each.turn()
+
+
+def turn_until(loop: ConsumerLoop, condition: Callable[[], T | None], limit: int = 10_000) -> T:
+    """Turns the loop until `condition()` is truthy (in virtual time); returns it."""
+    for _ in range(limit):
+        result = condition()
+        if result:
+            return result
+        loop.turn()
+    raise AssertionError(f"not reached within {limit} turns")
+
+
+def processed(twin: Twin, order_id: str) -> bool:
+    return any(isinstance(d, Processed) and d.order.order_id == order_id for d in twin.decisions)
+
+
+def run(twin: Twin) -> ConsumerSummary:
+    """Runs the consumer until it has been idle for its idle limit (in virtual time)."""
+    return twin.consumer.run(threading.Event())
+
+
+def audit(cluster: TwinCluster, settings: Settings = SETTINGS) -> Audit:
+    return audit_records(
+        cluster.records(settings.orders_topic),
+        cluster.records(settings.dlq_topic),
+        cluster.records(settings.retry_topic),
+        cluster.records(settings.stats_topic),
+        settings.max_order_price_cents,
+    )
