@@ -16,6 +16,7 @@ import uuid
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from orderpipe.settings import Settings, build_settings
+from tests.audit import pipeline_env
 
 __all__ = ["MockCluster"]
 
@@ -33,18 +34,7 @@ class MockCluster:
 
     def env(self, **values: str) -> dict[str, str]:
         """Settings, as environment variables, for this cluster with fresh topic and group names."""
-        prefix = f"mock-{uuid.uuid4().hex[:8]}"
-        env = {
-            "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
-            "ORDERS_TOPIC": f"{prefix}-orders",
-            "RETRY_TOPIC": f"{prefix}-orders-retry",
-            "DLQ_TOPIC": f"{prefix}-orders-dlq",
-            "STATS_TOPIC": f"{prefix}-orders-stats",
-            "CONSUMER_GROUP": f"{prefix}-group",
-            "RETRY_BACKOFF_MS": "100",
-            "RETRY_BACKOFF_MAX_MS": "400",
-            **values,
-        }
+        env = {**pipeline_env(self.bootstrap, f"mock-{uuid.uuid4().hex[:8]}"), **values}
         for name in ("ORDERS_TOPIC", "RETRY_TOPIC", "DLQ_TOPIC", "STATS_TOPIC"):
             self.create_topic(env[name])
         return env

@@ -12,7 +12,8 @@ from orderpipe.consumer_app import AT_LEAST_ONCE, ConsumerOptions
 from orderpipe.errors import FatalKafkaError
 from orderpipe.order import ValidOrder
 from orderpipe.routing import Retry
-from orderpipe.twin import Killed, TwinCluster
+from orderpipe.twin import Killed
+from orderpipe.twin_parts import Faults
 from tests.audit import audit_records
 from tests.unit.twin_helpers import (
     SETTINGS,
@@ -39,14 +40,14 @@ def test_every_order_is_processed_or_dead_lettered_exactly_once() -> None:
     assert summary.average == result.expected
     assert summary.retried > 0
     assert summary.dead_lettered["deserialization"] == result.poison
-    assert cluster.open_transactions() == 0
+    assert cluster.transactions.open_count() == 0
 
 
 def calls_of_a_run(orders: int, seed: int) -> list[str]:
     cluster = new_cluster()
     produce_orders(cluster, orders, seed=seed)
     run(twin_consumer(cluster, failure_rate=0.3, seed=seed))
-    return cluster.calls
+    return cluster.faults.calls
 
 
 def kill_points(calls: list[str]) -> list[tuple[str, int, bool]]:
@@ -56,7 +57,7 @@ def kill_points(calls: list[str]) -> list[tuple[str, int, bool]]:
     for operation in calls:
         seen[operation] += 1
         points.append((operation, seen[operation], False))
-        if operation in TwinCluster.CHECKED_AFTER:
+        if operation in Faults.CHECKED_AFTER:
             points.append((operation, seen[operation], True))
     return points
 
@@ -72,21 +73,21 @@ def test_a_consumer_killed_at_any_call_and_restarted_counts_every_order_once(
 ) -> None:
     cluster = new_cluster()
     produce_orders(cluster, 40, seed=7)
-    cluster.kill_at(operation, nth=nth, after=after)
+    cluster.faults.kill_at(operation, nth=nth, after=after)
     with pytest.raises(Killed):
         run(twin_consumer(cluster, failure_rate=0.3, seed=7))
     # The restart takes the same transactional id, so its start aborts what the kill left open.
     run(twin_consumer(cluster, failure_rate=0.3, seed=8))
     result = audit(cluster)
     assert result.exact, result.describe()
-    assert cluster.open_transactions() == 0
+    assert cluster.transactions.open_count() == 0
 
 
 def test_a_rebalance_mid_batch_aborts_the_batch_and_nothing_is_lost() -> None:
     cluster = new_cluster()
     produce_orders(cluster, 60, seed=9)
     # The group moves on while a batch is in its transaction: its offsets are refused.
-    cluster.when("send_offsets", lambda: cluster.rebalance(SETTINGS.consumer_group))
+    cluster.faults.when("send_offsets", lambda: cluster.rebalance(SETTINGS.consumer_group))
     twin = twin_consumer(cluster, failure_rate=0.2, seed=9)
     summary = run(twin)
     assert summary.aborted == 1
@@ -118,7 +119,7 @@ def test_a_second_consumer_joining_and_leaving_shares_the_work_exactly_once() ->
 def test_an_aborted_transaction_is_read_again_from_the_last_commit() -> None:
     cluster = new_cluster()
     produce_orders(cluster, 50, seed=12)
-    cluster.fail("commit_transaction", "abortable")
+    cluster.faults.fail("commit_transaction", "abortable")
     summary = run(twin_consumer(cluster, failure_rate=0.2, seed=12))
     assert summary.aborted == 1
     result = audit(cluster)
@@ -128,10 +129,10 @@ def test_an_aborted_transaction_is_read_again_from_the_last_commit() -> None:
 def test_a_retriable_step_is_tried_again_while_the_loop_keeps_polling() -> None:
     cluster = new_cluster()
     produce_orders(cluster, 50, seed=13)
-    cluster.when("send_offsets", lambda: cluster.fail("send_offsets", "retriable", times=3))
+    cluster.faults.when("send_offsets", lambda: cluster.faults.fail("send_offsets", "retriable", times=3))
     summary = run(twin_consumer(cluster, seed=13))
     assert summary.aborted == 0
-    calls = cluster.calls
+    calls = cluster.faults.calls
     first = calls.index("send_offsets")
     waiting = calls[first : first + calls[first:].index("commit_transaction")]
     assert waiting.count("send_offsets") == 4
@@ -143,13 +144,13 @@ def test_a_retriable_step_is_tried_again_while_the_loop_keeps_polling() -> None:
 
 def test_a_commit_whose_outcome_stays_unknown_stops_the_consumer_and_a_restart_settles_it() -> None:
     cluster = new_cluster()
-    cluster.transaction_timeout_s = 600  # longer than the commit is tried, so the restart finds it open
+    cluster.transactions.timeout_s = 600  # longer than the commit is tried, so the restart finds it open
     produce_orders(cluster, 30, seed=14)
-    cluster.fail("commit_transaction", "retriable", times=10_000)
+    cluster.faults.fail("commit_transaction", "retriable", times=10_000)
     with pytest.raises(FatalKafkaError, match=r"a restart with transactional id \S+ settles it"):
         run(twin_consumer(cluster, seed=14))
-    assert cluster.open_transactions() == 1
-    cluster.clear_faults()
+    assert cluster.transactions.open_count() == 1
+    cluster.faults.clear()
     run(twin_consumer(cluster, seed=14))
     result = audit(cluster)
     assert result.exact, result.describe()
@@ -158,7 +159,7 @@ def test_a_commit_whose_outcome_stays_unknown_stops_the_consumer_and_a_restart_s
 def test_five_aborted_batches_in_a_row_stop_the_consumer() -> None:
     cluster = new_cluster()
     produce_orders(cluster, 10, seed=15)
-    cluster.fail("send_offsets", "abortable", times=5)
+    cluster.faults.fail("send_offsets", "abortable", times=5)
     with pytest.raises(FatalKafkaError, match="5 batches in a row were aborted"):
         run(twin_consumer(cluster, seed=15))
     run(twin_consumer(cluster, seed=15))
@@ -186,7 +187,7 @@ def test_a_fenced_producer_stops_with_one_sentence_and_the_newer_one_finishes() 
 
 def test_a_fatal_consumer_error_stops_the_loop() -> None:
     cluster = new_cluster()
-    cluster.fail("poll", "fatal")
+    cluster.faults.fail("poll", "fatal")
     with pytest.raises(FatalKafkaError, match="fatal"):
         run(twin_consumer(cluster))
 
@@ -197,7 +198,7 @@ def test_a_zombie_past_max_poll_interval_cannot_commit_and_rejoins_from_the_comm
     zombie = twin_consumer(cluster, failure_rate=0.2, seed=18)
     with zombie.consumer.open() as loop:
         edge = cluster.groups[SETTINGS.consumer_group].members[0]
-        cluster.when("send_offsets", lambda: cluster.expire(edge))
+        cluster.faults.when("send_offsets", lambda: cluster.expire(edge))
         while loop.turn():
             pass
     assert zombie.consumer.summary.aborted == 1
@@ -345,17 +346,17 @@ def test_at_least_once_delivery_is_exact_when_nothing_fails() -> None:
 def test_a_restore_waits_for_an_open_transaction_while_it_keeps_polling() -> None:
     cluster = new_cluster()
     produce_orders(cluster, 40, seed=22)
-    cluster.kill_at("commit_transaction")
+    cluster.faults.kill_at("commit_transaction")
     with pytest.raises(Killed):
         run(twin_consumer(cluster, seed=22))
     killed_at = cluster.clock.now
     # Another machine: another transactional id, so the open transaction waits for its timeout.
-    calls_before = len(cluster.calls)
+    calls_before = len(cluster.faults.calls)
     run(twin_consumer(cluster, seed=22, transactional_id="order-pipeline.elsewhere.0"))
-    waiting = cluster.calls[calls_before : cluster.calls.index("assign", calls_before)]
+    waiting = cluster.faults.calls[calls_before : cluster.faults.calls.index("assign", calls_before)]
     assert waiting.count("committed") > 1, "the committed offsets were asked for again"
     assert waiting.count("poll") > 10, "the loop kept polling meanwhile"
-    assert cluster.clock.now - killed_at >= cluster.transaction_timeout_s
+    assert cluster.clock.now - killed_at >= cluster.transactions.timeout_s
     result = audit(cluster)
     assert result.exact, result.describe()
 
@@ -367,10 +368,10 @@ def test_a_stop_while_a_commit_waits_finishes_that_commit_first() -> None:
 
     def stop_and_fail() -> None:
         stop.set()
-        cluster.fail("commit_transaction", "retriable", times=2)
+        cluster.faults.fail("commit_transaction", "retriable", times=2)
 
-    cluster.when("commit_transaction", stop_and_fail)
+    cluster.faults.when("commit_transaction", stop_and_fail)
     summary = twin_consumer(cluster, seed=23).consumer.run(stop)
     assert summary.handled == 20
-    assert cluster.open_transactions() == 0
+    assert cluster.transactions.open_count() == 0
     assert audit(cluster).counted_exactly

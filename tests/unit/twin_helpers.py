@@ -21,7 +21,7 @@ from orderpipe.reporting import ConsumerSummary
 from orderpipe.routing import Decision, Processed
 from orderpipe.settings import Settings
 from orderpipe.twin import TwinCluster
-from tests.audit import Audit, audit_records
+from tests.audit import Audit, audit_topics
 
 T = TypeVar("T")
 SCHEMA = load_order_schema()
@@ -135,10 +135,4 @@ def run(twin: Twin) -> ConsumerSummary:
 
 
 def audit(cluster: TwinCluster, settings: Settings = SETTINGS) -> Audit:
-    return audit_records(
-        cluster.records(settings.orders_topic),
-        cluster.records(settings.dlq_topic),
-        cluster.records(settings.retry_topic),
-        cluster.records(settings.stats_topic),
-        settings.max_order_price_cents,
-    )
+    return audit_topics(cluster.records, settings)
