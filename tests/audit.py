@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 import json
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -23,8 +23,9 @@ from fastavro.schema import fingerprint, to_parsing_canonical_form
 from orderpipe.errors import ValidationError
 from orderpipe.money import RunningAverage
 from orderpipe.order import Order, validate
+from orderpipe.settings import Settings
 
-__all__ = ["Audit", "audit_records"]
+__all__ = ["Audit", "audit_records", "audit_topics", "pipeline_env", "published_total"]
 
 SCHEMA: Any = fastavro.parse_schema(json.loads((Path(__file__).resolve().parents[1] / "order.avsc").read_text()))
 FINGERPRINT = bytes.fromhex(fingerprint(to_parsing_canonical_form(SCHEMA), "CRC-64-AVRO"))
@@ -107,13 +108,7 @@ def audit_records(
     dlq_keys = Counter(r.key for r in dlq)
     retry_keys = Counter((r.key, r.header("retry.attempt")) for r in retries)
     counted = {key: cents for key, cents in prices.items() if key not in dlq_keys}
-    latest: dict[bytes | None, Any] = {}
-    for record in stats_records:
-        latest[record.key] = json.loads(record.value) if record.value is not None else None
-    stats = RunningAverage()
-    for value in latest.values():
-        if value is not None:
-            stats += RunningAverage(value["count"], value["sum_cents"])
+    stats = published_total(stats_records)
     return Audit(
         orders=len(orders),
         poison=poison,
@@ -126,3 +121,41 @@ def audit_records(
         expected=RunningAverage(len(counted), sum(counted.values())),
         stats=stats,
     )
+
+
+def published_total(stats_records: Sequence[TopicRecord]) -> RunningAverage:
+    """The sum of every key's latest value on the stats topic (what the group counted)."""
+    latest: dict[bytes | None, Any] = {}
+    for record in stats_records:
+        latest[record.key] = json.loads(record.value) if record.value is not None else None
+    total = RunningAverage()
+    for value in latest.values():
+        if value is not None:
+            total += RunningAverage(value["count"], value["sum_cents"])
+    return total
+
+
+def audit_topics(read: Callable[[str], Sequence[TopicRecord]], settings: Settings) -> Audit:
+    """The audit of a pipeline whose topics `read` returns, each in full."""
+    return audit_records(
+        read(settings.orders_topic),
+        read(settings.dlq_topic),
+        read(settings.retry_topic),
+        read(settings.stats_topic),
+        settings.max_order_price_cents,
+    )
+
+
+def pipeline_env(bootstrap: str, prefix: str) -> dict[str, str]:
+    """Settings, as environment variables, for a pipeline of its own: topics and group named after `prefix`."""
+    return {
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "SCHEMA_REGISTRY_URL": "",
+        "ORDERS_TOPIC": f"{prefix}-orders",
+        "RETRY_TOPIC": f"{prefix}-orders-retry",
+        "DLQ_TOPIC": f"{prefix}-orders-dlq",
+        "STATS_TOPIC": f"{prefix}-orders-stats",
+        "CONSUMER_GROUP": f"{prefix}-group",
+        "RETRY_BACKOFF_MS": "100",
+        "RETRY_BACKOFF_MAX_MS": "400",
+    }

@@ -29,7 +29,7 @@ from orderpipe.consumer_app import ConsumerOptions, OrderConsumer
 from orderpipe.kafka_edge import incoming
 from orderpipe.order import ValidOrder
 from orderpipe.routing import Decision
-from tests.audit import Audit, audit_records
+from tests.audit import Audit, audit_topics, pipeline_env
 
 ROOT = Path(__file__).resolve().parents[2]
 BOOTSTRAP = os.environ.get("TEST_KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
@@ -39,20 +39,7 @@ START_HINT = "start them with 'scripts/broker.sh up' (scripts/test.sh does it fo
 
 def new_pipeline(broker: str) -> Pipeline:
     """Private topics and a private group for one test."""
-    prefix = f"it-{uuid.uuid4().hex[:10]}"
-    return Pipeline(
-        {
-            "KAFKA_BOOTSTRAP_SERVERS": broker,
-            "SCHEMA_REGISTRY_URL": "",
-            "ORDERS_TOPIC": f"{prefix}-orders",
-            "RETRY_TOPIC": f"{prefix}-orders-retry",
-            "DLQ_TOPIC": f"{prefix}-orders-dlq",
-            "STATS_TOPIC": f"{prefix}-orders-stats",
-            "CONSUMER_GROUP": f"{prefix}-group",
-            "RETRY_BACKOFF_MS": "100",
-            "RETRY_BACKOFF_MAX_MS": "400",
-        }
-    )
+    return Pipeline(pipeline_env(broker, f"it-{uuid.uuid4().hex[:10]}"))
 
 
 @dataclass(frozen=True)
@@ -318,11 +305,4 @@ def summary(pattern: re.Pattern[str], output: str) -> dict[str, str]:
 
 def audit(pipeline: Pipeline) -> Audit:
     """The independent account of the pipeline's topics (tests/audit.py)."""
-    settings = pipeline.settings
-    return audit_records(
-        pipeline.read(settings.orders_topic),
-        pipeline.read(settings.dlq_topic),
-        pipeline.read(settings.retry_topic),
-        pipeline.read(settings.stats_topic),
-        settings.max_order_price_cents,
-    )
+    return audit_topics(pipeline.read, pipeline.settings)

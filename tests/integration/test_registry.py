@@ -9,6 +9,7 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 
 from orderpipe.codec import load_order_schema
 from orderpipe.routing import Processed
+from tests.audit import published_total
 from tests.integration.helpers import CONSUMER_SUMMARY, PRODUCER_SUMMARY, Pipeline, running_consumer, summary, wait_for
 
 
@@ -28,7 +29,9 @@ def test_schema_registry_path_end_to_end(pipeline: Pipeline, registry_url: str) 
     assert consumed.returncode == 0, consumed.stderr
     got = summary(CONSUMER_SUMMARY, consumed.stdout)
     reasons = Counter(r.headers["dlq.reason"] for r in pipeline.read(pipeline.settings.dlq_topic))
-    assert int(got["processed"]) == int(produced["valid"])
+    counted = published_total(pipeline.read(pipeline.settings.stats_topic))
+    assert counted.count == int(got["processed"]) == int(produced["valid"])
+    assert counted.describe() == got["average"]
     assert reasons == Counter({"validation": int(produced["invalid"]), "deserialization": int(produced["poison"])})
 
 

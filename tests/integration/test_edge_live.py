@@ -1,0 +1,66 @@
+"""The confluent-kafka edge on the real broker, for what librdkafka's mock cluster cannot show."""
+
+from __future__ import annotations
+
+import pytest
+
+from orderpipe.edge import BEGINNING, EdgeOptions, KafkaEdge, Outgoing
+from orderpipe.errors import KafkaCallError
+from orderpipe.kafka_clients import connect_admin, ensure_topics
+from orderpipe.kafka_edge import open_kafka_edge
+from tests.integration.helpers import Pipeline, wait_for
+
+
+def one_transaction(edge: KafkaEdge, topic: str) -> None:
+    edge.begin_transaction()
+    edge.produce([Outgoing(topic, b"K", b"value")])
+    edge.commit_transaction()
+
+
+def test_a_producer_fenced_by_a_newer_instance_gets_a_fatal_error(pipeline: Pipeline) -> None:
+    settings = pipeline.settings
+    ensure_topics(connect_admin(settings), settings)
+    transactional_id = f"{settings.consumer_group}.fencing"
+    with open_kafka_edge(settings, EdgeOptions(transactional_id)) as old:
+        old.init_transactions()
+        with open_kafka_edge(settings, EdgeOptions(transactional_id)) as newer:
+            newer.init_transactions()
+            with pytest.raises(KafkaCallError) as fenced:
+                one_transaction(old, settings.dlq_topic)
+            one_transaction(newer, settings.dlq_topic)
+    assert fenced.value.fatal
+    assert fenced.value.fenced
+    assert [r.value for r in pipeline.read(settings.dlq_topic, at_least=1)] == [b"value"]
+
+
+def test_committed_offsets_are_held_back_while_a_transaction_holds_them(pipeline: Pipeline) -> None:
+    settings = pipeline.settings
+    ensure_topics(connect_admin(settings), settings)
+    tp = (settings.orders_topic, 0)
+    with open_kafka_edge(settings, EdgeOptions(f"{settings.consumer_group}.held")) as edge:
+        edge.init_transactions()
+        edge.assign({tp: BEGINNING})
+        edge.begin_transaction()
+        edge.produce([Outgoing(settings.dlq_topic, b"K", b"value")])
+        edge.send_offsets({tp: 5})
+        held = edge.committed([tp])
+        wait_for(held.done, what="the committed offsets to be answered")
+        with pytest.raises(KafkaCallError, match="unstable offsets"):
+            held.result()
+        edge.commit_transaction()
+
+        def committed() -> dict[tuple[str, int], int | None] | None:
+            answer = edge.committed([tp])
+            wait_for(answer.done, what="the committed offsets to be answered")
+            try:
+                return answer.result()
+            except KafkaCallError:  # the commit markers are still being written
+                return None
+
+        assert wait_for(committed, what="stable committed offsets") == {tp: 5}
+
+
+def test_topics_that_cannot_be_created_as_asked_name_the_setting(pipeline: Pipeline) -> None:
+    result = pipeline.with_env(REPLICATION_FACTOR="3").run("consumer.py", "--idle-exit", "1", timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert "check ORDERS_PARTITIONS and REPLICATION_FACTOR" in result.stderr.strip().splitlines()[-1]
