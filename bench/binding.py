@@ -1,7 +1,7 @@
 """The binding tier of the benchmark: confluent-kafka alone, with none of our code in the loop.
 
-    binding.py produce TOPIC N   produces N pre-encoded Avro orders (made before timing)
-    binding.py consume TOPIC N   consumes N records as a group member, without decoding
+    python -m bench.binding produce TOPIC N   produces N pre-encoded Avro orders (made before timing)
+    python -m bench.binding consume TOPIC N   consumes N records as a group member, without decoding
 
 Both use the producer and consumer settings of the pipeline (acks=all, idempotence,
 linger.ms=5; read_committed and CONSUMER_FETCH_SETTINGS) and print one line as the pipeline does:

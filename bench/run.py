@@ -36,11 +36,10 @@ from confluent_kafka import __version__ as binding_version
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from orderpipe.codec import load_order_schema
+from orderpipe.generator import OrderFactory
 
-from orderpipe.codec import load_order_schema  # noqa: E402
-from orderpipe.generator import OrderFactory  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 BOOTSTRAP = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
 KAFKA_VERSION = "4.1.1"
@@ -70,14 +69,16 @@ class Run:
 class Process:
     """A child process whose CPU time and peak RSS come from wait4, its RSS sampled meanwhile."""
 
-    def __init__(self, argv: Sequence[str], env: dict[str, str] | None = None, stdin: Path | None = None) -> None:
+    def __init__(
+        self, argv: Sequence[str], env: dict[str, str] | None = None, stdin: Path | None = None, cwd: Path = ROOT
+    ) -> None:
         self._out = tempfile.TemporaryFile()  # noqa: SIM115 (closed with the process)
         self._started = time.monotonic()
         self._stdin = open(stdin, "rb") if stdin else subprocess.DEVNULL  # noqa: SIM115
         self.popen = subprocess.Popen(
             list(argv),
-            cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+            cwd=cwd,
+            env={**os.environ, "PYTHONPATH": str(cwd), **(env or {})},
             stdin=self._stdin,
             stdout=self._out,
             stderr=subprocess.STDOUT,
@@ -130,8 +131,9 @@ class Process:
         return Run(text, wall, usage.ru_utime + usage.ru_stime, self.peak_rss_mb, self._samples)
 
 
-def run(argv: Sequence[str], env: dict[str, str] | None = None, stdin: Path | None = None) -> Run:
-    return Process(argv, env, stdin).wait()
+def run(argv: Sequence[str], env: dict[str, str] | None = None, stdin: Path | None = None, cwd: Path = ROOT) -> Run:
+    """Runs a program (from `cwd`, the checkout it belongs to) to its end."""
+    return Process(argv, env, stdin, cwd).wait()
 
 
 def throughput(result: Run) -> float:
@@ -210,7 +212,7 @@ class Bench:
     def produce_binding(self) -> tuple[str, Run]:
         topic = self.topic("binding")
         env = {"KAFKA_BOOTSTRAP_SERVERS": BOOTSTRAP}
-        return topic, run([self.python, "bench/binding.py", "produce", topic, str(self.args.orders)], env)
+        return topic, run([self.python, "-m", "bench.binding", "produce", topic, str(self.args.orders)], env)
 
     def produce_ours(self) -> tuple[str, Run]:
         topic = self.topic("ours")
@@ -231,7 +233,7 @@ class Bench:
 
     def consume_binding(self, topic: str) -> Run:
         env = {"KAFKA_BOOTSTRAP_SERVERS": BOOTSTRAP}
-        return run([self.python, "bench/binding.py", "consume", topic, str(self.args.orders)], env)
+        return run([self.python, "-m", "bench.binding", "consume", topic, str(self.args.orders)], env)
 
     def consume_ours(self, topic: str, delivery: str, *extra: str) -> Run:
         cmd = [self.python, "consumer.py", "--quiet", "--idle-exit", "2", "--delivery", delivery, *extra]
@@ -279,10 +281,10 @@ class Bench:
 
             topic = self.topic("e2e-binding")
             consumer = Process(
-                [self.python, "bench/binding.py", "consume", topic, n], {"KAFKA_BOOTSTRAP_SERVERS": BOOTSTRAP}
+                [self.python, "-m", "bench.binding", "consume", topic, n], {"KAFKA_BOOTSTRAP_SERVERS": BOOTSTRAP}
             )
             wait_for_group_member(topic)
-            run([self.python, "bench/binding.py", "produce", topic, n], {"KAFKA_BOOTSTRAP_SERVERS": BOOTSTRAP})
+            run([self.python, "-m", "bench.binding", "produce", topic, n], {"KAFKA_BOOTSTRAP_SERVERS": BOOTSTRAP})
             result = consumer.wait()
             last = re.search(r"Last record at ([\d.]+)", result.stdout)
             assert last, result.stdout

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Sets up and runs the benchmark (bench/run.py): Python packages with py-spy, the
+# Sets up and runs the benchmark (python -m bench.run): Python packages with py-spy, the
 # broker (scripts/broker.sh), kcat (the C ceiling, from Debian's packages) and Kafka's
 # Java performance tools from Maven Central (cached under .cache/bench/).
-# Arguments go to bench/run.py, e.g. scripts/bench.sh --write bench/RESULTS.md
+# Arguments go to bench/run.py, e.g. scripts/bench.sh --write bench/RESULTS.md;
+# scripts/bench.sh --compare BASE runs bench/compare.py instead (this checkout against BASE).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -21,4 +22,8 @@ if [ ! -f "$TOOLS/.complete" ]; then
     { echo "bench.sh: Maven could not download kafka-tools; see $TOOLS.maven.log" >&2; exit 1; }
   touch "$TOOLS/.complete"
 fi
-exec .venv/bin/python bench/run.py "$@"
+if [ "${1:-}" = "--compare" ]; then
+  shift
+  exec .venv/bin/python -m bench.compare "$@"
+fi
+exec .venv/bin/python -m bench.run "$@"

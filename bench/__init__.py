@@ -1,0 +1,1 @@
+"""The benchmark: run it with scripts/bench.sh (see bench/run.py)."""
