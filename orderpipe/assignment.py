@@ -12,11 +12,13 @@ not ready yet is asked for again after a short backoff.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 from orderpipe.clock import Clock
 from orderpipe.edge import TP, KafkaEdge, Pending
 from orderpipe.errors import BrokerUnavailableError, KafkaCallError
 from orderpipe.ownership import Ownership
+from orderpipe.stats import stats_key
 from orderpipe.stats_view import CatchUp, StatsView
 
 __all__ = ["Restorer"]
@@ -78,9 +80,16 @@ class Restorer:
             if not self._caught_up:
                 self._catch_up = None
         if self._offsets is not None and self._caught_up:
-            starts = self._ownership.restored(self._offsets, self._stats.table.published)
+            published = self._stats.table.published
+            self._warn_of_disagreements(self._offsets, published.next_offsets)
+            starts = self._ownership.restored(self._offsets, published)
             self._edge.assign(starts)
-            log.debug("assigned: %s", ", ".join(f"{t}-{p}@{offset}" for (t, p), offset in starts.items()))
+            log.debug(
+                "assigned: %s (stats read to offset %d, %d keys)",
+                ", ".join(f"{t}-{p}@{offset}" for (t, p), offset in starts.items()),
+                self._stats.position(),
+                len(published.states),
+            )
         elif now > self._deadline:
             missing = "the committed offsets" if self._offsets is None else "the end of the stats topic"
             raise BrokerUnavailableError(
@@ -88,6 +97,25 @@ class Restorer:
                 f"({self._problem or 'no answer'}); a consumer's transaction may still be open (it ends when "
                 "that consumer restarts or its transaction.timeout.ms runs out)"
             )
+
+    @staticmethod
+    def _warn_of_disagreements(committed: dict[TP, int | None], next_offsets: Mapping[str, int]) -> None:
+        """The committed offset and the stats value's `next_offset` are written together; say so if they differ.
+
+        The committed offset is followed (it is the group's), but a difference means
+        something committed offsets outside the pipeline (a reset, say), and the
+        partition's running average no longer matches what it will read.
+        """
+        for (topic, partition), offset in committed.items():
+            ends = next_offsets.get(stats_key(topic, partition))
+            if offset is not None and ends is not None and ends != offset:
+                log.warning(
+                    "⚠ %s-%d: the committed offset is %d but its state in the stats topic ends at offset %d",
+                    topic,
+                    partition,
+                    offset,
+                    ends,
+                )
 
     def _ask(self, partitions: tuple[TP, ...], now: float) -> None:
         if now < self._ask_at:

@@ -27,7 +27,7 @@ from orderpipe.consumer_app import (
 )
 from orderpipe.errors import OrderPipeError
 from orderpipe.kafka_clients import librdkafka_logger
-from orderpipe.kafka_edge import read_group_stats
+from orderpipe.kafka_stats import read_group_stats
 from orderpipe.money import RunningAverage
 from orderpipe.producer_app import ProducerOptions, run_producer
 from orderpipe.settings import ENV_NAMES, Settings

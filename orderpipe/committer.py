@@ -180,11 +180,12 @@ class AtLeastOnceCommitter:
         try:
             self._edge.commit_offsets(effects.offsets)
         except KafkaCallError as exc:
-            # The batch is read again, which at-least-once allows.
+            # Its records were produced and counted: a restart or the next owner reads the
+            # batch again and counts it twice, which at-least-once allows.
             if exc.code in REBALANCE_CODES:
                 log.debug("commit not accepted after a rebalance: %s", exc)
             else:
-                log.warning("⚠ Commit failed, the batch will be read again: %s", exc)
+                log.warning("⚠ Commit failed; the batch will be read again after a restart or rebalance: %s", exc)
         return Progress.COMMITTED
 
 

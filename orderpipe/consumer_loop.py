@@ -135,8 +135,7 @@ class ConsumerLoop:
                 self._assigned_once, self._last_activity = True, self._clock.monotonic()
                 continue
             self._ownership.revoked(event.partitions)
-            self._hold.forget(event.partitions)
-            paused = self._scheduler.forget(event.partitions)
+            paused = self._scheduler.forget(event.partitions) + self._hold.forget(event.partitions)
             if paused:
                 self._edge.resume(paused)
 

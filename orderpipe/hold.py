@@ -35,11 +35,17 @@ class Hold:
         for record in records:
             self._dropped.setdefault((record.topic, record.partition), record.offset)
 
-    def forget(self, partitions: Collection[TP]) -> None:
-        """Partitions taken away during the hold: nothing to resume or seek there."""
+    def forget(self, partitions: Collection[TP]) -> list[TP]:
+        """Partitions taken away during the hold: nothing to seek there; those it paused are to be resumed now.
+
+        librdkafka keeps a partition paused by the application across an unassign, so
+        one that came back would otherwise never be read again.
+        """
+        paused = [tp for tp in partitions if tp in self._paused]
         self._paused.difference_update(partitions)
         for tp in partitions:
             self._dropped.pop(tp, None)
+        return paused
 
     def end(self) -> tuple[set[TP], dict[TP, int]]:
         """Stops holding; returns the partitions to resume and where to seek those with dropped records."""

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from concurrent.futures import Future
+from typing import Any, Generic, TypeVar
 
-from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from orderpipe.edge import TopicSpec
 from orderpipe.errors import BrokerUnavailableError, ConfigError, DeliveryError, KafkaCallError
+from orderpipe.routing import Incoming
 from orderpipe.settings import Settings
 from orderpipe.topics import missing_topics
 
@@ -23,11 +25,13 @@ __all__ = [
     "CONNECT_TIMEOUT_S",
     "CONSUMER_FETCH_SETTINGS",
     "START_BROKER_HINT",
+    "AdminAnswer",
     "call_error",
     "connect_admin",
     "create_client",
     "create_topics",
     "ensure_topics",
+    "incoming",
     "librdkafka_logger",
     "partition_counts",
     "produce",
@@ -44,6 +48,8 @@ START_BROKER_HINT = "start one with 'scripts/broker.sh up' (or 'docker compose u
 CONNECT_TIMEOUT_S = 10.0
 TOPIC_TIMEOUT_S = 30.0
 Client = TypeVar("Client")
+T = TypeVar("T")
+Answer = TypeVar("Answer")
 
 
 def librdkafka_logger() -> logging.Logger:
@@ -63,6 +69,43 @@ def call_error(failure: KafkaException | KafkaError, what: str) -> KafkaCallErro
         abortable=bool(error.txn_requires_abort()),
         fatal=bool(error.fatal()),
     )
+
+
+def incoming(message: Message, retry_topic: str | None = None) -> Incoming:
+    """A consumed message as plain data for the core (header values as bytes)."""
+    raw = message.headers()
+    topic = message.topic() or ""
+    return Incoming(
+        topic,
+        message.partition() or 0,
+        message.offset() or 0,
+        message.timestamp()[1],
+        message.key(),
+        message.value(),
+        _headers(raw) if raw else (),
+        topic == retry_topic,
+    )
+
+
+def _headers(raw: Any) -> tuple[tuple[str, bytes], ...]:
+    pairs = raw.items() if isinstance(raw, dict) else raw
+    return tuple((k, v.encode() if isinstance(v, str) else v or b"") for k, v in pairs)
+
+
+class AdminAnswer(Generic[T, Answer]):
+    """An admin client's future as a `Pending`: its answer mapped, its error translated."""
+
+    def __init__(self, future: Future[T], what: str, mapping: Callable[[T], Answer]) -> None:
+        self._future, self._what, self._mapping = future, what, mapping
+
+    def done(self) -> bool:
+        return self._future.done()
+
+    def result(self) -> Answer:
+        try:
+            return self._mapping(self._future.result())
+        except KafkaException as exc:
+            raise call_error(exc, self._what) from exc
 
 
 def create_client(factory: Callable[[dict[str, Any]], Client], conf: dict[str, Any]) -> Client:

@@ -11,141 +11,54 @@ records the event and assigns nothing; the consumer restores the partitions' sta
 and then calls `assign` with the offset each starts at. Every `KafkaException` is
 translated here into a `KafkaCallError` (or a FatalKafkaError for a fatal consumer
 error), so nothing above this module sees confluent-kafka's types.
+
+Transactional calls get a short timeout: one that runs out is a retriable error, and
+the committer tries again after a backoff while the loop keeps polling, instead of
+the poll thread blocking for long inside librdkafka.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from concurrent.futures import Future
 from contextlib import ExitStack, contextmanager
-from typing import Any, Generic, TypeVar
+from typing import Any
 
-from confluent_kafka import (
-    OFFSET_BEGINNING,
-    Consumer,
-    ConsumerGroupTopicPartitions,
-    IsolationLevel,
-    KafkaError,
-    KafkaException,
-    Message,
-    Producer,
-    TopicPartition,
-)
-from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
+from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from orderpipe.edge import TP, Assigned, EdgeOptions, Event, Outgoing, Polled, Revoked, TopicSpec
-from orderpipe.errors import BrokerUnavailableError, DeliveryError, FatalKafkaError
+from orderpipe.errors import DeliveryError, FatalKafkaError
 from orderpipe.kafka_clients import (
     CONSUMER_FETCH_SETTINGS,
+    AdminAnswer,
     call_error,
     connect_admin,
     create_client,
     create_topics,
+    incoming,
     partition_counts,
     produce,
     producer_config,
 )
-from orderpipe.money import RunningAverage
-from orderpipe.routing import Incoming
+from orderpipe.kafka_stats import KafkaStatsTail
 from orderpipe.settings import Settings
-from orderpipe.stats import topic_of_key
-from orderpipe.stats_view import StatsView
 
-__all__ = ["ConfluentEdge", "KafkaStatsTail", "incoming", "open_kafka_edge", "read_group_stats"]
+__all__ = ["ConfluentEdge", "open_kafka_edge"]
 
 log = logging.getLogger(__name__)
 
-CALL_TIMEOUT_S = 30.0
-CATCH_UP_TIMEOUT_S = 60.0
-T = TypeVar("T")
-Answer = TypeVar("Answer")
+# One transactional call (send offsets, commit, abort); a longer wait is tried again.
+TRANSACTION_CALL_TIMEOUT_S = 5.0
+# Registering the transactional id: at start-up, before the consumer joins its group.
+INIT_TIMEOUT_S = 60.0
+REQUEST_TIMEOUT_S = 30.0
+FLUSH_TIMEOUT_S = 30.0
 # Right after a commit the coordinator answers the next transaction's first request
 # with CONCURRENT_TRANSACTIONS until the commit markers are written (a millisecond or
 # two). librdkafka retries after retry.backoff.ms, 100 ms by default, which made every
 # transaction wait about that long.
 TRANSACTION_RETRY_BACKOFF_MS = 10
-
-
-def incoming(message: Message, retry_topic: str | None = None) -> Incoming:
-    """A consumed message as plain data for the core (header values as bytes)."""
-    raw = message.headers()
-    topic = message.topic() or ""
-    return Incoming(
-        topic,
-        message.partition() or 0,
-        message.offset() or 0,
-        message.timestamp()[1],
-        message.key(),
-        message.value(),
-        _headers(raw) if raw else (),
-        topic == retry_topic,
-    )
-
-
-def _headers(raw: Any) -> tuple[tuple[str, bytes], ...]:
-    pairs = raw.items() if isinstance(raw, dict) else raw
-    return tuple((k, v.encode() if isinstance(v, str) else v or b"") for k, v in pairs)
-
-
-class _Answer(Generic[T, Answer]):
-    """An admin future, its answer mapped and its error translated (a `Pending`)."""
-
-    def __init__(self, future: Future[T], what: str, mapping: Callable[[T], Answer]) -> None:
-        self._future, self._what, self._mapping = future, what, mapping
-
-    def done(self) -> bool:
-        return self._future.done()
-
-    def result(self) -> Answer:
-        try:
-            return self._mapping(self._future.result())
-        except KafkaException as exc:
-            raise call_error(exc, self._what) from exc
-
-
-class KafkaStatsTail:
-    """Reads the stats topic's one partition from the beginning, outside any group, read_committed."""
-
-    def __init__(self, settings: Settings, admin: AdminClient) -> None:
-        self._admin = admin
-        self._tp = TopicPartition(settings.stats_topic, 0)
-        self._consumer = create_client(
-            Consumer,
-            {
-                **settings.kafka_client_config(),
-                # Required by the client, never joined: the reader is assigned, not subscribed.
-                "group.id": f"{settings.consumer_group}.stats-reader",
-                "enable.auto.commit": False,
-                "isolation.level": "read_committed",
-            },
-        )
-        self._consumer.assign([TopicPartition(settings.stats_topic, 0, OFFSET_BEGINNING)])
-
-    def poll(self, max_records: int, timeout_s: float = 0.0) -> list[Incoming]:
-        records = []
-        for message in self._consumer.consume(max_records, timeout_s):
-            error = message.error()
-            if error is None:
-                records.append(incoming(message))
-            elif error.fatal():
-                raise FatalKafkaError(str(call_error(error, f"read {self._tp.topic}")))
-        return records
-
-    def end_offset(self) -> _Answer[Any, int]:
-        futures = self._admin.list_offsets(
-            {self._tp: OffsetSpec.latest()},  # type: ignore[no-untyped-call]
-            isolation_level=IsolationLevel.READ_UNCOMMITTED,
-            request_timeout=CALL_TIMEOUT_S,
-        )
-        return _Answer(futures[self._tp], f"find the end of {self._tp.topic}", lambda info: int(info.offset))
-
-    def position(self) -> int:
-        return int(self._consumer.position([self._tp])[0].offset)
-
-    def close(self) -> None:
-        self._consumer.close()
 
 
 def _tps(partitions: Collection[TP]) -> list[TopicPartition]:
@@ -156,14 +69,23 @@ def _offsets(offsets: Mapping[TP, int]) -> list[TopicPartition]:
     return [TopicPartition(topic, partition, offset) for (topic, partition), offset in offsets.items()]
 
 
+def _call(what: str, action: Callable[[], object]) -> None:
+    try:
+        action()
+    except KafkaException as exc:
+        raise call_error(exc, what) from exc
+
+
 class _ErrorLog:
-    """The consumer's `error_cb`: keeps a fatal error for the next poll, logs the rest."""
+    """The consumer's errors: a fatal one is kept for the next poll, others are logged once each."""
 
     def __init__(self, bootstrap_servers: str) -> None:
         self._bootstrap_servers = bootstrap_servers
         self.fatal: KafkaError | None = None
+        self._last = ""
 
     def __call__(self, error: KafkaError) -> None:
+        """The `error_cb`: errors of the client as a whole."""
         if error.fatal():
             self.fatal = error
         elif error.code() == KafkaError._ALL_BROKERS_DOWN:
@@ -171,111 +93,37 @@ class _ErrorLog:
         else:
             log.debug("kafka: %s", error.str())
 
+    def consumed(self, error: KafkaError) -> None:
+        """An error delivered among the records (a topic not available, an authorization failure)."""
+        if error.fatal():
+            raise FatalKafkaError(f"Kafka reported a fatal error: {error.str()}")
+        text = error.str()
+        if text != self._last:  # the same error comes with every fetch; say it once
+            log.warning("⚠ Kafka: %s", text)
+            self._last = text
 
-class ConfluentEdge:
-    """A `KafkaEdge` on confluent-kafka; build one with `open_kafka_edge`."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        *,
-        admin: AdminClient,
-        consumer: Consumer,
-        producer: Producer,
-        stats: KafkaStatsTail,
-        errors: _ErrorLog,
-        transactional: bool,
-    ) -> None:
-        self._admin, self._consumer, self._producer = admin, consumer, producer
-        self._stats, self._errors = stats, errors
-        self._group = settings.consumer_group
-        self._retry_topic = settings.retry_topic
-        # Without transactions, each produced record reports its delivery here.
-        self._on_delivery = None if transactional else self._delivered
+class _ConfluentProducer:
+    """The producer half of a `ConfluentEdge`: transactions with the consumer's offsets, or produce then flush."""
+
+    _producer: Producer
+    _consumer: Consumer
+    _on_delivery: Callable[[KafkaError | None, Any], None] | None
+
+    def __init__(self) -> None:
+        self._in_transaction = False
+        # The group generation the batch was read in; its offsets are sent with it.
+        self._group_metadata: Any = None
         self._delivery_errors: list[str] = []
-        self._events: list[Event] = []
-
-    @property
-    def stats(self) -> KafkaStatsTail:
-        return self._stats
-
-    def partition_counts(self) -> dict[str, int]:
-        return partition_counts(self._admin)
-
-    def create_topics(self, specs: Sequence[TopicSpec]) -> None:
-        create_topics(self._admin, specs)
-
-    def subscribe(self, topics: Sequence[str]) -> None:
-        self._consumer.subscribe(
-            list(topics), on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
-        )
-
-    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # Assign nothing yet (an empty assign keeps librdkafka from assigning at the
-        # committed offsets itself): the consumer assigns once it restored the state.
-        self._events.append(Assigned(tuple((tp.topic, tp.partition) for tp in partitions)))
-        consumer.assign([])
-
-    def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self._events.append(Revoked(tuple((tp.topic, tp.partition) for tp in partitions)))
-
-    def poll(self, max_records: int, timeout_s: float) -> Polled:
-        messages = self._consumer.consume(max_records, timeout_s)
-        if self._errors.fatal is not None:
-            raise FatalKafkaError(f"Kafka reported a fatal error: {self._errors.fatal.str()}")
-        records = []
-        retry_topic = self._retry_topic
-        for message in messages:
-            error = message.error()
-            if error is None:
-                records.append(incoming(message, retry_topic))
-            elif error.fatal():
-                raise FatalKafkaError(f"Kafka reported a fatal error: {error.str()}")
-            else:
-                log.debug("consumer error: %s", error.str())
-        events, self._events = tuple(self._events), []
-        return Polled(events, records)
-
-    def assign(self, starts: Mapping[TP, int]) -> None:
-        self._consumer.assign(_offsets(starts))
-
-    def pause(self, partitions: Collection[TP]) -> None:
-        self._consumer.pause(_tps(partitions))
-
-    def resume(self, partitions: Collection[TP]) -> None:
-        self._consumer.resume(_tps(partitions))
-
-    def seek(self, offsets: Mapping[TP, int]) -> None:
-        for tp in _offsets(offsets):
-            try:
-                self._consumer.seek(tp)
-            except KafkaException as exc:
-                raise call_error(exc, f"seek {tp.topic}-{tp.partition} to offset {tp.offset}") from exc
-
-    def committed(self, partitions: Collection[TP]) -> _Answer[Any, dict[TP, int | None]]:
-        request = ConsumerGroupTopicPartitions(self._group, _tps(partitions))
-        futures = self._admin.list_consumer_group_offsets(
-            [request], require_stable=True, request_timeout=CALL_TIMEOUT_S
-        )
-        return _Answer(futures[self._group], "read the committed offsets", _committed_offsets)
-
-    def lag(self) -> int | None:
-        lag = 0
-        try:
-            for tp in self._consumer.position(self._consumer.assignment()):
-                _, high = self._consumer.get_watermark_offsets(tp, cached=True)
-                if tp.offset >= 0 and high >= 0:
-                    lag += max(high - tp.offset, 0)
-        except KafkaException:
-            return None
-        return lag
 
     def init_transactions(self) -> None:
         # librdkafka retries within the call (a coordinator still loading, say).
-        _call("start transactions", lambda: self._producer.init_transactions(2 * CALL_TIMEOUT_S))
+        _call("start transactions", lambda: self._producer.init_transactions(INIT_TIMEOUT_S))
 
     def begin_transaction(self) -> None:
         _call("begin the transaction", self._producer.begin_transaction)
+        self._in_transaction = True
+        self._group_metadata = self._consumer.consumer_group_metadata()
 
     def produce(self, records: Sequence[Outgoing]) -> None:
         for record in records:
@@ -290,32 +138,31 @@ class ConfluentEdge:
             )
 
     def send_offsets(self, offsets: Mapping[TP, int]) -> None:
+        """Sends the batch's offsets with the generation it was read in: after a rebalance they are refused."""
+        metadata = self._group_metadata
         _call(
             "send the offsets",
-            lambda: self._producer.send_offsets_to_transaction(
-                _offsets(offsets), self._consumer.consumer_group_metadata(), CALL_TIMEOUT_S
-            ),
+            lambda: self._producer.send_offsets_to_transaction(_offsets(offsets), metadata, TRANSACTION_CALL_TIMEOUT_S),
         )
 
     def commit_transaction(self) -> None:
-        _call("commit the transaction", lambda: self._producer.commit_transaction(CALL_TIMEOUT_S))
+        _call("commit the transaction", lambda: self._producer.commit_transaction(TRANSACTION_CALL_TIMEOUT_S))
+        self._in_transaction = False
 
     def abort_transaction(self) -> None:
-        try:
-            self._producer.abort_transaction(CALL_TIMEOUT_S)
-        except KafkaException as exc:
-            error = call_error(exc, "abort the transaction")
-            if error.code != "_STATE":  # _STATE: no transaction was open
-                raise error from exc
+        if not self._in_transaction:
+            return  # nothing was begun, or it was committed
+        _call("abort the transaction", lambda: self._producer.abort_transaction(TRANSACTION_CALL_TIMEOUT_S))
+        self._in_transaction = False
 
     def flush(self) -> None:
-        remaining = self._producer.flush(CALL_TIMEOUT_S)
+        remaining = self._producer.flush(FLUSH_TIMEOUT_S)
         if remaining or self._delivery_errors:
             problems = "; ".join(self._delivery_errors[:3]) or f"{remaining} records unacknowledged"
             self._delivery_errors.clear()
             raise DeliveryError(f"records were not acknowledged, so this batch was not committed: {problems}")
 
-    def _delivered(self, error: KafkaError | None, _message: Message) -> None:
+    def _delivered(self, error: KafkaError | None, _message: Any) -> None:
         if error is not None:
             self._delivery_errors.append(error.str())
 
@@ -329,11 +176,111 @@ class ConfluentEdge:
                 raise call_error(tp.error, f"commit the offset of {tp.topic}-{tp.partition}")
 
 
-def _call(what: str, action: Callable[[], object]) -> None:
-    try:
-        action()
-    except KafkaException as exc:
-        raise call_error(exc, what) from exc
+class ConfluentEdge(_ConfluentProducer):
+    """A `KafkaEdge` on confluent-kafka; build one with `open_kafka_edge`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        admin: AdminClient,
+        consumer: Consumer,
+        producer: Producer,
+        stats: KafkaStatsTail,
+        errors: _ErrorLog,
+        transactional: bool,
+    ) -> None:
+        super().__init__()
+        self._admin, self._consumer, self._producer = admin, consumer, producer
+        self._stats, self._errors = stats, errors
+        self._group = settings.consumer_group
+        self._retry_topic = settings.retry_topic
+        # Without transactions, each produced record reports its delivery.
+        self._on_delivery = None if transactional else self._delivered
+        self._events: list[Event] = []
+
+    @property
+    def stats(self) -> KafkaStatsTail:
+        return self._stats
+
+    def partition_counts(self) -> dict[str, int]:
+        return partition_counts(self._admin)
+
+    def create_topics(self, specs: Sequence[TopicSpec]) -> None:
+        create_topics(self._admin, specs)
+
+    def subscribe(self, topics: Sequence[str]) -> None:
+        _call(
+            f"subscribe to {', '.join(topics)}",
+            lambda: self._consumer.subscribe(
+                list(topics), on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
+            ),
+        )
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Assign nothing yet (an empty assign keeps librdkafka from assigning at the
+        # committed offsets itself): the consumer assigns once it restored the state.
+        self._events.append(Assigned(tuple((tp.topic, tp.partition) for tp in partitions)))
+        consumer.assign([])
+
+    def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._events.append(Revoked(tuple((tp.topic, tp.partition) for tp in partitions)))
+
+    def poll(self, max_records: int, timeout_s: float) -> Polled:
+        try:
+            messages = self._consumer.consume(max_records, timeout_s)
+        except KafkaException as exc:
+            raise call_error(exc, "poll") from exc
+        errors = self._errors
+        if errors.fatal is not None:
+            raise FatalKafkaError(f"Kafka reported a fatal error: {errors.fatal.str()}")
+        records = []
+        retry_topic = self._retry_topic
+        for message in messages:
+            error = message.error()
+            if error is None:
+                records.append(incoming(message, retry_topic))
+            else:
+                errors.consumed(error)
+        events, self._events = tuple(self._events), []
+        return Polled(events, records)
+
+    def assign(self, starts: Mapping[TP, int]) -> None:
+        _call("assign partitions", lambda: self._consumer.assign(_offsets(starts)))
+
+    def pause(self, partitions: Collection[TP]) -> None:
+        _call("pause partitions", lambda: self._consumer.pause(_tps(partitions)))
+
+    def resume(self, partitions: Collection[TP]) -> None:
+        _call("resume partitions", lambda: self._consumer.resume(_tps(partitions)))
+
+    def seek(self, offsets: Mapping[TP, int]) -> None:
+        for tp in _offsets(offsets):
+            try:
+                self._consumer.seek(tp)
+            except KafkaException as exc:
+                raise call_error(exc, f"seek {tp.topic}-{tp.partition} to offset {tp.offset}") from exc
+
+    def committed(self, partitions: Collection[TP]) -> AdminAnswer[Any, dict[TP, int | None]]:
+        request = ConsumerGroupTopicPartitions(self._group, _tps(partitions))
+        try:
+            futures = self._admin.list_consumer_group_offsets(
+                [request], require_stable=True, request_timeout=REQUEST_TIMEOUT_S
+            )
+        except KafkaException as exc:
+            raise call_error(exc, "read the committed offsets") from exc
+        return AdminAnswer(futures[self._group], "read the committed offsets", _committed_offsets)
+
+    def lag(self) -> int | None:
+        lag = 0
+        try:
+            for tp in self._consumer.position(self._consumer.assignment()):
+                _, high = self._consumer.get_watermark_offsets(tp, cached=True)
+                if tp.offset >= 0 and high >= 0:
+                    lag += max(high - tp.offset, 0)
+        except KafkaException:
+            return None
+        return lag
 
 
 def _committed_offsets(answer: ConsumerGroupTopicPartitions) -> dict[TP, int | None]:
@@ -372,7 +319,7 @@ def open_kafka_edge(settings: Settings, options: EdgeOptions) -> Iterator[Conflu
                 "retry.backoff.ms": TRANSACTION_RETRY_BACKOFF_MS,
             }
         producer = create_client(Producer, conf)
-        stack.callback(producer.flush, CALL_TIMEOUT_S)
+        stack.callback(producer.flush, FLUSH_TIMEOUT_S)
         errors = _ErrorLog(settings.bootstrap_servers)
         consumer = create_client(
             Consumer,
@@ -398,29 +345,3 @@ def open_kafka_edge(settings: Settings, options: EdgeOptions) -> Iterator[Conflu
             errors=errors,
             transactional=options.transactional_id is not None,
         )
-
-
-def read_group_stats(settings: Settings) -> dict[str, RunningAverage]:
-    """Every input partition's committed state, read from the stats topic up to its end (the --stats view).
-
-    Raises:
-        BrokerUnavailableError: the broker is unreachable or the end was not reached.
-    """
-    admin = connect_admin(settings)
-    if settings.stats_topic not in partition_counts(admin):
-        return {}
-    tail = KafkaStatsTail(settings, admin)
-    try:
-        view = StatsView(tail, settings.stats_topic)
-        catch_up = view.catch_up()
-        deadline = time.monotonic() + CATCH_UP_TIMEOUT_S
-        while not catch_up.advance(timeout_s=0.1):
-            if time.monotonic() > deadline:
-                raise BrokerUnavailableError(
-                    f"could not read {settings.stats_topic} to its end within {CATCH_UP_TIMEOUT_S:g}s; a consumer's "
-                    "transaction on it may still be open"
-                )
-    finally:
-        tail.close()
-    wanted = (settings.orders_topic, settings.retry_topic)
-    return {key: state for key, state in sorted(view.table.states.items()) if topic_of_key(key) in wanted}

@@ -32,7 +32,7 @@ from orderpipe.twin_parts import (
     Faults,
     Group,
     Killed,
-    Ready,
+    Later,
     Transaction,
     TransactionCoordinator,
     VirtualClock,
@@ -116,32 +116,47 @@ class TwinCluster:
         return len(log)
 
     def rebalance(self, group: str) -> None:
-        """A new generation: the live members share the subscribed partitions (eager: all revoked first)."""
+        """Starts a rebalance: every live member gives its partitions up at its next poll, then rejoins."""
         state = self.groups.setdefault(group, Group())
         state.members = [m for m in state.members if not m.dead]
+        for member in state.members:
+            if member not in state.rejoining:
+                state.rejoining.append(member)
+                member.revoke(state.assignment.pop(id(member), ()))
+        self._complete(state)
+
+    def rejoined(self, edge: TwinEdge) -> None:
+        """A member gave its partitions up and joined again; the last one completes the rebalance."""
+        state = self.groups[edge.group]
+        if edge in state.rejoining:
+            state.rejoining.remove(edge)
+            self._complete(state)
+
+    def _complete(self, state: Group) -> None:
+        """Once every live member rejoined: a new generation, the partitions shared round-robin."""
+        state.rejoining = [m for m in state.rejoining if not m.dead]
+        members = [m for m in state.members if not m.dead]
+        if state.rejoining or not members:
+            return
         state.generation += 1
-        partitions = sorted({(t, p) for m in state.members for t in m.topics for p in range(len(self.logs.get(t, [])))})
-        for index, member in enumerate(state.members):
-            old = state.assignment.get(id(member), ())
-            new = tuple(partitions[index :: len(state.members)])
-            state.assignment[id(member)] = new
-            member.rebalanced(old, new, state.generation)
+        partitions = sorted({(t, p) for m in members for t in m.topics for p in range(len(self.logs.get(t, [])))})
+        for index, member in enumerate(members):
+            state.assignment[id(member)] = tuple(partitions[index :: len(members)])
+            member.assigned(state.assignment[id(member)], state.generation)
 
     def expire(self, edge: TwinEdge) -> None:
         """The group drops a member that stopped polling (max.poll.interval.ms): a zombie until it polls."""
-        group = self.groups[edge.group]
-        group.members.remove(edge)
-        group.assignment.pop(id(edge), None)
+        self.leave(edge)
         edge.expired = True
-        self.rebalance(edge.group)
 
     def leave(self, edge: TwinEdge) -> None:
         group = self.groups.get(edge.group)
         if group is not None and edge in group.members:
             group.members.remove(edge)
             group.assignment.pop(id(edge), None)
-            if group.members:
-                self.rebalance(edge.group)
+            if edge in group.rejoining:
+                group.rejoining.remove(edge)
+            self.rebalance(edge.group)
 
     @contextmanager
     def open_edge(self, settings: Settings, options: EdgeOptions) -> Iterator[TwinEdge]:
@@ -168,6 +183,7 @@ class _TwinProducer:
     _transaction: Transaction | None
     group: str
     _generation: int
+    _batch_generation: int
     dead: bool
 
     def _check(self, operation: str, *, after: bool = False) -> None:
@@ -194,6 +210,7 @@ class _TwinProducer:
         if self._cluster.transactions.epoch(self._transactional_id) != self._epoch:
             raise KafkaCallError("producer fenced by a newer instance", "PRODUCER_FENCED", fatal=True)
         self._transaction = self._cluster.transactions.begin(self._transactional_id)
+        self._batch_generation = self._generation
 
     def produce(self, records: Sequence[Outgoing]) -> None:
         self._check("produce")
@@ -203,14 +220,16 @@ class _TwinProducer:
             if index == 0:
                 self._check("produce", after=True)
 
-    def _member_of_current_generation(self) -> bool:
+    def _member_of(self, generation: int) -> bool:
+        """Whether the group takes offsets from this member sent with `generation`."""
         group = self._cluster.groups.get(self.group)
-        return group is not None and self in group.members and self._generation == group.generation
+        return group is not None and self in group.members and generation == group.generation
 
     def send_offsets(self, offsets: Mapping[TP, int]) -> None:
         self._check("send_offsets")
         transaction = self._live_transaction()
-        if not self._member_of_current_generation():
+        # Sent with the generation the batch was read in, as the confluent edge does.
+        if not self._member_of(self._batch_generation):
             raise KafkaCallError("the group has moved on", "ILLEGAL_GENERATION", abortable=True)
         transaction.offsets.setdefault(self.group, {}).update(offsets)
         self._check("send_offsets", after=True)
@@ -232,7 +251,7 @@ class _TwinProducer:
 
     def commit_offsets(self, offsets: Mapping[TP, int]) -> None:
         self._check("commit_offsets")
-        if not self._member_of_current_generation():
+        if not self._member_of(self._generation):
             raise KafkaCallError("the group has moved on", "ILLEGAL_GENERATION")
         self._cluster.groups[self.group].committed.update(offsets)
 
@@ -250,8 +269,10 @@ class TwinEdge(_TwinProducer):
         self.topics: tuple[str, ...] = ()
         self.dead = False
         self.expired = False
-        self._events: list[Event] = []
-        self._generation = 0
+        # What the next poll reports; None: a rebalance began that revokes nothing here.
+        self._events: list[Event | None] = []
+        self._generation = 0  # the group generation this member is in
+        self._batch_generation = 0  # the generation when the transaction began
         self._next_generation = 0
         self._positions: dict[TP, int] = {}  # the assignment, with the next offset of each partition
         self._paused: set[TP] = set()  # kept across assignments, as librdkafka does
@@ -272,11 +293,13 @@ class TwinEdge(_TwinProducer):
         self._cluster.groups.setdefault(self.group, Group()).members.append(self)
         self._cluster.rebalance(self.group)
 
-    def rebalanced(self, old: tuple[TP, ...], new: tuple[TP, ...], generation: int) -> None:
-        """Called by the cluster: the events this member sees at its next poll."""
-        if old:
-            self._events.append(Revoked(old))
-        self._events.append(Assigned(new))
+    def revoke(self, partitions: tuple[TP, ...]) -> None:
+        """Called by the cluster: a rebalance began; this member finds out at its next poll."""
+        self._events.append(Revoked(partitions) if partitions else None)
+
+    def assigned(self, partitions: tuple[TP, ...], generation: int) -> None:
+        """Called by the cluster: the rebalance completed; this member's share, seen at its next poll."""
+        self._events.append(Assigned(partitions))
         self._next_generation = generation
 
     def poll(self, max_records: int, timeout_s: float) -> Polled:
@@ -285,13 +308,14 @@ class TwinEdge(_TwinProducer):
             self._check("poll")
         except KafkaCallError as exc:  # the only errors a poll reports are fatal ones
             raise FatalKafkaError(f"Kafka reported a fatal error: {exc}") from exc
-        events = self._take_events()
+        # Records fetched before a rebalance come with it, as they can from librdkafka.
         records: list[Incoming] = []
         for tp in sorted(self._positions):
             if tp not in self._paused and len(records) < max_records:
                 limit = max_records - len(records)
                 found, self._positions[tp] = cluster.read(tp, self._positions[tp], limit, self._retry_topic)
                 records.extend(found)
+        events = self._take_events()
         if not records and not events:
             cluster.clock.advance(timeout_s)
         self._check("poll", after=True)
@@ -300,17 +324,21 @@ class TwinEdge(_TwinProducer):
     def _take_events(self) -> tuple[Event, ...]:
         if self.expired:  # dropped by the group: it finds out now, then joins again
             self.expired = False
-            lost = tuple(self._positions)
-            self._positions = {}
+            self._events = [Revoked(tuple(self._positions))]
             self._cluster.groups[self.group].members.append(self)
             self._cluster.rebalance(self.group)
-            self._events.insert(0, Revoked(lost))
-        events, self._events = tuple(self._events), []
-        for event in events:
+        taken: list[Event] = []
+        while self._events:
+            event = self._events.pop(0)
             self._positions = {}  # eager: revoked, or assigned nothing until `assign`
-            if isinstance(event, Assigned):
+            if event is None or isinstance(event, Revoked):
+                if event is not None:
+                    taken.append(event)
+                self._cluster.rejoined(self)  # may complete the rebalance and queue Assigned
+            else:
                 self._generation = self._next_generation
-        return events
+                taken.append(event)
+        return tuple(taken)
 
     def assign(self, starts: Mapping[TP, int]) -> None:
         self._check("assign")
@@ -331,12 +359,17 @@ class TwinEdge(_TwinProducer):
                 raise KafkaCallError(f"could not seek {tp[0]}-{tp[1]}: not assigned", "_STATE")
             self._positions[tp] = 0 if offset == BEGINNING else offset
 
-    def committed(self, partitions: Collection[TP]) -> Ready[dict[TP, int | None]]:
+    def committed(self, partitions: Collection[TP]) -> Later[dict[TP, int | None]]:
         self._check("committed")
-        if self._cluster.transactions.unstable(self.group, partitions):
-            return Ready(error=KafkaCallError("unstable offsets", "UNSTABLE_OFFSET_COMMIT", retriable=True))
-        committed = self._cluster.groups.setdefault(self.group, Group()).committed
-        return Ready({tp: committed.get(tp) for tp in partitions})
+        cluster, group = self._cluster, self.group
+
+        def answer() -> dict[TP, int | None]:
+            if cluster.transactions.unstable(group, partitions):
+                raise KafkaCallError("unstable offsets", "UNSTABLE_OFFSET_COMMIT", retriable=True)
+            committed = cluster.groups.setdefault(group, Group()).committed
+            return {tp: committed.get(tp) for tp in partitions}
+
+        return Later(answer)
 
     def lag(self) -> int | None:
         return sum(len(self._cluster.logs[t][p]) - position for (t, p), position in self._positions.items())
@@ -354,10 +387,10 @@ class _TwinStatsTail:
         found, self._position = self._cluster.read(self._tp, self._position, max_records, "")
         return found
 
-    def end_offset(self) -> Ready[int]:
+    def end_offset(self) -> Later[int]:
         self._cluster.faults.check(self._edge, "end_offset")
         topic, partition = self._tp
-        return Ready(len(self._cluster.logs[topic][partition]))
+        return Later(lambda: len(self._cluster.logs[topic][partition]))
 
     def position(self) -> int:
         return self._position

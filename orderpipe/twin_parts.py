@@ -25,7 +25,7 @@ __all__ = [
     "Faults",
     "Group",
     "Killed",
-    "Ready",
+    "Later",
     "Transaction",
     "TransactionCoordinator",
     "VirtualClock",
@@ -98,22 +98,42 @@ class Entry:
 
 @dataclass
 class Group:
+    """A consumer group as its coordinator keeps it.
+
+    A rebalance is eager and takes two steps, as in Kafka: every member is told to
+    give its partitions up (it finds out at its next poll, and rejoins), and once all
+    live members have rejoined the generation moves on and the new assignment is handed
+    out. Until then the old generation is still the group's, and offsets committed
+    with it are accepted.
+    """
+
     members: list[TwinEdge] = field(default_factory=list)
     generation: int = 0
     assignment: dict[int, tuple[TP, ...]] = field(default_factory=dict)  # id(member) -> partitions
     committed: dict[TP, int] = field(default_factory=dict)
+    rejoining: list[TwinEdge] = field(default_factory=list)
 
 
-class Ready(Generic[T]):
-    """A `Pending` that is answered at once."""
+class Later(Generic[T]):
+    """A `Pending` answered on the second look (as a broker's answer arrives a turn later), computed then."""
 
-    def __init__(self, value: T | None = None, error: KafkaCallError | None = None) -> None:
-        self._value, self._error = value, error
+    def __init__(self, answer: Callable[[], T]) -> None:
+        self._answer = answer
+        self._looks = 0
+        self._value: T | None = None
+        self._error: KafkaCallError | None = None
 
     def done(self) -> bool:
-        return True
+        self._looks += 1
+        if self._looks == 2:
+            try:
+                self._value = self._answer()
+            except KafkaCallError as exc:
+                self._error = exc
+        return self._looks >= 2
 
     def result(self) -> T:
+        assert self._looks >= 2, "result() before done()"
         if self._error is not None:
             raise self._error
         assert self._value is not None

@@ -99,7 +99,7 @@ def test_the_hold_pauses_what_is_read_and_seeks_back_to_what_it_dropped() -> Non
     assert hold.begin([A, B, R]) == {A, B, R}
     was_active = hold.active
     hold.drop([record(A, 7), record(A, 8), record(B, 2)])
-    hold.forget([B])
+    assert hold.forget([B, ("elsewhere", 0)]) == [B]
     assert hold.end() == ({A, R}, {A: 7})
     assert (was_active, hold.active) == (True, False)
     assert hold.end() == (set(), {})

@@ -83,17 +83,53 @@ def test_a_consumer_killed_at_any_call_and_restarted_counts_every_order_once(
     assert cluster.transactions.open_count() == 0
 
 
-def test_a_rebalance_mid_batch_aborts_the_batch_and_nothing_is_lost() -> None:
+def test_a_rebalance_beginning_mid_batch_lets_the_batch_commit_and_restores_after() -> None:
     cluster = new_cluster()
     produce_orders(cluster, 60, seed=9)
-    # The group moves on while a batch is in its transaction: its offsets are refused.
+    # Until every member rejoined, the group's generation is still the batch's: Kafka takes its offsets.
     cluster.faults.when("send_offsets", lambda: cluster.rebalance(SETTINGS.consumer_group))
-    twin = twin_consumer(cluster, failure_rate=0.2, seed=9)
-    summary = run(twin)
-    assert summary.aborted == 1
-    assert "reading the batch again from the last commit" in twin.log.getvalue()
+    summary = run(twin_consumer(cluster, failure_rate=0.2, seed=9))
+    assert summary.aborted == 0
+    assert cluster.faults.calls.count("assign") == 2, "the partitions were restored again after the rebalance"
     result = audit(cluster)
     assert result.exact, result.describe()
+
+
+def test_offsets_of_a_batch_whose_group_moved_on_while_its_commit_waited_are_refused() -> None:
+    """A commit step waits, a second consumer joins meanwhile and the rebalance completes: the first
+    consumer's offsets carry the generation its batch was read in, so they are refused and the batch
+    aborted, and the second consumer, which now owns some of its partitions, counts those once."""
+    cluster = new_cluster(partitions=4)
+    produce_orders(cluster, 80, seed=24)
+    first = twin_consumer(cluster, seed=24)
+    second = twin_consumer(cluster, seed=25, transactional_id="order-pipeline.twin.1")
+    cluster.faults.when("send_offsets", lambda: cluster.faults.fail("send_offsets", "retriable", times=5))
+    with first.consumer.open() as loop_a:
+        turn_until(loop_a, lambda: "send_offsets" in cluster.faults.calls)
+        with second.consumer.open() as loop_b:
+            turns(loop_a, 100, loop_b)
+            assert loop_a.group_total() == loop_b.group_total()
+        while loop_a.turn():
+            pass
+    assert first.consumer.summary.aborted == 1
+    assert second.decisions, "the second consumer took over partitions"
+    result = audit(cluster)
+    assert result.exact, result.describe()
+
+
+def test_a_rebalance_while_a_commit_waits_resumes_the_partitions_it_held_back() -> None:
+    cluster = new_cluster()
+    produce_orders(cluster, 60, seed=26)
+    cluster.faults.when("commit_transaction", lambda: cluster.faults.fail("commit_transaction", "retriable", times=3))
+    twin = twin_consumer(cluster, seed=26)
+    with twin.consumer.open() as loop:
+        turn_until(loop, lambda: "pause" in cluster.faults.calls)  # the hold paused the input
+        cluster.rebalance(SETTINGS.consumer_group)  # and gives the same partitions back
+        while loop.turn():
+            pass
+    result = audit(cluster)
+    assert result.exact, result.describe()
+    assert twin.consumer.summary.processed == result.expected.count
 
 
 def test_a_second_consumer_joining_and_leaving_shares_the_work_exactly_once() -> None:
@@ -177,7 +213,7 @@ def test_a_fenced_producer_stops_with_one_sentence_and_the_newer_one_finishes() 
     with newer.consumer.open() as new_loop:
         produce_orders(cluster, 20, seed=17)
         with pytest.raises(FatalKafkaError, match="fenced this one") as fenced:
-            turns(old_loop, 50)
+            turns(old_loop, 50, new_loop)
         old.__exit__(FatalKafkaError, fenced.value, None)  # the fenced process exits, leaving the group
         while new_loop.turn():
             pass
@@ -375,3 +411,18 @@ def test_a_stop_while_a_commit_waits_finishes_that_commit_first() -> None:
     assert summary.handled == 20
     assert cluster.transactions.open_count() == 0
     assert audit(cluster).counted_exactly
+
+
+def test_committed_offsets_moved_outside_the_pipeline_are_followed_and_named() -> None:
+    cluster = new_cluster()
+    produce_orders(cluster, 30, seed=27, invalid_rate=0, poison_rate=0)
+    run(twin_consumer(cluster))
+    committed = cluster.groups[SETTINGS.consumer_group].committed
+    tp = next(tp for tp, offset in committed.items() if tp[0] == SETTINGS.orders_topic and offset > 0)
+    committed[tp] = 0  # an operator reset the group's offset of one partition
+    again = twin_consumer(cluster)
+    run(again)
+    assert (
+        f"{tp[0]}-{tp[1]}: the committed offset is 0 but its state in the stats topic ends at" in again.log.getvalue()
+    )
+    assert again.consumer.summary.processed > 0, "the partition was read again from the reset offset"

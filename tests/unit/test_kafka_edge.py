@@ -20,7 +20,8 @@ from orderpipe.kafka_clients import (
     ensure_topics,
     partition_counts,
 )
-from orderpipe.kafka_edge import ConfluentEdge, open_kafka_edge, read_group_stats
+from orderpipe.kafka_edge import ConfluentEdge, open_kafka_edge
+from orderpipe.kafka_stats import read_group_stats
 from orderpipe.money import RunningAverage
 from orderpipe.routing import Incoming
 from orderpipe.settings import Settings, build_settings

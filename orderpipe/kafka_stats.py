@@ -1,0 +1,111 @@
+"""Reading the stats topic on confluent-kafka: the edge's `StatsTail`, and the --stats view."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, IsolationLevel, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
+
+from orderpipe.errors import BrokerUnavailableError, FatalKafkaError, KafkaCallError
+from orderpipe.kafka_clients import AdminAnswer, call_error, connect_admin, create_client, incoming, partition_counts
+from orderpipe.money import RunningAverage
+from orderpipe.routing import Incoming
+from orderpipe.settings import Settings
+from orderpipe.stats import topic_of_key
+from orderpipe.stats_view import StatsView
+
+__all__ = ["KafkaStatsTail", "read_group_stats"]
+
+REQUEST_TIMEOUT_S = 30.0
+CATCH_UP_TIMEOUT_S = 60.0
+
+
+class KafkaStatsTail:
+    """Reads the stats topic's one partition from the beginning, outside any group, read_committed."""
+
+    def __init__(self, settings: Settings, admin: AdminClient) -> None:
+        self._admin = admin
+        self._tp = TopicPartition(settings.stats_topic, 0)
+        self._consumer = create_client(
+            Consumer,
+            {
+                **settings.kafka_client_config(),
+                # Required by the client, never joined: the reader is assigned, not subscribed.
+                "group.id": f"{settings.consumer_group}.stats-reader",
+                "enable.auto.commit": False,
+                "isolation.level": "read_committed",
+                # Never skip history: an offset out of range goes back to the start.
+                "auto.offset.reset": "earliest",
+            },
+        )
+        self._consumer.assign([TopicPartition(settings.stats_topic, 0, OFFSET_BEGINNING)])
+
+    def poll(self, max_records: int, timeout_s: float = 0.0) -> list[Incoming]:
+        try:
+            messages = self._consumer.consume(max_records, timeout_s)
+        except KafkaException as exc:
+            raise call_error(exc, f"read {self._tp.topic}") from exc
+        records = []
+        for message in messages:
+            error = message.error()
+            if error is None:
+                records.append(incoming(message))
+            elif error.fatal():
+                raise FatalKafkaError(str(call_error(error, f"read {self._tp.topic}")))
+        return records
+
+    def end_offset(self) -> AdminAnswer[Any, int]:
+        try:
+            futures = self._admin.list_offsets(
+                {self._tp: OffsetSpec.latest()},  # type: ignore[no-untyped-call]
+                isolation_level=IsolationLevel.READ_UNCOMMITTED,
+                request_timeout=REQUEST_TIMEOUT_S,
+            )
+        except KafkaException as exc:
+            raise call_error(exc, f"find the end of {self._tp.topic}") from exc
+        return AdminAnswer(futures[self._tp], f"find the end of {self._tp.topic}", _end)
+
+    def position(self) -> int:
+        try:
+            return int(self._consumer.position([self._tp])[0].offset)
+        except KafkaException as exc:
+            raise call_error(exc, f"read the position in {self._tp.topic}") from exc
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+def _end(info: Any) -> int:
+    """A ListOffsets answer's offset; a negative one (no answer for the partition) is to be asked for again."""
+    offset = int(info.offset)
+    if offset < 0:
+        raise KafkaCallError(f"the broker gave no end offset ({offset})", "_NO_OFFSET", retriable=True)
+    return offset
+
+
+def read_group_stats(settings: Settings) -> dict[str, RunningAverage]:
+    """Every input partition's committed state, read from the stats topic up to its end (the --stats view).
+
+    Raises:
+        BrokerUnavailableError: the broker is unreachable or the end was not reached.
+    """
+    admin = connect_admin(settings)
+    if settings.stats_topic not in partition_counts(admin):
+        return {}
+    tail = KafkaStatsTail(settings, admin)
+    try:
+        view = StatsView(tail, settings.stats_topic)
+        catch_up = view.catch_up()
+        deadline = time.monotonic() + CATCH_UP_TIMEOUT_S
+        while not catch_up.advance(timeout_s=0.1):
+            if time.monotonic() > deadline:
+                raise BrokerUnavailableError(
+                    f"could not read {settings.stats_topic} to its end within {CATCH_UP_TIMEOUT_S:g}s; a consumer's "
+                    "transaction on it may still be open"
+                )
+    finally:
+        tail.close()
+    wanted = (settings.orders_topic, settings.retry_topic)
+    return {key: state for key, state in sorted(view.table.states.items()) if topic_of_key(key) in wanted}
