@@ -26,7 +26,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from config import Settings, load_settings
 from orderpipe.console import QUIET, Console
 from orderpipe.consumer_app import ConsumerOptions, OrderConsumer
-from orderpipe.kafka_edge import incoming
+from orderpipe.kafka_clients import incoming
 from orderpipe.order import ValidOrder
 from orderpipe.routing import Decision
 from tests.audit import Audit, audit_topics, pipeline_env
@@ -208,24 +208,38 @@ class Output:
         for line in stream:
             self.lines.append(line)
 
-    def wait_for_line(self, prefix: str, timeout: float = 60.0) -> None:
-        """Waits until a line starting with `prefix` was printed; fails if the program exits first."""
+    def count(self, prefix: str) -> int:
+        """How many lines starting with `prefix` were printed so far."""
+        return sum(1 for line in list(self.lines) if line.startswith(prefix))
+
+    def wait_for_line(self, prefix: str, timeout: float = 60.0, at_least: int = 1) -> None:
+        """Waits until `at_least` lines starting with `prefix` were printed; fails if the program exits first."""
 
         def seen() -> bool:
-            if any(line.startswith(prefix) for line in self.lines):
+            if self.count(prefix) >= at_least:
                 return True
             assert self.process.poll() is None or self._thread.is_alive(), (
-                f"{self.process.args!r} exited before a line starting {prefix!r}:\n{''.join(self.lines)}"
+                f"{self.process.args!r} exited before {at_least} lines starting {prefix!r}:\n{''.join(self.lines)}"
             )
             return False
 
-        wait_for(seen, timeout, f"a line starting {prefix!r}")
+        wait_for(seen, timeout, f"{at_least} lines starting {prefix!r}")
 
     def text(self, timeout: float = 240.0) -> str:
         """All of the output, once the program has exited."""
         self.process.wait(timeout)
         self._thread.join(timeout)
         return "".join(self.lines)
+
+
+def holds_for(condition: Callable[[], bool], seconds: float) -> bool:
+    """Whether `condition` stays true while it is polled for `seconds` (False as soon as it does not)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not condition():
+            return False
+        time.sleep(0.02)
+    return bool(condition())
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:

@@ -19,7 +19,16 @@ from orderpipe.consumer_app import ConsumerOptions, OrderConsumer
 from orderpipe.order import ValidOrder
 from orderpipe.routing import Processed
 from tests.audit import Audit
-from tests.integration.helpers import CONSUMER_SUMMARY, PRODUCER_SUMMARY, Output, Pipeline, audit, summary, wait_for
+from tests.integration.helpers import (
+    CONSUMER_SUMMARY,
+    PRODUCER_SUMMARY,
+    Output,
+    Pipeline,
+    audit,
+    holds_for,
+    summary,
+    wait_for,
+)
 
 STATS_LINE = re.compile(
     r"(?P<topic>\S+): count (?P<count>\d+), sum_cents (?P<sum>\d+), running average (?P<average>\S+)"
@@ -86,8 +95,7 @@ def kill_mid_transaction(process: subprocess.Popen[str], admin: AdminClient, top
     while time.monotonic() < deadline:
         wait_for(lambda: open_transaction(admin, topics), 30, "a transaction to be open")
         process.send_signal(signal.SIGSTOP)
-        threading.Event().wait(0.3)  # let a commit already in flight finish; not a synchronisation
-        if open_transaction(admin, topics):
+        if holds_for(lambda: open_transaction(admin, topics), 0.3):
             process.kill()
             process.wait()
             return
@@ -112,8 +120,9 @@ def test_consumer_killed_at_five_random_moments_counts_every_order_exactly_once(
         started = time.monotonic()
         output.wait_for_line("✓ Processed")  # it has its partitions and committed a batch
         working = time.monotonic() - started
-        # The kill moment: a random delay, then the next instant a transaction is open.
-        threading.Event().wait(moments.uniform(0.1, 2.0))
+        # The kill moment: after a random number of further lines (up to about two seconds
+        # at the console's 20 lines/s), then the next instant a transaction is open.
+        output.wait_for_line("✓ Processed", at_least=output.count("✓ Processed") + moments.randint(1, 40))
         kill_mid_transaction(output.process, admin, written)
         assert open_transaction(admin, written)
         restarted = time.monotonic()
