@@ -17,6 +17,7 @@ from orderpipe.twin_parts import Faults
 from tests.audit import audit_records
 from tests.unit.twin_helpers import (
     SETTINGS,
+    assert_exact,
     audit,
     encoded,
     new_cluster,
@@ -34,8 +35,7 @@ def test_every_order_is_processed_or_dead_lettered_exactly_once() -> None:
     made = produce_orders(cluster, 300, seed=3)
     twin = twin_consumer(cluster, failure_rate=0.2, seed=5)
     summary = run(twin)
-    result = audit(cluster)
-    assert result.exact, result.describe()
+    result = assert_exact(cluster)
     assert result.orders == len(made)
     assert summary.average == result.expected
     assert summary.retried > 0
@@ -78,9 +78,7 @@ def test_a_consumer_killed_at_any_call_and_restarted_counts_every_order_once(
         run(twin_consumer(cluster, failure_rate=0.3, seed=7))
     # The restart takes the same transactional id, so its start aborts what the kill left open.
     run(twin_consumer(cluster, failure_rate=0.3, seed=8))
-    result = audit(cluster)
-    assert result.exact, result.describe()
-    assert cluster.transactions.open_count() == 0
+    assert_exact(cluster)
 
 
 def test_a_rebalance_beginning_mid_batch_lets_the_batch_commit_and_restores_after() -> None:
@@ -91,8 +89,7 @@ def test_a_rebalance_beginning_mid_batch_lets_the_batch_commit_and_restores_afte
     summary = run(twin_consumer(cluster, failure_rate=0.2, seed=9))
     assert summary.aborted == 0
     assert cluster.faults.calls.count("assign") == 2, "the partitions were restored again after the rebalance"
-    result = audit(cluster)
-    assert result.exact, result.describe()
+    assert_exact(cluster)
 
 
 def test_offsets_of_a_batch_whose_group_moved_on_while_its_commit_waited_are_refused() -> None:
@@ -113,8 +110,7 @@ def test_offsets_of_a_batch_whose_group_moved_on_while_its_commit_waited_are_ref
             pass
     assert first.consumer.summary.aborted == 1
     assert second.decisions, "the second consumer took over partitions"
-    result = audit(cluster)
-    assert result.exact, result.describe()
+    assert_exact(cluster)
 
 
 def test_a_rebalance_while_a_commit_waits_resumes_the_partitions_it_held_back() -> None:
@@ -127,8 +123,7 @@ def test_a_rebalance_while_a_commit_waits_resumes_the_partitions_it_held_back() 
         cluster.rebalance(SETTINGS.consumer_group)  # and gives the same partitions back
         while loop.turn():
             pass
-    result = audit(cluster)
-    assert result.exact, result.describe()
+    result = assert_exact(cluster)
     assert twin.consumer.summary.processed == result.expected.count
 
 
@@ -148,8 +143,7 @@ def test_a_second_consumer_joining_and_leaving_shares_the_work_exactly_once() ->
             pass
     assert first.decisions
     assert second.decisions
-    result = audit(cluster)
-    assert result.exact, result.describe()
+    assert_exact(cluster)
 
 
 def test_an_aborted_transaction_is_read_again_from_the_last_commit() -> None:
@@ -158,8 +152,7 @@ def test_an_aborted_transaction_is_read_again_from_the_last_commit() -> None:
     cluster.faults.fail("commit_transaction", "abortable")
     summary = run(twin_consumer(cluster, failure_rate=0.2, seed=12))
     assert summary.aborted == 1
-    result = audit(cluster)
-    assert result.exact, result.describe()
+    assert_exact(cluster)
 
 
 def test_a_retriable_step_is_tried_again_while_the_loop_keeps_polling() -> None:
@@ -174,8 +167,7 @@ def test_a_retriable_step_is_tried_again_while_the_loop_keeps_polling() -> None:
     assert waiting.count("send_offsets") == 4
     assert waiting.count("poll") >= 3, "the loop polled while the step waited"
     assert "pause" in waiting, "input was held back while the commit waited"
-    result = audit(cluster)
-    assert result.exact, result.describe()
+    assert_exact(cluster)
 
 
 def test_a_commit_whose_outcome_stays_unknown_stops_the_consumer_and_a_restart_settles_it() -> None:
@@ -188,8 +180,7 @@ def test_a_commit_whose_outcome_stays_unknown_stops_the_consumer_and_a_restart_s
     assert cluster.transactions.open_count() == 1
     cluster.faults.clear()
     run(twin_consumer(cluster, seed=14))
-    result = audit(cluster)
-    assert result.exact, result.describe()
+    assert_exact(cluster)
 
 
 def test_five_aborted_batches_in_a_row_stop_the_consumer() -> None:
@@ -199,8 +190,7 @@ def test_five_aborted_batches_in_a_row_stop_the_consumer() -> None:
     with pytest.raises(FatalKafkaError, match="5 batches in a row were aborted"):
         run(twin_consumer(cluster, seed=15))
     run(twin_consumer(cluster, seed=15))
-    result = audit(cluster)
-    assert result.exact, result.describe()
+    assert_exact(cluster)
 
 
 def test_a_fenced_producer_stops_with_one_sentence_and_the_newer_one_finishes() -> None:
@@ -217,8 +207,7 @@ def test_a_fenced_producer_stops_with_one_sentence_and_the_newer_one_finishes() 
         old.__exit__(FatalKafkaError, fenced.value, None)  # the fenced process exits, leaving the group
         while new_loop.turn():
             pass
-    result = audit(cluster)
-    assert result.exact, result.describe()
+    assert_exact(cluster)
 
 
 def test_a_fatal_consumer_error_stops_the_loop() -> None:
@@ -238,8 +227,7 @@ def test_a_zombie_past_max_poll_interval_cannot_commit_and_rejoins_from_the_comm
         while loop.turn():
             pass
     assert zombie.consumer.summary.aborted == 1
-    result = audit(cluster)
-    assert result.exact, result.describe()
+    assert_exact(cluster)
 
 
 POISON_VALUES = [
@@ -270,8 +258,7 @@ def test_poison_on_the_orders_topic_is_dead_lettered_byte_for_byte_and_the_rest_
             "DeserializationError",
         )
     assert summary.processed == 21
-    result = audit(cluster)
-    assert result.exact, result.describe()
+    assert_exact(cluster)
 
 
 FORGED_RETRY_HEADERS = [
@@ -375,8 +362,7 @@ def test_at_least_once_delivery_is_exact_when_nothing_fails() -> None:
     )
     run(twin)
     assert "at-least-once" in twin.out.getvalue()
-    result = audit(cluster)
-    assert result.exact, result.describe()
+    assert_exact(cluster)
 
 
 def test_a_restore_waits_for_an_open_transaction_while_it_keeps_polling() -> None:
@@ -393,8 +379,7 @@ def test_a_restore_waits_for_an_open_transaction_while_it_keeps_polling() -> Non
     assert waiting.count("committed") > 1, "the committed offsets were asked for again"
     assert waiting.count("poll") > 10, "the loop kept polling meanwhile"
     assert cluster.clock.now - killed_at >= cluster.transactions.timeout_s
-    result = audit(cluster)
-    assert result.exact, result.describe()
+    assert_exact(cluster)
 
 
 def test_a_stop_while_a_commit_waits_finishes_that_commit_first() -> None:

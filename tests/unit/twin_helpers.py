@@ -136,3 +136,11 @@ def run(twin: Twin) -> ConsumerSummary:
 
 def audit(cluster: TwinCluster, settings: Settings = SETTINGS) -> Audit:
     return audit_topics(cluster.records, settings)
+
+
+def assert_exact(cluster: TwinCluster, settings: Settings = SETTINGS) -> Audit:
+    """Every order counted or dead-lettered once, nothing written twice, no transaction left open."""
+    result = audit(cluster, settings)
+    assert result.exact, result.describe()
+    assert cluster.transactions.open_count() == 0
+    return result
