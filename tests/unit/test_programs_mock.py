@@ -33,9 +33,8 @@ def loader(env: Mapping[str, str]) -> LoadSettings:
     return load
 
 
-@pytest.mark.parametrize("delivery", ["exactly-once", "at-least-once"])
 def test_orders_produced_are_processed_or_dead_lettered(
-    mock_cluster: MockCluster, capsys: pytest.CaptureFixture[str], delivery: str
+    mock_cluster: MockCluster, capsys: pytest.CaptureFixture[str]
 ) -> None:
     load = loader(mock_cluster.env())
     flags = ["--count", "60", "--rate", "0", "--invalid-rate", "0.1", "--poison-rate", "0.1", "--seed", "4"]
@@ -43,7 +42,7 @@ def test_orders_produced_are_processed_or_dead_lettered(
     sent, valid, invalid, poison, delivered = map(int, PRODUCED.findall(capsys.readouterr().out)[0])
     assert (sent, delivered) == (60, 60)
 
-    consumer_flags = ["--idle-exit", "1", "--failure-rate", "0.2", "--seed", "2", "--delivery", delivery]
+    consumer_flags = ["--idle-exit", "1", "--failure-rate", "0.2", "--seed", "2"]
     assert consumer_main(load, [*consumer_flags, "--verbose", "--report-latency"]) == 0
     out = capsys.readouterr().out
     processed, retried, _, deserialization, validation, exhausted = map(int, CONSUMED.findall(out)[0])
