@@ -39,6 +39,20 @@ RETRY_WINDOW_S = 60.0
 BACKOFF_S = (0.05, 0.1, 0.2, 0.5, 1.0)
 # Offset-commit failures that only mean a rebalance took the partitions away.
 REBALANCE_CODES = frozenset({"ILLEGAL_GENERATION", "UNKNOWN_MEMBER_ID", "REBALANCE_IN_PROGRESS"})
+# Failures that say a broker or coordinator was slow or away, not that the batch is
+# wrong: a transaction aborted for one of these is not counted as a failing batch.
+TRANSIENT_CODES = frozenset(
+    {
+        "_TIMED_OUT",
+        "REQUEST_TIMED_OUT",
+        "_TRANSPORT",
+        "_ALL_BROKERS_DOWN",
+        "NETWORK_EXCEPTION",
+        "NOT_COORDINATOR",
+        "COORDINATOR_NOT_AVAILABLE",
+        "COORDINATOR_LOAD_IN_PROGRESS",
+    }
+)
 
 
 class Progress(enum.Enum):
@@ -64,6 +78,7 @@ class TransactionalCommitter:
         self._deadline = 0.0
         self.retry_at = 0.0
         self.aborting = ""  # why the transaction is being aborted; empty while it goes on
+        self.transient = False  # the abort was caused by a slow or absent broker, not by the batch
         self.mode = f"exactly-once, transactional id {transactional_id}"
 
     @property
@@ -88,7 +103,7 @@ class TransactionalCommitter:
             ("send the offsets", lambda: edge.send_offsets(effects.offsets)),
             ("commit the transaction", edge.commit_transaction),
         ]
-        self._attempt, self.retry_at, self.aborting = 0, 0.0, ""
+        self._attempt, self.retry_at, self.aborting, self.transient = 0, 0.0, "", False
 
     def advance(self) -> Progress:
         """Runs the batch's steps until one must wait, the transaction is aborted, or it is committed."""
@@ -116,6 +131,7 @@ class TransactionalCommitter:
                             f"could not commit the transaction within {RETRY_WINDOW_S:g}s ({exc}); stopping, so "
                             f"that a restart with transactional id {self._id} settles it"
                         ) from exc
+                self.transient = exc.retriable or exc.code in TRANSIENT_CODES
                 return self._begin_abort(f"could not {what}, so the transaction was aborted ({exc})", now)
             self._steps.pop(0)
             self._attempt = 0
@@ -159,6 +175,7 @@ class AtLeastOnceCommitter:
     pending = False
     retry_at = 0.0
     aborting = ""
+    transient = False
 
     def __init__(self, edge: KafkaEdge) -> None:
         self._edge = edge

@@ -176,7 +176,9 @@ class ConsumerLoop:
             self._reporter.committed(effects, before, self._batch_read_s, self._clock.time())
         else:
             self._reporter.summary.aborted += 1
-            self._aborts_in_a_row += 1
+            # A broker or coordinator that is slow or away is waited for; only a batch
+            # that fails for itself, again and again, stops the consumer.
+            self._aborts_in_a_row += 0 if self._committer.transient else 1
             if self._aborts_in_a_row >= MAX_ABORTS_IN_A_ROW:
                 raise FatalKafkaError(
                     f"{self._aborts_in_a_row} batches in a row were aborted; the last: {self._committer.aborting}"

@@ -48,8 +48,11 @@ __all__ = ["ConfluentEdge", "open_kafka_edge"]
 
 log = logging.getLogger(__name__)
 
-# One transactional call (send offsets, commit, abort); a longer wait is tried again.
+# One transactional call (commit, abort); a longer wait is tried again.
 TRANSACTION_CALL_TIMEOUT_S = 5.0
+# Sending offsets takes two coordinators: a timeout in its second step makes librdkafka
+# abort the transaction, so it gets as long as a transaction may stay open.
+SEND_OFFSETS_TIMEOUT_S = 10.0
 # Registering the transactional id: at start-up, before the consumer joins its group.
 INIT_TIMEOUT_S = 60.0
 REQUEST_TIMEOUT_S = 30.0
@@ -123,7 +126,11 @@ class _ConfluentProducer:
     def begin_transaction(self) -> None:
         _call("begin the transaction", self._producer.begin_transaction)
         self._in_transaction = True
-        self._group_metadata = self._consumer.consumer_group_metadata()
+        try:
+            # A copy, not a handle: the generation as it is now, when the batch was read.
+            self._group_metadata = self._consumer.consumer_group_metadata()
+        except KafkaException as exc:
+            raise call_error(exc, "read the consumer group metadata") from exc
 
     def produce(self, records: Sequence[Outgoing]) -> None:
         for record in records:
@@ -142,7 +149,7 @@ class _ConfluentProducer:
         metadata = self._group_metadata
         _call(
             "send the offsets",
-            lambda: self._producer.send_offsets_to_transaction(_offsets(offsets), metadata, TRANSACTION_CALL_TIMEOUT_S),
+            lambda: self._producer.send_offsets_to_transaction(_offsets(offsets), metadata, SEND_OFFSETS_TIMEOUT_S),
         )
 
     def commit_transaction(self) -> None:

@@ -74,7 +74,10 @@ class KafkaStatsTail:
             raise call_error(exc, f"read the position in {self._tp.topic}") from exc
 
     def close(self) -> None:
-        self._consumer.close()
+        try:
+            self._consumer.close()
+        except KafkaException as exc:
+            raise call_error(exc, f"close the reader of {self._tp.topic}") from exc
 
 
 def _end(info: Any) -> int:

@@ -44,8 +44,11 @@ __all__ = ["ERROR_KINDS", "Killed", "TwinCluster", "TwinEdge", "VirtualClock"]
 class TwinCluster:
     """The broker's side: topics, groups and transactions, for any number of `TwinEdge`s."""
 
-    def __init__(self, clock: VirtualClock | None = None, *, transaction_timeout_s: float = 10.0) -> None:
+    def __init__(
+        self, clock: VirtualClock | None = None, *, transaction_timeout_s: float = 10.0, session_timeout_s: float = 10.0
+    ) -> None:
         self.clock = clock or VirtualClock()
+        self.session_timeout_s = session_timeout_s
         self.logs: dict[str, list[list[Entry]]] = {}
         self.groups: dict[str, Group] = {}
         self.transactions = TransactionCoordinator(self.clock, self.logs, self.groups, transaction_timeout_s)
@@ -116,9 +119,8 @@ class TwinCluster:
         return len(log)
 
     def rebalance(self, group: str) -> None:
-        """Starts a rebalance: every live member gives its partitions up at its next poll, then rejoins."""
+        """Starts a rebalance: every member gives its partitions up at its next poll, then rejoins."""
         state = self.groups.setdefault(group, Group())
-        state.members = [m for m in state.members if not m.dead]
         for member in state.members:
             if member not in state.rejoining:
                 state.rejoining.append(member)
@@ -133,9 +135,12 @@ class TwinCluster:
             self._complete(state)
 
     def _complete(self, state: Group) -> None:
-        """Once every live member rejoined: a new generation, the partitions shared round-robin."""
-        state.rejoining = [m for m in state.rejoining if not m.dead]
-        members = [m for m in state.members if not m.dead]
+        """Once every member rejoined: a new generation, the partitions shared round-robin.
+
+        A killed member never rejoins: the rebalance waits until its session times out
+        (`evict_the_dead`), as Kafka's does.
+        """
+        members = state.members
         if state.rejoining or not members:
             return
         state.generation += 1
@@ -143,6 +148,18 @@ class TwinCluster:
         for index, member in enumerate(members):
             state.assignment[id(member)] = tuple(partitions[index :: len(members)])
             member.assigned(state.assignment[id(member)], state.generation)
+
+    def evict_the_dead(self, group: str) -> None:
+        """Drops killed members that have not polled for a session timeout, as the coordinator does."""
+        state = self.groups[group]
+        gone = [m for m in state.members if m.dead and self.clock.now - m.last_poll > self.session_timeout_s]
+        for member in gone:
+            state.members.remove(member)
+            state.assignment.pop(id(member), None)
+            if member in state.rejoining:
+                state.rejoining.remove(member)
+        if gone:
+            self.rebalance(group)
 
     def expire(self, edge: TwinEdge) -> None:
         """The group drops a member that stopped polling (max.poll.interval.ms): a zombie until it polls."""
@@ -267,6 +284,8 @@ class TwinEdge(_TwinProducer):
         self._epoch = 0
         self._transaction = None
         self.topics: tuple[str, ...] = ()
+        self.assignment: tuple[TP, ...] = ()  # the partitions the group gave this member
+        self.last_poll = cluster.clock.now
         self.dead = False
         self.expired = False
         # What the next poll reports; None: a rebalance began that revokes nothing here.
@@ -315,6 +334,9 @@ class TwinEdge(_TwinProducer):
                 limit = max_records - len(records)
                 found, self._positions[tp] = cluster.read(tp, self._positions[tp], limit, self._retry_topic)
                 records.extend(found)
+        self.last_poll = cluster.clock.now
+        if self.topics:
+            cluster.evict_the_dead(self.group)
         events = self._take_events()
         if not records and not events:
             cluster.clock.advance(timeout_s)
@@ -324,7 +346,7 @@ class TwinEdge(_TwinProducer):
     def _take_events(self) -> tuple[Event, ...]:
         if self.expired:  # dropped by the group: it finds out now, then joins again
             self.expired = False
-            self._events = [Revoked(tuple(self._positions))]
+            self._events = [Revoked(self.assignment)]  # all of it, as librdkafka's on_lost does
             self._cluster.groups[self.group].members.append(self)
             self._cluster.rebalance(self.group)
         taken: list[Event] = []
@@ -332,11 +354,13 @@ class TwinEdge(_TwinProducer):
             event = self._events.pop(0)
             self._positions = {}  # eager: revoked, or assigned nothing until `assign`
             if event is None or isinstance(event, Revoked):
+                self.assignment = ()
                 if event is not None:
                     taken.append(event)
                 self._cluster.rejoined(self)  # may complete the rebalance and queue Assigned
             else:
                 self._generation = self._next_generation
+                self.assignment = event.partitions
                 taken.append(event)
         return tuple(taken)
 

@@ -33,7 +33,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-ERROR_KINDS = ("retriable", "abortable", "fatal", "fenced")
+ERROR_KINDS = ("retriable", "abortable", "abortable-timeout", "fatal", "fenced")
 
 
 def injected_error(kind: str, operation: str) -> KafkaCallError:
@@ -43,6 +43,8 @@ def injected_error(kind: str, operation: str) -> KafkaCallError:
         return KafkaCallError(message, "REQUEST_TIMED_OUT", retriable=True)
     if kind == "abortable":
         return KafkaCallError(message, "INVALID_TXN_STATE", abortable=True)
+    if kind == "abortable-timeout":  # as librdkafka reports a send_offsets whose second step timed out
+        return KafkaCallError(message, "_TIMED_OUT", abortable=True)
     if kind == "fatal":
         return KafkaCallError(message, "_FATAL", fatal=True)
     if kind == "fenced":

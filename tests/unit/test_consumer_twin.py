@@ -9,6 +9,7 @@ from dataclasses import replace
 import pytest
 
 from orderpipe.consumer_app import AT_LEAST_ONCE, ConsumerOptions
+from orderpipe.consumer_loop import ConsumerLoop
 from orderpipe.errors import FatalKafkaError
 from orderpipe.order import ValidOrder
 from orderpipe.routing import Retry
@@ -367,6 +368,7 @@ def test_at_least_once_delivery_is_exact_when_nothing_fails() -> None:
 
 def test_a_restore_waits_for_an_open_transaction_while_it_keeps_polling() -> None:
     cluster = new_cluster()
+    cluster.transactions.timeout_s = 30  # longer than the session timeout after which the group moves on
     produce_orders(cluster, 40, seed=22)
     cluster.faults.kill_at("commit_transaction")
     with pytest.raises(Killed):
@@ -411,3 +413,38 @@ def test_committed_offsets_moved_outside_the_pipeline_are_followed_and_named() -
         f"{tp[0]}-{tp[1]}: the committed offset is 0 but its state in the stats topic ends at" in again.log.getvalue()
     )
     assert again.consumer.summary.processed > 0, "the partition was read again from the reset offset"
+
+
+def test_aborts_caused_by_a_coordinator_timing_out_are_waited_out_not_counted_as_failing_batches() -> None:
+    cluster = new_cluster()
+    produce_orders(cluster, 30, seed=28)
+    # librdkafka aborts the transaction when the second step of send_offsets times out.
+    cluster.faults.fail("send_offsets", "abortable-timeout", times=7)
+    summary = run(twin_consumer(cluster, seed=28))
+    assert summary.aborted == 7
+    assert_exact(cluster)
+
+
+def test_a_member_killed_during_a_rebalance_is_evicted_after_the_session_timeout() -> None:
+    cluster = new_cluster(partitions=4)
+    produce_orders(cluster, 60, seed=29)
+    options = ConsumerOptions(idle_exit_s=30)
+    first = twin_consumer(cluster, seed=29, options=options)
+    second = twin_consumer(cluster, seed=30, transactional_id="order-pipeline.twin.1", options=options)
+
+    def join_then_die_in_a_rebalance(loop_a: ConsumerLoop) -> None:
+        with second.consumer.open() as loop_b:
+            turns(loop_a, 20, loop_b)
+            cluster.rebalance(SETTINGS.consumer_group)
+            turns(loop_a, 1)  # the first rejoins; the rebalance waits for the second
+            cluster.faults.kill_at("poll")
+            turns(loop_b, 1)
+
+    with first.consumer.open() as loop_a:
+        with pytest.raises(Killed):
+            join_then_die_in_a_rebalance(loop_a)
+        produce_orders(cluster, 40, seed=31)  # for every partition, the dead member's among them
+        while loop_a.turn():  # the rebalance waits for the dead member until its session times out
+            pass
+    assert second.decisions, "the second consumer had partitions before it died"
+    assert_exact(cluster)
