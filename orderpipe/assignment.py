@@ -128,7 +128,7 @@ class Restorer:
         if not self._caught_up:
             if self._catch_up is None:
                 self._catch_up = self._stats.catch_up()
-            self._caught_up = self._catch_up.advance()
+            self._caught_up = self._catch_up.reached()
 
 
 def _names(partitions: tuple[TP, ...]) -> str:

@@ -97,8 +97,8 @@ class ConsumerLoop:
         """One turn of the loop: at most one poll and one batch. False once the idle limit passed."""
         edge, clock = self._edge, self._clock
         now = clock.time()
+        self._stats.poll()  # before the restorer looks at how far the stats were read
         self._restorer.advance()
-        self._stats.poll()
         if self._committer.pending:
             self._wait_for_commit()
             return True

@@ -102,7 +102,8 @@ def read_group_stats(settings: Settings) -> dict[str, RunningAverage]:
         view = StatsView(tail, settings.stats_topic)
         catch_up = view.catch_up()
         deadline = time.monotonic() + CATCH_UP_TIMEOUT_S
-        while not catch_up.advance(timeout_s=0.1):
+        while not catch_up.reached():
+            view.poll(timeout_s=0.1)
             if time.monotonic() > deadline:
                 raise BrokerUnavailableError(
                     f"could not read {settings.stats_topic} to its end within {CATCH_UP_TIMEOUT_S:g}s; a consumer's "

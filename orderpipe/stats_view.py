@@ -38,7 +38,7 @@ class StatsView:
                 log.warning("Ignoring %s record %r at offset %d: %s", self._topic, record.label, record.offset, exc)
 
     def catch_up(self) -> CatchUp:
-        """Starts reading up to the topic's present end; `CatchUp.advance` says when it is reached."""
+        """Asks for the topic's present end; `CatchUp.reached` says when the view has read that far."""
         return CatchUp(self, self._tail.end_offset())
 
     def position(self) -> int:
@@ -46,17 +46,19 @@ class StatsView:
 
 
 class CatchUp:
-    """Reading the stats topic up to the end it had when this began, without waiting."""
+    """Whether the stats view has read up to the end the topic had when this began.
+
+    It reads nothing itself: whoever owns the view polls it (the loop on every turn).
+    """
 
     def __init__(self, view: StatsView, end: Pending[int]) -> None:
         self._view = view
         self._end = end
 
-    def advance(self, timeout_s: float = 0.0) -> bool:
-        """Reads what has arrived; True once the end is reached.
+    def reached(self) -> bool:
+        """True once the end is known and the view's position is past it.
 
         Raises:
             KafkaCallError: the end could not be asked for.
         """
-        self._view.poll(timeout_s)
         return self._end.done() and self._view.position() >= self._end.result()
