@@ -38,18 +38,26 @@ def encode_stats(state: RunningAverage, next_offset: int) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode()
 
 
+# A real value is under 100 bytes. The limit also bounds what json.loads is given:
+# no integer long enough to be refused by Python, no nesting deep enough to recurse out.
+MAX_STATS_VALUE_BYTES = 1024
+
+
 def decode_stats(value: bytes) -> tuple[RunningAverage, int | None]:
     """Reads one stats value: the state, and the input offset it reaches (None if absent).
 
     Extra fields are ignored so later versions may add some.
 
     Raises:
-        DeserializationError: the value is not a JSON object with non-negative integer
-            `count` and `sum_cents` (and `next_offset`, when present).
+        DeserializationError: the value is larger than MAX_STATS_VALUE_BYTES, or not a
+            JSON object with non-negative integer `count` and `sum_cents` (and
+            `next_offset`, when present).
     """
+    if len(value) > MAX_STATS_VALUE_BYTES:
+        raise DeserializationError(f"stats value is {len(value)} bytes, more than {MAX_STATS_VALUE_BYTES}")
     try:
         data = json.loads(value)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # not UTF-8 or not JSON; an integer too long to convert
         raise DeserializationError(f"stats value is not JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise DeserializationError("stats value is not a JSON object")

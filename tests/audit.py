@@ -125,13 +125,14 @@ def audit_records(
 
 def published_total(stats_records: Sequence[TopicRecord]) -> RunningAverage:
     """The sum of every key's latest value on the stats topic (what the group counted)."""
-    latest: dict[bytes | None, Any] = {}
+    latest: dict[bytes | None, bytes | None] = {}
     for record in stats_records:
-        latest[record.key] = json.loads(record.value) if record.value is not None else None
+        latest[record.key] = record.value  # only the latest is read: earlier ones may be anything
     total = RunningAverage()
     for value in latest.values():
         if value is not None:
-            total += RunningAverage(value["count"], value["sum_cents"])
+            data = json.loads(value)
+            total += RunningAverage(data["count"], data["sum_cents"])
     return total
 
 

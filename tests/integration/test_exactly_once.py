@@ -11,7 +11,7 @@ import threading
 import time
 
 import pytest
-from confluent_kafka import IsolationLevel, TopicPartition
+from confluent_kafka import IsolationLevel, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
 
 from orderpipe.console import QUIET, Console
@@ -274,3 +274,24 @@ def test_at_least_once_delivery_is_exact_when_nothing_crashes(pipeline: Pipeline
     assert run.returncode == 0, run.stderr
     assert "at-least-once" in run.stdout
     assert_exact(audit(pipeline), produced)
+
+
+def test_stats_values_no_reader_can_take_are_ignored_and_the_count_stays_exact(pipeline: Pipeline) -> None:
+    settings = pipeline.settings
+    produced = produce_orders(pipeline, 300, seed=17)
+    # The worst a client could write to the stats topic, under the keys of the orders partitions:
+    # an integer Python refuses to convert, nesting deep enough to recurse out of json.loads, not UTF-8.
+    poison = [b'{"count": ' + b"9" * 5000 + b', "sum_cents": 0}', b"[" * 100_000 + b"]" * 100_000, b"\xff\xfe"]
+    producer = Producer({"bootstrap.servers": settings.bootstrap_servers})
+    for partition, value in enumerate(poison):
+        producer.produce(settings.stats_topic, key=f"{settings.orders_topic}-{partition}".encode(), value=value)
+    assert producer.flush(30) == 0
+
+    shown = pipeline.run("consumer.py", "--stats")
+    assert shown.returncode == 0, shown.stderr
+    run = pipeline.run("consumer.py", "--idle-exit", "3")
+    assert run.returncode == 0, run.stderr
+    assert run.stderr.count("Ignoring") >= len(poison)
+    assert_exact(audit(pipeline), produced)
+    final = summary(CONSUMER_SUMMARY, run.stdout)
+    assert int(final["count"]) == int(produced["valid"])

@@ -35,6 +35,9 @@ def test_values_are_the_json_of_design_section_3_with_the_offset_they_reach() ->
         (b'{"count": true, "sum_cents": 0}', "count"),
         (b'{"count": 1, "sum_cents": "12"}', "sum_cents"),
         (b'{"count": 1, "sum_cents": 2, "next_offset": -1}', "next_offset"),
+        (b"[" * 500 + b"]" * 500, "not a JSON object"),
+        (b'{"count": ' + b"9" * 5000 + b', "sum_cents": 0}', "more than 1024"),  # Python refuses the integer
+        (b"[" * 100_000 + b"]" * 100_000, "more than 1024"),  # would recurse out of json.loads
     ],
 )
 def test_a_malformed_value_is_named(value: bytes, problem: str) -> None:
