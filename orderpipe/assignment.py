@@ -12,13 +12,11 @@ not ready yet is asked for again after a short backoff.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 
 from orderpipe.clock import Clock
 from orderpipe.edge import TP, KafkaEdge, Pending
 from orderpipe.errors import BrokerUnavailableError, KafkaCallError
 from orderpipe.ownership import Ownership
-from orderpipe.stats import stats_key
 from orderpipe.stats_view import CatchUp, StatsView
 
 __all__ = ["Restorer"]
@@ -45,6 +43,7 @@ class Restorer:
         self._clock = clock
         self._timeout_s = timeout_s
         self._deadline = 0.0
+        self._position = 0
         self._ask_at = 0.0
         self._committed: Pending[dict[TP, int | None]] | None = None
         self._offsets: dict[TP, int | None] | None = None
@@ -55,6 +54,7 @@ class Restorer:
     def start(self) -> None:
         """Begins restoring `ownership.restoring` (a new assignment replaces any restore under way)."""
         self._deadline = self._clock.monotonic() + self._timeout_s
+        self._position = self._stats.position()
         self._ask_at = 0.0
         self._committed = self._offsets = self._catch_up = None
         self._caught_up = False
@@ -64,8 +64,9 @@ class Restorer:
         """Moves the restore on; assigns the partitions once both answers are in.
 
         Raises:
-            BrokerUnavailableError: no answer within the timeout, which means a
-                transaction stayed open (or the broker is gone).
+            BrokerUnavailableError: no answer within the timeout (counted from the
+                last stats record read), which means a transaction stayed open (or
+                the broker is gone).
         """
         partitions = self._ownership.restoring
         if not partitions:
@@ -80,42 +81,35 @@ class Restorer:
             if not self._caught_up:
                 self._catch_up = None
         if self._offsets is not None and self._caught_up:
-            published = self._stats.table.published
-            self._warn_of_disagreements(self._offsets, published.next_offsets)
-            starts = self._ownership.restored(self._offsets, published)
+            table = self._stats.table
+            starts, unmatched = self._ownership.restored(self._offsets, table)
+            for tp in unmatched:
+                log.warning(
+                    "⚠ %s-%d: no value in the stats topic reaches the committed offset %d (the latest reaches %s); "
+                    "its latest state is used, so its running average may not match what it reads",
+                    *tp,
+                    starts[tp],
+                    table.latest[tp].next_offset,
+                )
             self._edge.assign(starts)
             log.debug(
                 "assigned: %s (stats read to offset %d, %d keys)",
                 ", ".join(f"{t}-{p}@{offset}" for (t, p), offset in starts.items()),
                 self._stats.position(),
-                len(published.states),
+                len(table.latest),
             )
-        elif now > self._deadline:
+            return
+        position = self._stats.position()
+        if position > self._position:
+            # Reading a long stats topic is progress, not a hang: the limit counts from the last record read.
+            self._position, self._deadline = position, now + self._timeout_s
+        if now > self._deadline:
             missing = "the committed offsets" if self._offsets is None else "the end of the stats topic"
             raise BrokerUnavailableError(
                 f"could not read {missing} for partitions {_names(partitions)} within {self._timeout_s:g}s "
                 f"({self._problem or 'no answer'}); a consumer's transaction may still be open (it ends when "
                 "that consumer restarts or its transaction.timeout.ms runs out)"
             )
-
-    @staticmethod
-    def _warn_of_disagreements(committed: dict[TP, int | None], next_offsets: Mapping[str, int]) -> None:
-        """The committed offset and the stats value's `next_offset` are written together; say so if they differ.
-
-        The committed offset is followed (it is the group's), but a difference means
-        something committed offsets outside the pipeline (a reset, say), and the
-        partition's running average no longer matches what it will read.
-        """
-        for (topic, partition), offset in committed.items():
-            ends = next_offsets.get(stats_key(topic, partition))
-            if offset is not None and ends is not None and ends != offset:
-                log.warning(
-                    "⚠ %s-%d: the committed offset is %d but its state in the stats topic ends at offset %d",
-                    topic,
-                    partition,
-                    offset,
-                    ends,
-                )
 
     def _ask(self, partitions: tuple[TP, ...], now: float) -> None:
         if now < self._ask_at:

@@ -25,6 +25,7 @@ from orderpipe.consumer_app import (
     OrderConsumer,
     simulated_outage,
 )
+from orderpipe.edge import TP
 from orderpipe.errors import OrderPipeError
 from orderpipe.kafka_clients import librdkafka_logger
 from orderpipe.kafka_stats import read_group_stats
@@ -244,13 +245,14 @@ def producer_main(load_settings: LoadSettings, argv: Sequence[str] | None = None
     return _run(main)
 
 
-def _print_stats(topic: str, states: dict[str, RunningAverage], verbosity: int) -> None:
+def _print_stats(topic: str, states: dict[TP, RunningAverage], verbosity: int) -> None:
     """The stats view: one line for scripts and people, and one per partition with --verbose."""
     total = RunningAverage()
-    for key, state in states.items():
+    for (input_topic, partition), state in states.items():
         total += state
         if verbosity >= VERBOSE:
-            print(f"{key}: count {state.count}, sum_cents {state.sum_cents}, average {state.describe()}")
+            counted = f"count {state.count}, sum_cents {state.sum_cents}, average {state.describe()}"
+            print(f"{input_topic}-{partition}: {counted}")
     print(f"{topic}: count {total.count}, sum_cents {total.sum_cents}, running average {total.describe()}")
 
 

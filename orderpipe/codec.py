@@ -42,6 +42,7 @@ __all__ = [
     "OrderSchema",
     "SchemaLookup",
     "load_order_schema",
+    "schema_id_of",
 ]
 
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
@@ -58,6 +59,7 @@ SchemaLookup = Callable[[int], Any]
 # The fields `_write_order` writes, in order, as (name, Avro type).
 ORDER_LAYOUT = (("orderId", "string"), ("product", "string"), ("price", "float"))
 _FLOAT = struct.Struct("<f")
+_SCHEMA_ID = struct.Struct(">I")
 
 
 def _avro_long(number: int) -> bytes:
@@ -159,6 +161,14 @@ def load_order_schema(path: Path = DEFAULT_SCHEMA_PATH) -> OrderSchema:
     # the byte order the single-object header wants.
     raw = bytes.fromhex(fingerprint(to_parsing_canonical_form(parsed), "CRC-64-AVRO"))
     return OrderSchema(text=text, parsed=parsed, fingerprint=raw, has_order_layout=_layout(parsed) == ORDER_LAYOUT)
+
+
+def schema_id_of(value: bytes | None) -> int | None:
+    """The schema id of a value in the Confluent wire format, else None."""
+    if value is None or len(value) < _CONFLUENT_HEADER or not value.startswith(CONFLUENT_MAGIC):
+        return None
+    schema_id: int = _SCHEMA_ID.unpack_from(value, 1)[0]
+    return schema_id
 
 
 class OrderDecoder:

@@ -13,15 +13,16 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from orderpipe.clock import SYSTEM_CLOCK, Clock
-from orderpipe.codec import OrderDecoder, load_order_schema
+from orderpipe.codec import OrderDecoder, load_order_schema, schema_id_of
 from orderpipe.committer import AtLeastOnceCommitter, Committer, TransactionalCommitter
 from orderpipe.console import Console
 from orderpipe.consumer_loop import ConsumerLoop
 from orderpipe.edge import EdgeOpener, EdgeOptions, KafkaEdge
 from orderpipe.effects import OutputTopics
+from orderpipe.errors import ConfigError
 from orderpipe.instance import claim_slot
 from orderpipe.kafka_edge import open_kafka_edge
 from orderpipe.latency import LatencyHistogram
@@ -30,8 +31,9 @@ from orderpipe.registry import RegistryLookup, connect_registry
 from orderpipe.reporting import ConsumerSummary, Reporter
 from orderpipe.routing import BatchPlan, Decision, Incoming, RetryPolicy, plan_batch
 from orderpipe.settings import Settings
+from orderpipe.stats import StatsKeys
 from orderpipe.stats_view import StatsView
-from orderpipe.topics import missing_topics
+from orderpipe.topics import largest_record, missing_topics, stats_keys, topic_problems
 
 __all__ = [
     "AT_LEAST_ONCE",
@@ -51,6 +53,16 @@ SlotClaimer = Callable[[str], AbstractContextManager[str]]
 EXACTLY_ONCE = "exactly-once"
 AT_LEAST_ONCE = "at-least-once"
 DEFAULT_COMMIT_INTERVAL_MS = {EXACTLY_ONCE: 100, AT_LEAST_ONCE: 5}
+# The longest a batch waits for the schema look-ups of its new ids; records whose id is
+# still unanswered then wait on their own partition (registry.RegistryLookup).
+LOOKUP_WAIT_S = 0.2
+
+
+class Topics(NamedTuple):
+    """What the consumer learnt of its topics at start: which stats keys are its group's, and the largest record."""
+
+    stats_keys: StatsKeys
+    largest_record: int
 
 
 @dataclass(frozen=True)
@@ -160,26 +172,43 @@ class OrderConsumer:
                 stack.enter_context(self._claim(settings.consumer_group)) if options.delivery == EXACTLY_ONCE else None
             )
             edge = stack.enter_context(self._open_edge(settings, options.edge(transactional_id)))
-            edge.create_topics(missing_topics(settings, edge.partition_counts()))
+            counts = edge.partition_counts()
+            missing = missing_topics(settings, counts)
+            edge.create_topics(missing)
+            counts.update((spec.name, spec.partitions) for spec in missing)
+            outputs = (settings.retry_topic, settings.dlq_topic, settings.stats_topic)
+            configs = edge.topic_configs(outputs)
+            problems = topic_problems(settings, counts, configs)
+            if problems:
+                raise ConfigError("; ".join(problems))
             lookup = None
             if settings.schema_registry_url:
                 lookup = RegistryLookup(stack.enter_context(connect_registry(settings.schema_registry_url)))
+                stack.callback(lookup.close)
             committer: Committer = (
                 TransactionalCommitter(edge, transactional_id, self._clock)
                 if transactional_id is not None
                 else AtLeastOnceCommitter(edge)
             )
             committer.start()
-            loop = self._loop(edge, committer, OrderDecoder(load_order_schema(), lookup))
+            topics = Topics(stats_keys(settings, counts), largest_record(settings, configs))
+            loop = self._loop(edge, committer, OrderDecoder(load_order_schema(), lookup), lookup, topics)
             edge.subscribe((settings.orders_topic, settings.retry_topic))
-            wire = f"schema registry at {settings.schema_registry_url}" if lookup else "no schema registry"
+            wire = f"schema registry at {settings.registry_address}" if lookup else "no schema registry"
             self._console.info(
                 f"Consuming {settings.orders_topic}, {settings.retry_topic} as group {settings.consumer_group} from "
                 f"{settings.bootstrap_servers} ({wire}; {committer.mode}). Ctrl-C to stop."
             )
             yield loop
 
-    def _loop(self, edge: KafkaEdge, committer: Committer, decoder: OrderDecoder) -> ConsumerLoop:
+    def _loop(
+        self,
+        edge: KafkaEdge,
+        committer: Committer,
+        decoder: OrderDecoder,
+        lookup: RegistryLookup | None,
+        topics: Topics,
+    ) -> ConsumerLoop:
         settings, options = self._settings, self._options
         policy = RetryPolicy(settings.max_retries, settings.retry_backoff_ms, settings.retry_backoff_max_ms)
         max_price_cents, downstream = settings.max_order_price_cents, self._downstream
@@ -190,16 +219,21 @@ class OrderConsumer:
             return order
 
         def decide(records: Sequence[Incoming], now_ms: int) -> BatchPlan:
-            return plan_batch(records, now_ms, process, policy)
+            if lookup is not None:
+                # The batch's new schema ids are looked up together, for a bounded time.
+                lookup.resolve((i for r in records if (i := schema_id_of(r.value)) is not None), LOOKUP_WAIT_S)
+            return plan_batch(records, now_ms, process, policy, topics.largest_record)
 
         return ConsumerLoop(
             edge,
             committer,
-            StatsView(edge.stats, settings.stats_topic),
+            StatsView(edge.stats, settings.stats_topic, topics.stats_keys, self._clock.monotonic),
             self._reporter,
             decide,
             inputs=(settings.orders_topic, settings.retry_topic),
-            outputs=OutputTopics(settings.retry_topic, settings.dlq_topic, settings.stats_topic),
+            outputs=OutputTopics(
+                settings.retry_topic, settings.dlq_topic, settings.stats_topic, settings.consumer_group
+            ),
             batch_size=options.batch_size,
             interval_s=options.commit_interval_s,
             idle_exit_s=options.idle_exit_s,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 from orderpipe.assignment import Restorer
 from orderpipe.clock import Clock
@@ -30,7 +31,7 @@ from orderpipe.ownership import Ownership
 from orderpipe.reporting import Reporter
 from orderpipe.retry_scheduler import RetryScheduler
 from orderpipe.routing import BatchPlan, Incoming
-from orderpipe.stats import group_total, stats_key
+from orderpipe.stats import group_total
 from orderpipe.stats_view import StatsView
 
 __all__ = ["ConsumerLoop", "Decide"]
@@ -78,11 +79,12 @@ class ConsumerLoop:
         self._last_activity = clock.monotonic()
         self._batch_started = self._last_activity - interval_s
         self._assigned_once = False
+        # Owned partitions whose value in the stats topic is to be written again (see _look_for_foreign_values).
+        self._rewrite: set[TP] = set()
 
     def group_total(self) -> RunningAverage:
         """The group-wide running average: own partitions from memory, the others' from `orders-stats`."""
-        own = {stats_key(*tp): state for tp, state in self._ownership.states.items()}
-        return group_total(self._stats.table.states, own, self._inputs)
+        return group_total(self._stats.table.states, self._ownership.states)
 
     def run(self, stop: threading.Event) -> RunningAverage:
         """Turns until `stop` is set (finishing the batch in hand) or the idle limit passes.
@@ -91,6 +93,7 @@ class ConsumerLoop:
         """
         while (not stop.is_set() or self._committer.pending) and self.turn():
             pass
+        self._reporter.summary.stats_ignored = self._stats.ignored
         return self.group_total()
 
     def turn(self) -> bool:
@@ -98,6 +101,7 @@ class ConsumerLoop:
         edge, clock = self._edge, self._clock
         now = clock.time()
         self._stats.poll()  # before the restorer looks at how far the stats were read
+        self._look_for_foreign_values()
         self._restorer.advance()
         if self._committer.pending:
             self._wait_for_commit()
@@ -111,7 +115,7 @@ class ConsumerLoop:
         polled = edge.poll(self._batch_size, wait)
         self._batch_started = clock.monotonic()
         records = self._take(polled)
-        if records:
+        if records or self._rewrite & self._ownership.states.keys():
             self._last_activity = self._batch_started
             self._commit(records, now)
         elif self._idle():
@@ -139,8 +143,23 @@ class ConsumerLoop:
             if paused:
                 self._edge.resume(paused)
 
+    def _look_for_foreign_values(self) -> None:
+        """Owned partitions whose stats value someone else wrote get the owner's written over it."""
+        table = self._stats.table
+        if table.changed:
+            for tp in table.changed:
+                if self._ownership.foreign(tp, table.latest.get(tp)):
+                    log.warning("⚠ %s-%d: its value in the stats topic was not written by its owner; rewriting it", *tp)
+                    self._rewrite.add(tp)
+            table.changed.clear()
+
     def _commit(self, records: list[Incoming], now: float) -> None:
-        plan = self._decide(records, int(now * 1000))
+        plan = self._decide(records, int(now * 1000)) if records else BatchPlan(())
+        if self._rewrite:
+            # Each partition in a batch gets its stats value written: add the ones to rewrite.
+            self._rewrite &= self._ownership.states.keys()
+            rewrites = {tp: self._ownership.offset(tp) for tp in self._rewrite}
+            plan = replace(plan, commits={**rewrites, **plan.commits})
         self._effects = batch_effects(plan, self._ownership.states, self._outputs)
         self._batch_read_s = now
         self._committer.begin(self._effects)
@@ -167,6 +186,7 @@ class ConsumerLoop:
         pause: set[TP] = set()
         if progress is Progress.COMMITTED:
             self._aborts_in_a_row = 0
+            self._rewrite -= effects.offsets.keys()
             before = self.group_total()
             self._ownership.committed(effects)
             owned = self._ownership.states

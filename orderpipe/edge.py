@@ -134,6 +134,10 @@ class KafkaEdge(Protocol):
 
     def create_topics(self, specs: Sequence[TopicSpec]) -> None: ...
 
+    def topic_configs(self, names: Sequence[str]) -> dict[str, dict[str, str]]:
+        """Each existing topic's configuration (every setting, defaults included)."""
+        ...
+
     # The group consumer.
     def subscribe(self, topics: Sequence[str]) -> None: ...
 

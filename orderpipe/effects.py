@@ -30,6 +30,8 @@ class OutputTopics(NamedTuple):
     retry: str
     dlq: str
     stats: str
+    # The consumer group, the first part of every stats key.
+    group: str
 
 
 class BatchEffects(NamedTuple):
@@ -61,16 +63,17 @@ def batch_effects(plan: BatchPlan, states: Mapping[TP, RunningAverage], topics: 
                 totals = added[tp] = [0, 0]
             totals[0] += 1
             totals[1] += decision.order.price_cents
+        elif isinstance(decision, Retry):
+            outgoing.append(Outgoing(topics.retry, record.key, record.value, decision.headers))
         else:
-            topic = topics.retry if isinstance(decision, Retry) else topics.dlq
-            outgoing.append(Outgoing(topic, record.key, record.value, decision.headers))
+            outgoing.append(Outgoing(topics.dlq, decision.key, decision.value, decision.headers))
     after = {tp: states.get(tp, RunningAverage()) for tp in plan.commits}
     for tp, (count, cents) in added.items():
         after[tp] += RunningAverage(count, cents)
     # Every partition of the batch gets its stats value, so the offset in it always
     # equals the committed one. The stats topic is read from its partition 0 alone.
     outgoing.extend(
-        Outgoing(topics.stats, stats_key(*tp).encode(), encode_stats(after[tp], offset), partition=0)
+        Outgoing(topics.stats, stats_key(topics.group, *tp).encode(), encode_stats(after[tp], offset), partition=0)
         for tp, offset in plan.commits.items()
     )
     processed = sum(count for count, _ in added.values())

@@ -15,6 +15,7 @@ __all__ = [
     "DeserializationError",
     "FatalKafkaError",
     "KafkaCallError",
+    "NotReady",
     "OrderPipeError",
     "RegistryUnavailableError",
     "ValidationError",
@@ -40,6 +41,20 @@ class DeserializationError(OrderPipeError):
 
 class ValidationError(OrderPipeError):
     """A decoded order breaks one of the rules of DESIGN section 2."""
+
+
+class NotReady(OrderPipeError):
+    """A record cannot be decided yet (its writer schema is still being looked up, say).
+
+    The consumer defers it: its partition waits `retry_after_ms` and the record is
+    read again; other partitions go on.
+    """
+
+    retriable = True
+
+    def __init__(self, message: str, retry_after_ms: int) -> None:
+        super().__init__(message)
+        self.retry_after_ms = retry_after_ms
 
 
 class BrokerUnavailableError(OrderPipeError):

@@ -13,13 +13,18 @@ from concurrent.futures import Future
 from typing import Any, Generic, TypeVar
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
-from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+from confluent_kafka.admin import (  # type: ignore[attr-defined]
+    AdminClient,
+    ConfigResource,
+    NewTopic,
+    ResourceType,
+)
 
 from orderpipe.edge import TopicSpec
 from orderpipe.errors import BrokerUnavailableError, ConfigError, DeliveryError, KafkaCallError
-from orderpipe.routing import Incoming
+from orderpipe.routing import UNREADABLE_HEADERS, Incoming
 from orderpipe.settings import Settings
-from orderpipe.topics import missing_topics
+from orderpipe.topics import PRODUCER_MESSAGE_MAX_BYTES, missing_topics
 
 __all__ = [
     "CONNECT_TIMEOUT_S",
@@ -36,6 +41,7 @@ __all__ = [
     "partition_counts",
     "produce",
     "producer_config",
+    "topic_configs",
 ]
 
 # Consumer fetching. librdkafka (2.4+) stops fetching a partition for
@@ -72,8 +78,16 @@ def call_error(failure: KafkaException | KafkaError, what: str) -> KafkaCallErro
 
 
 def incoming(message: Message, retry_topic: str | None = None) -> Incoming:
-    """A consumed message as plain data for the core (header values as bytes)."""
-    raw = message.headers()
+    """A consumed message as plain data for the core (header values as bytes).
+
+    A header name that is not UTF-8 makes confluent-kafka raise (a SystemError) when
+    the headers are read; such a record comes without headers, marked unreadable.
+    """
+    unreadable = ""
+    try:
+        raw = message.headers()
+    except Exception:  # whatever the binding raises for bytes it cannot decode
+        raw, unreadable = None, UNREADABLE_HEADERS
     topic = message.topic() or ""
     return Incoming(
         topic,
@@ -84,6 +98,7 @@ def incoming(message: Message, retry_topic: str | None = None) -> Incoming:
         message.value(),
         _headers(raw) if raw else (),
         topic == retry_topic,
+        unreadable,
     )
 
 
@@ -126,7 +141,13 @@ def create_client(factory: Callable[[dict[str, Any]], Client], conf: dict[str, A
 
 def producer_config(settings: Settings) -> dict[str, Any]:
     """Durable producer settings: every record acknowledged by all in-sync replicas, no duplicates."""
-    return {**settings.kafka_client_config(), "acks": "all", "enable.idempotence": True, "linger.ms": 5}
+    return {
+        **settings.kafka_client_config(),
+        "acks": "all",
+        "enable.idempotence": True,
+        "linger.ms": 5,
+        "message.max.bytes": PRODUCER_MESSAGE_MAX_BYTES,
+    }
 
 
 def connect_admin(settings: Settings, timeout_s: float = CONNECT_TIMEOUT_S) -> AdminClient:
@@ -153,6 +174,30 @@ def partition_counts(admin: AdminClient, timeout_s: float = TOPIC_TIMEOUT_S) -> 
     except KafkaException as exc:
         raise BrokerUnavailableError(str(call_error(exc, "list topics"))) from exc
     return {name: len(metadata.partitions) for name, metadata in topics.items()}
+
+
+def topic_configs(
+    admin: AdminClient, names: Sequence[str], timeout_s: float = TOPIC_TIMEOUT_S
+) -> dict[str, dict[str, str]]:
+    """Each named topic's configuration, defaults included (the ones that do not exist are left out)."""
+    resources = [ConfigResource(ResourceType.TOPIC, name) for name in names]
+    configs: dict[str, dict[str, str]] = {}
+    if not resources:
+        return configs
+    for resource, future in admin.describe_configs(resources, request_timeout=timeout_s).items():
+        try:
+            entries = future.result(timeout=timeout_s)
+        except TimeoutError as exc:
+            raise BrokerUnavailableError(
+                f"could not read the configuration of {resource.name} within {timeout_s:g}s"
+            ) from exc
+        except KafkaException as exc:
+            error = call_error(exc, f"read the configuration of topic {resource.name}")
+            if error.code == "UNKNOWN_TOPIC_OR_PART":
+                continue
+            raise BrokerUnavailableError(str(error)) from exc
+        configs[resource.name] = {name: entry.value or "" for name, entry in entries.items()}
+    return configs
 
 
 def create_topics(admin: AdminClient, specs: Sequence[TopicSpec], timeout_s: float = TOPIC_TIMEOUT_S) -> None:

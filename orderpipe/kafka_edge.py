@@ -40,6 +40,7 @@ from orderpipe.kafka_clients import (
     partition_counts,
     produce,
     producer_config,
+    topic_configs,
 )
 from orderpipe.kafka_stats import KafkaStatsTail
 from orderpipe.settings import Settings
@@ -215,6 +216,9 @@ class ConfluentEdge(_ConfluentProducer):
 
     def create_topics(self, specs: Sequence[TopicSpec]) -> None:
         create_topics(self._admin, specs)
+
+    def topic_configs(self, names: Sequence[str]) -> dict[str, dict[str, str]]:
+        return topic_configs(self._admin, names)
 
     def subscribe(self, topics: Sequence[str]) -> None:
         _call(

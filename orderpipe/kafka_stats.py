@@ -8,13 +8,14 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, IsolationLevel, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
 
+from orderpipe.edge import TP
 from orderpipe.errors import BrokerUnavailableError, FatalKafkaError, KafkaCallError
 from orderpipe.kafka_clients import AdminAnswer, call_error, connect_admin, create_client, incoming, partition_counts
 from orderpipe.money import RunningAverage
 from orderpipe.routing import Incoming
 from orderpipe.settings import Settings
-from orderpipe.stats import topic_of_key
 from orderpipe.stats_view import StatsView
+from orderpipe.topics import stats_keys
 
 __all__ = ["KafkaStatsTail", "read_group_stats"]
 
@@ -88,28 +89,31 @@ def _end(info: Any) -> int:
     return offset
 
 
-def read_group_stats(settings: Settings) -> dict[str, RunningAverage]:
+def read_group_stats(settings: Settings) -> dict[TP, RunningAverage]:
     """Every input partition's committed state, read from the stats topic up to its end (the --stats view).
 
     Raises:
-        BrokerUnavailableError: the broker is unreachable or the end was not reached.
+        BrokerUnavailableError: the broker is unreachable, or reading stopped moving
+            on before the end for CATCH_UP_TIMEOUT_S.
     """
     admin = connect_admin(settings)
-    if settings.stats_topic not in partition_counts(admin):
+    counts = partition_counts(admin)
+    if settings.stats_topic not in counts:
         return {}
     tail = KafkaStatsTail(settings, admin)
     try:
-        view = StatsView(tail, settings.stats_topic)
+        view = StatsView(tail, settings.stats_topic, stats_keys(settings, counts))
         catch_up = view.catch_up()
-        deadline = time.monotonic() + CATCH_UP_TIMEOUT_S
+        position, deadline = -1, 0.0
         while not catch_up.reached():
             view.poll(timeout_s=0.1)
-            if time.monotonic() > deadline:
+            if view.position() > position:
+                position, deadline = view.position(), time.monotonic() + CATCH_UP_TIMEOUT_S
+            elif time.monotonic() > deadline:
                 raise BrokerUnavailableError(
-                    f"could not read {settings.stats_topic} to its end within {CATCH_UP_TIMEOUT_S:g}s; a consumer's "
-                    "transaction on it may still be open"
+                    f"reading {settings.stats_topic} stopped at offset {position} for {CATCH_UP_TIMEOUT_S:g}s "
+                    "before its end; a consumer's transaction on it may still be open"
                 )
     finally:
         tail.close()
-    wanted = (settings.orders_topic, settings.retry_topic)
-    return {key: state for key, state in sorted(view.table.states.items()) if topic_of_key(key) in wanted}
+    return dict(sorted(view.table.states.items()))

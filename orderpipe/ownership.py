@@ -15,9 +15,12 @@ from orderpipe.edge import BEGINNING, TP
 from orderpipe.effects import BatchEffects
 from orderpipe.money import RunningAverage
 from orderpipe.routing import Incoming
-from orderpipe.stats import Published, stats_key
+from orderpipe.stats import Latest, StatsTable
 
 __all__ = ["Ownership"]
+
+# Values remembered per partition: more than the stats view lags behind.
+WRITTEN = 64
 
 
 class Ownership:
@@ -25,29 +28,65 @@ class Ownership:
         self.restoring: tuple[TP, ...] = ()
         self.states: dict[TP, RunningAverage] = {}
         self._offsets: dict[TP, int] = {}
+        # Per owned partition, the values it wrote lately, by offset (see `foreign`).
+        self._written: dict[TP, dict[int, RunningAverage]] = {}
 
     def assigned(self, partitions: Iterable[TP]) -> None:
         """A new assignment: these partitions are to be restored before they are read."""
         self.restoring = tuple(partitions)
 
-    def restored(self, committed: Mapping[TP, int | None], published: Published) -> dict[TP, int]:
-        """Takes over the restoring partitions; returns the offset each starts at.
+    def restored(self, committed: Mapping[TP, int | None], table: StatsTable) -> tuple[dict[TP, int], list[TP]]:
+        """Takes over the restoring partitions.
 
-        The committed offset and the published state were written in one transaction,
-        so they belong together. If the group's offsets expired (or were deleted) but
-        the state survived in the compacted topic, the partition resumes where the
-        state ends instead of counting everything again.
+        The committed offset and the state were written in one transaction, so the
+        state restored is the latest value that reaches exactly the committed offset: a
+        value replayed or forged with another offset changes nothing. If the group's
+        offsets expired (or were deleted) but the state survived in the compacted
+        topic, the partition resumes where its latest value ends instead of counting
+        everything again.
+
+        Returns:
+            The offset each partition starts at, and the partitions whose committed
+            offset no value matched (their latest state is used; an offset reset, say).
         """
         starts: dict[TP, int] = {}
+        unmatched: list[TP] = []
         for tp in self.restoring:
-            key = stats_key(*tp)
             offset = committed.get(tp)
+            latest = table.latest.get(tp)
+            state = None
             if offset is None:
-                offset = published.next_offsets.get(key, BEGINNING)
-            starts[tp] = self._offsets[tp] = offset
-            self.states[tp] = published.states.get(key, RunningAverage())
+                if latest is not None and latest.next_offset is not None:
+                    state, offset = latest.state, latest.next_offset
+            else:
+                state = table.at(tp, offset)
+                if state is None and latest is not None:
+                    state = latest.state
+                    unmatched.append(tp)
+            starts[tp] = self._offsets[tp] = BEGINNING if offset is None else offset
+            self.states[tp] = state or RunningAverage()
+            self._remember(tp)
         self.restoring = ()
-        return starts
+        return starts, unmatched
+
+    def foreign(self, tp: TP, latest: Latest | None) -> bool:
+        """True when an owned partition's latest stats value is not one this consumer wrote.
+
+        Only the owner writes a partition's value, so another (forged, replayed, or
+        written by a consumer that lost the partition) is written over with the owner's.
+        """
+        if tp not in self.states:
+            return False
+        if latest is None or latest.next_offset is None:
+            return True
+        return self._written.get(tp, {}).get(latest.next_offset) != latest.state
+
+    def _remember(self, tp: TP) -> None:
+        written = self._written.setdefault(tp, {})
+        written.pop(self._offsets[tp], None)
+        written[self._offsets[tp]] = self.states[tp]
+        if len(written) > WRITTEN:
+            del written[next(iter(written))]
 
     def revoked(self, partitions: Collection[TP]) -> None:
         """Forgets partitions taken away; their state is read again if they come back.
@@ -58,6 +97,7 @@ class Ownership:
         for tp in partitions:
             self.states.pop(tp, None)
             self._offsets.pop(tp, None)
+            self._written.pop(tp, None)
         self.restoring = tuple(tp for tp in self.restoring if tp not in partitions)
 
     def accept(self, records: list[Incoming], paused: Collection[TP]) -> list[Incoming]:
@@ -71,6 +111,11 @@ class Ownership:
             if tp in self.states:
                 self.states[tp] = effects.states[tp]
                 self._offsets[tp] = offset
+                self._remember(tp)
+
+    def offset(self, tp: TP) -> int:
+        """An owned partition's committed offset."""
+        return self._offsets[tp]
 
     def rewind(self, partitions: Iterable[TP]) -> dict[TP, int]:
         """Where the owned ones of `partitions` start again after an aborted batch: their last commit."""

@@ -24,6 +24,7 @@ from orderpipe.money import RunningAverage, format_cents
 from orderpipe.order import Order
 from orderpipe.registry import START_REGISTRY_HINT, connect_registry
 from orderpipe.settings import Settings
+from orderpipe.text import redact
 
 __all__ = ["ProducerOptions", "ProducerSummary", "run_producer"]
 
@@ -76,9 +77,9 @@ def _encoder(settings: Settings, schema: OrderSchema, stack: ExitStack) -> Order
         client.register_schema(subject, Schema(schema.text, "AVRO"))
     except Exception as exc:
         raise RegistryUnavailableError(
-            f"The schema registry at {settings.schema_registry_url} refused the order schema for subject "
-            f"{subject} ({type(exc).__name__}: {exc}): {START_REGISTRY_HINT}."
-        ) from exc
+            f"The schema registry at {settings.registry_address} refused the order schema for subject "
+            f"{subject} ({type(exc).__name__}: {redact(str(exc))}): {START_REGISTRY_HINT}."
+        ) from None
     serializer = AvroSerializer(client, schema.text, to_dict=lambda order, _ctx: order.to_record())
     context = SerializationContext(settings.orders_topic, MessageField.VALUE)
 
@@ -130,9 +131,7 @@ def _publish(
         options.poison_rate,
         settings.max_order_price_cents,
     )
-    wire = (
-        "schema registry at " + settings.schema_registry_url if settings.schema_registry_url else "single-object Avro"
-    )
+    wire = "schema registry at " + settings.registry_address if settings.schema_registry_url else "single-object Avro"
     console.info(
         f"Producing to {settings.orders_topic} on {settings.bootstrap_servers} ({wire}); "
         f"rate {'unlimited' if options.rate == 0 else f'{options.rate:g}/s'}. Ctrl-C to stop."

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any
 
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from orderpipe.codec import parse_schema_text
-from orderpipe.errors import DeserializationError, RegistryUnavailableError
+from orderpipe.errors import DeserializationError, NotReady, RegistryUnavailableError
+from orderpipe.text import printable, redact
 
 __all__ = ["START_REGISTRY_HINT", "RegistryLookup", "connect_registry"]
 
@@ -34,58 +37,139 @@ def connect_registry(url: str, timeout_s: float = 5.0) -> SchemaRegistryClient:
         client.get_subjects()
     except Exception as exc:  # httpx transport errors and SchemaRegistryError alike
         raise RegistryUnavailableError(
-            f"Cannot reach the schema registry at {url} ({type(exc).__name__}: {exc}): {START_REGISTRY_HINT}."
-        ) from exc
+            f"Cannot reach the schema registry at {redact(url)} "
+            f"({type(exc).__name__}: {printable(redact(str(exc)), 300)}): {START_REGISTRY_HINT}."
+        ) from None
     return client
 
 
-class RegistryLookup:
-    """Resolves Confluent schema ids to parsed writer schemas, each parsed once.
+# Failed look-ups are remembered this long, and at most this many (the oldest go first),
+# so that a stream of records with unknown ids costs neither a request each nor memory.
+FAILURE_TTL_S = 30.0
+MAX_FAILURES = 10_000
+# Schemas kept (parsed); a registry rarely holds more than a few for one subject.
+MAX_SCHEMAS = 1_000
+# Look-ups running at once, and how many may wait for a worker.
+WORKERS = 4
+MAX_PENDING = 256
+# How long a record whose schema is still being looked up waits before it is read again.
+NOT_READY_RETRY_MS = 100
 
-    A failed lookup is remembered for `failure_ttl_s`: while the registry is down
-    or an id is unknown, the records that carry it go to the DLQ at once instead
-    of each waiting for a request timeout.
+
+class RegistryLookup:
+    """Resolves Confluent schema ids to parsed writer schemas, without making the poll loop wait.
+
+    Ids are looked up on worker threads. `resolve` starts the look-ups of a batch's
+    new ids together and waits a bounded time for them; a record whose id is still
+    unanswered after that raises `NotReady`, so only its partition waits (the
+    registry being slow or down holds up no other record). A schema is parsed once
+    and kept; a failure (an unknown id, an unusable schema, an unreachable registry)
+    is kept for `failure_ttl_s` as a message, in a bounded table, and the records
+    that carry that id go to the DLQ at once.
     """
 
     def __init__(
         self,
         client: SchemaRegistryClient,
-        failure_ttl_s: float = 10.0,
+        *,
+        failure_ttl_s: float = FAILURE_TTL_S,
+        max_failures: int = MAX_FAILURES,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._client = client
         self._parsed: dict[int, Any] = {}
-        self._failed: dict[int, tuple[float, DeserializationError]] = {}
+        self._failed: OrderedDict[int, tuple[float, str]] = OrderedDict()
+        self._pending: dict[int, Future[Any]] = {}
         self._failure_ttl_s = failure_ttl_s
+        self._max_failures = max_failures
         self._clock = clock
+        self._pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="schema-lookup")
+
+    def close(self) -> None:
+        """Stops the workers; a look-up under way ends with its request timeout."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def resolve(self, schema_ids: Iterable[int], wait_s: float) -> None:
+        """Starts looking up the ids not known yet and waits at most `wait_s` for the answers."""
+        started = [future for schema_id in set(schema_ids) if (future := self._start(schema_id)) is not None]
+        if started:
+            wait(started, timeout=wait_s)
 
     def __call__(self, schema_id: int) -> Any:
+        """The parsed writer schema of an id.
+
+        Raises:
+            DeserializationError: the id is unknown, its schema unusable, or the
+                registry could not be asked (remembered for `failure_ttl_s`).
+            NotReady: the id is being looked up.
+        """
         parsed = self._parsed.get(schema_id)
         if parsed is not None:
             return parsed
+        future = self._start(schema_id)
+        if future is None or future.done():
+            self._settle()
+            parsed = self._parsed.get(schema_id)
+            if parsed is not None:
+                return parsed
+            failed = self._failed.get(schema_id)
+            if failed is not None:
+                raise DeserializationError(failed[1])
+        raise NotReady(f"schema id {schema_id} is being looked up", NOT_READY_RETRY_MS)
+
+    def _start(self, schema_id: int) -> Future[Any] | None:
+        """The look-up of an id under way (started now if need be).
+
+        None when the answer is known, or when MAX_PENDING look-ups are waiting already.
+        """
+        if schema_id in self._parsed:
+            return None
         failed = self._failed.get(schema_id)
-        if failed is not None and self._clock() < failed[0]:
-            raise failed[1]
-        try:
-            parsed = self._fetch(schema_id)
-        except DeserializationError as exc:
-            self._failed[schema_id] = (self._clock() + self._failure_ttl_s, exc)
-            raise
-        self._failed.pop(schema_id, None)
-        self._parsed[schema_id] = parsed
-        return parsed
+        if failed is not None:
+            if self._clock() < failed[0]:
+                return None
+            del self._failed[schema_id]
+        future = self._pending.get(schema_id)
+        if future is None:
+            self._settle()
+            if len(self._pending) >= MAX_PENDING:
+                return None
+            future = self._pending[schema_id] = self._pool.submit(self._fetch, schema_id)
+        return future
+
+    def _settle(self) -> None:
+        """Moves the finished look-ups into the tables."""
+        for schema_id, future in [(i, f) for i, f in self._pending.items() if f.done()]:
+            del self._pending[schema_id]
+            try:
+                parsed = future.result()
+            except DeserializationError as exc:
+                self._failed[schema_id] = (self._clock() + self._failure_ttl_s, str(exc))
+                if len(self._failed) > self._max_failures:
+                    self._failed.popitem(last=False)
+                continue
+            if len(self._parsed) >= MAX_SCHEMAS:
+                del self._parsed[next(iter(self._parsed))]
+            self._parsed[schema_id] = parsed
 
     def _fetch(self, schema_id: int) -> Any:
+        """Runs on a worker: asks the registry for an id's schema and parses it.
+
+        Errors are raised without their cause: a failure is kept as a message, and
+        the library's exceptions may carry the URL with its credentials.
+        """
         try:
-            schema = self._client.get_schema(schema_id)
-            return parse_schema_text(schema.schema_str or "")
+            text = self._client.get_schema(schema_id).schema_str or ""
         except SchemaRegistryError as exc:
             if exc.http_status_code == 404:
-                raise DeserializationError(f"schema id {schema_id} is unknown to the registry") from exc
-            raise DeserializationError(f"the registry refused schema id {schema_id}: {exc}") from exc
-        except ValueError as exc:
-            raise DeserializationError(f"schema id {schema_id} is not a usable Avro schema: {exc}") from exc
+                raise DeserializationError(f"schema id {schema_id} is unknown to the registry") from None
+            message = printable(redact(str(exc)), 200)
+            raise DeserializationError(f"the registry refused schema id {schema_id}: {message}") from None
         except Exception as exc:  # the registry is unreachable: the record cannot be read now
-            raise DeserializationError(
-                f"schema id {schema_id} could not be fetched: {type(exc).__name__}: {exc}"
-            ) from exc
+            message = f"{type(exc).__name__}: {printable(redact(str(exc)), 200)}"
+            raise DeserializationError(f"schema id {schema_id} could not be fetched: {message}") from None
+        try:
+            return parse_schema_text(text)
+        except Exception as exc:  # the registry's answer is untrusted too: anything but an Avro schema
+            message = f"{type(exc).__name__}: {printable(str(exc), 200)}"
+            raise DeserializationError(f"schema id {schema_id} is not a usable Avro schema: {message}") from None

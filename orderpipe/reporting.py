@@ -34,6 +34,8 @@ class ConsumerSummary:
     retried: int = 0
     dead_lettered: Counter[str] = field(default_factory=Counter)
     aborted: int = 0
+    # Records of the stats topic that could not be used (stats_view.StatsView).
+    stats_ignored: int = 0
     # Group-wide: every partition's committed state, this consumer's own included.
     average: RunningAverage = field(default_factory=RunningAverage)
     # Records in committed batches, and the time from the first batch's start to the last one's commit.
@@ -48,10 +50,11 @@ class ConsumerSummary:
             f"{reason} {self.dead_lettered[reason]}"
             for reason in (REASON_DESERIALIZATION, REASON_VALIDATION, REASON_RETRIES_EXHAUSTED)
         )
+        ignored = f"; ignored {self.stats_ignored} unusable stats records" if self.stats_ignored else ""
         return (
             f"Consumer summary: processed {self.processed}, retried {self.retried}, "
             f"dead-lettered {sum(self.dead_lettered.values())} ({reasons}); "
-            f"running average {self.average.describe()} over {self.average.count} orders"
+            f"running average {self.average.describe()} over {self.average.count} orders{ignored}"
         )
 
 

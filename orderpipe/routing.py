@@ -12,13 +12,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from orderpipe.errors import DeserializationError, ValidationError
+from orderpipe.errors import DeserializationError, NotReady, ValidationError
 from orderpipe.order import ValidOrder
 
 __all__ = [
+    "CLOCK_SKEW_MS",
     "REASON_DESERIALIZATION",
     "REASON_RETRIES_EXHAUSTED",
     "REASON_VALIDATION",
+    "UNREADABLE_HEADERS",
     "BatchPlan",
     "DeadLetter",
     "Decision",
@@ -32,6 +34,7 @@ __all__ = [
     "backoff_ms",
     "decide",
     "plan_batch",
+    "record_bytes",
 ]
 
 Headers = tuple[tuple[str, bytes], ...]
@@ -50,6 +53,7 @@ H_ORIGINAL_PARTITION = "original.partition"
 H_ORIGINAL_OFFSET = "original.offset"
 H_ORIGINAL_TIMESTAMP = "original.timestamp"
 H_FAILED_AT = "dlq.failed-at"
+H_TRUNCATED = "dlq.truncated"
 PIPELINE_HEADERS = frozenset(
     {
         H_ATTEMPT,
@@ -62,9 +66,20 @@ PIPELINE_HEADERS = frozenset(
         H_ORIGINAL_OFFSET,
         H_ORIGINAL_TIMESTAMP,
         H_FAILED_AT,
+        H_TRUNCATED,
     }
 )
 MAX_ERROR_MESSAGE_BYTES = 1024
+# Incoming.unreadable for a record whose header names are not all UTF-8 (Kafka allows any bytes).
+UNREADABLE_HEADERS = "a header name is not valid UTF-8, so the record's headers could not be read"
+# How far another consumer's clock may run ahead of this one's. A retry record's due
+# time is at most its own timestamp plus the longest backoff; anything later than
+# that plus this allowance is forged or garbled, and the record counts as due now.
+CLOCK_SKEW_MS = 10_000
+# What a record costs beyond its key, value and header bytes when it is produced:
+# its framing in the record batch, and per header two length prefixes.
+RECORD_OVERHEAD_BYTES = 128
+HEADER_OVERHEAD_BYTES = 10
 
 
 @dataclass(frozen=True)
@@ -87,9 +102,12 @@ class Incoming(NamedTuple):
     key: bytes | None
     value: bytes | None
     headers: Headers = ()
-    # True for records read from the retry topic. Only those carry trustworthy
-    # pipeline headers: a DLQ record replayed onto `orders` starts afresh.
+    # True for records read from the retry topic. Only those carry the pipeline's
+    # headers (still untrusted): a DLQ record replayed onto `orders` starts afresh.
     from_retry_topic: bool = False
+    # Why the record could not be read as it was written (its headers, say), or "".
+    # Such a record is dead-lettered with what could be read.
+    unreadable: str = ""
 
     def header(self, name: str) -> str | None:
         """The last value of a header as text, or None when absent or not UTF-8."""
@@ -163,13 +181,19 @@ class Retry(NamedTuple):
 
 
 class DeadLetter(NamedTuple):
-    """Produce `value` unchanged to the DLQ with the reason in the headers."""
+    """Produce `key` and `value` to the DLQ with the reason in the headers.
+
+    Both are the record's own bytes, unchanged, unless the copy would be too large;
+    then what was left out is named in the `dlq.truncated` header.
+    """
 
     record: Incoming
     reason: str
     retries: int
     error: BaseException
     headers: Headers
+    key: bytes | None
+    value: bytes | None
 
 
 Decision = Processed | Retry | DeadLetter
@@ -198,6 +222,14 @@ def backoff_ms(attempt: int, policy: RetryPolicy) -> int:
     return min(policy.backoff_ms << max(attempt - 1, 0), policy.backoff_max_ms)
 
 
+def record_bytes(key: bytes | None, value: bytes | None, headers: Headers) -> int:
+    """About what a record costs on the wire, erring on the large side."""
+    size = RECORD_OVERHEAD_BYTES + len(key or b"") + len(value or b"")
+    for name, data in headers:
+        size += len(name.encode("utf-8", errors="replace")) + len(data) + HEADER_OVERHEAD_BYTES
+    return size
+
+
 def _truncate_utf8(text: str, limit: int) -> bytes:
     return text.encode("utf-8")[:limit].decode("utf-8", errors="ignore").encode("utf-8")
 
@@ -207,7 +239,7 @@ def _error_headers(record: Incoming, error: BaseException) -> list[tuple[str, by
     return [
         (H_ERROR_CLASS, type(error).__name__.encode()),
         (H_ERROR_MESSAGE, _truncate_utf8(str(error), MAX_ERROR_MESSAGE_BYTES)),
-        (H_ORIGINAL_TOPIC, origin.topic.encode()),
+        (H_ORIGINAL_TOPIC, _truncate_utf8(origin.topic, 255)),
         (H_ORIGINAL_PARTITION, str(origin.partition).encode()),
         (H_ORIGINAL_OFFSET, str(origin.offset).encode()),
         (H_ORIGINAL_TIMESTAMP, str(origin.timestamp).encode()),
@@ -224,15 +256,22 @@ def decide(
     outcome: ValidOrder | BaseException,
     now_ms: int,
     policy: RetryPolicy,
+    max_record_bytes: int | None = None,
 ) -> Decision:
-    """Routes one record given the outcome of processing it (an order or an error)."""
+    """Routes one record given the outcome of processing it (an order or an error).
+
+    Args:
+        max_record_bytes: the largest record the retry and DLQ topics take (see
+            `record_bytes`). A retry copy larger than that is dead-lettered instead,
+            and a DLQ copy larger than that leaves out what does not fit.
+    """
     if isinstance(outcome, ValidOrder):
         return Processed(record, outcome)
     if isinstance(outcome, (DeserializationError, ValidationError)):
         reason = REASON_DESERIALIZATION if isinstance(outcome, DeserializationError) else REASON_VALIDATION
-        return _dead_letter(record, reason, outcome, now_ms)
+        return _dead_letter(record, reason, outcome, now_ms, max_record_bytes)
     if record.attempt >= policy.max_retries:
-        return _dead_letter(record, REASON_RETRIES_EXHAUSTED, outcome, now_ms)
+        return _dead_letter(record, REASON_RETRIES_EXHAUSTED, outcome, now_ms, max_record_bytes)
     attempt = record.attempt + 1
     not_before = now_ms + backoff_ms(attempt, policy)
     headers = (
@@ -241,18 +280,63 @@ def decide(
         (H_NOT_BEFORE, str(not_before).encode()),
         *_error_headers(record, outcome),
     )
+    if max_record_bytes is not None and record_bytes(record.key, record.value, headers) > max_record_bytes:
+        # It cannot be copied to the retry topic whole, so it is not retried.
+        return _dead_letter(record, REASON_RETRIES_EXHAUSTED, outcome, now_ms, max_record_bytes)
     return Retry(record, attempt, not_before, outcome, headers)
 
 
-def _dead_letter(record: Incoming, reason: str, error: BaseException, now_ms: int) -> DeadLetter:
-    headers = (
-        *_foreign_headers(record),
+def _dead_letter(
+    record: Incoming, reason: str, error: BaseException, now_ms: int, max_record_bytes: int | None
+) -> DeadLetter:
+    pipeline = [
         (H_ATTEMPT, str(record.attempt).encode()),
         (H_REASON, reason.encode()),
         *_error_headers(record, error),
         (H_FAILED_AT, str(now_ms).encode()),
-    )
-    return DeadLetter(record, reason, record.attempt, error, headers)
+    ]
+    foreign = _foreign_headers(record)
+    key, value = record.key, record.value
+    left_out: list[str] = ["headers (unreadable)"] if record.unreadable else []
+    if max_record_bytes is not None:
+        room = max_record_bytes - record_bytes(None, None, (*pipeline, (H_TRUNCATED, b"x" * 128)))
+        key, value, foreign, cut = _fit(key, value, foreign, room)
+        left_out += cut
+    if left_out:
+        pipeline.append((H_TRUNCATED, ", ".join(left_out).encode()))
+    return DeadLetter(record, reason, record.attempt, error, (*foreign, *pipeline), key, value)
+
+
+# What a DLQ copy leaves out, tried in this order until it fits: the value is kept
+# if anything is, then the key.
+_CUTS = ((), ("headers",), ("value",), ("headers", "value"), ("headers", "value", "key"))
+
+
+def _fit(
+    key: bytes | None, value: bytes | None, foreign: list[tuple[str, bytes]], room: int
+) -> tuple[bytes | None, bytes | None, list[tuple[str, bytes]], list[str]]:
+    """What of a DLQ copy fits in `room` bytes: the key, value and producer headers to carry, and what was left out."""
+
+    def cut_to(cut: tuple[str, ...]) -> tuple[bytes | None, bytes | None, list[tuple[str, bytes]], list[str]]:
+        left_out = []
+        if value is not None and "value" in cut:
+            left_out.append(f"value ({len(value)} bytes)")
+        if foreign and "headers" in cut:
+            left_out.append(f"headers ({len(foreign)})")
+        if key is not None and "key" in cut:
+            left_out.append(f"key ({len(key)} bytes)")
+        return (
+            None if "key" in cut else key,
+            None if "value" in cut else value,
+            [] if "headers" in cut else foreign,
+            left_out,
+        )
+
+    for cut in _CUTS[:-1]:
+        kept_key, kept_value, kept_headers, left_out = cut_to(cut)
+        if record_bytes(kept_key, kept_value, tuple(kept_headers)) <= room:
+            return kept_key, kept_value, kept_headers, left_out
+    return cut_to(_CUTS[-1])
 
 
 def plan_batch(
@@ -260,17 +344,18 @@ def plan_batch(
     now_ms: int,
     process: Callable[[Incoming], ValidOrder],
     policy: RetryPolicy,
+    max_record_bytes: int | None = None,
 ) -> BatchPlan:
-    """Decides a batch in order, stopping each retry partition at its first record not yet due.
+    """Decides a batch in order, stopping a partition at its first record not yet due or not yet readable.
 
     Args:
         records: the batch, in the order the consumer returned it.
         now_ms: the current time in epoch milliseconds (one reading per batch).
         process: decodes, validates and handles one record; any exception it raises
-            is the record's failure and is routed by `decide`.
-        policy: retry limits and backoff. A due time further ahead than the longest
-            backoff (a garbled header, or another consumer's clock running fast) is
-            cut to that, so no partition stays paused for longer.
+            is the record's failure and is routed by `decide`, except `NotReady`,
+            which defers the record (its partition waits, the others go on).
+        policy: retry limits and backoff.
+        max_record_bytes: see `decide`.
     """
     decisions: list[Decision] = []
     commits: dict[tuple[str, int], int] = {}
@@ -280,18 +365,45 @@ def plan_batch(
         tp = (record.topic, record.partition)
         if tp in stopped:
             continue  # refetched after the seek back to the deferred record
-        due = record.not_before
-        if due is not None and due > now_ms:
-            due = min(due, now_ms + policy.backoff_max_ms)
+        due = _due(record, now_ms, policy)
+        outcome: ValidOrder | BaseException
+        if due is None:
+            try:
+                outcome = _process(record, process)
+            except NotReady as exc:
+                due = now_ms + exc.retry_after_ms
+        if due is not None:
             stopped.add(tp)
             deferred.append(Deferred(record.topic, record.partition, record.offset, due))
             commits[tp] = record.offset
             continue
-        outcome: ValidOrder | BaseException
-        try:
-            outcome = process(record)
-        except Exception as exc:  # routing every failure is the point of this function
-            outcome = exc
-        decisions.append(decide(record, outcome, now_ms, policy))
+        decisions.append(decide(record, outcome, now_ms, policy, max_record_bytes))
         commits[tp] = record.offset + 1
     return BatchPlan(tuple(decisions), commits, tuple(deferred))
+
+
+def _due(record: Incoming, now_ms: int, policy: RetryPolicy) -> int | None:
+    """When a retry record not yet due is due, or None when it may be processed now.
+
+    A retry written by this pipeline is due at most the longest backoff after it was
+    written. A later due time (a forged or garbled header, a timestamp in the future)
+    counts as due now, so no partition is paused for longer than that.
+    """
+    due = record.not_before
+    if due is None or due <= now_ms:
+        return None
+    if due > min(record.timestamp, now_ms) + policy.backoff_max_ms + CLOCK_SKEW_MS:
+        return None
+    return due
+
+
+def _process(record: Incoming, process: Callable[[Incoming], ValidOrder]) -> ValidOrder | BaseException:
+    """The outcome of processing a record: its order, or the exception that is its failure."""
+    if record.unreadable:
+        return DeserializationError(record.unreadable)
+    try:
+        return process(record)
+    except NotReady:
+        raise
+    except Exception as exc:  # routing every failure is the point of plan_batch
+        return exc

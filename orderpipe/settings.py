@@ -16,6 +16,7 @@ from typing import Any
 
 from orderpipe.errors import ConfigError
 from orderpipe.money import to_cents
+from orderpipe.text import redact
 
 __all__ = ["ENV_NAMES", "Settings", "build_settings"]
 
@@ -34,7 +35,8 @@ class Settings:
     """
 
     bootstrap_servers: str = field(default="localhost:9092", metadata={"env": "KAFKA_BOOTSTRAP_SERVERS"})
-    schema_registry_url: str = field(default="", metadata={"env": "SCHEMA_REGISTRY_URL"})
+    # May carry credentials (https://user:secret@host): shown only as `registry_address`.
+    schema_registry_url: str = field(default="", repr=False, metadata={"env": "SCHEMA_REGISTRY_URL"})
     orders_topic: str = field(default="orders", metadata={"env": "ORDERS_TOPIC"})
     retry_topic: str = field(default="orders-retry", metadata={"env": "RETRY_TOPIC"})
     dlq_topic: str = field(default="orders-dlq", metadata={"env": "DLQ_TOPIC"})
@@ -51,6 +53,11 @@ class Settings:
     sasl_username: str = field(default="", metadata={"env": "KAFKA_SASL_USERNAME"})
     sasl_password: str = field(default="", repr=False, metadata={"env": "KAFKA_SASL_PASSWORD"})
     ssl_ca_location: str = field(default="", metadata={"env": "KAFKA_SSL_CA_LOCATION"})
+
+    @property
+    def registry_address(self) -> str:
+        """The registry URL without its credentials, for output."""
+        return redact(self.schema_registry_url)
 
     @property
     def max_order_price_cents(self) -> int:
@@ -187,7 +194,7 @@ def build_settings(raw: Mapping[str, str]) -> Settings:
         try:
             values[f.name] = _PARSERS[f.name](raw[name])
         except ValueError as exc:
-            shown = "(hidden)" if f.name == "sasl_password" else repr(raw[name])
+            shown = "(hidden)" if f.name == "sasl_password" else repr(redact(raw[name]))
             problems.append(f"{name} must be {exc}, got {shown}")
 
     settings = Settings(**values)

@@ -1,46 +1,88 @@
 """The running-average state as it is kept in `orders-stats` (DESIGN section 3), free of Kafka.
 
-Each input partition the consumer reads (of `orders` and of `orders-retry`) has one
-record in the compacted stats topic: key `<topic>-<partition>`, value
+Each input partition a consumer group reads (of `orders` and of `orders-retry`) has
+one record in the compacted stats topic: key `<group>/<topic>-<partition>`, value
 `{"count": int, "sum_cents": int, "next_offset": int}`. Only the partition's current
-owner writes it, in the same transaction as the partition's offsets, so the latest
-value of each key is exactly what was processed up to the committed offset; the
-offset is repeated in the value so the state can be resumed even if the group's
-committed offsets expired. The group-wide average is the sum over all keys.
+owner writes it, in the same transaction as the partition's offsets, so the value
+written with a committed offset is exactly what was processed up to it; the offset
+is in the value so that the state can be matched with the group's committed offset,
+and resumed even if the group's offsets expired. The group-wide average is the sum
+over the group's keys. The group in the key keeps pipelines apart that share a topic.
+
+Every record of the topic is untrusted: keys of other groups are skipped, keys of
+this group that name no input partition and values that do not parse (or hold
+impossible numbers) are refused, and a value is only used on a restore when its
+offset matches the committed one, so a replayed or forged value cannot change what
+is restored.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import NamedTuple
 
+from orderpipe.edge import TP
 from orderpipe.errors import DeserializationError
 from orderpipe.money import RunningAverage
 from orderpipe.routing import Incoming
 
-__all__ = ["Published", "StatsTable", "decode_stats", "encode_stats", "group_total", "stats_key", "topic_of_key"]
-
-
-def stats_key(topic: str, partition: int) -> str:
-    """The stats key of an input partition, e.g. `orders-0`."""
-    return f"{topic}-{partition}"
-
-
-def topic_of_key(key: str) -> str | None:
-    """The input topic a stats key belongs to, or None when the key is not of that shape."""
-    topic, sep, partition = key.rpartition("-")
-    return topic if sep and topic and partition.isdigit() else None
-
-
-def encode_stats(state: RunningAverage, next_offset: int) -> bytes:
-    value = {"count": state.count, "sum_cents": state.sum_cents, "next_offset": next_offset}
-    return json.dumps(value, separators=(",", ":")).encode()
+__all__ = ["Latest", "StatsKeys", "StatsTable", "decode_stats", "encode_stats", "group_total", "stats_key"]
 
 
 # A real value is under 100 bytes. The limit also bounds what json.loads is given:
 # no integer long enough to be refused by Python, no nesting deep enough to recurse out.
 MAX_STATS_VALUE_BYTES = 1024
+# Numbers no real state reaches: Kafka offsets are signed 64-bit, and 2**53 orders
+# is more than any pipeline will count.
+MAX_OFFSET = 2**63 - 1
+MAX_COUNT = 2**53
+# Values kept per key, by the offset they reach, for matching the committed offset.
+HISTORY = 16
+
+
+def stats_key(group: str, topic: str, partition: int) -> str:
+    """The stats key of an input partition for a consumer group, e.g. `order-pipeline/orders-0`."""
+    return f"{group}/{topic}-{partition}"
+
+
+class StatsKeys:
+    """Which stats keys belong to a consumer group's input partitions.
+
+    Args:
+        group: the consumer group; keys of other groups belong to other pipelines.
+        partitions: each input topic's partition count.
+    """
+
+    def __init__(self, group: str, partitions: Mapping[str, int]) -> None:
+        self._prefix = f"{group}/"
+        self._partitions = dict(partitions)
+
+    def partition_of(self, key: bytes | None) -> TP | None:
+        """The input partition a key stands for; None for a key of another group.
+
+        Raises:
+            DeserializationError: the key is of this group but names no input partition.
+        """
+        text = (key or b"").decode("utf-8", errors="replace")
+        if not text.startswith(self._prefix) or "/" in text[len(self._prefix) :]:
+            if "/" in text:
+                return None  # another group's, or another pipeline's
+            raise DeserializationError(f"stats key {_shown(text)} names no consumer group")
+        topic, sep, number = text[len(self._prefix) :].rpartition("-")
+        count = self._partitions.get(topic)
+        if not sep or count is None or not number.isdecimal() or len(number) > 9 or int(number) >= count:
+            raise DeserializationError(f"stats key {_shown(text)} names no partition of {', '.join(self._partitions)}")
+        return topic, int(number)
+
+
+def _shown(text: str) -> str:
+    return repr(text[:100] + ("..." if len(text) > 100 else ""))
+
+
+def encode_stats(state: RunningAverage, next_offset: int) -> bytes:
+    value = {"count": state.count, "sum_cents": state.sum_cents, "next_offset": next_offset}
+    return json.dumps(value, separators=(",", ":")).encode()
 
 
 def decode_stats(value: bytes) -> tuple[RunningAverage, int | None]:
@@ -49,9 +91,10 @@ def decode_stats(value: bytes) -> tuple[RunningAverage, int | None]:
     Extra fields are ignored so later versions may add some.
 
     Raises:
-        DeserializationError: the value is larger than MAX_STATS_VALUE_BYTES, or not a
-            JSON object with non-negative integer `count` and `sum_cents` (and
-            `next_offset`, when present).
+        DeserializationError: the value is larger than MAX_STATS_VALUE_BYTES, not a
+            JSON object with integer `count` (0..MAX_COUNT) and `sum_cents`
+            (0..MAX_OFFSET, and 0 when the count is) and `next_offset` (0..MAX_OFFSET,
+            when present).
     """
     if len(value) > MAX_STATS_VALUE_BYTES:
         raise DeserializationError(f"stats value is {len(value)} bytes, more than {MAX_STATS_VALUE_BYTES}")
@@ -61,71 +104,80 @@ def decode_stats(value: bytes) -> tuple[RunningAverage, int | None]:
         raise DeserializationError(f"stats value is not JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise DeserializationError("stats value is not a JSON object")
-    next_offset = _count(data, "next_offset") if "next_offset" in data else None
-    return RunningAverage(_count(data, "count"), _count(data, "sum_cents")), next_offset
+    next_offset = _number(data, "next_offset", MAX_OFFSET) if "next_offset" in data else None
+    count, sum_cents = _number(data, "count", MAX_COUNT), _number(data, "sum_cents", MAX_OFFSET)
+    if count == 0 and sum_cents != 0:
+        raise DeserializationError(f"stats value has no orders but a sum of {sum_cents} cents")
+    return RunningAverage(count, sum_cents), next_offset
 
 
-def _count(data: dict[str, object], name: str) -> int:
+def _number(data: dict[str, object], name: str, largest: int) -> int:
     number = data.get(name)
-    if not isinstance(number, int) or isinstance(number, bool) or number < 0:
-        raise DeserializationError(f"stats value needs a non-negative integer {name}, got {number!r}")
+    if not isinstance(number, int) or isinstance(number, bool) or not 0 <= number <= largest:
+        raise DeserializationError(f"stats value needs an integer {name} from 0 to {largest}, got {number!r}")
     return number
 
 
-def group_total(
-    published: Mapping[str, RunningAverage],
-    own: Mapping[str, RunningAverage],
-    topics: Iterable[str],
-) -> RunningAverage:
+class Latest(NamedTuple):
+    """A partition's latest stats value: its state and the offset it reaches (None if absent)."""
+
+    state: RunningAverage
+    next_offset: int | None
+
+
+class StatsTable:
+    """The latest value of each of a group's stats keys, and the recent ones by the offset they reach."""
+
+    def __init__(self, keys: StatsKeys) -> None:
+        self._keys = keys
+        self.latest: dict[TP, Latest] = {}
+        self._by_offset: dict[TP, dict[int, RunningAverage]] = {}
+        # Partitions whose latest value changed since `changed` was last drained.
+        self.changed: set[TP] = set()
+
+    @property
+    def states(self) -> dict[TP, RunningAverage]:
+        return {tp: latest.state for tp, latest in self.latest.items()}
+
+    def at(self, tp: TP, next_offset: int) -> RunningAverage | None:
+        """The latest value of a partition that reaches exactly `next_offset`, if one was read."""
+        return self._by_offset.get(tp, {}).get(next_offset)
+
+    def take(self, record: Incoming) -> None:
+        """Applies one record of the stats topic (a record of another group changes nothing).
+
+        Raises:
+            DeserializationError: the key or value is not one of this group's; the table is unchanged.
+        """
+        tp = self._keys.partition_of(record.key)
+        if tp is None:
+            return
+        self.changed.add(tp)
+        if record.value is None:
+            self.latest.pop(tp, None)  # a tombstone: the key was deleted on purpose
+            self._by_offset.pop(tp, None)
+            return
+        state, next_offset = decode_stats(record.value)
+        self.latest[tp] = Latest(state, next_offset)
+        if next_offset is not None:
+            history = self._by_offset.setdefault(tp, {})
+            history.pop(next_offset, None)  # re-inserted as the newest
+            history[next_offset] = state
+            if len(history) > HISTORY:
+                del history[next(iter(history))]
+
+
+def group_total(published: Mapping[TP, RunningAverage], own: Mapping[TP, RunningAverage]) -> RunningAverage:
     """The group-wide state: this consumer's partitions from memory, every other from the topic.
 
     Args:
-        published: the latest value of each key read from the stats topic.
+        published: the latest value of each of the group's input partitions in the stats topic.
         own: the state of the partitions this consumer owns (newer than the topic's).
-        topics: the input topics that count; keys of other topics are ignored, so a
-            stats topic shared by mistake does not mix pipelines.
     """
-    wanted = set(topics)
     total = RunningAverage()
-    for key, state in published.items():
-        if key not in own and topic_of_key(key) in wanted:
+    for tp, state in published.items():
+        if tp not in own:
             total += state
     for state in own.values():
         total += state
     return total
-
-
-class Published(NamedTuple):
-    """What `orders-stats` holds, by stats key: each partition's state and the offset it reaches."""
-
-    states: Mapping[str, RunningAverage]
-    next_offsets: Mapping[str, int]
-
-
-class StatsTable:
-    """Each stats key's latest committed value, built from the topic's records in order."""
-
-    def __init__(self) -> None:
-        self.states: dict[str, RunningAverage] = {}
-        self.next_offsets: dict[str, int] = {}
-
-    @property
-    def published(self) -> Published:
-        return Published(self.states, self.next_offsets)
-
-    def take(self, record: Incoming) -> None:
-        """Applies one record of the stats topic.
-
-        Raises:
-            DeserializationError: the value is not a stats value; the table is unchanged.
-        """
-        key = record.key.decode("utf-8", errors="replace") if record.key else ""
-        if record.value is None:
-            self.states.pop(key, None)  # a tombstone: the key was deleted on purpose
-            self.next_offsets.pop(key, None)
-            return
-        self.states[key], next_offset = decode_stats(record.value)
-        if next_offset is None:
-            self.next_offsets.pop(key, None)
-        else:
-            self.next_offsets[key] = next_offset

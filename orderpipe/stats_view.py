@@ -2,7 +2,9 @@
 
 A `StatsView` reads `orders-stats` through the edge's `StatsTail` (its one partition,
 from the beginning, read_committed) into a `StatsTable`: the latest committed value of
-every key. The consumer polls it without waiting between batches, for the other
+each of the group's keys. A record it cannot use (a key of the group that names no
+input partition, a value that does not parse) is ignored and counted, with a warning
+at most every WARN_EVERY_S seconds. The consumer polls it without waiting between batches, for the other
 consumers' partitions in the group-wide average. Before it takes over partitions it
 catches up: reads everything written before that moment, once the transactions
 still open on the topic have ended, so the state it restores is the last committed.
@@ -11,23 +13,34 @@ still open on the topic have ended, so the state it restores is the last committ
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 
 from orderpipe.edge import Pending, StatsTail
 from orderpipe.errors import DeserializationError
-from orderpipe.stats import StatsTable
+from orderpipe.stats import StatsKeys, StatsTable
+from orderpipe.text import printable
 
 __all__ = ["CatchUp", "StatsView"]
 
 log = logging.getLogger(__name__)
 
 POLL_RECORDS = 1000
+WARN_EVERY_S = 10.0
 
 
 class StatsView:
-    def __init__(self, tail: StatsTail, topic: str) -> None:
+    def __init__(
+        self, tail: StatsTail, topic: str, keys: StatsKeys, monotonic: Callable[[], float] = time.monotonic
+    ) -> None:
         self._tail = tail
         self._topic = topic
-        self.table = StatsTable()
+        self.table = StatsTable(keys)
+        # Records of the topic that were ignored because they could not be used.
+        self.ignored = 0
+        self._monotonic = monotonic
+        self._warned_at: float | None = None
+        self._unwarned = 0
 
     def poll(self, timeout_s: float = 0.0) -> None:
         """Takes in whatever committed updates have arrived, waiting at most `timeout_s`."""
@@ -35,7 +48,17 @@ class StatsView:
             try:
                 self.table.take(record)
             except DeserializationError as exc:
-                log.warning("Ignoring %s record %r at offset %d: %s", self._topic, record.label, record.offset, exc)
+                self.ignored += 1
+                self._warn(record.offset, exc)
+
+    def _warn(self, offset: int, problem: DeserializationError) -> None:
+        now = self._monotonic()
+        if self._warned_at is not None and now - self._warned_at < WARN_EVERY_S:
+            self._unwarned += 1
+            return
+        more = f" ({self._unwarned} more ignored since the last warning)" if self._unwarned else ""
+        log.warning("⚠ Ignoring %s record at offset %d: %s%s", self._topic, offset, printable(str(problem)), more)
+        self._warned_at, self._unwarned = now, 0
 
     def catch_up(self) -> CatchUp:
         """Asks for the topic's present end; `CatchUp.reached` says when the view has read that far."""

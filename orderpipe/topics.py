@@ -1,9 +1,15 @@
-"""Which of the pipeline's topics to create, and how (DESIGN section 3), free of Kafka.
+"""The pipeline's topics: which to create and how, and whether existing ones will do (DESIGN section 3), free of Kafka.
 
 `orders` gets ORDERS_PARTITIONS partitions; `orders-retry` and `orders-dlq` get as
 many as `orders` really has, so an order's records keep the same partition number on
 every topic. `orders-stats` is compacted, with one partition, so one reader sees
-every key's latest value in order.
+every key's latest value in order; its segments roll every hour and it is cleaned
+once a tenth of it is stale, so compaction really runs and the topic stays small.
+
+Topics that already exist (made by hand, by an older version, by another tool) are
+checked before anything is read: a retry topic with another partition count than
+`orders`, or a stats topic with several partitions or without compaction, stops the
+consumer with a sentence that says what the topic has, what it needs and how to fix it.
 """
 
 from __future__ import annotations
@@ -12,8 +18,22 @@ from collections.abc import Mapping
 
 from orderpipe.edge import TopicSpec
 from orderpipe.settings import Settings
+from orderpipe.stats import StatsKeys
 
-__all__ = ["missing_topics"]
+__all__ = [
+    "PRODUCER_MESSAGE_MAX_BYTES",
+    "STATS_TOPIC_CONFIG",
+    "largest_record",
+    "missing_topics",
+    "stats_keys",
+    "topic_problems",
+]
+
+STATS_TOPIC_CONFIG = {"cleanup.policy": "compact", "segment.ms": "3600000", "min.cleanable.dirty.ratio": "0.1"}
+# The producers' message.max.bytes (librdkafka's default, set explicitly), and the
+# broker's default max.message.bytes for a topic that does not say.
+PRODUCER_MESSAGE_MAX_BYTES = 1_000_000
+BROKER_MESSAGE_MAX_BYTES = 1_048_588
 
 
 def missing_topics(settings: Settings, existing: Mapping[str, int]) -> list[TopicSpec]:
@@ -23,5 +43,52 @@ def missing_topics(settings: Settings, existing: Mapping[str, int]) -> list[Topi
         TopicSpec(name, partitions, settings.replication_factor)
         for name in (settings.orders_topic, settings.retry_topic, settings.dlq_topic)
     ]
-    wanted.append(TopicSpec(settings.stats_topic, 1, settings.replication_factor, {"cleanup.policy": "compact"}))
+    wanted.append(TopicSpec(settings.stats_topic, 1, settings.replication_factor, STATS_TOPIC_CONFIG))
     return [spec for spec in wanted if spec.name not in existing]
+
+
+def stats_keys(settings: Settings, existing: Mapping[str, int]) -> StatsKeys:
+    """The stats keys of the consumer group's input partitions, given each topic's partition count."""
+    inputs = (settings.orders_topic, settings.retry_topic)
+    return StatsKeys(settings.consumer_group, {topic: existing.get(topic, 0) for topic in inputs})
+
+
+def topic_problems(
+    settings: Settings, existing: Mapping[str, int], configs: Mapping[str, Mapping[str, str]]
+) -> list[str]:
+    """What is wrong with the pipeline's existing topics, one sentence each (none when all will do).
+
+    Args:
+        existing: every topic's partition count.
+        configs: the configuration of the stats topic (others may be there too).
+    """
+    problems: list[str] = []
+    orders, retry, stats = settings.orders_topic, settings.retry_topic, settings.stats_topic
+    if existing.get(retry) != existing.get(orders):
+        problems.append(
+            f"{retry} has {existing.get(retry)} partitions but {orders} has {existing.get(orders)}: they need the same "
+            f"count, so that an order's retries stay on its partition number; add partitions to the one with fewer "
+            f"(kafka-topics.sh --alter --topic NAME --partitions N) or point RETRY_TOPIC at a new topic"
+        )
+    if existing.get(stats) != 1:
+        problems.append(
+            f"{stats} has {existing.get(stats)} partitions but needs exactly 1, so that one reader sees every "
+            f"update in order; point STATS_TOPIC at a new topic (the consumer creates it) or delete this one"
+        )
+    policy = configs.get(stats, {}).get("cleanup.policy", "delete")
+    if "compact" not in policy.split(","):
+        problems.append(
+            f"{stats} has cleanup.policy={policy} but needs compact, or its old values are deleted or grow without "
+            f"end; run kafka-configs.sh --alter --entity-type topics --entity-name {stats} "
+            "--add-config cleanup.policy=compact"
+        )
+    return problems
+
+
+def largest_record(settings: Settings, configs: Mapping[str, Mapping[str, str]]) -> int:
+    """The largest record (see routing.record_bytes) that both the retry and the DLQ topic take."""
+    limits = [PRODUCER_MESSAGE_MAX_BYTES]
+    for topic in (settings.retry_topic, settings.dlq_topic):
+        text = configs.get(topic, {}).get("max.message.bytes", "")
+        limits.append(int(text) if text.isdecimal() else BROKER_MESSAGE_MAX_BYTES)
+    return min(limits)

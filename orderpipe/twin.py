@@ -24,7 +24,7 @@ from contextlib import contextmanager
 
 from orderpipe.edge import BEGINNING, TP, Assigned, EdgeOptions, Event, Outgoing, Polled, Revoked, TopicSpec
 from orderpipe.errors import FatalKafkaError, KafkaCallError
-from orderpipe.routing import Headers, Incoming
+from orderpipe.routing import UNREADABLE_HEADERS, Headers, Incoming
 from orderpipe.settings import Settings
 from orderpipe.twin_parts import (
     ERROR_KINDS,
@@ -41,6 +41,10 @@ from orderpipe.twin_parts import (
 __all__ = ["ERROR_KINDS", "Killed", "TwinCluster", "TwinEdge", "VirtualClock"]
 
 
+# A topic's configuration where its creator gave none, as a broker's defaults.
+DEFAULT_TOPIC_CONFIG = {"cleanup.policy": "delete", "max.message.bytes": "1048588"}
+
+
 class TwinCluster:
     """The broker's side: topics, groups and transactions, for any number of `TwinEdge`s."""
 
@@ -50,23 +54,38 @@ class TwinCluster:
         self.clock = clock or VirtualClock()
         self.session_timeout_s = session_timeout_s
         self.logs: dict[str, list[list[Entry]]] = {}
+        self.configs: dict[str, dict[str, str]] = {}
         self.groups: dict[str, Group] = {}
         self.transactions = TransactionCoordinator(self.clock, self.logs, self.groups, transaction_timeout_s)
         self.faults = Faults()
 
-    def create_topic(self, name: str, partitions: int) -> None:
-        self.logs.setdefault(name, [[] for _ in range(partitions)])
+    def create_topic(self, name: str, partitions: int, config: Mapping[str, str] | None = None) -> None:
+        """Creates a topic (configured as given, else with the broker's defaults) unless it exists."""
+        if name not in self.logs:
+            self.logs[name] = [[] for _ in range(partitions)]
+            self.configs[name] = {**DEFAULT_TOPIC_CONFIG, **(config or {})}
 
     def produce(
-        self, topic: str, key: bytes | None, value: bytes | None, headers: Headers = (), partition: int | None = None
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Headers = (),
+        *,
+        partition: int | None = None,
+        timestamp: int | None = None,
     ) -> int:
-        """Appends a record outside any transaction (as a plain producer would); returns its offset."""
-        return self.append(topic, key, value, headers, partition=partition)
+        """Appends a record outside any transaction (as a plain producer would); returns its offset.
+
+        Any client may write any timestamp, and header names of any bytes: a name with
+        surrogate escapes (`"\\udcff"`) stands for one that is not UTF-8.
+        """
+        return self.append(topic, key, value, headers, partition=partition, timestamp=timestamp)
 
     def records(self, topic: str) -> list[Incoming]:
         """Every committed record of a topic, partition by partition (what a read_committed reader sees)."""
         return [
-            Incoming(topic, p, offset, entry.timestamp, entry.key, entry.value, entry.headers)
+            _incoming(topic, p, offset, entry, False)
             for p, log in enumerate(self.logs.get(topic, []))
             for offset, entry in enumerate(log)
             if entry.readable
@@ -81,13 +100,15 @@ class TwinCluster:
         *,
         partition: int | None = None,
         transaction: Transaction | None = None,
+        timestamp: int | None = None,
     ) -> int:
         """Appends a record (in a transaction, if given); without a partition, the key chooses one."""
         partitions = self.logs[topic]
         if partition is None:
             partition = zlib.crc32(key or b"") % len(partitions)
         log = partitions[partition]
-        log.append(Entry(key, value, tuple(headers), int(self.clock.now * 1000), transaction))
+        when = int(self.clock.now * 1000) if timestamp is None else timestamp
+        log.append(Entry(key, value, tuple(headers), when, transaction))
         if transaction is not None:
             transaction.partitions.add((topic, partition))
         return len(log) - 1
@@ -100,12 +121,7 @@ class TwinCluster:
         while position < end and len(records) < limit:
             entry = log[position]
             if entry.readable:
-                from_retry = topic == retry_topic
-                records.append(
-                    Incoming(
-                        topic, partition, position, entry.timestamp, entry.key, entry.value, entry.headers, from_retry
-                    )
-                )
+                records.append(_incoming(topic, partition, position, entry, topic == retry_topic))
             position += 1
         return records, position
 
@@ -189,6 +205,19 @@ class TwinCluster:
             if not edge.dead:
                 self.faults.check(edge, "close")
                 self.leave(edge)
+
+
+def _incoming(topic: str, partition: int, offset: int, entry: Entry, from_retry_topic: bool) -> Incoming:
+    """A record as the confluent edge hands it over: without headers when a name is not UTF-8."""
+    headers, unreadable = entry.headers, ""
+    try:
+        for name, _ in headers:
+            name.encode("utf-8")
+    except UnicodeEncodeError:
+        headers, unreadable = (), UNREADABLE_HEADERS
+    return Incoming(
+        topic, partition, offset, entry.timestamp, entry.key, entry.value, headers, from_retry_topic, unreadable
+    )
 
 
 class _TwinProducer:
@@ -304,7 +333,11 @@ class TwinEdge(_TwinProducer):
     def create_topics(self, specs: Sequence[TopicSpec]) -> None:
         self._check("create_topics")
         for spec in specs:
-            self._cluster.create_topic(spec.name, spec.partitions)
+            self._cluster.create_topic(spec.name, spec.partitions, spec.config)
+
+    def topic_configs(self, names: Sequence[str]) -> dict[str, dict[str, str]]:
+        self._check("topic_configs")
+        return {name: dict(self._cluster.configs[name]) for name in names if name in self._cluster.configs}
 
     def subscribe(self, topics: Sequence[str]) -> None:
         self._check("subscribe")

@@ -4,8 +4,9 @@ A client configured with `test.mock.num.brokers` starts a mock Kafka cluster ins
 the process, listening on loopback; other clients reach it through its address.
 It serves produce and fetch, consumer groups, offsets and transactions, and creates
 topics (4 partitions) when a producer asks for their metadata. It does not create
-topics through the admin API, nor keep offsets sent with a transaction, so tests of
-those paths run against the real broker (tests/integration).
+topics through the admin API, nor answer DescribeConfigs, nor keep offsets sent with
+a transaction, so tests of those paths run against the real broker (tests/integration);
+conftest.py switches the consumer's topic checks off on it.
 """
 
 from __future__ import annotations

@@ -16,10 +16,10 @@ from orderpipe.ownership import Ownership
 from orderpipe.retry_scheduler import RetryScheduler
 from orderpipe.routing import BatchPlan, DeadLetter, Deferred, Incoming, Processed, Retry
 from orderpipe.settings import Settings
-from orderpipe.stats import Published, StatsTable
-from orderpipe.topics import missing_topics
+from orderpipe.stats import Latest, StatsKeys, StatsTable
+from orderpipe.topics import STATS_TOPIC_CONFIG, missing_topics
 
-TOPICS = OutputTopics("orders-retry", "orders-dlq", "orders-stats")
+TOPICS = OutputTopics("orders-retry", "orders-dlq", "orders-stats", "g")
 A, B, R = ("orders", 0), ("orders", 1), ("orders-retry", 0)
 
 
@@ -33,7 +33,9 @@ def test_a_batch_becomes_records_offsets_and_states_to_apply_after_its_commit() 
         (
             Processed(record(A, 4), ValidOrder("O-1", "Mouse", 1000)),
             Retry(record(A, 5, b"O-2"), 1, 99, error, (("retry.attempt", b"1"),)),
-            DeadLetter(record(B, 7, b"O-3"), "validation", 0, error, (("dlq.reason", b"validation"),)),
+            DeadLetter(
+                record(B, 7, b"O-3"), "validation", 0, error, (("dlq.reason", b"validation"),), b"O-3", b"value"
+            ),
             Processed(record(A, 6), ValidOrder("O-4", "Mouse", 500)),
         ),
         {A: 7, B: 8, R: 3},
@@ -44,9 +46,9 @@ def test_a_batch_becomes_records_offsets_and_states_to_apply_after_its_commit() 
     assert retry == Outgoing("orders-retry", b"O-2", b"value", (("retry.attempt", b"1"),))
     assert dead == Outgoing("orders-dlq", b"O-3", b"value", (("dlq.reason", b"validation"),))
     assert [(s.topic, s.key, s.partition, json.loads(s.value or b"")) for s in stats] == [
-        ("orders-stats", b"orders-0", 0, {"count": 12, "sum_cents": 21500, "next_offset": 7}),
-        ("orders-stats", b"orders-1", 0, {"count": 1, "sum_cents": 100, "next_offset": 8}),
-        ("orders-stats", b"orders-retry-0", 0, {"count": 0, "sum_cents": 0, "next_offset": 3}),
+        ("orders-stats", b"g/orders-0", 0, {"count": 12, "sum_cents": 21500, "next_offset": 7}),
+        ("orders-stats", b"g/orders-1", 0, {"count": 1, "sum_cents": 100, "next_offset": 8}),
+        ("orders-stats", b"g/orders-retry-0", 0, {"count": 0, "sum_cents": 0, "next_offset": 3}),
     ]
     assert effects.offsets == {A: 7, B: 8, R: 3}
     assert effects.states == {A: RunningAverage(12, 21500), B: RunningAverage(1, 100), R: RunningAverage()}
@@ -56,9 +58,11 @@ def test_a_batch_becomes_records_offsets_and_states_to_apply_after_its_commit() 
 def test_restored_partitions_start_at_the_commit_or_where_their_state_ends_or_the_beginning() -> None:
     ownership = Ownership()
     ownership.assigned([A, B, R])
-    published = Published({"orders-0": RunningAverage(3, 30), "orders-1": RunningAverage(5, 50)}, {"orders-1": 40})
-    starts = ownership.restored({A: 12, B: None, R: None}, published)
-    assert starts == {A: 12, B: 40, R: BEGINNING}
+    table = table_of(
+        stats_record(0, b"g/orders-0", stats_value(3, 30, 12)), stats_record(1, b"g/orders-1", stats_value(5, 50, 40))
+    )
+    starts, unmatched = ownership.restored({A: 12, B: None, R: None}, table)
+    assert (starts, unmatched) == ({A: 12, B: 40, R: BEGINNING}, [])
     assert ownership.states == {A: RunningAverage(3, 30), B: RunningAverage(5, 50), R: RunningAverage()}
     assert ownership.restoring == ()
 
@@ -66,7 +70,7 @@ def test_restored_partitions_start_at_the_commit_or_where_their_state_ends_or_th
 def test_only_owned_partitions_that_are_not_paused_are_read_and_moved_on() -> None:
     ownership = Ownership()
     ownership.assigned([A, B])
-    ownership.restored({A: 1, B: 1}, Published({}, {}))
+    ownership.restored({A: 1, B: 1}, table_of())
     ownership.assigned([R])  # a later assignment restoring: not read yet
     records = [record(A, 1), record(B, 1), record(R, 0), record(("elsewhere", 0), 0)]
     assert ownership.accept(records, {B}) == [records[0]]
@@ -81,7 +85,7 @@ def test_a_revoked_partition_is_no_longer_restored() -> None:
     ownership.assigned([A, B])
     ownership.revoked([A])
     assert ownership.restoring == (B,)
-    assert ownership.restored({B: 2}, Published({}, {})) == {B: 2}
+    assert ownership.restored({B: 2}, table_of()) == ({B: 2}, [])
 
 
 def test_retry_partitions_are_paused_until_due_and_forgotten_when_revoked() -> None:
@@ -109,22 +113,75 @@ def test_missing_topics_keep_the_partition_count_orders_really_has() -> None:
     settings = Settings(orders_partitions=3, replication_factor=1)
     assert missing_topics(settings, {"orders": 6, "orders-dlq": 6}) == [
         TopicSpec("orders-retry", 6, 1),
-        TopicSpec("orders-stats", 1, 1, {"cleanup.policy": "compact"}),
+        TopicSpec("orders-stats", 1, 1, STATS_TOPIC_CONFIG),
     ]
     assert [spec.partitions for spec in missing_topics(settings, {})] == [3, 3, 3, 1]
 
 
+def stats_record(offset: int, key: bytes, value: bytes | None) -> Incoming:
+    return Incoming("orders-stats", 0, offset, 0, key, value)
+
+
+def stats_value(count: int, cents: int, next_offset: int) -> bytes:
+    return json.dumps({"count": count, "sum_cents": cents, "next_offset": next_offset}).encode()
+
+
 def test_the_stats_table_keeps_each_keys_latest_value() -> None:
-    table = StatsTable()
-    table.take(Incoming("orders-stats", 0, 0, 0, b"orders-0", b'{"count": 1, "sum_cents": 5, "next_offset": 3}'))
-    table.take(Incoming("orders-stats", 0, 1, 0, b"orders-1", b'{"count": 2, "sum_cents": 9}'))
-    assert table.published == Published(
-        {"orders-0": RunningAverage(1, 5), "orders-1": RunningAverage(2, 9)}, {"orders-0": 3}
+    table = table_of(
+        stats_record(0, b"g/orders-0", b'{"count": 1, "sum_cents": 5, "next_offset": 3}'),
+        stats_record(1, b"g/orders-1", b'{"count": 2, "sum_cents": 9}'),
     )
+    assert table.latest == {A: Latest(RunningAverage(1, 5), 3), B: Latest(RunningAverage(2, 9), None)}
     with pytest.raises(DeserializationError):
-        table.take(Incoming("orders-stats", 0, 2, 0, b"orders-0", b"{"))
-    assert table.states["orders-0"] == RunningAverage(1, 5), "a bad value changes nothing"
-    table.take(Incoming("orders-stats", 0, 3, 0, b"orders-0", b'{"count": 4, "sum_cents": 8}'))
-    assert "orders-0" not in table.next_offsets
-    table.take(Incoming("orders-stats", 0, 4, 0, b"orders-1", None))
-    assert table.published == Published({"orders-0": RunningAverage(4, 8)}, {})
+        table.take(stats_record(2, b"g/orders-0", b"{"))
+    assert table.states[A] == RunningAverage(1, 5), "a bad value changes nothing"
+    table.take(stats_record(3, b"g/orders-0", b'{"count": 4, "sum_cents": 8}'))
+    assert table.latest[A] == Latest(RunningAverage(4, 8), None)
+    table.take(stats_record(4, b"g/orders-1", None))
+    assert table.states == {A: RunningAverage(4, 8)}
+
+
+def table_of(*records: Incoming) -> StatsTable:
+    table = StatsTable(StatsKeys("g", {"orders": 2, "orders-retry": 1}))
+    for r in records:
+        table.take(r)
+    return table
+
+
+@pytest.mark.parametrize(
+    "key",
+    [b"orders-0", b"g/orders-2", b"g/orders-x", b"g/unknown-0", b"g/orders-00000000001", b"g/orders--1", b"", b"\xff"],
+)
+def test_a_key_of_the_group_that_names_no_input_partition_is_refused(key: bytes) -> None:
+    table = table_of()
+    with pytest.raises(DeserializationError, match="stats key"):
+        table.take(stats_record(0, key, stats_value(1, 5, 3)))
+    assert table.latest == {}
+
+
+def test_keys_of_other_groups_are_skipped_silently() -> None:
+    table = table_of(stats_record(0, b"other/orders-0", stats_value(1, 5, 3)), stats_record(1, b"g/x/orders-0", b"{"))
+    assert table.latest == {}
+    assert table.changed == set()
+
+
+def test_the_value_that_reaches_the_committed_offset_is_restored_not_a_replayed_or_forged_one() -> None:
+    table = table_of(
+        stats_record(0, b"g/orders-0", stats_value(1, 100, 10)),
+        stats_record(1, b"g/orders-0", stats_value(3, 300, 20)),  # the real latest: committed with offset 20
+        stats_record(2, b"g/orders-0", stats_value(1, 100, 10)),  # an old value written again
+        stats_record(3, b"g/orders-1", stats_value(5, 500, 7)),
+        stats_record(4, b"g/orders-1", stats_value(9, 9_000, 99)),  # forged
+        stats_record(5, b"g/orders-retry-0", stats_value(2, 20, 4)),
+    )
+    ownership = Ownership()
+    ownership.assigned([A, B, R])
+    starts, unmatched = ownership.restored({A: 20, B: 7, R: 5}, table)
+    assert starts == {A: 20, B: 7, R: 5}
+    assert ownership.states == {A: RunningAverage(3, 300), B: RunningAverage(5, 500), R: RunningAverage(2, 20)}
+    assert unmatched == [R], "no value reaches offset 5: the latest is used, and said so"
+    # The owner sees values it did not write, and writes its own over them.
+    assert ownership.foreign(A, table.latest[A])
+    assert ownership.foreign(B, table.latest[B])
+    assert not ownership.foreign(R, Latest(RunningAverage(2, 20), 5))
+    assert not ownership.foreign(("orders", 9), None), "not owned: not its business"

@@ -25,7 +25,7 @@ from orderpipe.kafka_stats import read_group_stats
 from orderpipe.money import RunningAverage
 from orderpipe.routing import Incoming
 from orderpipe.settings import Settings, build_settings
-from orderpipe.stats import encode_stats
+from orderpipe.stats import encode_stats, stats_key
 from tests.unit.mock_cluster import MockCluster
 
 T = TypeVar("T")
@@ -137,13 +137,14 @@ def test_a_transaction_shows_its_records_only_once_committed(mock_cluster: MockC
 def test_the_stats_tail_reads_the_stats_topic_to_its_end(mock_cluster: MockCluster) -> None:
     settings = mock_cluster.settings()
     values = [encode_stats(RunningAverage(2, 300), 5), encode_stats(RunningAverage(3, 700), 9)]
-    mock_cluster.produce(settings.stats_topic, 0, values, keys=[f"{settings.orders_topic}-0".encode(), b"other-0"])
+    ours = stats_key(settings.consumer_group, settings.orders_topic, 0).encode()
+    mock_cluster.produce(settings.stats_topic, 0, values, keys=[ours, b"another-group/orders-0"])
     with edge_of(settings) as edge:
         assert answer(edge.stats.end_offset()) == 2
         got = read_stats(edge, 2)
         assert [r.value for r in got] == values
         assert edge.stats.position() == 2
-    assert read_group_stats(settings) == {f"{settings.orders_topic}-0": RunningAverage(2, 300)}
+    assert read_group_stats(settings) == {(settings.orders_topic, 0): RunningAverage(2, 300)}
 
 
 def read_stats(edge: ConfluentEdge, count: int) -> list[Incoming]:

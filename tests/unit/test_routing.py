@@ -2,9 +2,11 @@
 
 import pytest
 
-from orderpipe.errors import DeserializationError, ValidationError
+from orderpipe.errors import DeserializationError, NotReady, ValidationError
 from orderpipe.order import ValidOrder
 from orderpipe.routing import (
+    CLOCK_SKEW_MS,
+    UNREADABLE_HEADERS,
     DeadLetter,
     Deferred,
     Incoming,
@@ -14,6 +16,7 @@ from orderpipe.routing import (
     backoff_ms,
     decide,
     plan_batch,
+    record_bytes,
 )
 
 NOW = 1_700_000_000_000
@@ -192,6 +195,106 @@ def test_a_dlq_record_replayed_onto_orders_starts_afresh() -> None:
     assert "dlq.reason" not in hdrs(decision)
 
 
-def test_a_due_time_beyond_the_longest_backoff_is_cut_to_it() -> None:
-    plan = plan_batch([_retry_record(0, 1, NOW + 10**12)], NOW, lambda r: ORDER, POLICY)
-    assert plan.deferred == (Deferred("orders-retry", 0, 1, NOW + POLICY.backoff_max_ms),)
+def test_a_due_time_no_retry_of_ours_can_have_counts_as_due_now() -> None:
+    """Due at most the record's own timestamp plus the longest backoff (plus clock skew)."""
+    latest = NOW + POLICY.backoff_max_ms + CLOCK_SKEW_MS
+    on_time = _retry_record(0, 1, latest)  # written NOW, due as late as a retry can be
+    forged = _retry_record(1, 1, latest + 1)
+    far = _retry_record(2, 1, 10**18)
+    seen: list[int] = []
+
+    def process(record: Incoming) -> ValidOrder:
+        seen.append(record.partition)
+        return ORDER
+
+    plan = plan_batch([on_time, forged, far], NOW + 1, process, POLICY)
+    assert plan.deferred == (Deferred("orders-retry", 0, 1, latest),)
+    assert seen == [1, 2]
+
+
+def test_a_retry_record_timestamped_in_the_future_is_bounded_by_now() -> None:
+    future = _retry_record(0, 1, NOW + 10**9)._replace(timestamp=NOW + 10**9 - 1)
+    plan = plan_batch([future], NOW, lambda r: ORDER, POLICY)
+    assert plan.deferred == ()
+    assert len(plan.decisions) == 1
+
+
+def test_absurd_pipeline_headers_never_stall_or_crash() -> None:
+    cases = [
+        (("retry.attempt", b"-5"), ("retry.not-before", b"-1")),
+        (("retry.attempt", b"9" * 5000), ("retry.not-before", b"9" * 5000)),
+        (("retry.attempt", b"\xff"), ("retry.not-before", b"soon")),
+        (("original.partition", b"1e9"), ("original.offset", b"-")),
+        (),
+    ]
+    records = [
+        Incoming("orders-retry", p, 1, NOW, b"k", b"v", headers, from_retry_topic=True)
+        for p, headers in enumerate(cases)
+    ]
+    plan = plan_batch(records, NOW, lambda r: ORDER, POLICY)
+    assert [type(d).__name__ for d in plan.decisions] == ["Processed"] * len(cases)
+    assert plan.deferred == ()
+
+
+def test_a_record_not_ready_defers_its_partition_only() -> None:
+    def process(record: Incoming) -> ValidOrder:
+        if record.partition == 0:
+            raise NotReady("schema id 7 is being looked up", 50)
+        return ORDER
+
+    records = [fresh(offset=1)._replace(partition=0), fresh(offset=2)._replace(partition=0), fresh(offset=5)]
+    plan = plan_batch(records, NOW, process, POLICY)
+    assert plan.deferred == (Deferred("orders", 0, 1, NOW + 50),)
+    assert plan.commits == {("orders", 0): 1, ("orders", 2): 6}
+    assert [d.record.offset for d in plan.decisions] == [5]
+
+
+def test_a_record_with_unreadable_headers_is_dead_lettered_without_them() -> None:
+    record = fresh()._replace(headers=(), unreadable=UNREADABLE_HEADERS)
+    plan = plan_batch([record], NOW, lambda r: ORDER, POLICY)
+    (dead,) = plan.decisions
+    assert isinstance(dead, DeadLetter)
+    assert dead.reason == "deserialization"
+    assert hdrs(dead)["dlq.truncated"] == "headers (unreadable)"
+    assert (dead.key, dead.value) == (record.key, record.value)
+
+
+def test_a_dlq_copy_too_large_leaves_out_the_value_then_headers_then_key() -> None:
+    limit = 20_000
+    error = DeserializationError("bad")
+    big_value = fresh()._replace(value=b"v" * limit)
+    dead = decide(big_value, error, NOW, POLICY, limit)
+    assert isinstance(dead, DeadLetter)
+    assert (dead.key, dead.value) == (b"O-1", None)
+    assert hdrs(dead)["dlq.truncated"] == f"value ({limit} bytes)"
+    assert hdrs(dead)["trace-id"] == "abc"
+    assert hdrs(dead)["original.offset"] == "17"
+    assert record_bytes(dead.key, dead.value, dead.headers) <= limit
+
+    everything = fresh(headers=(("h", b"x" * limit),))._replace(key=b"k" * limit, value=b"v" * limit)
+    dead = decide(everything, error, NOW, POLICY, limit)
+    assert isinstance(dead, DeadLetter)
+    assert (dead.key, dead.value) == (None, None)
+    assert hdrs(dead)["dlq.truncated"] == f"value ({limit} bytes), headers (1), key ({limit} bytes)"
+
+    big_headers = fresh(headers=(("h", b"x" * limit),))
+    dead = decide(big_headers, error, NOW, POLICY, limit)
+    assert isinstance(dead, DeadLetter)
+    assert (dead.key, dead.value) == (big_headers.key, big_headers.value)
+    assert hdrs(dead)["dlq.truncated"] == "headers (1)"
+    assert record_bytes(dead.key, dead.value, dead.headers) <= limit
+
+    small = decide(fresh(), error, NOW, POLICY, limit)
+    assert isinstance(small, DeadLetter)
+    assert small.value == fresh().value
+    assert "dlq.truncated" not in hdrs(small)
+
+
+def test_a_retry_copy_too_large_is_dead_lettered_instead() -> None:
+    limit = 20_000
+    record = fresh(headers=(("h", b"x" * limit),))
+    decision = decide(record, TimeoutError("slow"), NOW, POLICY, limit)
+    assert isinstance(decision, DeadLetter)
+    assert decision.reason == "retries-exhausted"
+    assert hdrs(decision)["dlq.truncated"] == "headers (1)"
+    assert isinstance(decide(fresh(), TimeoutError("slow"), NOW, POLICY, limit), Retry)

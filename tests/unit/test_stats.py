@@ -4,16 +4,19 @@ import pytest
 
 from orderpipe.errors import DeserializationError
 from orderpipe.money import RunningAverage
-from orderpipe.stats import decode_stats, encode_stats, group_total, stats_key, topic_of_key
+from orderpipe.stats import StatsKeys, decode_stats, encode_stats, group_total, stats_key
 
 
-def test_a_key_names_the_input_partition() -> None:
-    assert stats_key("orders", 0) == "orders-0"
-    assert stats_key("orders-retry", 12) == "orders-retry-12"
-    assert topic_of_key("orders-retry-12") == "orders-retry"
-    assert topic_of_key("orders") is None
-    assert topic_of_key("-3") is None
-    assert topic_of_key("orders-x") is None
+def test_a_key_names_the_consumer_group_and_the_input_partition() -> None:
+    keys = StatsKeys("team/a", {"orders": 3, "orders-retry": 13})
+    assert stats_key("team/a", "orders", 0) == "team/a/orders-0"
+    assert keys.partition_of(stats_key("team/a", "orders-retry", 12).encode()) == ("orders-retry", 12)
+    assert keys.partition_of(b"team/b/orders-0") is None
+    assert keys.partition_of(b"team/a/x/orders-0") is None
+    with pytest.raises(DeserializationError, match="names no consumer group"):
+        keys.partition_of(b"orders-0")
+    with pytest.raises(DeserializationError, match="names no partition"):
+        keys.partition_of(b"team/a/orders-3")
 
 
 def test_values_are_the_json_of_design_section_3_with_the_offset_they_reach() -> None:
@@ -31,6 +34,10 @@ def test_values_are_the_json_of_design_section_3_with_the_offset_they_reach() ->
         (b"[1, 2]", "not a JSON object"),
         (b'{"count": 1}', "sum_cents"),
         (b'{"count": -1, "sum_cents": 0}', "count"),
+        (b'{"count": 9007199254740993, "sum_cents": 0}', "count"),
+        (b'{"count": 0, "sum_cents": 5}', "no orders"),
+        (b'{"count": 1, "sum_cents": 9223372036854775808}', "sum_cents"),
+        (b'{"count": 1, "sum_cents": 2, "next_offset": 9223372036854775808}', "next_offset"),
         (b'{"count": 1.5, "sum_cents": 0}', "count"),
         (b'{"count": true, "sum_cents": 0}', "count"),
         (b'{"count": 1, "sum_cents": "12"}', "sum_cents"),
@@ -47,11 +54,10 @@ def test_a_malformed_value_is_named(value: bytes, problem: str) -> None:
 
 def test_the_group_total_takes_own_partitions_from_memory_and_the_rest_from_the_topic() -> None:
     published = {
-        "orders-0": RunningAverage(2, 200),  # ours, older than memory
-        "orders-1": RunningAverage(3, 300),
-        "orders-retry-1": RunningAverage(1, 50),
-        "other-0": RunningAverage(100, 100_000),  # another pipeline's key
+        ("orders", 0): RunningAverage(2, 200),  # ours, older than memory
+        ("orders", 1): RunningAverage(3, 300),
+        ("orders-retry", 1): RunningAverage(1, 50),
     }
-    own = {"orders-0": RunningAverage(4, 450)}
-    assert group_total(published, own, ["orders", "orders-retry"]) == RunningAverage(8, 800)
-    assert group_total({}, {}, ["orders"]) == RunningAverage()
+    own = {("orders", 0): RunningAverage(4, 450)}
+    assert group_total(published, own) == RunningAverage(8, 800)
+    assert group_total({}, {}) == RunningAverage()

@@ -20,6 +20,7 @@ from orderpipe.order import Order, ValidOrder
 from orderpipe.reporting import ConsumerSummary
 from orderpipe.routing import Decision, Processed
 from orderpipe.settings import Settings
+from orderpipe.topics import STATS_TOPIC_CONFIG
 from orderpipe.twin import TwinCluster
 from tests.audit import Audit, audit_topics
 
@@ -33,7 +34,7 @@ def new_cluster(settings: Settings = SETTINGS, partitions: int = 3) -> TwinClust
     cluster = TwinCluster()
     for name in (settings.orders_topic, settings.retry_topic, settings.dlq_topic):
         cluster.create_topic(name, partitions)
-    cluster.create_topic(settings.stats_topic, 1)
+    cluster.create_topic(settings.stats_topic, 1, STATS_TOPIC_CONFIG)
     return cluster
 
 
