@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import random
 import signal
 import sys
@@ -39,6 +40,15 @@ __all__ = ["LoadSettings", "consumer_main", "producer_main"]
 # given); the entry scripts pass config.load_settings, the one reader of the environment.
 LoadSettings = Callable[[Mapping[str, str | None]], Settings]
 
+# The largest values the flags take: beyond them a run is a mistake, not a load test.
+MAX_COUNT = 10**12
+MAX_RATE = 1_000_000.0
+MAX_IDLE_EXIT_S = 86_400.0
+# A batch is one transaction, held in memory whole; librdkafka consumes at most 1e6 at once.
+MAX_BATCH_SIZE = 100_000
+# Longer than the transaction timeout, a batch would outlive the transaction that commits it.
+MAX_COMMIT_INTERVAL_MS = 10_000
+
 
 def _fraction(text: str) -> float:
     try:
@@ -50,18 +60,21 @@ def _fraction(text: str) -> float:
     return value
 
 
-def _at_least(kind: type[int] | type[float], minimum: float, strict: bool = False) -> Callable[[str], float]:
-    """An argparse type for numbers >= minimum (or > minimum when strict)."""
+def _within(
+    kind: type[int] | type[float], minimum: float, maximum: float, strict: bool = False
+) -> Callable[[str], float]:
+    """An argparse type for finite numbers from minimum (exclusive when strict) to maximum."""
 
     def parse(text: str) -> float:
         try:
             value = kind(text)
-            ok = value > minimum if strict else value >= minimum
-        except ValueError:
+            ok = math.isfinite(value) and (value > minimum if strict else value >= minimum) and value <= maximum
+        except (ValueError, OverflowError):
             ok = False
         if not ok:
             noun = "whole number" if kind is int else "number"
-            raise argparse.ArgumentTypeError(f"expected a {noun} {'>' if strict else '>='} {minimum:g}, got {text!r}")
+            low = f"more than {minimum:g}" if strict else f"from {minimum:g}"
+            raise argparse.ArgumentTypeError(f"expected a {noun} {low} to {maximum:g}, got {text[:50]!r}")
         return value
 
     return parse
@@ -89,11 +102,11 @@ def _producer_parser() -> argparse.ArgumentParser:
         prog="producer.py", description="Publish random orders, Avro-encoded, to the orders topic."
     )
     parser.add_argument(
-        "--count", type=_at_least(int, 0), metavar="N", help="stop after N orders (default: until Ctrl-C)"
+        "--count", type=_within(int, 0, MAX_COUNT), metavar="N", help="stop after N orders (default: until Ctrl-C)"
     )
     parser.add_argument(
         "--rate",
-        type=_at_least(float, 0),
+        type=_within(float, 0, MAX_RATE),
         default=2.0,
         metavar="R",
         help="orders per second (default 2; 0 = as fast as possible)",
@@ -126,21 +139,21 @@ def _consumer_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--idle-exit",
-        type=_at_least(float, 0, strict=True),
+        type=_within(float, 0, MAX_IDLE_EXIT_S, strict=True),
         metavar="SECONDS",
         help="exit once nothing arrived and nothing was due for this long",
     )
     parser.add_argument("--group", metavar="G", help="consumer group (CONSUMER_GROUP, default order-pipeline)")
     parser.add_argument(
         "--batch-size",
-        type=_at_least(int, 1),
+        type=_within(int, 1, MAX_BATCH_SIZE),
         default=ConsumerOptions.batch_size,
         metavar="N",
         help=f"most records handled per batch, and so per transaction (default {ConsumerOptions.batch_size})",
     )
     parser.add_argument(
         "--commit-interval-ms",
-        type=_at_least(int, 1),
+        type=_within(int, 1, MAX_COMMIT_INTERVAL_MS),
         metavar="MS",
         help="longest a batch waits to fill before it is committed: the transaction interval "
         f"(default {DEFAULT_COMMIT_INTERVAL_MS[EXACTLY_ONCE]} exactly-once, "

@@ -46,6 +46,9 @@ JOIN_GRACE_S = 30.0
 # Aborted batches in a row before the consumer gives up: the same failure each time
 # (a record the broker refuses, say) would otherwise repeat forever.
 MAX_ABORTS_IN_A_ROW = 5
+# A retry partition resumed when due counts as busy until its waiting record is read
+# again, or at most this long (the record may have been deleted by retention meanwhile).
+REFETCH_LIMIT_S = 30.0
 
 
 class ConsumerLoop:
@@ -81,6 +84,8 @@ class ConsumerLoop:
         self._assigned_once = False
         # Owned partitions whose value in the stats topic is to be written again (see _look_for_foreign_values).
         self._rewrite: set[TP] = set()
+        # Resumed retry partitions whose waiting record was not read again yet, and when they were resumed.
+        self._refetching: dict[TP, float] = {}
 
     def group_total(self) -> RunningAverage:
         """The group-wide running average: own partitions from memory, the others' from `orders-stats`."""
@@ -109,12 +114,16 @@ class ConsumerLoop:
         due = self._scheduler.due(int(now * 1000))
         if due:
             edge.resume(due)
+            self._refetching.update(dict.fromkeys(due, clock.monotonic()))
         # A batch is read every commit interval: the wait for records is what is left of
         # the interval once the previous batch was handled and committed.
         wait = max(self._interval_s - (clock.monotonic() - self._batch_started), 0.0)
         polled = edge.poll(self._batch_size, wait)
         self._batch_started = clock.monotonic()
         records = self._take(polled)
+        if records and self._refetching:
+            for record in records:
+                self._refetching.pop((record.topic, record.partition), None)
         if records or self._rewrite & self._ownership.states.keys():
             self._last_activity = self._batch_started
             self._commit(records, now)
@@ -139,6 +148,8 @@ class ConsumerLoop:
                 self._assigned_once, self._last_activity = True, self._clock.monotonic()
                 continue
             self._ownership.revoked(event.partitions)
+            for tp in event.partitions:
+                self._refetching.pop(tp, None)
             paused = self._scheduler.forget(event.partitions) + self._hold.forget(event.partitions)
             if paused:
                 self._edge.resume(paused)
@@ -213,8 +224,14 @@ class ConsumerLoop:
             self._edge.resume(resume)
 
     def _idle(self) -> bool:
+        """True once nothing arrived for the idle limit, while nothing waits: no retry paused or being read again."""
         limit = self._idle_exit_s
         if limit is None or self._scheduler.paused or self._ownership.restoring:
             return False
+        if self._refetching:
+            now = self._clock.monotonic()
+            self._refetching = {tp: at for tp, at in self._refetching.items() if now - at < REFETCH_LIMIT_S}
+            if self._refetching:
+                return False
         grace = 0.0 if self._assigned_once else JOIN_GRACE_S
         return self._clock.monotonic() - self._last_activity >= limit + grace

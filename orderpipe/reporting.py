@@ -24,6 +24,7 @@ from orderpipe.routing import (
     Processed,
     Retry,
 )
+from orderpipe.text import printable
 
 __all__ = ["ConsumerSummary", "Reporter"]
 
@@ -117,17 +118,20 @@ class Reporter:
             order = decision.order
             running = running.add(order.price_cents)
             console.info(
-                f"✓ Processed: Order {order.order_id} → {order.product} → {format_cents(order.price_cents)}\n"
-                f"Running Average: {running.describe()}"
+                f"✓ Processed: Order {printable(order.order_id)} → {printable(order.product)} → "
+                f"{format_cents(order.price_cents)}\nRunning Average: {running.describe()}"
             )
         elif isinstance(decision, Retry):
             error = decision.error
             console.info(
-                f"⚠ Retrying ({decision.attempt}/{self._max_retries}): Order {decision.record.label} "
-                f"({type(error).__name__}: {error})"
+                f"⚠ Retrying ({decision.attempt}/{self._max_retries}): Order {printable(decision.record.label, 100)} "
+                f"({type(error).__name__}: {printable(str(error), 300)})"
             )
         else:
-            console.info(f"✗ Sent to DLQ ({decision.reason}): Order {decision.record.label}: {decision.error}")
+            console.info(
+                f"✗ Sent to DLQ ({decision.reason}): Order {printable(decision.record.label, 100)}: "
+                f"{printable(str(decision.error), 300)}"
+            )
         return running
 
     def periodic(self, now_s: float, average: Callable[[], RunningAverage], lag: Callable[[], int | None]) -> None:

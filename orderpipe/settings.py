@@ -22,6 +22,9 @@ __all__ = ["ENV_NAMES", "Settings", "build_settings"]
 
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+# The largest backoff and order price the settings take.
+DAY_MS = 86_400_000
+MAX_PRICE = Decimal(10**12)
 _TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 _HOST_PORT = re.compile(r"^[^\s:,]+:(\d{1,5})$|^\[[0-9A-Fa-f:]+\]:(\d{1,5})$")
 
@@ -120,14 +123,12 @@ def _group(raw: str) -> str:
     return value
 
 
-def _whole(minimum: int) -> Parser:
+def _whole(minimum: int, maximum: int) -> Parser:
     def parse(raw: str) -> int:
-        try:
-            value = int(raw.strip())
-        except ValueError:
-            value = minimum - 1
-        if value < minimum:
-            raise ValueError(f"a whole number >= {minimum}")
+        text = raw.strip()
+        value = int(text) if text.lstrip("-").isdecimal() and len(text) <= 20 else minimum - 1
+        if not minimum <= value <= maximum:
+            raise ValueError(f"a whole number from {minimum} to {maximum}")
         return value
 
     return parse
@@ -138,8 +139,8 @@ def _price(raw: str) -> Decimal:
         value = Decimal(raw.strip())
     except InvalidOperation:
         value = Decimal(0)
-    if not value.is_finite() or value <= 0:
-        raise ValueError("a positive amount in dollars, for example 100000 or 2500.50")
+    if not value.is_finite() or value <= 0 or value > MAX_PRICE:
+        raise ValueError(f"a positive amount in dollars up to {MAX_PRICE}, for example 100000 or 2500.50")
     return value
 
 
@@ -162,11 +163,11 @@ _PARSERS: dict[str, Parser] = {
     "dlq_topic": _topic,
     "stats_topic": _topic,
     "consumer_group": _group,
-    "orders_partitions": _whole(1),
-    "replication_factor": _whole(1),
-    "max_retries": _whole(0),
-    "retry_backoff_ms": _whole(0),
-    "retry_backoff_max_ms": _whole(0),
+    "orders_partitions": _whole(1, 10_000),
+    "replication_factor": _whole(1, 32),
+    "max_retries": _whole(0, 100),
+    "retry_backoff_ms": _whole(0, DAY_MS),
+    "retry_backoff_max_ms": _whole(0, DAY_MS),
     "max_order_price": _price,
     "security_protocol": _choice(SECURITY_PROTOCOLS),
     "sasl_mechanism": _choice(SASL_MECHANISMS, allow_empty=True),

@@ -10,11 +10,15 @@ import producer
     ("main", "argv", "expected"),
     [
         (producer.main, ["--invalid-rate", "1.5"], "expected a fraction from 0 to 1, got '1.5'"),
-        (producer.main, ["--rate", "-3"], "expected a number >= 0, got '-3'"),
-        (producer.main, ["--count", "many"], "expected a whole number >= 0, got 'many'"),
+        (producer.main, ["--rate", "-3"], "expected a number from 0 to 1e+06, got '-3'"),
+        (producer.main, ["--rate", "inf"], "expected a number from 0 to 1e+06, got 'inf'"),
+        (producer.main, ["--rate", "nan"], "expected a number from 0 to 1e+06, got 'nan'"),
+        (producer.main, ["--count", "many"], "expected a whole number from 0 to 1e+12, got 'many'"),
         (consumer.main, ["--failure-rate", "abc"], "expected a fraction from 0 to 1"),
-        (consumer.main, ["--idle-exit", "0"], "expected a number > 0, got '0'"),
-        (consumer.main, ["--batch-size", "0"], "expected a whole number >= 1, got '0'"),
+        (consumer.main, ["--idle-exit", "0"], "expected a number more than 0 to 86400, got '0'"),
+        (consumer.main, ["--batch-size", "0"], "expected a whole number from 1 to 100000, got '0'"),
+        (consumer.main, ["--batch-size", "5000000"], "expected a whole number from 1 to 100000, got '5000000'"),
+        (consumer.main, ["--commit-interval-ms", "1e9"], "expected a whole number from 1 to 10000, got '1e9'"),
         (consumer.main, ["--quiet", "--verbose"], "not allowed with argument"),
         (consumer.main, ["--delivery", "twice"], "invalid choice: 'twice'"),
     ],
@@ -32,7 +36,7 @@ def test_a_bad_setting_exits_2_before_connecting(main, monkeypatch, capsys, tmp_
     monkeypatch.setenv("MAX_RETRIES", "lots")
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:1")  # would take seconds if it connected
     assert main(["--count", "1"] if main is producer.main else []) == 2
-    assert "MAX_RETRIES must be a whole number >= 0, got 'lots'" in capsys.readouterr().err
+    assert "MAX_RETRIES must be a whole number from 0 to 100, got 'lots'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("main", [producer.main, consumer.main])
