@@ -92,6 +92,7 @@ class Restorer:
                     table.latest[tp].next_offset,
                 )
             self._edge.assign(starts)
+            table.changed.update(starts)  # the loop checks their latest values against what was restored
             log.debug(
                 "assigned: %s (stats read to offset %d, %d keys)",
                 ", ".join(f"{t}-{p}@{offset}" for (t, p), offset in starts.items()),

@@ -75,9 +75,9 @@ class Ownership:
         Only the owner writes a partition's value, so another (forged, replayed, or
         written by a consumer that lost the partition) is written over with the owner's.
         """
-        if tp not in self.states:
-            return False
-        if latest is None or latest.next_offset is None:
+        if tp not in self.states or latest is None or self._offsets[tp] < 0:
+            return False  # not owned, nothing to be wrong, or nothing read yet to write a value for
+        if latest.next_offset is None:
             return True
         return self._written.get(tp, {}).get(latest.next_offset) != latest.state
 

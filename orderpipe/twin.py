@@ -23,9 +23,10 @@ from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 from orderpipe.edge import BEGINNING, TP, Assigned, EdgeOptions, Event, Outgoing, Polled, Revoked, TopicSpec
-from orderpipe.errors import FatalKafkaError, KafkaCallError
-from orderpipe.routing import UNREADABLE_HEADERS, Headers, Incoming
+from orderpipe.errors import DeliveryError, FatalKafkaError, KafkaCallError
+from orderpipe.routing import UNREADABLE_HEADERS, Headers, Incoming, record_bytes
 from orderpipe.settings import Settings
+from orderpipe.topics import PRODUCER_MESSAGE_MAX_BYTES
 from orderpipe.twin_parts import (
     ERROR_KINDS,
     Entry,
@@ -262,6 +263,10 @@ class _TwinProducer:
         self._check("produce")
         transaction = self._live_transaction() if self._transactional_id is not None else None
         for index, record in enumerate(records):
+            limit = min(PRODUCER_MESSAGE_MAX_BYTES, int(self._cluster.configs[record.topic]["max.message.bytes"]))
+            if record_bytes(record.key, record.value, record.headers) > limit:
+                # As librdkafka refuses it (or the broker, when the topic's limit is lower).
+                raise DeliveryError(f"could not produce to {record.topic}: Broker: Message size too large")
             self._cluster.append(*record[:4], partition=record.partition, transaction=transaction)
             if index == 0:
                 self._check("produce", after=True)

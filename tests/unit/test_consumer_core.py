@@ -184,4 +184,5 @@ def test_the_value_that_reaches_the_committed_offset_is_restored_not_a_replayed_
     assert ownership.foreign(A, table.latest[A])
     assert ownership.foreign(B, table.latest[B])
     assert not ownership.foreign(R, Latest(RunningAverage(2, 20), 5))
-    assert not ownership.foreign(("orders", 9), None), "not owned: not its business"
+    assert not ownership.foreign(("orders", 9), Latest(RunningAverage(), 1)), "not owned: not its business"
+    assert not ownership.foreign(A, None), "no value: nothing to be wrong"

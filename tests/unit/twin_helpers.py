@@ -78,6 +78,7 @@ def twin_consumer(
     seed: int = 0,
     transactional_id: str = TRANSACTIONAL_ID,
     options: ConsumerOptions | None = None,
+    verbosity: int = QUIET,
 ) -> Twin:
     """A consumer of the twin cluster, quiet, with a fixed transactional id (as a restart on one machine has)."""
     decisions: list[Decision] = []
@@ -90,7 +91,7 @@ def twin_consumer(
     consumer = OrderConsumer(
         settings,
         options or ConsumerOptions(idle_exit_s=5.0, delivery=EXACTLY_ONCE),
-        Console(QUIET, out=out, err=out),
+        Console(verbosity, out=out, err=out),
         downstream or simulated_outage(random.Random(seed), failure_rate),
         on_decision=decisions.append,
         clock=cluster.clock,

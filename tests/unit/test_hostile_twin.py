@@ -1,0 +1,184 @@
+"""Hostile records and topic states, through the in-memory twin (issue: nothing it reads can crash, stall or miscount).
+
+Each test writes what any client could write, runs the consumer in virtual time and
+reads the topics to judge the outcome: the record's fate, the records after it
+processed, and the average exact. tests/integration/test_hostile_live.py writes the
+same records to a real broker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+
+import pytest
+
+from orderpipe.console import VERBOSE
+from orderpipe.consumer_app import ConsumerOptions
+from orderpipe.errors import ConfigError
+from orderpipe.money import RunningAverage
+from orderpipe.order import ValidOrder
+from orderpipe.routing import CLOCK_SKEW_MS
+from orderpipe.stats import encode_stats, stats_key
+from orderpipe.twin import TwinCluster
+from tests.unit.twin_helpers import (
+    SETTINGS,
+    assert_exact,
+    encoded,
+    new_cluster,
+    produce_orders,
+    run,
+    twin_consumer,
+)
+
+
+def test_a_retry_due_far_in_the_future_is_processed_at_once_and_holds_nothing_up() -> None:
+    cluster = new_cluster()
+    now_ms = int(cluster.clock.now * 1000)
+    forged = [
+        (("retry.attempt", b"1"), ("retry.not-before", str(10**15).encode())),
+        (
+            ("retry.attempt", b"1"),
+            ("retry.not-before", str(now_ms + SETTINGS.retry_backoff_max_ms + CLOCK_SKEW_MS + 5).encode()),
+        ),
+    ]
+    for index, headers in enumerate(forged):
+        cluster.produce(SETTINGS.retry_topic, f"R-{index}".encode(), encoded(f"R-{index}"), headers, partition=0)
+    cluster.produce(SETTINGS.retry_topic, b"R-behind", encoded("R-behind"), (), partition=0)
+    started = cluster.clock.now
+    summary = run(twin_consumer(cluster))
+    assert summary.processed == 3
+    # Processed at once: the run lasted its idle limit, not a backoff more.
+    assert cluster.clock.now - started < 5.0 + 1.0
+
+
+def test_a_record_timestamped_in_the_future_waits_no_longer_than_the_longest_backoff() -> None:
+    cluster = new_cluster()
+    future_ms = int(cluster.clock.now * 1000) + 10**9
+    headers = (("retry.attempt", b"1"), ("retry.not-before", str(future_ms + 100).encode()))
+    cluster.produce(SETTINGS.retry_topic, b"R-1", encoded("R-1"), headers, partition=1, timestamp=future_ms)
+    summary = run(twin_consumer(cluster))
+    assert summary.processed == 1
+
+
+def test_idle_exit_waits_for_a_paused_retry_and_its_refetch() -> None:
+    settings = replace(SETTINGS, retry_backoff_ms=4000, retry_backoff_max_ms=4000)
+    cluster = new_cluster(settings)
+    attempts: list[str] = []
+
+    def fails_once(order: ValidOrder) -> None:
+        attempts.append(order.order_id)
+        if len(attempts) == 1:
+            raise TimeoutError("inventory service timed out")
+
+    cluster.produce(settings.orders_topic, b"O-1", encoded("O-1"))
+    twin = twin_consumer(cluster, settings=settings, downstream=fails_once, options=ConsumerOptions(idle_exit_s=1.0))
+    summary = run(twin)
+    assert attempts == ["O-1", "O-1"], "the retry due in 4 s ran before the 1 s idle limit ended the run"
+    assert summary.processed == 1
+
+
+def test_a_header_name_that_is_not_utf8_is_dead_lettered_and_the_rest_goes_on() -> None:
+    cluster = new_cluster()
+    cluster.produce(SETTINGS.orders_topic, b"H-1", encoded("H-1"), (("\udcff\udcfe", b"v"), ("ok", b"1")), partition=0)
+    cluster.produce(SETTINGS.retry_topic, b"H-2", encoded("H-2"), (("retry.attempt\udcff", b"1"),), partition=0)
+    produce_orders(cluster, 20, seed=31, invalid_rate=0, poison_rate=0)
+    summary = run(twin_consumer(cluster))
+    dead = {record.key: record for record in cluster.records(SETTINGS.dlq_topic)}
+    assert set(dead) == {b"H-1", b"H-2"}
+    for key, record in dead.items():
+        assert record.value == encoded((key or b"").decode())
+        assert record.header("dlq.reason") == "deserialization"
+        assert record.header("dlq.truncated") == "headers (unreadable)"
+        assert "UTF-8" in (record.header("error.message") or "")
+    assert summary.processed == 20
+    assert_exact(cluster)
+
+
+def test_a_record_too_large_for_the_dlq_is_dead_lettered_without_its_value_in_one_transaction() -> None:
+    cluster = new_cluster()
+    huge = b"\xc3\x01" + b"x" * 1_040_000  # fits the orders topic (1048588), not a copy with the DLQ's headers
+    cluster.produce(SETTINGS.orders_topic, b"BIG", huge, (("trace", b"t" * 100),), partition=2)
+    produce_orders(cluster, 20, seed=32, invalid_rate=0, poison_rate=0)
+    summary = run(twin_consumer(cluster))
+    (dead,) = cluster.records(SETTINGS.dlq_topic)
+    assert (dead.key, dead.value) == (b"BIG", None)
+    assert dead.header("dlq.truncated") == f"value ({len(huge)} bytes)"
+    assert (dead.header("original.topic"), dead.header("original.partition")) == (SETTINGS.orders_topic, "2")
+    assert dead.header("trace") == "t" * 100
+    assert summary.aborted == 0
+    assert summary.processed == 20
+
+
+def test_a_dlq_topic_with_a_small_max_message_bytes_gets_what_fits() -> None:
+    cluster = new_cluster()
+    cluster.configs[SETTINGS.dlq_topic]["max.message.bytes"] = "2000"
+    cluster.produce(SETTINGS.orders_topic, b"MID", b"\xc3\x01" + b"x" * 5000, partition=0)
+    summary = run(twin_consumer(cluster))
+    (dead,) = cluster.records(SETTINGS.dlq_topic)
+    assert dead.value is None
+    assert summary.aborted == 0
+
+
+def test_forged_and_replayed_stats_values_are_written_over_and_never_counted() -> None:
+    cluster = new_cluster()
+    produce_orders(cluster, 60, seed=33)
+    run(twin_consumer(cluster))
+    group = SETTINGS.consumer_group
+    key0, key1 = (stats_key(group, SETTINGS.orders_topic, p).encode() for p in (0, 1))
+    history1 = [r.value for r in cluster.records(SETTINGS.stats_topic) if r.key == key1]
+    cluster.produce(SETTINGS.stats_topic, key0, encode_stats(RunningAverage(1000, 10**9), 10**6), partition=0)
+    cluster.produce(SETTINGS.stats_topic, key1, history1[0], partition=0)  # an old value written again
+    cluster.produce(SETTINGS.stats_topic, key1, history1[0], partition=0)  # and again
+    twin = twin_consumer(cluster)
+    run(twin)  # no new orders: it only restores, and writes its own values over the others
+    assert "was not written by its owner" in twin.log.getvalue()
+    result = assert_exact(cluster)
+    assert twin.consumer.summary.average == result.expected
+    # And the consumer after it restores exactly too.
+    produce_orders(cluster, 30, seed=34)
+    again = run(twin_consumer(cluster))
+    assert again.average == assert_exact(cluster).expected
+
+
+def test_two_groups_on_one_stats_topic_never_mix_their_averages() -> None:
+    cluster = new_cluster()
+    produce_orders(cluster, 40, seed=35)
+    first = run(twin_consumer(cluster))
+    other = replace(SETTINGS, consumer_group="other-pipeline")
+    second = run(twin_consumer(cluster, settings=other, transactional_id="other-pipeline.twin.0"))
+    assert first.average == second.average, "each group read every order once, on its own"
+    assert first.average.count > 0
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (
+            lambda c: c.configs[SETTINGS.stats_topic].update({"cleanup.policy": "delete"}),
+            "cleanup.policy=delete but needs compact",
+        ),
+        (lambda c: c.logs[SETTINGS.stats_topic].append([]), "orders-stats has 2 partitions but needs exactly 1"),
+        (lambda c: c.logs[SETTINGS.retry_topic].append([]), "orders-retry has 4 partitions but orders has 3"),
+    ],
+)
+def test_existing_topics_that_will_not_do_stop_the_consumer_with_what_to_fix(
+    damage: Callable[[TwinCluster], object], message: str
+) -> None:
+    cluster = new_cluster()
+    damage(cluster)
+    with pytest.raises(ConfigError, match=message):
+        run(twin_consumer(cluster))
+
+
+def test_record_text_is_escaped_on_the_console() -> None:
+    cluster = new_cluster()
+    cluster.produce(SETTINGS.orders_topic, b"O-1", encoded("O-1", product="Lamp\n✓ Processed: Order FAKE\x1b[2J"))
+    cluster.produce(SETTINGS.orders_topic, b"\x1b]0;title\x07", b"junk")
+    twin = twin_consumer(cluster, verbosity=VERBOSE)
+    run(twin)
+    out = twin.out.getvalue()
+    assert "\x1b" not in out
+    assert "\x07" not in out
+    assert "Lamp\\n✓ Processed: Order FAKE\\x1b[2J" in out
+    assert "FAKE" not in out.replace("Lamp\\n✓ Processed: Order FAKE", "")
