@@ -159,7 +159,7 @@ class ConsumerLoop:
         table = self._stats.table
         if table.changed:
             for tp in table.changed:
-                if self._ownership.foreign(tp, table.latest.get(tp)):
+                if self._ownership.foreign(tp, table.latest.get(tp), spoiled=tp in table.spoiled):
                     log.warning("⚠ %s-%d: its value in the stats topic was not written by its owner; rewriting it", *tp)
                     self._rewrite.add(tp)
             table.changed.clear()

@@ -7,6 +7,7 @@ traceback, and so that the rest of the package never sees a `KafkaException`.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
@@ -80,14 +81,10 @@ def call_error(failure: KafkaException | KafkaError, what: str) -> KafkaCallErro
 def incoming(message: Message, retry_topic: str | None = None) -> Incoming:
     """A consumed message as plain data for the core (header values as bytes).
 
-    A header name that is not UTF-8 makes confluent-kafka raise (a SystemError) when
-    the headers are read; such a record comes without headers, marked unreadable.
+    A record whose header names are not all UTF-8 comes without headers, marked
+    unreadable (see `_read_headers`).
     """
-    unreadable = ""
-    try:
-        raw = message.headers()
-    except Exception:  # whatever the binding raises for bytes it cannot decode
-        raw, unreadable = None, UNREADABLE_HEADERS
+    headers, unreadable = _read_headers(message)
     topic = message.topic() or ""
     return Incoming(
         topic,
@@ -96,15 +93,42 @@ def incoming(message: Message, retry_topic: str | None = None) -> Incoming:
         message.timestamp()[1],
         message.key(),
         message.value(),
-        _headers(raw) if raw else (),
+        headers,
         topic == retry_topic,
         unreadable,
     )
 
 
-def _headers(raw: Any) -> tuple[tuple[str, bytes], ...]:
-    pairs = raw.items() if isinstance(raw, dict) else raw
-    return tuple((k, v.encode() if isinstance(v, str) else v or b"") for k, v in pairs)
+def _read_headers(message: Message) -> tuple[tuple[tuple[str, bytes], ...], str]:
+    """A message's headers, or none and why they could not be read.
+
+    confluent-kafka (2.16, `c_headers_to_py`) builds each header's (name, value)
+    tuple even when the name is not UTF-8, leaving an empty slot where the name
+    should be and the decoding error pending. `headers()` then raises SystemError,
+    or returns and leaves the error to surface at some later call; reading the
+    empty slot would crash the interpreter. So the pending error is brought out at
+    once (ctypes' `pythonapi` raises any error pending after a call) and every
+    tuple is checked for an empty slot before it is read.
+    """
+    try:
+        raw: Any = message.headers()
+        if not raw:  # the common case, with nothing to check
+            return (), ""
+        ctypes.pythonapi.PyErr_Occurred()
+        if not all(_filled(pair) for pair in raw):
+            return (), UNREADABLE_HEADERS
+    except Exception:  # SystemError, or the UnicodeDecodeError left pending
+        return (), UNREADABLE_HEADERS
+    return tuple((name, value or b"") for name, value in raw), ""
+
+
+_SLOTS_AT, _SLOT_SIZE = tuple.__basicsize__, tuple.__itemsize__
+
+
+def _filled(pair: Any) -> bool:
+    """Whether every slot of a tuple holds an object (read as addresses, without touching them)."""
+    start = id(pair) + _SLOTS_AT
+    return all(ctypes.c_void_p.from_address(start + i * _SLOT_SIZE).value for i in range(len(pair)))
 
 
 class AdminAnswer(Generic[T, Answer]):

@@ -69,14 +69,24 @@ class Ownership:
         self.restoring = ()
         return starts, unmatched
 
-    def foreign(self, tp: TP, latest: Latest | None) -> bool:
-        """True when an owned partition's latest stats value is not one this consumer wrote.
+    def foreign(self, tp: TP, latest: Latest | None, *, spoiled: bool = False) -> bool:
+        """True when an owned partition's latest stats record is not a value this consumer wrote.
 
-        Only the owner writes a partition's value, so another (forged, replayed, or
-        written by a consumer that lost the partition) is written over with the owner's.
+        Only the owner writes a partition's value, so another (forged, replayed,
+        unusable, or written by a consumer that lost the partition) is written over
+        with the owner's. A partition not read yet has no offset to write a value
+        with; its first batch writes one.
+
+        Args:
+            latest: the latest usable value read for the partition.
+            spoiled: the latest record was not a usable value.
         """
-        if tp not in self.states or latest is None or self._offsets[tp] < 0:
-            return False  # not owned, nothing to be wrong, or nothing read yet to write a value for
+        if tp not in self.states or self._offsets[tp] < 0:
+            return False
+        if spoiled:
+            return True
+        if latest is None:
+            return False  # nothing there to be wrong
         if latest.next_offset is None:
             return True
         return self._written.get(tp, {}).get(latest.next_offset) != latest.state

@@ -132,8 +132,10 @@ class StatsTable:
         self._keys = keys
         self.latest: dict[TP, Latest] = {}
         self._by_offset: dict[TP, dict[int, RunningAverage]] = {}
-        # Partitions whose latest value changed since `changed` was last drained.
+        # Partitions whose latest record changed since `changed` was last drained.
         self.changed: set[TP] = set()
+        # Partitions whose latest record is not a usable value: `latest` keeps the one before.
+        self.spoiled: set[TP] = set()
 
     @property
     def states(self) -> dict[TP, RunningAverage]:
@@ -156,8 +158,14 @@ class StatsTable:
         if record.value is None:
             self.latest.pop(tp, None)  # a tombstone: the key was deleted on purpose
             self._by_offset.pop(tp, None)
+            self.spoiled.discard(tp)
             return
-        state, next_offset = decode_stats(record.value)
+        try:
+            state, next_offset = decode_stats(record.value)
+        except DeserializationError:
+            self.spoiled.add(tp)
+            raise
+        self.spoiled.discard(tp)
         self.latest[tp] = Latest(state, next_offset)
         if next_offset is not None:
             history = self._by_offset.setdefault(tp, {})

@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 import json
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -32,6 +32,12 @@ FINGERPRINT = bytes.fromhex(fingerprint(to_parsing_canonical_form(SCHEMA), "CRC-
 
 
 class TopicRecord(Protocol):
+    @property
+    def topic(self) -> str: ...
+
+    @property
+    def partition(self) -> int: ...
+
     @property
     def key(self) -> bytes | None: ...
 
@@ -92,6 +98,8 @@ def audit_records(
     retries: Sequence[TopicRecord],
     stats_records: Sequence[TopicRecord],
     max_price_cents: int,
+    *,
+    group: str | None = None,
 ) -> Audit:
     prices: dict[bytes | None, int] = {}
     poison = invalid = 0
@@ -108,7 +116,9 @@ def audit_records(
     dlq_keys = Counter(r.key for r in dlq)
     retry_keys = Counter((r.key, r.header("retry.attempt")) for r in retries)
     counted = {key: cents for key, cents in prices.items() if key not in dlq_keys}
-    stats = published_total(stats_records)
+    # Only input partitions that hold records have a state; the consumer ignores keys of others.
+    inputs = None if group is None else {f"{group}/{r.topic}-{r.partition}".encode() for r in (*orders, *retries)}
+    stats = published_total(stats_records, inputs)
     return Audit(
         orders=len(orders),
         poison=poison,
@@ -123,11 +133,15 @@ def audit_records(
     )
 
 
-def published_total(stats_records: Sequence[TopicRecord]) -> RunningAverage:
-    """The sum of every key's latest value on the stats topic (what the group counted)."""
+def published_total(stats_records: Sequence[TopicRecord], keys: Collection[bytes] | None = None) -> RunningAverage:
+    """The sum of every key's latest value on the stats topic (what the group counted).
+
+    With `keys`, only those keys (`<group>/<topic>-<partition>`) count.
+    """
     latest: dict[bytes | None, bytes | None] = {}
     for record in stats_records:
-        latest[record.key] = record.value  # only the latest is read: earlier ones may be anything
+        if keys is None or record.key in keys:
+            latest[record.key] = record.value  # only the latest is read: earlier ones may be anything
     total = RunningAverage()
     for value in latest.values():
         if value is not None:
@@ -144,6 +158,7 @@ def audit_topics(read: Callable[[str], Sequence[TopicRecord]], settings: Setting
         read(settings.retry_topic),
         read(settings.stats_topic),
         settings.max_order_price_cents,
+        group=settings.consumer_group,
     )
 
 

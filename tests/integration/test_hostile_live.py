@@ -1,0 +1,212 @@
+"""Hostile records and topic states on the real broker: nothing the consumer reads can crash, stall or miscount it.
+
+Each test writes what any client could write, with a plain producer (or, for header
+names that are not UTF-8, by hand: raw_kafka.py), runs consumer.py as a user would
+and reads the topics to judge: the record's fate, the orders after it processed,
+and the counts exact. tests/unit/test_hostile_twin.py has the same cases in memory.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+import pytest
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+
+from orderpipe.codec import CONFLUENT_MAGIC, load_order_schema
+from orderpipe.money import RunningAverage
+from orderpipe.order import Order
+from orderpipe.stats import encode_stats, stats_key
+from tests.integration.helpers import CONSUMER_SUMMARY, PRODUCER_SUMMARY, Pipeline, audit, summary
+from tests.integration.raw_kafka import produce_raw
+
+SCHEMA = load_order_schema()
+
+
+def produce_valid_orders(pipeline: Pipeline, count: int, seed: int, *env: str) -> dict[str, str]:
+    """Runs producer.py for `count` valid orders (it creates the topics); returns its summary."""
+    sent = pipeline.run("producer.py", "--count", str(count), "--rate", "0", "--seed", str(seed), "--quiet")
+    assert sent.returncode == 0, sent.stderr
+    return summary(PRODUCER_SUMMARY, sent.stdout)
+
+
+def consume(pipeline: Pipeline, *args: str) -> tuple[dict[str, str], str]:
+    """Runs consumer.py until idle; returns its summary and everything it printed."""
+    run = pipeline.run("consumer.py", "--idle-exit", "3", *args)
+    assert run.returncode == 0, run.stdout + run.stderr
+    return summary(CONSUMER_SUMMARY, run.stdout), run.stdout + run.stderr
+
+
+def assert_exact(pipeline: Pipeline) -> None:
+    result = audit(pipeline)
+    assert result.exact, result.describe()
+
+
+def producer_of(pipeline: Pipeline, **conf: object) -> Producer:
+    return Producer({"bootstrap.servers": pipeline.settings.bootstrap_servers, **conf})
+
+
+def test_a_retry_due_far_in_the_future_is_processed_at_once_and_holds_nothing_up(pipeline: Pipeline) -> None:
+    produced = produce_valid_orders(pipeline, 30, seed=41)
+    producer = producer_of(pipeline)
+    retry = pipeline.settings.retry_topic
+    value = SCHEMA.encode_single_object(Order("R-1", "Lamp", 10.0))
+    producer.produce(
+        retry, key=b"R-1", value=value, partition=0, headers=[("retry.attempt", "1"), ("retry.not-before", str(10**15))]
+    )
+    producer.produce(retry, key=b"R-2", value=value, partition=0)  # waits behind it
+    assert producer.flush(30) == 0
+    started = time.monotonic()
+    final, _ = consume(pipeline)
+    assert int(final["processed"]) == int(produced["sent"]) + 2
+    assert time.monotonic() - started < 30, "nothing waited for a backoff"
+
+
+def test_idle_exit_waits_for_retries_not_yet_due(pipeline: Pipeline) -> None:
+    produce_valid_orders(pipeline, 40, seed=42)
+    slow = pipeline.with_env(RETRY_BACKOFF_MS="2500", RETRY_BACKOFF_MAX_MS="2500")
+    run = slow.run("consumer.py", "--idle-exit", "1", "--failure-rate", "0.3", "--seed", "4")
+    assert run.returncode == 0, run.stderr
+    final = summary(CONSUMER_SUMMARY, run.stdout)
+    assert int(final["retried"]) > 0
+    assert_exact(slow)  # every retry ran before the 1 s idle limit ended the run
+
+
+def test_a_header_name_that_is_not_utf8_is_dead_lettered_and_the_rest_goes_on(pipeline: Pipeline) -> None:
+    produce_valid_orders(pipeline, 20, seed=43)
+    settings = pipeline.settings
+    bad_headers = [(b"\xff\xfe", b"v"), (b"trace", b"1")]
+    value = SCHEMA.encode_single_object(Order("H-1", "Lamp", 10.0))
+    produce_raw(settings.bootstrap_servers, settings.orders_topic, 0, (b"H-1", value, bad_headers))
+    produce_raw(settings.bootstrap_servers, settings.retry_topic, 1, (b"H-2", value, [(b"retry.attempt\xff", b"1")]))
+    final, _ = consume(pipeline)
+    dead = {record.key: record for record in pipeline.read(settings.dlq_topic)}
+    assert set(dead) == {b"H-1", b"H-2"}
+    for record in dead.values():
+        assert record.value == value
+        assert record.header("dlq.reason") == "deserialization"
+        assert record.header("dlq.truncated") == "headers (unreadable)"
+    assert final["processed"] == "20"
+    assert_exact(pipeline)
+
+
+def test_a_record_of_a_megabyte_is_dead_lettered_without_its_value_and_nothing_aborts(pipeline: Pipeline) -> None:
+    produce_valid_orders(pipeline, 20, seed=44)
+    big = b"\xc3\x01" + random.Random(1).randbytes(1_040_000)
+    producer = producer_of(pipeline, **{"message.max.bytes": 1_048_576})
+    producer.produce(pipeline.settings.orders_topic, key=b"BIG", value=big, headers=[("trace", b"t" * 100)])
+    assert producer.flush(30) == 0
+    final, output = consume(pipeline)
+    (dead,) = pipeline.read(pipeline.settings.dlq_topic)
+    assert (dead.key, dead.value) == (b"BIG", None)
+    assert dead.header("dlq.truncated") == f"value ({len(big)} bytes)"
+    assert dead.header("original.topic") == pipeline.settings.orders_topic
+    assert dead.header("trace") == "t" * 100
+    assert "aborted" not in output
+    assert final["processed"] == "20"
+    assert_exact(pipeline)
+
+
+def test_forged_replayed_and_poison_stats_values_change_no_count(pipeline: Pipeline) -> None:
+    settings = pipeline.settings
+    produce_valid_orders(pipeline, 200, seed=45)
+    first, _ = consume(pipeline)
+    group, topic = settings.consumer_group, settings.stats_topic
+    written = [r for r in pipeline.read(topic) if r.key == stats_key(group, settings.orders_topic, 1).encode()]
+    producer = producer_of(pipeline)
+    hostile = [
+        (stats_key(group, settings.orders_topic, 0), encode_stats(RunningAverage(1000, 10**9), 10**6)),  # forged
+        (stats_key(group, settings.orders_topic, 1), written[0].value),  # an old value written again
+        (stats_key(group, settings.orders_topic, 2), b'{"count": ' + b"9" * 5000 + b', "sum_cents": 0}'),
+        (stats_key(group, settings.orders_topic, 2), b"[" * 100_000 + b"]" * 100_000),
+        (stats_key(group, settings.orders_topic, 99), encode_stats(RunningAverage(5, 500), 1)),  # no such partition
+        (f"{settings.orders_topic}-0", encode_stats(RunningAverage(5, 500), 1)),  # the key of no group
+        (stats_key("another-pipeline", settings.orders_topic, 0), encode_stats(RunningAverage(7, 700), 1)),
+    ]
+    for key, value in hostile:
+        producer.produce(topic, key=key.encode(), value=value, partition=0)
+    assert producer.flush(30) == 0
+
+    shown = pipeline.run("consumer.py", "--stats")
+    assert shown.returncode == 0, shown.stderr
+    again, output = consume(pipeline)
+    assert (again["average"], again["count"]) == (first["average"], first["count"])
+    assert "ignored 4 unusable stats records" in output
+    assert "was not written by its owner" in output
+    assert_exact(pipeline)  # the latest values are the owner's again
+
+
+def test_a_stream_of_unknown_schema_ids_costs_neither_a_stall_nor_the_credentials(
+    pipeline: Pipeline, registry_url: str
+) -> None:
+    with_credentials = registry_url.replace("://", "://reader:s3cret-pw@")
+    pipeline = pipeline.with_env(SCHEMA_REGISTRY_URL=with_credentials)
+    produced = produce_valid_orders(pipeline, 20, seed=46)
+    rng = random.Random(46)
+    producer = producer_of(pipeline)
+    junk = 2000
+    for index in range(junk):
+        schema_id = rng.randrange(10**6, 2**31)
+        value = CONFLUENT_MAGIC + schema_id.to_bytes(4, "big") + b"\x02x\x02y\x00\x00\x80?"
+        producer.produce(pipeline.settings.orders_topic, key=f"J-{index}".encode(), value=value)
+    assert producer.flush(30) == 0
+    started = time.monotonic()
+    final, output = consume(pipeline)
+    assert time.monotonic() - started < 90
+    assert final["processed"] == produced["sent"]
+    assert final["deserialization"] == str(junk)
+    assert "s3cret-pw" not in output
+    assert "***@" in output
+    dead = pipeline.read(pipeline.settings.dlq_topic)
+    assert all("unknown to the registry" in (r.header("error.message") or "") for r in dead)
+
+
+@pytest.mark.parametrize(
+    ("topic", "partitions", "config", "message"),
+    [
+        ("STATS_TOPIC", 1, {"cleanup.policy": "delete"}, "has cleanup.policy=delete but needs compact"),
+        ("STATS_TOPIC", 2, {"cleanup.policy": "compact"}, "has 2 partitions but needs exactly 1"),
+        ("RETRY_TOPIC", 5, {}, "has 5 partitions but"),
+    ],
+)
+def test_existing_topics_that_will_not_do_stop_the_consumer_with_what_to_fix(
+    pipeline: Pipeline, topic: str, partitions: int, config: dict[str, str], message: str
+) -> None:
+    name = pipeline.env[topic]
+    admin = AdminClient({"bootstrap.servers": pipeline.settings.bootstrap_servers})
+    for future in admin.create_topics([NewTopic(name, partitions, 1, config=config)]).values():
+        future.result(30)
+    run = pipeline.run("consumer.py", "--idle-exit", "3")
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert f"{name} {message}" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
+def test_record_text_is_escaped_before_it_is_printed(pipeline: Pipeline) -> None:
+    produce_valid_orders(pipeline, 1, seed=47)
+    producer = producer_of(pipeline)
+    product = "Lamp\n✓ Processed: Order FAKE\x1b[2J\x07"
+    producer.produce(
+        pipeline.settings.orders_topic, key=b"E-1", value=SCHEMA.encode_single_object(Order("E-1", product, 10.0))
+    )
+    producer.produce(pipeline.settings.orders_topic, key=b"\x1b]0;owned\x07", value=b"junk")
+    assert producer.flush(30) == 0
+    _, output = consume(pipeline)
+    assert "\x1b" not in output
+    assert "\x07" not in output
+    assert "Lamp\\n✓ Processed: Order FAKE\\x1b[2J\\x07" in output
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "message"),
+    [
+        ("producer.py", ["--rate", "inf"], "--rate: expected a number from 0 to 1e+06, got 'inf'"),
+        ("consumer.py", ["--batch-size", "5000000"], "--batch-size: expected a whole number from 1 to 100000"),
+    ],
+)
+def test_absurd_settings_are_refused_at_start(pipeline: Pipeline, script: str, args: list[str], message: str) -> None:
+    run = pipeline.run(script, *args)
+    assert run.returncode == 2
+    assert message in run.stderr

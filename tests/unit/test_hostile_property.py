@@ -1,0 +1,112 @@
+"""Property: any record at all (bytes, keys, headers, timestamps) ends processed, retried, dead-lettered or deferred.
+
+Hypothesis writes the records a hostile client could; they go through the real
+decoding, validation and routing (routing.plan_batch), as the consumer runs them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from orderpipe.codec import CONFLUENT_MAGIC, SINGLE_OBJECT_MAGIC, OrderDecoder, load_order_schema
+from orderpipe.errors import DeserializationError, NotReady
+from orderpipe.order import Order, ValidOrder, validate
+from orderpipe.routing import (
+    CLOCK_SKEW_MS,
+    PIPELINE_HEADERS,
+    UNREADABLE_HEADERS,
+    DeadLetter,
+    Incoming,
+    Processed,
+    Retry,
+    RetryPolicy,
+    plan_batch,
+    record_bytes,
+)
+
+SCHEMA = load_order_schema()
+POLICY = RetryPolicy(max_retries=3, backoff_ms=100, backoff_max_ms=400)
+NOW = 1_700_000_000_000
+LIMIT = 4_000
+
+
+def lookup(schema_id: int) -> Any:
+    """A registry stand-in: id 1 is the order schema, even ids are being looked up, odd ones unknown."""
+    if schema_id == 1:
+        return SCHEMA.parsed
+    if schema_id % 2 == 0:
+        raise NotReady(f"schema id {schema_id} is being looked up", 100)
+    raise DeserializationError(f"schema id {schema_id} is unknown to the registry")
+
+
+DECODER = OrderDecoder(SCHEMA, lookup)
+
+
+def process(record: Incoming) -> ValidOrder:
+    order = validate(DECODER.decode(record.value), 10_000_000)
+    if record.offset % 5 == 0:
+        raise TimeoutError("inventory service timed out")
+    return order
+
+
+orders = st.builds(Order, st.text(max_size=80), st.text(max_size=300), st.floats(width=32))
+values = st.one_of(
+    st.none(),
+    st.binary(max_size=300),
+    st.binary(max_size=6000),
+    orders.map(SCHEMA.encode_single_object),
+    orders.map(lambda o: CONFLUENT_MAGIC + (1).to_bytes(4, "big") + SCHEMA.encode_body(o)),
+    st.tuples(st.integers(0, 2**32 - 1), st.binary(max_size=50)).map(
+        lambda t: CONFLUENT_MAGIC + t[0].to_bytes(4, "big") + t[1]
+    ),
+    st.binary(max_size=60).map(lambda b: SINGLE_OBJECT_MAGIC + SCHEMA.fingerprint + b),
+)
+numbers = st.one_of(
+    st.integers(-(2**70), 2**70).map(lambda n: str(n).encode()),
+    st.binary(max_size=12),
+    st.just(b"9" * 5000),
+)
+header_names = st.one_of(st.sampled_from(sorted(PIPELINE_HEADERS)), st.text(max_size=20))
+headers = st.lists(st.tuples(header_names, st.one_of(numbers, st.binary(max_size=3000))), max_size=6).map(tuple)
+records = st.builds(
+    Incoming,
+    topic=st.sampled_from(["orders", "orders-retry"]),
+    partition=st.integers(0, 2),
+    offset=st.integers(0, 50),
+    timestamp=st.integers(-1, 2**62),
+    key=st.one_of(st.none(), st.binary(max_size=100), st.binary(min_size=3000, max_size=5000)),
+    value=values,
+    headers=headers,
+    from_retry_topic=st.booleans(),
+    unreadable=st.sampled_from(["", UNREADABLE_HEADERS]),
+)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(records, max_size=12))
+def test_every_record_is_decided_or_deferred_and_nothing_raises(batch: list[Incoming]) -> None:
+    plan = plan_batch(batch, NOW, process, POLICY, LIMIT)
+    decided = [decision.record for decision in plan.decisions]
+    stopped = {(d.topic, d.partition): d for d in plan.deferred}
+    for record in batch:
+        tp = (record.topic, record.partition)
+        deferred = stopped.get(tp)
+        if deferred is None or batch.index(record) < next(
+            i for i, r in enumerate(batch) if (r.topic, r.partition) == tp and r.offset == deferred.offset
+        ):
+            assert decided.count(record) == batch.count(record), "decided once, in order"
+    for deferred in plan.deferred:
+        assert deferred.due_ms <= NOW + POLICY.backoff_max_ms + CLOCK_SKEW_MS
+    for decision in plan.decisions:
+        if isinstance(decision, DeadLetter):
+            assert record_bytes(decision.key, decision.value, decision.headers) <= LIMIT
+            assert decision.value in (decision.record.value, None)
+        elif isinstance(decision, Retry):
+            assert record_bytes(decision.record.key, decision.record.value, decision.headers) <= LIMIT
+            assert 1 <= decision.attempt <= POLICY.max_retries
+        else:
+            assert isinstance(decision, Processed)
+            assert not decision.record.unreadable
