@@ -3,7 +3,8 @@
 # broker (scripts/broker.sh), kcat (the C ceiling, from Debian's packages) and Kafka's
 # Java performance tools from Maven Central (cached under .cache/bench/).
 # Arguments go to bench/run.py, e.g. scripts/bench.sh --write bench/RESULTS.md;
-# scripts/bench.sh --compare BASE runs bench/compare.py instead (this checkout against BASE).
+# scripts/bench.sh --compare BASE runs bench/compare.py instead (this checkout against BASE);
+# scripts/bench.sh --unknown-ids runs bench/unknown_ids.py (records with random schema ids).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -21,6 +22,10 @@ if [ ! -f "$TOOLS/.complete" ]; then
     -DoutputDirectory="$TOOLS" >"$TOOLS.maven.log" 2>&1 ||
     { echo "bench.sh: Maven could not download kafka-tools; see $TOOLS.maven.log" >&2; exit 1; }
   touch "$TOOLS/.complete"
+fi
+if [ "${1:-}" = "--unknown-ids" ]; then
+  shift
+  exec .venv/bin/python -m bench.unknown_ids "$@"
 fi
 if [ "${1:-}" = "--compare" ]; then
   shift
