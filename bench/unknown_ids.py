@@ -43,14 +43,15 @@ def main() -> None:
     parser.add_argument("--records", type=int, nargs="+", default=[2_000, 20_000])
     args = parser.parse_args()
     print("| records with unknown schema ids | wall | CPU | peak RSS | dead-lettered |")
-    print("|---|---|---|---|---|")
+    print("|---|---|---|---|---|", flush=True)
     for records in args.records:
         variables = {**env(f"ids-{uuid.uuid4().hex[:8]}"), "SCHEMA_REGISTRY_URL": REGISTRY}
         # The producer creates the topics; one valid order makes it register the schema.
         run([sys.executable, "producer.py", "--count", "1", "--quiet"], variables)
         fill(variables["ORDERS_TOPIC"], records, seed=records)
         result = run([sys.executable, "consumer.py", "--quiet", "--idle-exit", "3"], variables)
-        dead = result.stdout.split("dead-lettered ", 1)[-1].split(" ", 1)[0]
+        final = result.stdout.split("Consumer summary:", 1)[-1]
+        dead = final.split("dead-lettered ", 1)[-1].split(" ", 1)[0]
         print(
             f"| {records:,} | {result.wall_s:.1f} s | {result.cpu_s:.1f} s | {result.peak_rss_mb:.0f} MB | {dead} |",
             flush=True,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any
@@ -80,6 +80,8 @@ class RegistryLookup:
         self._parsed: dict[int, Any] = {}
         self._failed: OrderedDict[int, tuple[float, str]] = OrderedDict()
         self._pending: dict[int, Future[Any]] = {}
+        # Look-ups that finished, appended by the workers, taken in by `_settle`.
+        self._finished: deque[tuple[int, Future[Any]]] = deque()
         self._failure_ttl_s = failure_ttl_s
         self._max_failures = max_failures
         self._clock = clock
@@ -90,10 +92,17 @@ class RegistryLookup:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def resolve(self, schema_ids: Iterable[int], wait_s: float) -> None:
-        """Starts looking up the ids not known yet and waits at most `wait_s` for the answers."""
-        started = [future for schema_id in set(schema_ids) if (future := self._start(schema_id)) is not None]
-        if started:
-            wait(started, timeout=wait_s)
+        """Starts looking up the ids not known yet (as many as MAX_PENDING allows); waits at most `wait_s` for them."""
+        waiting: list[Future[Any]] = []
+        for schema_id in dict.fromkeys(schema_ids):
+            if schema_id in self._parsed or self._remembered(schema_id):
+                continue
+            future = self._pending.get(schema_id) or self._start(schema_id)
+            if future is None:
+                break  # as many look-ups as allowed are under way; the rest wait for a later batch
+            waiting.append(future)
+        if waiting:
+            wait(waiting, timeout=wait_s)
 
     def __call__(self, schema_id: int) -> Any:
         """The parsed writer schema of an id.
@@ -106,51 +115,53 @@ class RegistryLookup:
         parsed = self._parsed.get(schema_id)
         if parsed is not None:
             return parsed
-        future = self._start(schema_id)
-        if future is None or future.done():
-            self._settle()
-            parsed = self._parsed.get(schema_id)
-            if parsed is not None:
-                return parsed
-            failed = self._failed.get(schema_id)
-            if failed is not None:
-                raise DeserializationError(failed[1])
+        if self._remembered(schema_id):
+            raise DeserializationError(self._failed[schema_id][1])
+        future = self._pending.get(schema_id) or self._start(schema_id)
+        if future is not None and future.done():
+            self._take(schema_id, future)
+            return self(schema_id)
         raise NotReady(f"schema id {schema_id} is being looked up", NOT_READY_RETRY_MS)
 
-    def _start(self, schema_id: int) -> Future[Any] | None:
-        """The look-up of an id under way (started now if need be).
-
-        None when the answer is known, or when MAX_PENDING look-ups are waiting already.
-        """
-        if schema_id in self._parsed:
-            return None
+    def _remembered(self, schema_id: int) -> bool:
+        """Whether a failure of the id is remembered (one that expired is forgotten here)."""
         failed = self._failed.get(schema_id)
-        if failed is not None:
-            if self._clock() < failed[0]:
-                return None
-            del self._failed[schema_id]
-        future = self._pending.get(schema_id)
-        if future is None:
-            self._settle()
-            if len(self._pending) >= MAX_PENDING:
-                return None
-            future = self._pending[schema_id] = self._pool.submit(self._fetch, schema_id)
+        if failed is None:
+            return False
+        if self._clock() < failed[0]:
+            return True
+        del self._failed[schema_id]
+        return False
+
+    def _start(self, schema_id: int) -> Future[Any] | None:
+        """Starts looking an id up; None when MAX_PENDING look-ups are under way already."""
+        self._settle()
+        if len(self._pending) >= MAX_PENDING:
+            return None
+        future = self._pending[schema_id] = self._pool.submit(self._fetch, schema_id)
+        future.add_done_callback(lambda done: self._finished.append((schema_id, done)))
         return future
 
     def _settle(self) -> None:
-        """Moves the finished look-ups into the tables."""
-        for schema_id, future in [(i, f) for i, f in self._pending.items() if f.done()]:
-            del self._pending[schema_id]
-            try:
-                parsed = future.result()
-            except DeserializationError as exc:
-                self._failed[schema_id] = (self._clock() + self._failure_ttl_s, str(exc))
-                if len(self._failed) > self._max_failures:
-                    self._failed.popitem(last=False)
-                continue
-            if len(self._parsed) >= MAX_SCHEMAS:
-                del self._parsed[next(iter(self._parsed))]
-            self._parsed[schema_id] = parsed
+        """Moves the look-ups that finished since the last call into the tables."""
+        while self._finished:
+            schema_id, done = self._finished.popleft()
+            if self._pending.get(schema_id) is done:  # not taken already by __call__
+                self._take(schema_id, done)
+
+    def _take(self, schema_id: int, future: Future[Any]) -> None:
+        """Moves a finished look-up into the table of schemas or of failures."""
+        del self._pending[schema_id]
+        try:
+            parsed = future.result()
+        except DeserializationError as exc:
+            self._failed[schema_id] = (self._clock() + self._failure_ttl_s, str(exc))
+            if len(self._failed) > self._max_failures:
+                self._failed.popitem(last=False)
+            return
+        if len(self._parsed) >= MAX_SCHEMAS:
+            del self._parsed[next(iter(self._parsed))]
+        self._parsed[schema_id] = parsed
 
     def _fetch(self, schema_id: int) -> Any:
         """Runs on a worker: asks the registry for an id's schema and parses it.

@@ -18,12 +18,14 @@ from orderpipe.kafka_clients import (
     create_client,
     create_topics,
     ensure_topics,
+    incoming,
     partition_counts,
+    topic_configs,
 )
 from orderpipe.kafka_edge import ConfluentEdge, open_kafka_edge
 from orderpipe.kafka_stats import read_group_stats
 from orderpipe.money import RunningAverage
-from orderpipe.routing import Incoming
+from orderpipe.routing import UNREADABLE_HEADERS, Incoming
 from orderpipe.settings import Settings, build_settings
 from orderpipe.stats import encode_stats, stats_key
 from tests.unit.mock_cluster import MockCluster
@@ -231,3 +233,40 @@ def test_a_topic_that_cannot_be_created_is_named(mock_cluster: MockCluster) -> N
     admin = connect_admin(mock_cluster.settings())
     with pytest.raises(BrokerUnavailableError, match="could not create topic never-made"):
         create_topics(admin, [TopicSpec("never-made", 1, 1, {"cleanup.policy": "compact"})], timeout_s=0.5)
+
+
+def test_topic_configurations_that_do_not_come_are_named(mock_cluster: MockCluster) -> None:
+    # The mock cluster does not answer DescribeConfigs: the request times out.
+    admin = connect_admin(mock_cluster.settings())
+    assert topic_configs(admin, []) == {}
+    with pytest.raises(BrokerUnavailableError, match="could not read the configuration of some-topic"):
+        topic_configs(admin, ["some-topic"], timeout_s=0.5)
+
+
+class FakeMessage:
+    """Stands in for a consumed message's headers() (pure logic; the live test writes the real thing)."""
+
+    def __init__(self, headers: object) -> None:
+        self._headers = headers
+
+    def headers(self) -> object:
+        if isinstance(self._headers, BaseException):
+            raise self._headers
+        return self._headers
+
+    def __getattr__(self, name: str) -> Callable[[], object]:
+        return {
+            "topic": lambda: "orders",
+            "partition": lambda: 0,
+            "offset": lambda: 1,
+            "timestamp": lambda: (1, 5),
+        }.get(name, lambda: None)
+
+
+def test_headers_are_read_or_the_record_is_marked_unreadable() -> None:
+    read = incoming(FakeMessage([("trace", b"1"), ("empty", None)]))  # type: ignore[arg-type]
+    assert (read.headers, read.unreadable) == ((("trace", b"1"), ("empty", b"")), "")
+    assert incoming(FakeMessage(None)).headers == ()  # type: ignore[arg-type]
+    # What confluent-kafka raises for a header name that is not UTF-8.
+    broken = incoming(FakeMessage(SystemError("returned a result with an exception set")))  # type: ignore[arg-type]
+    assert (broken.headers, broken.unreadable) == ((), UNREADABLE_HEADERS)
