@@ -6,9 +6,10 @@ import json
 
 import pytest
 
+from orderpipe.assignment import Restorer
 from orderpipe.edge import BEGINNING, Outgoing, TopicSpec
 from orderpipe.effects import OutputTopics, batch_effects
-from orderpipe.errors import DeserializationError
+from orderpipe.errors import BrokerUnavailableError, DeserializationError
 from orderpipe.hold import Hold
 from orderpipe.money import RunningAverage
 from orderpipe.order import ValidOrder
@@ -18,6 +19,7 @@ from orderpipe.routing import BatchPlan, DeadLetter, Deferred, Incoming, Process
 from orderpipe.settings import Settings
 from orderpipe.stats import Latest, StatsKeys, StatsTable
 from orderpipe.topics import STATS_TOPIC_CONFIG, missing_topics
+from orderpipe.twin_parts import VirtualClock
 
 TOPICS = OutputTopics("orders-retry", "orders-dlq", "orders-stats", "g")
 A, B, R = ("orders", 0), ("orders", 1), ("orders-retry", 0)
@@ -186,3 +188,89 @@ def test_the_value_that_reaches_the_committed_offset_is_restored_not_a_replayed_
     assert not ownership.foreign(R, Latest(RunningAverage(2, 20), 5))
     assert not ownership.foreign(("orders", 9), Latest(RunningAverage(), 1)), "not owned: not its business"
     assert not ownership.foreign(A, None), "no value: nothing to be wrong"
+
+
+class Answered:
+    """A `Pending` that is already answered."""
+
+    def __init__(self, answer: object) -> None:
+        self._answer = answer
+
+    def done(self) -> bool:
+        return True
+
+    def result(self) -> object:
+        return self._answer
+
+
+class OneRecordAtATime:
+    """A stats view of a long topic that reads one record per poll, until `stall_at` (our own pure stand-in)."""
+
+    def __init__(self, length: int, stall_at: int | None = None) -> None:
+        self.table = table_of()
+        self._length, self._stall_at, self._position = length, stall_at, 0
+
+    def poll(self) -> None:
+        if self._position != self._stall_at:
+            self._position = min(self._position + 1, self._length)
+
+    def position(self) -> int:
+        return self._position
+
+    def catch_up(self) -> Answered:
+        view = self
+
+        class Reached(Answered):
+            def reached(self) -> bool:
+                return view.position() >= view._length
+
+        return Reached(None)
+
+
+class CommittedOffsets:
+    """The two calls of the edge a restore makes."""
+
+    def __init__(self) -> None:
+        self.assigned: dict[tuple[str, int], int] = {}
+
+    def committed(self, partitions: object) -> Answered:
+        return Answered({A: 5})
+
+    def assign(self, starts: dict[tuple[str, int], int]) -> None:
+        self.assigned = starts
+
+
+def restorer_of(stats: OneRecordAtATime, edge: CommittedOffsets, clock: VirtualClock) -> Restorer:
+    ownership = Ownership()
+    ownership.assigned([A])
+    restorer = Restorer(edge, ownership, stats, clock, timeout_s=60)  # type: ignore[arg-type]
+    restorer.start()
+    return restorer
+
+
+def test_a_long_stats_topic_is_caught_up_while_reading_progresses_however_long_it_takes() -> None:
+    clock, edge = VirtualClock(), CommittedOffsets()
+    stats = OneRecordAtATime(length=100)
+    restorer = restorer_of(stats, edge, clock)
+    for _ in range(100):  # 1000 s in all, far beyond the 60 s limit, but moving on every 10 s
+        clock.advance(10)
+        stats.poll()
+        restorer.advance()
+    assert edge.assigned == {A: 5}
+
+
+def test_a_catch_up_that_stops_moving_fails_after_the_limit() -> None:
+    clock, edge = VirtualClock(), CommittedOffsets()
+    stats = OneRecordAtATime(length=100, stall_at=30)
+    restorer = restorer_of(stats, edge, clock)
+
+    def ten_seconds_on() -> None:
+        clock.advance(10)
+        stats.poll()
+        restorer.advance()
+
+    for _ in range(36):  # reading stops at the 30th record; 60 s later it still holds
+        ten_seconds_on()
+    with pytest.raises(BrokerUnavailableError, match="end of the stats topic"):
+        ten_seconds_on()
+    assert stats.position() == 30

@@ -259,7 +259,7 @@ def test_a_record_with_unreadable_headers_is_dead_lettered_without_them() -> Non
     assert (dead.key, dead.value) == (record.key, record.value)
 
 
-def test_a_dlq_copy_too_large_leaves_out_the_value_then_headers_then_key() -> None:
+def test_a_dlq_copy_too_large_leaves_out_what_does_not_fit() -> None:
     limit = 20_000
     error = DeserializationError("bad")
     big_value = fresh()._replace(value=b"v" * limit)
