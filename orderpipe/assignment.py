@@ -84,12 +84,15 @@ class Restorer:
             table = self._stats.table
             starts, unmatched = self._ownership.restored(self._offsets, table)
             for tp in unmatched:
+                latest = table.latest.get(tp)
                 log.warning(
-                    "⚠ %s-%d: no value in the stats topic reaches the committed offset %d (the latest reaches %s); "
-                    "its latest state is used, so its running average may not match what it reads",
+                    "⚠ %s-%d: no value in the stats topic reaches the committed offset %d (%s), so its running "
+                    "average may not match what it reads",
                     *tp,
                     starts[tp],
-                    table.latest[tp].next_offset,
+                    "there is none: it starts from zero"
+                    if latest is None
+                    else f"the latest reaches {latest.next_offset} and is used",
                 )
             self._edge.assign(starts)
             table.changed.update(starts)  # the loop checks their latest values against what was restored

@@ -177,7 +177,9 @@ class OrderConsumer:
             edge.create_topics(missing)
             counts.update((spec.name, spec.partitions) for spec in missing)
             outputs = (settings.retry_topic, settings.dlq_topic, settings.stats_topic)
-            configs = edge.topic_configs(outputs)
+            # Topics just created are as asked for (and a cluster may not describe them yet).
+            created = {spec.name: dict(spec.config) for spec in missing}
+            configs = {**edge.topic_configs([t for t in outputs if t not in created]), **created}
             problems = topic_problems(settings, counts, configs)
             if problems:
                 raise ConfigError("; ".join(problems))

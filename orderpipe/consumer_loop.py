@@ -4,12 +4,13 @@ Per batch (one poll: at most `batch_size` records, or what arrived within the co
 interval): `decide` routes every record (routing.plan_batch), `batch_effects` turns
 the plan into data (records to produce, offsets, states, retries to defer) and the
 committer makes the records and offsets durable together. Only once the commit
-succeeded does the loop move the partitions' states on, pause the deferred retry
+succeeded does the loop move the partitions' states on, pause the deferred
 partitions and report; an aborted batch is read again from the last commit.
 
 Nothing here waits except the poll itself. A restore after an assignment, a
-transactional step to be tried again and a retry not yet due are states the loop
-checks on every turn while it keeps polling.
+transactional step to be tried again, a record not yet due or readable and a stats
+value to be written again are states the loop checks on every turn while it keeps
+polling.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from orderpipe.reporting import Reporter
 from orderpipe.retry_scheduler import RetryScheduler
 from orderpipe.routing import BatchPlan, Incoming
 from orderpipe.stats import group_total
-from orderpipe.stats_view import StatsView
+from orderpipe.stats_view import WARN_EVERY_S, StatsView
 
 __all__ = ["ConsumerLoop", "Decide"]
 
@@ -46,7 +47,7 @@ JOIN_GRACE_S = 30.0
 # Aborted batches in a row before the consumer gives up: the same failure each time
 # (a record the broker refuses, say) would otherwise repeat forever.
 MAX_ABORTS_IN_A_ROW = 5
-# A retry partition resumed when due counts as busy until its waiting record is read
+# A partition resumed when due counts as busy until its waiting record is read
 # again, or at most this long (the record may have been deleted by retention meanwhile).
 REFETCH_LIMIT_S = 30.0
 
@@ -84,7 +85,8 @@ class ConsumerLoop:
         self._assigned_once = False
         # Owned partitions whose value in the stats topic is to be written again (see _look_for_foreign_values).
         self._rewrite: set[TP] = set()
-        # Resumed retry partitions whose waiting record was not read again yet, and when they were resumed.
+        self._warned_foreign_at = -WARN_EVERY_S
+        # Resumed partitions whose waiting record was not read again yet, and when they were resumed.
         self._refetching: dict[TP, float] = {}
 
     def group_total(self) -> RunningAverage:
@@ -124,7 +126,7 @@ class ConsumerLoop:
         if records and self._refetching:
             for record in records:
                 self._refetching.pop((record.topic, record.partition), None)
-        if records or self._rewrite & self._ownership.states.keys():
+        if records or self._rewritable():
             self._last_activity = self._batch_started
             self._commit(records, now)
         elif self._idle():
@@ -143,11 +145,13 @@ class ConsumerLoop:
     def _on_events(self, events: tuple[Event, ...]) -> None:
         for event in events:
             if isinstance(event, Assigned):
+                self._stats.table.keys.extend(event.partitions)
                 self._ownership.assigned(event.partitions)
                 self._restorer.start()
                 self._assigned_once, self._last_activity = True, self._clock.monotonic()
                 continue
             self._ownership.revoked(event.partitions)
+            self._rewrite.difference_update(event.partitions)
             for tp in event.partitions:
                 self._refetching.pop(tp, None)
             paused = self._scheduler.forget(event.partitions) + self._hold.forget(event.partitions)
@@ -160,16 +164,26 @@ class ConsumerLoop:
         if table.changed:
             for tp in table.changed:
                 if self._ownership.foreign(tp, table.latest.get(tp), spoiled=tp in table.spoiled):
-                    log.warning("⚠ %s-%d: its value in the stats topic was not written by its owner; rewriting it", *tp)
                     self._rewrite.add(tp)
+                    now = self._clock.monotonic()
+                    if now - self._warned_foreign_at >= WARN_EVERY_S:  # a view far behind could see many
+                        self._warned_foreign_at = now
+                        log.warning(
+                            "⚠ %s-%d: its value in the stats topic was not written by its owner; rewriting it", *tp
+                        )
             table.changed.clear()
+
+    def _rewritable(self) -> bool:
+        """Whether a stats value is to be rewritten; keeps only owned partitions with an offset to write it with."""
+        if self._rewrite:
+            self._rewrite = {tp for tp in self._rewrite if _at_or_past_zero(self._ownership.offset(tp))}
+        return bool(self._rewrite)
 
     def _commit(self, records: list[Incoming], now: float) -> None:
         plan = self._decide(records, int(now * 1000)) if records else BatchPlan(())
-        if self._rewrite:
+        if self._rewritable():
             # Each partition in a batch gets its stats value written: add the ones to rewrite.
-            self._rewrite &= self._ownership.states.keys()
-            rewrites = {tp: self._ownership.offset(tp) for tp in self._rewrite}
+            rewrites = {tp: offset for tp in self._rewrite if (offset := self._ownership.offset(tp)) is not None}
             plan = replace(plan, commits={**rewrites, **plan.commits})
         self._effects = batch_effects(plan, self._ownership.states, self._outputs)
         self._batch_read_s = now
@@ -235,3 +249,7 @@ class ConsumerLoop:
                 return False
         grace = 0.0 if self._assigned_once else JOIN_GRACE_S
         return self._clock.monotonic() - self._last_activity >= limit + grace
+
+
+def _at_or_past_zero(offset: int | None) -> bool:
+    return offset is not None and offset >= 0

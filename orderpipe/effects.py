@@ -7,7 +7,7 @@ everything the edge must carry out for it, in one value:
   value of every input partition in the batch (its state and its committed offset);
 * the input offsets to commit with them;
 * the state each of those partitions has once the batch is committed;
-* the retry partitions to pause (and seek back) until their head record is due.
+* the partitions to pause (and seek back) until their head record is due.
 
 The consumer applies `states` and `deferred` only after the commit succeeded, so an
 aborted batch needs nothing undone but a seek back to the last commit.

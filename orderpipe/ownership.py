@@ -60,9 +60,9 @@ class Ownership:
                     state, offset = latest.state, latest.next_offset
             else:
                 state = table.at(tp, offset)
-                if state is None and latest is not None:
-                    state = latest.state
+                if state is None:
                     unmatched.append(tp)
+                    state = None if latest is None else latest.state
             starts[tp] = self._offsets[tp] = BEGINNING if offset is None else offset
             self.states[tp] = state or RunningAverage()
             self._remember(tp)
@@ -123,9 +123,9 @@ class Ownership:
                 self._offsets[tp] = offset
                 self._remember(tp)
 
-    def offset(self, tp: TP) -> int:
-        """An owned partition's committed offset."""
-        return self._offsets[tp]
+    def offset(self, tp: TP) -> int | None:
+        """A partition's committed offset (BEGINNING before anything of it was read), None if not owned."""
+        return self._offsets.get(tp)
 
     def rewind(self, partitions: Iterable[TP]) -> dict[TP, int]:
         """Where the owned ones of `partitions` start again after an aborted batch: their last commit."""

@@ -26,8 +26,9 @@ START_REGISTRY_HINT = (
 def connect_registry(url: str, timeout_s: float = 5.0) -> SchemaRegistryClient:
     """A registry client that has proven the registry answers.
 
-    The client makes no retries of its own (`max.retries` 0): the library sleeps
-    between retries, and the consumer's poll loop must never sleep.
+    The client makes no retries of its own (`max.retries` 0): a look-up that fails
+    is remembered as failed for a while (RegistryLookup), and the start-up check
+    fails at once with how to start a registry.
 
     Raises:
         RegistryUnavailableError: naming the URL and how to start a registry.
@@ -92,17 +93,20 @@ class RegistryLookup:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def resolve(self, schema_ids: Iterable[int], wait_s: float) -> None:
-        """Starts looking up the ids not known yet (as many as MAX_PENDING allows); waits at most `wait_s` for them."""
-        waiting: list[Future[Any]] = []
+        """Starts looking up the ids not asked for yet (as many as MAX_PENDING allows).
+
+        Waits at most `wait_s` for those; a look-up already under way is waited for by nobody.
+        """
+        started: list[Future[Any]] = []
         for schema_id in dict.fromkeys(schema_ids):
-            if schema_id in self._parsed or self._remembered(schema_id):
-                continue
-            future = self._pending.get(schema_id) or self._start(schema_id)
+            if schema_id in self._parsed or schema_id in self._pending or self._remembered(schema_id):
+                continue  # known, or asked already: a batch waits only for what it asked first
+            future = self._start(schema_id)
             if future is None:
                 break  # as many look-ups as allowed are under way; the rest wait for a later batch
-            waiting.append(future)
-        if waiting:
-            wait(waiting, timeout=wait_s)
+            started.append(future)
+        if started:
+            wait(started, timeout=wait_s)
 
     def __call__(self, schema_id: int) -> Any:
         """The parsed writer schema of an id.

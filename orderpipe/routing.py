@@ -3,11 +3,13 @@
 The consumer edge turns each record into an `Incoming`, asks `plan_batch` what to do
 with a batch of them at a given time, and applies the returned `BatchPlan`: count the
 processed orders, produce the retry and DLQ records, commit the positions and pause
-the retry partitions whose head record is not yet due.
+the partitions whose head record is not yet due (a retry) or not yet readable (its
+schema still being looked up).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -70,6 +72,7 @@ PIPELINE_HEADERS = frozenset(
     }
 )
 MAX_ERROR_MESSAGE_BYTES = 1024
+_NUMBER = re.compile(r"[0-9]{1,19}")
 # Incoming.unreadable for a record whose header names are not all UTF-8 (Kafka allows any bytes).
 UNREADABLE_HEADERS = "a header name is not valid UTF-8, so the record's headers could not be read"
 # How far another consumer's clock may run ahead of this one's. A retry record's due
@@ -120,16 +123,17 @@ class Incoming(NamedTuple):
         return None
 
     def header_int(self, name: str) -> int | None:
+        """A header as a whole number from 0 to 2**63 - 1 (a Kafka offset's range), else None."""
         text = self.header(name)
-        try:
-            return None if text is None else int(text)
-        except ValueError:
+        if text is None or not _NUMBER.fullmatch(text):
             return None
+        number = int(text)
+        return number if number < 2**63 else None
 
     @property
     def attempt(self) -> int:
         """How many retries this record already is (0 on the orders topic)."""
-        return max(self.header_int(H_ATTEMPT) or 0, 0) if self.from_retry_topic else 0
+        return (self.header_int(H_ATTEMPT) or 0) if self.from_retry_topic else 0
 
     @property
     def not_before(self) -> int | None:
@@ -201,7 +205,7 @@ Decision = Processed | Retry | DeadLetter
 
 @dataclass(frozen=True)
 class Deferred:
-    """A retry record that is not yet due: pause its partition and seek back to it."""
+    """A record not yet due (a retry) or not yet readable (NotReady): pause its partition and seek back to it."""
 
     topic: str
     partition: int
@@ -269,9 +273,11 @@ def decide(
         return Processed(record, outcome)
     if isinstance(outcome, (DeserializationError, ValidationError)):
         reason = REASON_DESERIALIZATION if isinstance(outcome, DeserializationError) else REASON_VALIDATION
-        return _dead_letter(record, reason, outcome, now_ms, max_record_bytes)
+        return _dead_letter(record, reason, outcome, now_ms, max_record_bytes, retries=record.attempt)
     if record.attempt >= policy.max_retries:
-        return _dead_letter(record, REASON_RETRIES_EXHAUSTED, outcome, now_ms, max_record_bytes)
+        # A forged attempt beyond the limit is reported as the limit.
+        retries = policy.max_retries
+        return _dead_letter(record, REASON_RETRIES_EXHAUSTED, outcome, now_ms, max_record_bytes, retries=retries)
     attempt = record.attempt + 1
     not_before = now_ms + backoff_ms(attempt, policy)
     headers = (
@@ -282,15 +288,15 @@ def decide(
     )
     if max_record_bytes is not None and record_bytes(record.key, record.value, headers) > max_record_bytes:
         # It cannot be copied to the retry topic whole, so it is not retried.
-        return _dead_letter(record, REASON_RETRIES_EXHAUSTED, outcome, now_ms, max_record_bytes)
+        return _dead_letter(record, REASON_RETRIES_EXHAUSTED, outcome, now_ms, max_record_bytes, retries=record.attempt)
     return Retry(record, attempt, not_before, outcome, headers)
 
 
 def _dead_letter(
-    record: Incoming, reason: str, error: BaseException, now_ms: int, max_record_bytes: int | None
+    record: Incoming, reason: str, error: BaseException, now_ms: int, max_record_bytes: int | None, *, retries: int
 ) -> DeadLetter:
     pipeline = [
-        (H_ATTEMPT, str(record.attempt).encode()),
+        (H_ATTEMPT, str(retries).encode()),
         (H_REASON, reason.encode()),
         *_error_headers(record, error),
         (H_FAILED_AT, str(now_ms).encode()),
@@ -304,7 +310,7 @@ def _dead_letter(
         left_out += cut
     if left_out:
         pipeline.append((H_TRUNCATED, ", ".join(left_out).encode()))
-    return DeadLetter(record, reason, record.attempt, error, (*foreign, *pipeline), key, value)
+    return DeadLetter(record, reason, retries, error, (*foreign, *pipeline), key, value)
 
 
 # What a DLQ copy leaves out, tried in this order until it fits: the value is kept

@@ -25,6 +25,7 @@ SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 # The largest backoff and order price the settings take.
 DAY_MS = 86_400_000
 MAX_PRICE = Decimal(10**12)
+_INTEGER = re.compile(r"-?[0-9]{1,19}")
 _TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 _HOST_PORT = re.compile(r"^[^\s:,]+:(\d{1,5})$|^\[[0-9A-Fa-f:]+\]:(\d{1,5})$")
 
@@ -126,7 +127,7 @@ def _group(raw: str) -> str:
 def _whole(minimum: int, maximum: int) -> Parser:
     def parse(raw: str) -> int:
         text = raw.strip()
-        value = int(text) if text.lstrip("-").isdecimal() and len(text) <= 20 else minimum - 1
+        value = int(text) if _INTEGER.fullmatch(text) else minimum - 1
         if not minimum <= value <= maximum:
             raise ValueError(f"a whole number from {minimum} to {maximum}")
         return value
@@ -195,7 +196,9 @@ def build_settings(raw: Mapping[str, str]) -> Settings:
         try:
             values[f.name] = _PARSERS[f.name](raw[name])
         except ValueError as exc:
-            shown = "(hidden)" if f.name == "sasl_password" else repr(redact(raw[name]))
+            # A value with an "@" may carry credentials even where redact finds no URL.
+            hidden = f.name == "sasl_password" or "@" in raw[name]
+            shown = "(hidden)" if hidden else repr(raw[name])
             problems.append(f"{name} must be {exc}, got {shown}")
 
     settings = Settings(**values)

@@ -11,15 +11,19 @@ over the group's keys. The group in the key keeps pipelines apart that share a t
 
 Every record of the topic is untrusted: keys of other groups are skipped, keys of
 this group that name no input partition and values that do not parse (or hold
-impossible numbers) are refused, and a value is only used on a restore when its
-offset matches the committed one, so a replayed or forged value cannot change what
-is restored.
+impossible numbers) are refused. On a restore the value used is the latest one whose
+offset matches the group's committed offset, so a replayed or forged value with
+another offset changes nothing (as long as the matching value is among the last
+HISTORY of its key; when none matches, the latest is used, and the consumer says so).
+Keys of before they named the group (`orders-0`) are read only for that match, so an
+upgrade keeps the counts.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import re
+from collections.abc import Iterable, Mapping
 from typing import NamedTuple
 
 from orderpipe.edge import TP
@@ -27,7 +31,16 @@ from orderpipe.errors import DeserializationError
 from orderpipe.money import RunningAverage
 from orderpipe.routing import Incoming
 
-__all__ = ["Latest", "StatsKeys", "StatsTable", "decode_stats", "encode_stats", "group_total", "stats_key"]
+__all__ = [
+    "MAX_PARTITIONS",
+    "Latest",
+    "StatsKeys",
+    "StatsTable",
+    "decode_stats",
+    "encode_stats",
+    "group_total",
+    "stats_key",
+]
 
 
 # A real value is under 100 bytes. The limit also bounds what json.loads is given:
@@ -39,6 +52,9 @@ MAX_OFFSET = 2**63 - 1
 MAX_COUNT = 2**53
 # Values kept per key, by the offset they reach, for matching the committed offset.
 HISTORY = 16
+# Partition numbers a key may name; ORDERS_PARTITIONS takes no more.
+MAX_PARTITIONS = 10_000
+_DIGITS = re.compile(r"[0-9]{1,5}")
 
 
 def stats_key(group: str, topic: str, partition: int) -> str:
@@ -51,29 +67,53 @@ class StatsKeys:
 
     Args:
         group: the consumer group; keys of other groups belong to other pipelines.
-        partitions: each input topic's partition count.
+        partitions: each input topic's partition count. It grows when the consumer
+            is assigned a partition beyond it (partitions added to a topic).
     """
 
     def __init__(self, group: str, partitions: Mapping[str, int]) -> None:
         self._prefix = f"{group}/"
-        self._partitions = dict(partitions)
+        self.partitions = dict(partitions)
 
     def partition_of(self, key: bytes | None) -> TP | None:
         """The input partition a key stands for; None for a key of another group.
 
         Raises:
-            DeserializationError: the key is of this group but names no input partition.
+            DeserializationError: the key is of this group (or of none) but names no
+                partition of an input topic (below MAX_PARTITIONS).
         """
         text = (key or b"").decode("utf-8", errors="replace")
-        if not text.startswith(self._prefix) or "/" in text[len(self._prefix) :]:
-            if "/" in text:
-                return None  # another group's, or another pipeline's
-            raise DeserializationError(f"stats key {_shown(text)} names no consumer group")
-        topic, sep, number = text[len(self._prefix) :].rpartition("-")
-        count = self._partitions.get(topic)
-        if not sep or count is None or not number.isdecimal() or len(number) > 9 or int(number) >= count:
-            raise DeserializationError(f"stats key {_shown(text)} names no partition of {', '.join(self._partitions)}")
+        rest = text[len(self._prefix) :]
+        if text.startswith(self._prefix) and "/" not in rest:
+            tp = self._parse(rest)
+            if tp is None:
+                inputs = ", ".join(self.partitions)
+                raise DeserializationError(f"stats key {_shown(text)} names no partition of {inputs}")
+            return tp
+        if "/" in text:
+            return None  # another group's, or another pipeline's
+        raise DeserializationError(f"stats key {_shown(text)} names no consumer group")
+
+    def legacy_partition_of(self, key: bytes | None) -> TP | None:
+        """The input partition of a key written before keys named the group (`orders-0`), else None."""
+        text = (key or b"").decode("utf-8", errors="replace")
+        return None if "/" in text else self._parse(text)
+
+    def _parse(self, text: str) -> TP | None:
+        topic, sep, number = text.rpartition("-")
+        if not sep or topic not in self.partitions or not _DIGITS.fullmatch(number) or int(number) >= MAX_PARTITIONS:
+            return None
         return topic, int(number)
+
+    def counted(self, tp: TP) -> bool:
+        """Whether a partition exists as far as this consumer knows (only those count in the average)."""
+        return tp[1] < self.partitions.get(tp[0], 0)
+
+    def extend(self, partitions: Iterable[TP]) -> None:
+        """Partitions the consumer was assigned exist, whatever the counts at start said."""
+        for topic, partition in partitions:
+            if topic in self.partitions:
+                self.partitions[topic] = max(self.partitions[topic], partition + 1)
 
 
 def _shown(text: str) -> str:
@@ -129,9 +169,11 @@ class StatsTable:
     """The latest value of each of a group's stats keys, and the recent ones by the offset they reach."""
 
     def __init__(self, keys: StatsKeys) -> None:
-        self._keys = keys
+        self.keys = keys
         self.latest: dict[TP, Latest] = {}
         self._by_offset: dict[TP, dict[int, RunningAverage]] = {}
+        # Values under keys written before keys named the group, by the offset they reach.
+        self._legacy: dict[TP, dict[int, RunningAverage]] = {}
         # Partitions whose latest record changed since `changed` was last drained.
         self.changed: set[TP] = set()
         # Partitions whose latest record is not a usable value: `latest` keeps the one before.
@@ -139,27 +181,43 @@ class StatsTable:
 
     @property
     def states(self) -> dict[TP, RunningAverage]:
-        return {tp: latest.state for tp, latest in self.latest.items()}
+        """The latest state of each partition that exists (see StatsKeys.counted)."""
+        return {tp: latest.state for tp, latest in self.latest.items() if self.keys.counted(tp)}
 
     def at(self, tp: TP, next_offset: int) -> RunningAverage | None:
-        """The latest value of a partition that reaches exactly `next_offset`, if one was read."""
-        return self._by_offset.get(tp, {}).get(next_offset)
+        """The latest value of a partition that reaches exactly `next_offset`, if one was read.
 
-    def take(self, record: Incoming) -> None:
-        """Applies one record of the stats topic (a record of another group changes nothing).
+        A partition the group never wrote a value for may have one under its key of
+        before keys named the group: it is used when it reaches exactly that offset.
+        """
+        if tp in self._by_offset or tp in self.latest:
+            return self._by_offset.get(tp, {}).get(next_offset)
+        return self._legacy.get(tp, {}).get(next_offset)
+
+    def take(self, record: Incoming) -> TP | None:
+        """Applies one record of the stats topic; returns the partition it is of (None: another group's).
 
         Raises:
             DeserializationError: the key or value is not one of this group's; the table is unchanged.
         """
-        tp = self._keys.partition_of(record.key)
+        try:
+            tp = self.keys.partition_of(record.key)
+        except DeserializationError:
+            legacy = self.keys.legacy_partition_of(record.key)
+            if legacy is None or record.value is None:
+                raise
+            state, next_offset = decode_stats(record.value)
+            if next_offset is not None:
+                _remember(self._legacy.setdefault(legacy, {}), next_offset, state)
+            return None
         if tp is None:
-            return
+            return None
         self.changed.add(tp)
         if record.value is None:
             self.latest.pop(tp, None)  # a tombstone: the key was deleted on purpose
             self._by_offset.pop(tp, None)
             self.spoiled.discard(tp)
-            return
+            return tp
         try:
             state, next_offset = decode_stats(record.value)
         except DeserializationError:
@@ -168,11 +226,15 @@ class StatsTable:
         self.spoiled.discard(tp)
         self.latest[tp] = Latest(state, next_offset)
         if next_offset is not None:
-            history = self._by_offset.setdefault(tp, {})
-            history.pop(next_offset, None)  # re-inserted as the newest
-            history[next_offset] = state
-            if len(history) > HISTORY:
-                del history[next(iter(history))]
+            _remember(self._by_offset.setdefault(tp, {}), next_offset, state)
+        return tp
+
+
+def _remember(history: dict[int, RunningAverage], next_offset: int, state: RunningAverage) -> None:
+    history.pop(next_offset, None)  # re-inserted as the newest
+    history[next_offset] = state
+    if len(history) > HISTORY:
+        del history[next(iter(history))]
 
 
 def group_total(published: Mapping[TP, RunningAverage], own: Mapping[TP, RunningAverage]) -> RunningAverage:

@@ -46,10 +46,14 @@ class StatsView:
         """Takes in whatever committed updates have arrived, waiting at most `timeout_s`."""
         for record in self._tail.poll(POLL_RECORDS, timeout_s):
             try:
-                self.table.take(record)
+                tp = self.table.take(record)
             except DeserializationError as exc:
                 self.ignored += 1
                 self._warn(record.offset, exc)
+                continue
+            if tp is not None and not self.table.keys.counted(tp):
+                self.ignored += 1  # kept, and counted once the partition turns out to exist
+                self._warn(record.offset, DeserializationError(f"stats key names {tp[0]}-{tp[1]}, not a partition"))
 
     def _warn(self, offset: int, problem: DeserializationError) -> None:
         now = self._monotonic()

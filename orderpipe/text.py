@@ -24,7 +24,8 @@ def printable(text: str, limit: int | None = None) -> str:
     return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
 
 
-_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s]*@")
+# Up to the last "@" before the path: a password may hold an "@" of its own.
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s]*@")
 
 
 def redact(text: str) -> str:

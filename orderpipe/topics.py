@@ -10,6 +10,9 @@ Topics that already exist (made by hand, by an older version, by another tool) a
 checked before anything is read: a retry topic with another partition count than
 `orders`, or a stats topic with several partitions or without compaction, stops the
 consumer with a sentence that says what the topic has, what it needs and how to fix it.
+So does an output topic whose `max.message.bytes` is below the producer's 1,000,000:
+the broker limits a whole batch of records by it, and librdkafka fills batches up to
+that size.
 """
 
 from __future__ import annotations
@@ -75,6 +78,14 @@ def topic_problems(
             f"{stats} has {existing.get(stats)} partitions but needs exactly 1, so that one reader sees every "
             f"update in order; point STATS_TOPIC at a new topic (the consumer creates it) or delete this one"
         )
+    for topic in (retry, settings.dlq_topic, stats):
+        limit = _message_limit(configs.get(topic, {}))
+        if limit < PRODUCER_MESSAGE_MAX_BYTES:
+            problems.append(
+                f"{topic} has max.message.bytes={limit} but needs at least {PRODUCER_MESSAGE_MAX_BYTES}, the most the "
+                f"consumer's producer puts in one batch; run kafka-configs.sh --alter --entity-type topics "
+                f"--entity-name {topic} --add-config max.message.bytes={BROKER_MESSAGE_MAX_BYTES}"
+            )
     policy = configs.get(stats, {}).get("cleanup.policy", "delete")
     if "compact" not in policy.split(","):
         problems.append(
@@ -87,8 +98,10 @@ def topic_problems(
 
 def largest_record(settings: Settings, configs: Mapping[str, Mapping[str, str]]) -> int:
     """The largest record (see routing.record_bytes) that both the retry and the DLQ topic take."""
-    limits = [PRODUCER_MESSAGE_MAX_BYTES]
-    for topic in (settings.retry_topic, settings.dlq_topic):
-        text = configs.get(topic, {}).get("max.message.bytes", "")
-        limits.append(int(text) if text.isdecimal() else BROKER_MESSAGE_MAX_BYTES)
-    return min(limits)
+    topics = (settings.retry_topic, settings.dlq_topic)
+    return min(PRODUCER_MESSAGE_MAX_BYTES, *(_message_limit(configs.get(topic, {})) for topic in topics))
+
+
+def _message_limit(config: Mapping[str, str]) -> int:
+    text = config.get("max.message.bytes", "")
+    return int(text) if text.isdecimal() and len(text) < 12 else BROKER_MESSAGE_MAX_BYTES

@@ -169,6 +169,7 @@ def test_a_stream_of_unknown_schema_ids_costs_neither_a_stall_nor_the_credential
         ("STATS_TOPIC", 1, {"cleanup.policy": "delete"}, "has cleanup.policy=delete but needs compact"),
         ("STATS_TOPIC", 2, {"cleanup.policy": "compact"}, "has 2 partitions but needs exactly 1"),
         ("RETRY_TOPIC", 5, {}, "has 5 partitions but"),
+        ("DLQ_TOPIC", 3, {"max.message.bytes": "2000"}, "has max.message.bytes=2000 but needs at least 1000000"),
     ],
 )
 def test_existing_topics_that_will_not_do_stop_the_consumer_with_what_to_fix(

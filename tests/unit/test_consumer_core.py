@@ -87,7 +87,7 @@ def test_a_revoked_partition_is_no_longer_restored() -> None:
     ownership.assigned([A, B])
     ownership.revoked([A])
     assert ownership.restoring == (B,)
-    assert ownership.restored({B: 2}, table_of()) == ({B: 2}, [])
+    assert ownership.restored({B: 2}, table_of()) == ({B: 2}, [B]), "committed, but no value: said so"
 
 
 def test_retry_partitions_are_paused_until_due_and_forgotten_when_revoked() -> None:
@@ -152,13 +152,31 @@ def table_of(*records: Incoming) -> StatsTable:
 
 @pytest.mark.parametrize(
     "key",
-    [b"orders-0", b"g/orders-2", b"g/orders-x", b"g/unknown-0", b"g/orders-00000000001", b"g/orders--1", b"", b"\xff"],
+    [b"g/orders-x", b"g/unknown-0", b"g/orders-00000000001", b"g/orders-10000", b"g/orders--1", b"", b"\xff"],
 )
 def test_a_key_of_the_group_that_names_no_input_partition_is_refused(key: bytes) -> None:
     table = table_of()
     with pytest.raises(DeserializationError, match="stats key"):
         table.take(stats_record(0, key, stats_value(1, 5, 3)))
     assert table.latest == {}
+
+
+def test_a_key_beyond_the_partition_count_is_kept_but_not_counted_until_assigned() -> None:
+    table = table_of(stats_record(0, b"g/orders-2", stats_value(1, 5, 3)))
+    assert (A[0], 2) in table.latest
+    assert table.states == {}
+    table.keys.extend([("orders", 2)])
+    assert table.states == {("orders", 2): RunningAverage(1, 5)}
+
+
+def test_a_key_of_before_keys_named_the_group_is_used_only_to_match_the_committed_offset() -> None:
+    table = table_of(stats_record(0, b"orders-0", stats_value(3, 300, 20)))
+    assert table.latest == {}
+    ownership = Ownership()
+    ownership.assigned([A, B])
+    starts, unmatched = ownership.restored({A: 20, B: None}, table)
+    assert (starts, unmatched) == ({A: 20, B: BEGINNING}, [])
+    assert ownership.states == {A: RunningAverage(3, 300), B: RunningAverage()}
 
 
 def test_keys_of_other_groups_are_skipped_silently() -> None:

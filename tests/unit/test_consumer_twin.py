@@ -315,7 +315,7 @@ def test_bad_values_on_the_stats_topic_are_ignored_and_other_keys_do_not_count()
         SETTINGS.max_order_price_cents,
     ).expected
     assert summary.average == expected
-    assert summary.stats_ignored == 9
+    assert summary.stats_ignored == 8, "all but the key of no group, read as one of before keys named the group"
     assert twin.log.getvalue().count("Ignoring") == 1, "warnings are rate-limited"
     assert "8 more ignored" not in twin.log.getvalue()
 

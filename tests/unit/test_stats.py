@@ -16,7 +16,14 @@ def test_a_key_names_the_consumer_group_and_the_input_partition() -> None:
     with pytest.raises(DeserializationError, match="names no consumer group"):
         keys.partition_of(b"orders-0")
     with pytest.raises(DeserializationError, match="names no partition"):
-        keys.partition_of(b"team/a/orders-3")
+        keys.partition_of(b"team/a/unknown-3")
+    with pytest.raises(DeserializationError, match="names no partition"):
+        keys.partition_of(b"team/a/orders-10000")
+    # A partition beyond the count at start is kept, and counts once the consumer is assigned it.
+    assert keys.partition_of(b"team/a/orders-3") == ("orders", 3)
+    assert not keys.counted(("orders", 3))
+    keys.extend([("orders", 3)])
+    assert keys.counted(("orders", 3))
 
 
 def test_values_are_the_json_of_design_section_3_with_the_offset_they_reach() -> None:
