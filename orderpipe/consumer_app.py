@@ -48,6 +48,8 @@ __all__ = [
 # The work done for a valid order after validation (a simulated downstream call in
 # this project); raising any exception makes the order a transient failure.
 Downstream = Callable[[ValidOrder], None]
+# Connects to the schema registry at a URL (a context manager: closed with the consumer).
+RegistryOpener = Callable[[str], AbstractContextManager[Any]]
 # Yields the transactional id of this consumer process for a group, held until the block ends.
 SlotClaimer = Callable[[str], AbstractContextManager[str]]
 EXACTLY_ONCE = "exactly-once"
@@ -117,6 +119,7 @@ class OrderConsumer:
         clock: the time (SYSTEM_CLOCK); the twin's virtual clock in unit tests.
         open_edge: connects to Kafka (confluent-kafka by default).
         claim: gives this process its transactional id (an instance slot by default).
+        open_registry: connects to the schema registry (confluent-kafka's client by default).
     """
 
     def __init__(
@@ -130,10 +133,12 @@ class OrderConsumer:
         clock: Clock = SYSTEM_CLOCK,
         open_edge: EdgeOpener = open_kafka_edge,
         claim: SlotClaimer = claim_transactional_id,
+        open_registry: RegistryOpener = connect_registry,
     ) -> None:
         self._settings, self._options, self._console = settings, options, console
         self._downstream = downstream
         self._clock, self._open_edge, self._claim = clock, open_edge, claim
+        self._open_registry = open_registry
         self.summary = ConsumerSummary()
         self._reporter = Reporter(
             console,
@@ -185,7 +190,8 @@ class OrderConsumer:
                 raise ConfigError("; ".join(problems))
             lookup = None
             if settings.schema_registry_url:
-                lookup = RegistryLookup(stack.enter_context(connect_registry(settings.schema_registry_url)))
+                client = stack.enter_context(self._open_registry(settings.schema_registry_url))
+                lookup = RegistryLookup(client, clock=self._clock.monotonic)
                 stack.callback(lookup.close)
             committer: Committer = (
                 TransactionalCommitter(edge, transactional_id, self._clock)

@@ -9,26 +9,32 @@ same records to a real broker.
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Callable
 from dataclasses import replace
 
 import pytest
+from confluent_kafka.schema_registry import Schema
+from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from orderpipe.console import VERBOSE
 from orderpipe.consumer_app import ConsumerOptions
 from orderpipe.errors import ConfigError
 from orderpipe.money import RunningAverage
-from orderpipe.order import ValidOrder
+from orderpipe.order import Order, ValidOrder
 from orderpipe.routing import CLOCK_SKEW_MS
 from orderpipe.stats import encode_stats, stats_key
 from orderpipe.twin import TwinCluster
 from tests.unit.twin_helpers import (
+    SCHEMA,
     SETTINGS,
     assert_exact,
     encoded,
     new_cluster,
+    processed,
     produce_orders,
     run,
+    turn_until,
     twin_consumer,
 )
 
@@ -182,3 +188,55 @@ def test_record_text_is_escaped_on_the_console() -> None:
     assert "\x07" not in out
     assert "Lamp\\n✓ Processed: Order FAKE\\x1b[2J" in out
     assert "FAKE" not in out.replace("Lamp\\n✓ Processed: Order FAKE", "")
+
+
+class SlowRegistry:
+    """A stand-in registry client: id 1 is the order schema, id 7 too but answered once `gate` opens, others unknown."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.asked: list[int] = []
+
+    def __enter__(self) -> SlowRegistry:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.gate.set()
+
+    def get_schema(self, schema_id: int) -> Schema:
+        self.asked.append(schema_id)
+        if schema_id == 7:
+            self.gate.wait(10)
+        if schema_id in (1, 7):
+            return Schema(SCHEMA.text, "AVRO")
+        raise SchemaRegistryError(404, 40403, "Schema not found")
+
+
+def registry_encoded(schema_id: int, order_id: str) -> bytes:
+    return b"\x00" + schema_id.to_bytes(4, "big") + SCHEMA.encode_body(Order(order_id, "Mouse", 19.99))
+
+
+def test_a_slow_schema_look_up_holds_up_only_its_own_partition() -> None:
+    settings = replace(SETTINGS, schema_registry_url="http://registry.example:8081")
+    cluster = new_cluster(settings)
+    registry = SlowRegistry()
+    cluster.produce(settings.orders_topic, b"SLOW", registry_encoded(7, "SLOW"), partition=0)
+    cluster.produce(settings.orders_topic, b"BEHIND", registry_encoded(1, "BEHIND"), partition=0)
+    for index in range(10):
+        cluster.produce(settings.orders_topic, f"O-{index}".encode(), registry_encoded(1, f"O-{index}"), partition=1)
+        cluster.produce(settings.orders_topic, f"J-{index}".encode(), registry_encoded(100 + index, "J"), partition=2)
+    twin = twin_consumer(cluster, settings=settings, open_registry=lambda _url: registry)
+    with twin.consumer.open() as loop:
+        turn_until(
+            loop,
+            lambda: twin.consumer.summary.processed >= 10 and sum(twin.consumer.summary.dead_lettered.values()) >= 10,
+        )
+        assert not processed(twin, "SLOW"), "its partition waits for the schema"
+        registry.gate.set()
+        turn_until(loop, lambda: processed(twin, "BEHIND"))
+    assert processed(twin, "SLOW")
+    dead = cluster.records(settings.dlq_topic)
+    assert {r.header("error.message") for r in dead} == {
+        f"schema id {100 + i} is unknown to the registry" for i in range(10)
+    }
+    assert registry.asked.count(7) == 1, "asked once, however often its record was read"

@@ -13,7 +13,7 @@ from typing import TypeVar
 
 from orderpipe.codec import load_order_schema
 from orderpipe.console import QUIET, Console
-from orderpipe.consumer_app import EXACTLY_ONCE, ConsumerOptions, OrderConsumer, simulated_outage
+from orderpipe.consumer_app import EXACTLY_ONCE, ConsumerOptions, OrderConsumer, RegistryOpener, simulated_outage
 from orderpipe.consumer_loop import ConsumerLoop
 from orderpipe.generator import Generated, OrderFactory
 from orderpipe.order import Order, ValidOrder
@@ -79,6 +79,7 @@ def twin_consumer(
     transactional_id: str = TRANSACTIONAL_ID,
     options: ConsumerOptions | None = None,
     verbosity: int = QUIET,
+    open_registry: RegistryOpener | None = None,
 ) -> Twin:
     """A consumer of the twin cluster, quiet, with a fixed transactional id (as a restart on one machine has)."""
     decisions: list[Decision] = []
@@ -97,6 +98,7 @@ def twin_consumer(
         clock=cluster.clock,
         open_edge=cluster.open_edge,
         claim=claim,
+        **({} if open_registry is None else {"open_registry": open_registry}),
     )
     return Twin(consumer, decisions, out, _capture_warnings())
 
