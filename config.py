@@ -14,6 +14,7 @@ from pathlib import Path
 
 from dotenv import dotenv_values
 
+from orderpipe.errors import ConfigError
 from orderpipe.settings import ENV_NAMES, Settings, build_settings
 
 __all__ = ["ENV_NAMES", "Settings", "load_settings"]
@@ -44,4 +45,20 @@ def load_settings(
     merged: dict[str, str] = {}
     for source in sources:
         merged.update({k: v for k, v in source.items() if k in ENV_NAMES and v is not None})
-    return build_settings(merged)
+    return build_settings(merged, _client_properties(merged.get("KAFKA_CLIENT_CONFIG", "").strip()))
+
+
+def _client_properties(path: str) -> str | None:
+    """The text of the librdkafka properties file KAFKA_CLIENT_CONFIG names, if it names one.
+
+    Raises:
+        ConfigError: the file cannot be read.
+    """
+    if not path:
+        return None
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            f"KAFKA_CLIENT_CONFIG must be a readable UTF-8 properties file, got {path!r} ({type(exc).__name__})"
+        ) from None

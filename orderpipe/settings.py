@@ -18,10 +18,20 @@ from orderpipe.errors import ConfigError
 from orderpipe.money import to_cents
 from orderpipe.text import redact
 
-__all__ = ["ENV_NAMES", "Settings", "build_settings"]
+__all__ = ["ENV_NAMES", "SECRET_FIELDS", "Settings", "build_settings", "parse_properties"]
 
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
-SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER")
+# Fields whose values are secrets: out of reprs, and never echoed in an error.
+SECRET_FIELDS = frozenset(
+    {
+        "sasl_password",
+        "ssl_key_password",
+        "oauth_client_secret",
+        "registry_basic_auth_user_info",
+        "client_properties",
+    }
+)
 # The largest backoff and order price the settings take.
 DAY_MS = 86_400_000
 MAX_PRICE = Decimal(10**12)
@@ -34,8 +44,9 @@ _HOST_PORT = re.compile(r"^[^\s:,]+:(\d{1,5})$|^\[[0-9A-Fa-f:]+\]:(\d{1,5})$")
 class Settings:
     """Validated pipeline settings; build one with `build_settings` (config.load_settings does).
 
-    Field metadata names the environment variable each field comes from. The SASL
-    password is kept out of `repr` so that settings can be logged safely.
+    Field metadata names the environment variable each field comes from. Secrets
+    (SECRET_FIELDS, and the registry URL, which may carry credentials) are kept out
+    of `repr` so that settings can be logged safely.
     """
 
     bootstrap_servers: str = field(default="localhost:9092", metadata={"env": "KAFKA_BOOTSTRAP_SERVERS"})
@@ -57,6 +68,29 @@ class Settings:
     sasl_username: str = field(default="", metadata={"env": "KAFKA_SASL_USERNAME"})
     sasl_password: str = field(default="", repr=False, metadata={"env": "KAFKA_SASL_PASSWORD"})
     ssl_ca_location: str = field(default="", metadata={"env": "KAFKA_SSL_CA_LOCATION"})
+    ssl_certificate_location: str = field(default="", metadata={"env": "KAFKA_SSL_CERTIFICATE_LOCATION"})
+    ssl_key_location: str = field(default="", metadata={"env": "KAFKA_SSL_KEY_LOCATION"})
+    ssl_key_password: str = field(default="", repr=False, metadata={"env": "KAFKA_SSL_KEY_PASSWORD"})
+    oauth_token_endpoint_url: str = field(default="", metadata={"env": "KAFKA_SASL_OAUTHBEARER_TOKEN_ENDPOINT_URL"})
+    oauth_client_id: str = field(default="", metadata={"env": "KAFKA_SASL_OAUTHBEARER_CLIENT_ID"})
+    oauth_client_secret: str = field(default="", repr=False, metadata={"env": "KAFKA_SASL_OAUTHBEARER_CLIENT_SECRET"})
+    oauth_scope: str = field(default="", metadata={"env": "KAFKA_SASL_OAUTHBEARER_SCOPE"})
+    # A librdkafka properties file (the client.properties providers hand out); config.py
+    # reads it, and its pairs are `client_properties`. Explicit settings win over it.
+    client_config: str = field(default="", metadata={"env": "KAFKA_CLIENT_CONFIG"})
+    client_properties: tuple[tuple[str, str], ...] = field(default=(), repr=False, metadata={"env": ""})
+    registry_basic_auth_user_info: str = field(
+        default="", repr=False, metadata={"env": "SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO"}
+    )
+    registry_ssl_ca_location: str = field(default="", metadata={"env": "SCHEMA_REGISTRY_SSL_CA_LOCATION"})
+    registry_ssl_certificate_location: str = field(
+        default="", metadata={"env": "SCHEMA_REGISTRY_SSL_CERTIFICATE_LOCATION"}
+    )
+    registry_ssl_key_location: str = field(default="", metadata={"env": "SCHEMA_REGISTRY_SSL_KEY_LOCATION"})
+    create_topics: bool = field(default=True, metadata={"env": "CREATE_TOPICS"})
+    registry_auto_register: bool = field(default=True, metadata={"env": "SCHEMA_REGISTRY_AUTO_REGISTER"})
+    # The environment variable names given (not defaults): a given setting wins over the properties file.
+    given: frozenset[str] = field(default=frozenset(), repr=False, metadata={"env": ""})
 
     @property
     def registry_address(self) -> str:
@@ -68,23 +102,51 @@ class Settings:
         return to_cents(self.max_order_price)
 
     def kafka_client_config(self) -> dict[str, Any]:
-        """The librdkafka settings every client shares: where the brokers are and how to log in."""
-        conf: dict[str, Any] = {
-            "bootstrap.servers": self.bootstrap_servers,
-            "security.protocol": self.security_protocol,
+        """The librdkafka settings every client shares: where the brokers are and how to log in.
+
+        The properties file (KAFKA_CLIENT_CONFIG) comes first; each setting given
+        explicitly (flag, environment, .env) replaces its key, and so does each
+        default the file does not set.
+        """
+        conf: dict[str, Any] = dict(self.client_properties)
+        for key, value, env in (
+            ("bootstrap.servers", self.bootstrap_servers, "KAFKA_BOOTSTRAP_SERVERS"),
+            ("security.protocol", self.security_protocol, "KAFKA_SECURITY_PROTOCOL"),
+        ):
+            if env in self.given or key not in conf:
+                conf[key] = value
+        optional = {
+            "sasl.mechanism": self.sasl_mechanism,
+            "sasl.username": self.sasl_username,
+            "sasl.password": self.sasl_password,
+            "ssl.ca.location": self.ssl_ca_location,
+            "ssl.certificate.location": self.ssl_certificate_location,
+            "ssl.key.location": self.ssl_key_location,
+            "ssl.key.password": self.ssl_key_password,
+            "sasl.oauthbearer.token.endpoint.url": self.oauth_token_endpoint_url,
+            "sasl.oauthbearer.client.id": self.oauth_client_id,
+            "sasl.oauthbearer.client.secret": self.oauth_client_secret,
+            "sasl.oauthbearer.scope": self.oauth_scope,
         }
-        if self.sasl_mechanism:
-            conf["sasl.mechanism"] = self.sasl_mechanism
-        if self.sasl_username:
-            conf["sasl.username"] = self.sasl_username
-        if self.sasl_password:
-            conf["sasl.password"] = self.sasl_password
-        if self.ssl_ca_location:
-            conf["ssl.ca.location"] = self.ssl_ca_location
+        conf.update((key, value) for key, value in optional.items() if value)
+        if self.oauth_token_endpoint_url:
+            conf["sasl.oauthbearer.method"] = "oidc"
+        return conf
+
+    def registry_client_config(self) -> dict[str, Any]:
+        """The settings of confluent-kafka's SchemaRegistryClient (credentials in the URL work too)."""
+        conf: dict[str, Any] = {"url": self.schema_registry_url}
+        optional = {
+            "basic.auth.user.info": self.registry_basic_auth_user_info,
+            "ssl.ca.location": self.registry_ssl_ca_location,
+            "ssl.certificate.location": self.registry_ssl_certificate_location,
+            "ssl.key.location": self.registry_ssl_key_location,
+        }
+        conf.update((key, value) for key, value in optional.items() if value)
         return conf
 
 
-ENV_NAMES: tuple[str, ...] = tuple(f.metadata["env"] for f in fields(Settings))
+ENV_NAMES: tuple[str, ...] = tuple(f.metadata["env"] for f in fields(Settings) if f.metadata["env"])
 
 Parser = Callable[[str], Any]
 
@@ -156,6 +218,46 @@ def _choice(options: tuple[str, ...], allow_empty: bool = False) -> Parser:
     return parse
 
 
+def _https_url(raw: str) -> str:
+    value = raw.strip()
+    if value and not re.match(r"^https?://[^\s/]+", value):
+        raise ValueError("empty or an https:// URL of the OAuth token endpoint")
+    return value
+
+
+def _user_info(raw: str) -> str:
+    if raw and ":" not in raw:
+        raise ValueError("empty or user:password")
+    return raw
+
+
+def _flag(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("true", "1", "yes", "on"):
+        return True
+    if value in ("false", "0", "no", "off"):
+        return False
+    raise ValueError("true or false")
+
+
+def parse_properties(text: str) -> tuple[tuple[str, str], ...]:
+    """The `key=value` pairs of a Java-style properties file (`#` and `!` comments, blank lines skipped).
+
+    Raises:
+        ValueError: a line that is neither a comment nor `key=value` (its number is named, not its text).
+    """
+    pairs: list[tuple[str, str]] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        if not stripped or stripped[0] in "#!":
+            continue
+        key, sep, value = stripped.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"a properties file of key=value lines; line {number} is not one")
+        pairs.append((key.strip(), value.strip()))
+    return tuple(pairs)
+
+
 _PARSERS: dict[str, Parser] = {
     "bootstrap_servers": _bootstrap,
     "schema_registry_url": _url,
@@ -175,31 +277,53 @@ _PARSERS: dict[str, Parser] = {
     "sasl_username": _text,
     "sasl_password": lambda raw: raw,
     "ssl_ca_location": _text,
+    "ssl_certificate_location": _text,
+    "ssl_key_location": _text,
+    "ssl_key_password": lambda raw: raw,
+    "oauth_token_endpoint_url": _https_url,
+    "oauth_client_id": _text,
+    "oauth_client_secret": lambda raw: raw,
+    "oauth_scope": _text,
+    "client_config": _text,
+    "registry_basic_auth_user_info": _user_info,
+    "registry_ssl_ca_location": _text,
+    "registry_ssl_certificate_location": _text,
+    "registry_ssl_key_location": _text,
+    "create_topics": _flag,
+    "registry_auto_register": _flag,
 }
 
 
-def build_settings(raw: Mapping[str, str]) -> Settings:
+def build_settings(raw: Mapping[str, str], client_properties: str | None = None) -> Settings:
     """Builds the settings from raw text values keyed by environment variable name.
 
     Variables that are absent keep their defaults; names that are not settings are
     ignored.
 
+    Args:
+        client_properties: the text of the KAFKA_CLIENT_CONFIG file, when one is named.
+
     Raises:
         ConfigError: naming every bad variable and what it expects.
     """
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = {"given": frozenset(name for name in raw if name in ENV_NAMES)}
     problems: list[str] = []
     for f in fields(Settings):
         name = f.metadata["env"]
-        if name not in raw:
+        if not name or name not in raw:
             continue
         try:
             values[f.name] = _PARSERS[f.name](raw[name])
         except ValueError as exc:
             # A value with an "@" may carry credentials even where redact finds no URL.
-            hidden = f.name == "sasl_password" or "@" in raw[name]
+            hidden = f.name in SECRET_FIELDS or "@" in raw[name]
             shown = "(hidden)" if hidden else repr(raw[name])
             problems.append(f"{name} must be {exc}, got {shown}")
+    if client_properties is not None:
+        try:
+            values["client_properties"] = parse_properties(client_properties)
+        except ValueError as exc:
+            problems.append(f"KAFKA_CLIENT_CONFIG must be {exc}")
 
     settings = Settings(**values)
     topics = [settings.orders_topic, settings.retry_topic, settings.dlq_topic, settings.stats_topic]
@@ -213,6 +337,28 @@ def build_settings(raw: Mapping[str, str]) -> Settings:
             f"RETRY_BACKOFF_MAX_MS must be >= RETRY_BACKOFF_MS ({settings.retry_backoff_ms}), "
             f"got {settings.retry_backoff_max_ms}"
         )
+    problems.extend(_login_problems(settings))
     if problems:
         raise ConfigError("; ".join(problems))
     return settings
+
+
+def _login_problems(settings: Settings) -> list[str]:
+    """Settings that only work together: each gap named with what completes it."""
+    problems: list[str] = []
+    mechanism, protocol = settings.sasl_mechanism, settings.security_protocol
+    if mechanism in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512") and not (
+        settings.sasl_username and settings.sasl_password
+    ):
+        problems.append(f"KAFKA_SASL_MECHANISM={mechanism} needs KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD")
+    oauth = (settings.oauth_token_endpoint_url, settings.oauth_client_id, settings.oauth_client_secret)
+    if mechanism == "OAUTHBEARER" and not all(oauth):
+        problems.append(
+            "KAFKA_SASL_MECHANISM=OAUTHBEARER needs KAFKA_SASL_OAUTHBEARER_TOKEN_ENDPOINT_URL, "
+            "KAFKA_SASL_OAUTHBEARER_CLIENT_ID and KAFKA_SASL_OAUTHBEARER_CLIENT_SECRET"
+        )
+    if mechanism and protocol in ("PLAINTEXT", "SSL") and "security.protocol" not in dict(settings.client_properties):
+        problems.append(f"KAFKA_SASL_MECHANISM={mechanism} needs KAFKA_SECURITY_PROTOCOL SASL_SSL or SASL_PLAINTEXT")
+    if bool(settings.ssl_certificate_location) != bool(settings.ssl_key_location):
+        problems.append("KAFKA_SSL_CERTIFICATE_LOCATION and KAFKA_SSL_KEY_LOCATION go together (mutual TLS)")
+    return problems

@@ -1,5 +1,6 @@
 """Settings: precedence (flag > environment > .env > default) and bad values named."""
 
+import re
 from decimal import Decimal
 from pathlib import Path
 
@@ -42,6 +43,12 @@ def test_every_variable_of_the_contract_is_read() -> None:
         "STATS_TOPIC", "CONSUMER_GROUP", "ORDERS_PARTITIONS", "REPLICATION_FACTOR", "MAX_RETRIES",
         "RETRY_BACKOFF_MS", "RETRY_BACKOFF_MAX_MS", "MAX_ORDER_PRICE", "KAFKA_SECURITY_PROTOCOL",
         "KAFKA_SASL_MECHANISM", "KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD", "KAFKA_SSL_CA_LOCATION",
+        "KAFKA_SSL_CERTIFICATE_LOCATION", "KAFKA_SSL_KEY_LOCATION", "KAFKA_SSL_KEY_PASSWORD",
+        "KAFKA_SASL_OAUTHBEARER_TOKEN_ENDPOINT_URL", "KAFKA_SASL_OAUTHBEARER_CLIENT_ID",
+        "KAFKA_SASL_OAUTHBEARER_CLIENT_SECRET", "KAFKA_SASL_OAUTHBEARER_SCOPE", "KAFKA_CLIENT_CONFIG",
+        "SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO", "SCHEMA_REGISTRY_SSL_CA_LOCATION",
+        "SCHEMA_REGISTRY_SSL_CERTIFICATE_LOCATION", "SCHEMA_REGISTRY_SSL_KEY_LOCATION", "CREATE_TOPICS",
+        "SCHEMA_REGISTRY_AUTO_REGISTER",
     }  # fmt: skip
 
 
@@ -106,9 +113,14 @@ def test_values_are_normalised() -> None:
             "KAFKA_BOOTSTRAP_SERVERS": "a:1, b:2",
             "MAX_ORDER_PRICE": "2500.50",
             "KAFKA_SASL_MECHANISM": "scram-sha-512",
+            "KAFKA_SECURITY_PROTOCOL": "sasl_ssl",
+            "KAFKA_SASL_USERNAME": "svc",
+            "KAFKA_SASL_PASSWORD": "pw",
+            "CREATE_TOPICS": " False ",
         },
         env_file=None,
     )
+    assert settings.create_topics is False
     assert settings.schema_registry_url == "http://localhost:8081/apis/ccompat/v7"
     assert settings.bootstrap_servers == "a:1,b:2"
     assert settings.max_order_price == Decimal("2500.50")
@@ -129,3 +141,91 @@ def test_secrets_stay_out_of_reprs_and_errors() -> None:
 def test_settings_are_frozen() -> None:
     with pytest.raises(AttributeError):
         Settings().max_retries = 9  # type: ignore[misc]
+
+
+def test_a_properties_file_is_merged_under_the_explicit_settings(tmp_path: Path) -> None:
+    properties = tmp_path / "client.properties"
+    properties.write_text(
+        "# from the provider\n"
+        "bootstrap.servers=pkc-1.example.cloud:9092\n"
+        "security.protocol=SASL_SSL\n"
+        "sasl.mechanisms=PLAIN\n"
+        "sasl.username=KEY\n"
+        "sasl.password=s3cret=with=equals\n"
+        "\n"
+        "! another comment\n"
+    )
+    settings = load_settings(environ={"KAFKA_CLIENT_CONFIG": str(properties)}, env_file=None)
+    conf = settings.kafka_client_config()
+    assert conf["bootstrap.servers"] == "pkc-1.example.cloud:9092", "a default does not replace the file's value"
+    assert (conf["security.protocol"], conf["sasl.password"]) == ("SASL_SSL", "s3cret=with=equals")
+    assert "s3cret" not in repr(settings)
+    given = load_settings(
+        environ={"KAFKA_CLIENT_CONFIG": str(properties), "KAFKA_BOOTSTRAP_SERVERS": "other:9093"}, env_file=None
+    )
+    assert given.kafka_client_config()["bootstrap.servers"] == "other:9093", "a given setting wins"
+
+
+def test_a_properties_file_that_cannot_be_read_or_parsed_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="KAFKA_CLIENT_CONFIG must be a readable UTF-8 properties file"):
+        load_settings(environ={"KAFKA_CLIENT_CONFIG": str(tmp_path / "missing")}, env_file=None)
+    broken = tmp_path / "broken.properties"
+    broken.write_text("bootstrap.servers=a:1\nsasl.password hunter2\n")
+    with pytest.raises(ConfigError, match="line 2 is not one") as caught:
+        load_settings(environ={"KAFKA_CLIENT_CONFIG": str(broken)}, env_file=None)
+    assert "hunter2" not in str(caught.value)
+
+
+def test_mutual_tls_oauth_and_registry_settings_reach_the_clients() -> None:
+    settings = load_settings(
+        environ={
+            "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+            "KAFKA_SASL_MECHANISM": "OAUTHBEARER",
+            "KAFKA_SASL_OAUTHBEARER_TOKEN_ENDPOINT_URL": "https://idp.example/token",
+            "KAFKA_SASL_OAUTHBEARER_CLIENT_ID": "pipeline",
+            "KAFKA_SASL_OAUTHBEARER_CLIENT_SECRET": "oauth-s3cret",
+            "KAFKA_SASL_OAUTHBEARER_SCOPE": "kafka",
+            "KAFKA_SSL_CERTIFICATE_LOCATION": "client.pem",
+            "KAFKA_SSL_KEY_LOCATION": "client.key",
+            "KAFKA_SSL_KEY_PASSWORD": "key-s3cret",
+            "SCHEMA_REGISTRY_URL": "https://registry.example",
+            "SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO": "reader:reg-s3cret",
+            "SCHEMA_REGISTRY_SSL_CA_LOCATION": "ca.pem",
+            "SCHEMA_REGISTRY_AUTO_REGISTER": "false",
+        },
+        env_file=None,
+    )
+    conf = settings.kafka_client_config()
+    assert conf["sasl.oauthbearer.method"] == "oidc"
+    assert conf["sasl.oauthbearer.client.secret"] == "oauth-s3cret"
+    assert (conf["ssl.certificate.location"], conf["ssl.key.password"]) == ("client.pem", "key-s3cret")
+    assert settings.registry_client_config() == {
+        "url": "https://registry.example",
+        "basic.auth.user.info": "reader:reg-s3cret",
+        "ssl.ca.location": "ca.pem",
+    }
+    assert settings.registry_auto_register is False
+    assert not any(secret in repr(settings) for secret in ("oauth-s3cret", "key-s3cret", "reg-s3cret"))
+
+
+@pytest.mark.parametrize(
+    ("environ", "problem"),
+    [
+        ({"KAFKA_SASL_MECHANISM": "PLAIN", "KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}, "needs KAFKA_SASL_USERNAME"),
+        (
+            {"KAFKA_SASL_MECHANISM": "OAUTHBEARER", "KAFKA_SECURITY_PROTOCOL": "SASL_SSL"},
+            "needs KAFKA_SASL_OAUTHBEARER",
+        ),
+        (
+            {"KAFKA_SASL_MECHANISM": "PLAIN", "KAFKA_SASL_USERNAME": "u", "KAFKA_SASL_PASSWORD": "p"},
+            "needs KAFKA_SECURITY_PROTOCOL SASL_SSL or SASL_PLAINTEXT",
+        ),
+        ({"KAFKA_SSL_CERTIFICATE_LOCATION": "c.pem"}, "go together"),
+        ({"CREATE_TOPICS": "maybe"}, "CREATE_TOPICS must be true or false"),
+        ({"SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO": "no-colon-s3cret"}, "got (hidden)"),
+    ],
+)
+def test_settings_that_only_work_together_are_named(environ: dict[str, str], problem: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(problem)) as caught:
+        load_settings(environ=environ, env_file=None)
+    assert "s3cret" not in str(caught.value)
