@@ -33,7 +33,7 @@ from orderpipe.routing import BatchPlan, Decision, Incoming, RetryPolicy, plan_b
 from orderpipe.settings import Settings
 from orderpipe.stats import StatsKeys
 from orderpipe.stats_view import StatsView
-from orderpipe.topics import largest_record, missing_topics, stats_keys, topic_problems
+from orderpipe.topics import largest_record, missing_sentence, missing_topics, stats_keys, topic_problems
 
 __all__ = [
     "AT_LEAST_ONCE",
@@ -48,8 +48,8 @@ __all__ = [
 # The work done for a valid order after validation (a simulated downstream call in
 # this project); raising any exception makes the order a transient failure.
 Downstream = Callable[[ValidOrder], None]
-# Connects to the schema registry at a URL (a context manager: closed with the consumer).
-RegistryOpener = Callable[[str], AbstractContextManager[Any]]
+# Connects to the schema registry the settings name (a context manager: closed with the consumer).
+RegistryOpener = Callable[[Settings], AbstractContextManager[Any]]
 # Yields the transactional id of this consumer process for a group, held until the block ends.
 SlotClaimer = Callable[[str], AbstractContextManager[str]]
 EXACTLY_ONCE = "exactly-once"
@@ -179,6 +179,8 @@ class OrderConsumer:
             edge = stack.enter_context(self._open_edge(settings, options.edge(transactional_id)))
             counts = edge.partition_counts()
             missing = missing_topics(settings, counts)
+            if missing and not settings.create_topics:
+                raise ConfigError(missing_sentence(missing))
             edge.create_topics(missing)
             counts.update((spec.name, spec.partitions) for spec in missing)
             outputs = (settings.retry_topic, settings.dlq_topic, settings.stats_topic)
@@ -190,7 +192,7 @@ class OrderConsumer:
                 raise ConfigError("; ".join(problems))
             lookup = None
             if settings.schema_registry_url:
-                client = stack.enter_context(self._open_registry(settings.schema_registry_url))
+                client = stack.enter_context(self._open_registry(settings))
                 lookup = RegistryLookup(client, clock=self._clock.monotonic)
                 stack.callback(lookup.close)
             committer: Committer = (

@@ -25,7 +25,7 @@ from orderpipe.edge import TopicSpec
 from orderpipe.errors import BrokerUnavailableError, ConfigError, DeliveryError, KafkaCallError
 from orderpipe.routing import UNREADABLE_HEADERS, Incoming
 from orderpipe.settings import Settings
-from orderpipe.topics import PRODUCER_MESSAGE_MAX_BYTES, missing_topics
+from orderpipe.topics import PRODUCER_MESSAGE_MAX_BYTES, missing_sentence, missing_topics
 
 __all__ = [
     "CONNECT_TIMEOUT_S",
@@ -254,12 +254,22 @@ def create_topics(admin: AdminClient, specs: Sequence[TopicSpec], timeout_s: flo
                 continue
             if error.code in ("INVALID_REPLICATION_FACTOR", "INVALID_PARTITIONS"):
                 raise ConfigError(f"{error} (check ORDERS_PARTITIONS and REPLICATION_FACTOR)") from exc
+            if error.code in AUTHORIZATION_CODES:
+                spec = next(s for s in specs if s.name == name)
+                raise ConfigError(missing_sentence([spec])) from exc
             raise BrokerUnavailableError(str(error)) from exc
 
 
 def ensure_topics(admin: AdminClient, settings: Settings) -> None:
-    """Creates the pipeline's topics that are missing (see orderpipe.topics)."""
-    create_topics(admin, missing_topics(settings, partition_counts(admin)))
+    """Creates the pipeline's topics that are missing (see orderpipe.topics), when CREATE_TOPICS allows.
+
+    Raises:
+        ConfigError: a topic is missing and may not be created.
+    """
+    missing = missing_topics(settings, partition_counts(admin))
+    if missing and not settings.create_topics:
+        raise ConfigError(missing_sentence(missing))
+    create_topics(admin, missing)
 
 
 def produce(

@@ -13,11 +13,12 @@ from dataclasses import dataclass, field
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from confluent_kafka.schema_registry import Schema
 from confluent_kafka.schema_registry.avro import AvroSerializer
+from confluent_kafka.schema_registry.error import SchemaRegistryError
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from orderpipe.codec import OrderSchema, load_order_schema
 from orderpipe.console import Console, throughput_line
-from orderpipe.errors import RegistryUnavailableError
+from orderpipe.errors import ConfigError, RegistryUnavailableError
 from orderpipe.generator import Generated, Kind, OrderEncoder, OrderFactory, base36
 from orderpipe.kafka_clients import connect_admin, create_client, ensure_topics, produce, producer_config
 from orderpipe.money import RunningAverage, format_cents
@@ -71,22 +72,41 @@ def _encoder(settings: Settings, schema: OrderSchema, stack: ExitStack) -> Order
     """The value encoder: Confluent wire format with a registry (closed with `stack`), single-object without."""
     if not settings.schema_registry_url:
         return schema.encode_single_object
-    client = stack.enter_context(connect_registry(settings.schema_registry_url))
+    client = stack.enter_context(connect_registry(settings))
     subject = f"{settings.orders_topic}-value"
     try:
-        client.register_schema(subject, Schema(schema.text, "AVRO"))
+        if settings.registry_auto_register:
+            client.register_schema(subject, Schema(schema.text, "AVRO"))
+        else:
+            client.lookup_schema(subject, Schema(schema.text, "AVRO"))
+    except SchemaRegistryError as exc:
+        if not settings.registry_auto_register and exc.http_status_code == 404:
+            raise ConfigError(
+                f"the order schema is not registered under subject {subject} at {settings.registry_address}, and "
+                "SCHEMA_REGISTRY_AUTO_REGISTER is false: register order.avsc there, or allow registering"
+            ) from None
+        raise _refused(settings, subject, exc) from None
     except Exception as exc:
-        raise RegistryUnavailableError(
-            f"The schema registry at {settings.registry_address} refused the order schema for subject "
-            f"{subject} ({type(exc).__name__}: {redact(str(exc))}): {START_REGISTRY_HINT}."
-        ) from None
-    serializer = AvroSerializer(client, schema.text, to_dict=lambda order, _ctx: order.to_record())
+        raise _refused(settings, subject, exc) from None
+    serializer = AvroSerializer(
+        client,
+        schema.text,
+        to_dict=lambda order, _ctx: order.to_record(),
+        conf={"auto.register.schemas": settings.registry_auto_register},
+    )
     context = SerializationContext(settings.orders_topic, MessageField.VALUE)
 
     def encode(order: Order) -> bytes:
         return serializer(order, context)  # type: ignore[no-any-return]
 
     return encode
+
+
+def _refused(settings: Settings, subject: str, exc: Exception) -> RegistryUnavailableError:
+    return RegistryUnavailableError(
+        f"The schema registry at {settings.registry_address} refused the order schema for subject "
+        f"{subject} ({type(exc).__name__}: {redact(str(exc))}): {START_REGISTRY_HINT}."
+    )
 
 
 def _describe(generated: Generated) -> str:

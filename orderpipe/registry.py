@@ -13,6 +13,7 @@ from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from orderpipe.codec import parse_schema_text
 from orderpipe.errors import DeserializationError, NotReady, RegistryUnavailableError
+from orderpipe.settings import Settings
 from orderpipe.text import printable, redact
 
 __all__ = ["START_REGISTRY_HINT", "RegistryLookup", "connect_registry"]
@@ -23,8 +24,8 @@ START_REGISTRY_HINT = (
 )
 
 
-def connect_registry(url: str, timeout_s: float = 5.0) -> SchemaRegistryClient:
-    """A registry client that has proven the registry answers.
+def connect_registry(settings: Settings, timeout_s: float = 5.0) -> SchemaRegistryClient:
+    """A registry client (URL, basic auth, TLS from the settings) that has proven the registry answers.
 
     The client makes no retries of its own (`max.retries` 0): a look-up that fails
     is remembered as failed for a while (RegistryLookup), and the start-up check
@@ -33,12 +34,13 @@ def connect_registry(url: str, timeout_s: float = 5.0) -> SchemaRegistryClient:
     Raises:
         RegistryUnavailableError: naming the URL and how to start a registry.
     """
-    client = SchemaRegistryClient({"url": url, "timeout": timeout_s, "max.retries": 0})
+    conf = {**settings.registry_client_config(), "timeout": timeout_s, "max.retries": 0}
     try:
+        client = SchemaRegistryClient(conf)
         client.get_subjects()
-    except Exception as exc:  # httpx transport errors and SchemaRegistryError alike
+    except Exception as exc:  # httpx transport errors, SchemaRegistryError and rejected settings alike
         raise RegistryUnavailableError(
-            f"Cannot reach the schema registry at {redact(url)} "
+            f"Cannot reach the schema registry at {settings.registry_address} "
             f"({type(exc).__name__}: {printable(redact(str(exc)), 300)}): {START_REGISTRY_HINT}."
         ) from None
     return client

@@ -17,7 +17,7 @@ that size.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from orderpipe.edge import TopicSpec
 from orderpipe.settings import Settings
@@ -27,6 +27,7 @@ __all__ = [
     "PRODUCER_MESSAGE_MAX_BYTES",
     "STATS_TOPIC_CONFIG",
     "largest_record",
+    "missing_sentence",
     "missing_topics",
     "stats_keys",
     "topic_problems",
@@ -54,6 +55,15 @@ def stats_keys(settings: Settings, existing: Mapping[str, int]) -> StatsKeys:
     """The stats keys of the consumer group's input partitions, given each topic's partition count."""
     inputs = (settings.orders_topic, settings.retry_topic)
     return StatsKeys(settings.consumer_group, {topic: existing.get(topic, 0) for topic in inputs})
+
+
+def missing_sentence(missing: Sequence[TopicSpec]) -> str:
+    """Why the programs stop when topics are missing and they may not create them."""
+    names = ", ".join(spec.name for spec in missing)
+    return (
+        f"topic {names} does not exist and CREATE_TOPICS is false (or this principal lacks the CREATE permission "
+        f"on it): create it with the partitions and settings the README's Topics section gives, or grant CREATE"
+    )
 
 
 def topic_problems(

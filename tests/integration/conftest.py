@@ -35,7 +35,7 @@ def broker() -> str:
 @pytest.fixture(scope="session")
 def registry_url() -> str:
     try:
-        with connect_registry(REGISTRY_URL):
+        with connect_registry(load_settings({"SCHEMA_REGISTRY_URL": REGISTRY_URL}, environ={}, env_file=None)):
             pass
     except OrderPipeError as exc:
         pytest.fail(f"{exc} Integration tests need the real registry: {START_HINT}.")

@@ -213,3 +213,23 @@ def test_absurd_settings_are_refused_at_start(pipeline: Pipeline, script: str, a
     run = pipeline.run(script, *args)
     assert run.returncode == 2
     assert message in run.stderr
+
+
+def test_without_create_topics_a_missing_topic_is_named_and_nothing_is_created(pipeline: Pipeline) -> None:
+    locked = pipeline.with_env(CREATE_TOPICS="false")
+    for script in ("producer.py", "consumer.py"):
+        run = locked.run(script, "--count", "1") if script == "producer.py" else locked.run(script)
+        assert run.returncode == 2, run.stdout + run.stderr
+        assert "does not exist and CREATE_TOPICS is false" in run.stderr
+    admin = AdminClient({"bootstrap.servers": pipeline.settings.bootstrap_servers})
+    assert pipeline.settings.orders_topic not in admin.list_topics(timeout=10).topics
+
+
+def test_without_auto_register_an_unregistered_schema_is_named(pipeline: Pipeline, registry_url: str) -> None:
+    locked = pipeline.with_env(SCHEMA_REGISTRY_URL=registry_url, SCHEMA_REGISTRY_AUTO_REGISTER="false")
+    run = locked.run("producer.py", "--count", "1")
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert f"not registered under subject {locked.settings.orders_topic}-value" in run.stderr
+    registered = pipeline.with_env(SCHEMA_REGISTRY_URL=registry_url)
+    assert registered.run("producer.py", "--count", "1").returncode == 0  # registers it
+    assert locked.run("producer.py", "--count", "1").returncode == 0, "now only looked up"

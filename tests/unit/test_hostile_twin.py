@@ -240,3 +240,12 @@ def test_a_slow_schema_look_up_holds_up_only_its_own_partition() -> None:
         f"schema id {100 + i} is unknown to the registry" for i in range(10)
     }
     assert registry.asked.count(7) == 1, "asked once, however often its record was read"
+
+
+def test_missing_topics_are_named_when_the_consumer_may_not_create_them() -> None:
+    settings = replace(SETTINGS, create_topics=False)
+    cluster = new_cluster(settings)
+    del cluster.logs[settings.dlq_topic]
+    with pytest.raises(ConfigError, match=f"topic {settings.dlq_topic} does not exist and CREATE_TOPICS is false"):
+        run(twin_consumer(cluster, settings=settings))
+    assert settings.dlq_topic not in cluster.logs, "nothing was created"
