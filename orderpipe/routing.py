@@ -371,13 +371,19 @@ def plan_batch(
         tp = (record.topic, record.partition)
         if tp in stopped:
             continue  # refetched after the seek back to the deferred record
-        due = _due(record, now_ms, policy)
+        # Only records of the retry topic carry a due time.
+        due = _due(record, now_ms, policy) if record.from_retry_topic else None
         outcome: ValidOrder | BaseException
         if due is None:
-            try:
-                outcome = _process(record, process)
-            except NotReady as exc:
-                due = now_ms + exc.retry_after_ms
+            if record.unreadable:
+                outcome = DeserializationError(record.unreadable)
+            else:
+                try:
+                    outcome = process(record)
+                except NotReady as exc:
+                    due = now_ms + exc.retry_after_ms
+                except Exception as exc:  # routing every failure is the point of this function
+                    outcome = exc
         if due is not None:
             stopped.add(tp)
             deferred.append(Deferred(record.topic, record.partition, record.offset, due))
@@ -401,15 +407,3 @@ def _due(record: Incoming, now_ms: int, policy: RetryPolicy) -> int | None:
     if due > min(record.timestamp, now_ms) + policy.backoff_max_ms + CLOCK_SKEW_MS:
         return None
     return due
-
-
-def _process(record: Incoming, process: Callable[[Incoming], ValidOrder]) -> ValidOrder | BaseException:
-    """The outcome of processing a record: its order, or the exception that is its failure."""
-    if record.unreadable:
-        return DeserializationError(record.unreadable)
-    try:
-        return process(record)
-    except NotReady:
-        raise
-    except Exception as exc:  # routing every failure is the point of plan_batch
-        return exc
