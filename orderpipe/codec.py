@@ -43,6 +43,7 @@ __all__ = [
     "SchemaLookup",
     "load_order_schema",
     "schema_id_of",
+    "zigzag_varint",
 ]
 
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
@@ -62,8 +63,8 @@ _FLOAT = struct.Struct("<f")
 _SCHEMA_ID = struct.Struct(">I")
 
 
-def _avro_long(number: int) -> bytes:
-    """An Avro long: zigzag, then 7 bits per byte, low bits first."""
+def zigzag_varint(number: int) -> bytes:
+    """An Avro long (and a Kafka record's varint): zigzag, then 7 bits per byte, low bits first."""
     zigzag = (number << 1) ^ (number >> 63)
     out = bytearray()
     while zigzag > 0x7F:
@@ -74,13 +75,13 @@ def _avro_long(number: int) -> bytes:
 
 
 # String lengths up to this many bytes have their prefix ready-made.
-_LENGTH_PREFIXES = tuple(_avro_long(n) for n in range(512))
+_LENGTH_PREFIXES = tuple(zigzag_varint(n) for n in range(512))
 
 
 def _avro_string(text: str) -> bytes:
     data = text.encode("utf-8")
     size = len(data)
-    return (_LENGTH_PREFIXES[size] if size < len(_LENGTH_PREFIXES) else _avro_long(size)) + data
+    return (_LENGTH_PREFIXES[size] if size < len(_LENGTH_PREFIXES) else zigzag_varint(size)) + data
 
 
 def _write_order(order: Order) -> bytes:

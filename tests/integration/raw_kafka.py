@@ -15,6 +15,8 @@ import time
 
 from confluent_kafka.admin import AdminClient
 
+from orderpipe.codec import zigzag_varint
+
 __all__ = ["produce_raw"]
 
 _PRODUCE = 0
@@ -41,25 +43,15 @@ def _crc32c(data: bytes) -> int:
     return crc ^ 0xFFFFFFFF
 
 
-def _varint(number: int) -> bytes:
-    zigzag = (number << 1) ^ (number >> 63)
-    out = bytearray()
-    while zigzag > 0x7F:
-        out.append((zigzag & 0x7F) | 0x80)
-        zigzag >>= 7
-    out.append(zigzag)
-    return bytes(out)
-
-
 def _sized(data: bytes | None) -> bytes:
-    return _varint(-1) if data is None else _varint(len(data)) + data
+    return zigzag_varint(-1) if data is None else zigzag_varint(len(data)) + data
 
 
 def _batch(key: bytes | None, value: bytes | None, headers: list[tuple[bytes, bytes]], timestamp_ms: int) -> bytes:
-    body = b"\x00" + _varint(0) + _varint(0) + _sized(key) + _sized(value) + _varint(len(headers))
+    body = b"\x00" + zigzag_varint(0) + zigzag_varint(0) + _sized(key) + _sized(value) + zigzag_varint(len(headers))
     for name, data in headers:
         body += _sized(name) + _sized(data)
-    record = _varint(len(body)) + body
+    record = zigzag_varint(len(body)) + body
     after_crc = (
         struct.pack(">hiqqqhii", 0, 0, timestamp_ms, timestamp_ms, -1, -1, -1, 1)  # attributes .. record count
         + record

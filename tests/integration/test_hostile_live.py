@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import random
 import time
+from pathlib import Path
 
 import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 
 from orderpipe.codec import CONFLUENT_MAGIC, load_order_schema
 from orderpipe.money import RunningAverage
@@ -233,3 +235,36 @@ def test_without_auto_register_an_unregistered_schema_is_named(pipeline: Pipelin
     registered = pipeline.with_env(SCHEMA_REGISTRY_URL=registry_url)
     assert registered.run("producer.py", "--count", "1").returncode == 0  # registers it
     assert locked.run("producer.py", "--count", "1").returncode == 0, "now only looked up"
+
+
+def test_a_registry_answer_that_is_no_avro_schema_is_dead_lettered(pipeline: Pipeline, registry_url: str) -> None:
+    pipeline = pipeline.with_env(SCHEMA_REGISTRY_URL=registry_url)
+    produced = produce_valid_orders(pipeline, 10, seed=48)
+    # Any client may register a JSON Schema; its id in an orders record is an answer that is no Avro schema.
+    client = SchemaRegistryClient({"url": registry_url})
+    json_id = client.register_schema(
+        f"{pipeline.settings.orders_topic}-json",
+        Schema('{"$schema": "http://json-schema.org/draft-07/schema#", "type": "object"}', "JSON"),
+    )
+    producer = producer_of(pipeline)
+    producer.produce(pipeline.settings.orders_topic, key=b"JSON-1", value=registry_value(json_id))
+    assert producer.flush(30) == 0
+    final, _ = consume(pipeline)
+    (dead,) = pipeline.read(pipeline.settings.dlq_topic)
+    assert dead.key == b"JSON-1"
+    assert f"schema id {json_id} is not a usable Avro schema" in (dead.header("error.message") or "")
+    assert final["processed"] == produced["sent"]
+
+
+def registry_value(schema_id: int) -> bytes:
+    return CONFLUENT_MAGIC + schema_id.to_bytes(4, "big") + SCHEMA.encode_body(Order("JSON-1", "Lamp", 10.0))
+
+
+def test_a_properties_file_librdkafka_refuses_is_named_in_one_sentence(pipeline: Pipeline, tmp_path: Path) -> None:
+    properties = tmp_path / "client.properties"
+    properties.write_text("no.such.property=1\nsasl.password=props-s3cret\n")
+    run = pipeline.with_env(KAFKA_CLIENT_CONFIG=str(properties)).run("consumer.py", "--idle-exit", "3")
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert "no.such.property" in run.stderr
+    assert "Traceback" not in run.stderr
+    assert "props-s3cret" not in run.stdout + run.stderr
