@@ -240,7 +240,6 @@ class OrderConsumer:
             StatsView(edge.stats, settings.stats_topic, topics.stats_keys, self._clock.monotonic),
             self._reporter,
             decide,
-            inputs=(settings.orders_topic, settings.retry_topic),
             outputs=OutputTopics(
                 settings.retry_topic, settings.dlq_topic, settings.stats_topic, settings.consumer_group
             ),

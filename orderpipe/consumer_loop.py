@@ -61,7 +61,6 @@ class ConsumerLoop:
         reporter: Reporter,
         decide: Decide,
         *,
-        inputs: Sequence[str],
         outputs: OutputTopics,
         batch_size: int,
         interval_s: float,
@@ -70,7 +69,7 @@ class ConsumerLoop:
     ) -> None:
         self._edge, self._committer, self._stats, self._reporter = edge, committer, stats, reporter
         self._decide = decide
-        self._inputs, self._outputs = tuple(inputs), outputs
+        self._outputs = outputs
         self._batch_size, self._interval_s, self._idle_exit_s = batch_size, interval_s, idle_exit_s
         self._clock = clock
         self._ownership = Ownership()
@@ -181,7 +180,7 @@ class ConsumerLoop:
 
     def _commit(self, records: list[Incoming], now: float) -> None:
         plan = self._decide(records, int(now * 1000)) if records else BatchPlan(())
-        if self._rewritable():
+        if self._rewrite:  # kept to rewritable partitions by the turn that called this
             # Each partition in a batch gets its stats value written: add the ones to rewrite.
             rewrites = {tp: offset for tp in self._rewrite if (offset := self._ownership.offset(tp)) is not None}
             plan = replace(plan, commits={**rewrites, **plan.commits})
