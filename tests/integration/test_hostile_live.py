@@ -61,10 +61,10 @@ def test_a_retry_due_far_in_the_future_is_processed_at_once_and_holds_nothing_up
     producer.produce(retry, key=b"R-2", value=value, partition=0)  # waits behind it
     # Timestamped 50 minutes ahead (the broker refuses more than an hour), due just after that.
     ahead_ms = int(time.time() * 1000) + 50 * 60_000
-    forged = [("retry.attempt", "1"), ("retry.not-before", str(ahead_ms + 100))]
+    forged: list[tuple[str, str | bytes | None]] = [("retry.attempt", "1"), ("retry.not-before", str(ahead_ms + 100))]
     producer.produce(retry, key=b"R-3", value=value, partition=1, timestamp=ahead_ms, headers=forged)
     for index, attempt in enumerate(("9" * 5000, "-3", "\xff")):
-        headers = [("retry.attempt", attempt), ("original.offset", attempt)]
+        headers: list[tuple[str, str | bytes | None]] = [("retry.attempt", attempt), ("original.offset", attempt)]
         producer.produce(retry, key=f"R-{4 + index}".encode(), value=value, partition=2, headers=headers)
     assert producer.flush(30) == 0
     started = time.monotonic()
