@@ -15,6 +15,7 @@ from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from orderpipe.acls import require
 from orderpipe.clock import SYSTEM_CLOCK, Clock
 from orderpipe.codec import OrderDecoder, load_order_schema, schema_id_of
 from orderpipe.committer import AtLeastOnceCommitter, Committer, TransactionalCommitter
@@ -190,6 +191,7 @@ class OrderConsumer:
             problems = topic_problems(settings, counts, configs)
             if problems:
                 raise ConfigError("; ".join(problems))
+            require(settings, "consumer", edge.permissions)
             lookup = None
             if settings.schema_registry_url:
                 client = stack.enter_context(self._open_registry(settings))

@@ -138,6 +138,10 @@ class KafkaEdge(Protocol):
         """Each existing topic's configuration (every setting, defaults included)."""
         ...
 
+    def permissions(self, topics: Sequence[str], group: str) -> dict[tuple[str, str], frozenset[str] | None]:
+        """The operations this principal may perform on the topics and the group (see orderpipe.acls)."""
+        ...
+
     # The group consumer.
     def subscribe(self, topics: Sequence[str]) -> None: ...
 

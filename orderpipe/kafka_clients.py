@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Any, Generic, TypeVar
 
-from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicCollection
 from confluent_kafka.admin import (  # type: ignore[attr-defined]
     AdminClient,
     ConfigResource,
@@ -21,8 +22,10 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
     ResourceType,
 )
 
+from orderpipe.acls import AUTHORIZATION_CODES, require
 from orderpipe.edge import TopicSpec
 from orderpipe.errors import BrokerUnavailableError, ConfigError, DeliveryError, KafkaCallError
+from orderpipe.login import Credentials, LoginWatch
 from orderpipe.routing import UNREADABLE_HEADERS, Incoming
 from orderpipe.settings import Settings
 from orderpipe.topics import PRODUCER_MESSAGE_MAX_BYTES, missing_sentence, missing_topics
@@ -39,9 +42,12 @@ __all__ = [
     "ensure_topics",
     "incoming",
     "librdkafka_logger",
+    "login_watch",
     "partition_counts",
+    "permissions",
     "produce",
     "producer_config",
+    "require_grants",
     "topic_configs",
 ]
 
@@ -56,7 +62,8 @@ CONSUMER_FETCH_SETTINGS = {"fetch.queue.backoff.ms": 10, "queued.min.messages": 
 START_BROKER_HINT = "start one with 'scripts/broker.sh up' (or 'docker compose up -d') and try again"
 CONNECT_TIMEOUT_S = 10.0
 TOPIC_TIMEOUT_S = 30.0
-AUTHORIZATION_CODES = frozenset({"TOPIC_AUTHORIZATION_FAILED", "CLUSTER_AUTHORIZATION_FAILED"})
+# connect_admin asks for metadata in steps this long, to look at LoginWatch's verdict in between.
+CONNECT_STEP_S = 0.5
 Client = TypeVar("Client")
 T = TypeVar("T")
 Answer = TypeVar("Answer")
@@ -65,6 +72,41 @@ Answer = TypeVar("Answer")
 def librdkafka_logger() -> logging.Logger:
     """The logger librdkafka's own messages go to (the clients' `logger` setting)."""
     return logging.getLogger("orderpipe.librdkafka")
+
+
+_LOGIN_WATCH = LoginWatch()
+
+
+def login_watch() -> LoginWatch:
+    """The process's watch on failed logins: every client made by `create_client` reports to it."""
+    return _LOGIN_WATCH
+
+
+class _LogRelay:
+    """The clients' `logger`: each librdkafka log line goes to the login watch, then to logging."""
+
+    def log(self, level: int, fmt: str, *args: Any) -> None:
+        _LOGIN_WATCH.report(fmt % args)
+        librdkafka_logger().log(level, fmt, *args)
+
+
+def _relay_errors(error_cb: Callable[[KafkaError], None] | None) -> Callable[[KafkaError], None]:
+    def report(error: KafkaError) -> None:
+        _LOGIN_WATCH.report(error.str())
+        if error_cb is not None:
+            error_cb(error)
+
+    return report
+
+
+def _credentials(conf: dict[str, Any]) -> Credentials:
+    return Credentials(
+        str(conf.get("security.protocol", "PLAINTEXT")).upper(),
+        str(conf.get("sasl.mechanism", conf.get("sasl.mechanisms", ""))).upper(),
+        str(conf.get("ssl.ca.location", "")),
+        str(conf.get("ssl.certificate.location", "")),
+        str(conf.get("sasl.oauthbearer.token.endpoint.url", "")),
+    )
 
 
 def call_error(failure: KafkaException | KafkaError, what: str) -> KafkaCallError:
@@ -154,10 +196,11 @@ def create_client(factory: Callable[[dict[str, Any]], Client], conf: dict[str, A
     """Builds a Kafka client; settings librdkafka rejects become a ConfigError.
 
     librdkafka checks some settings only here (an SSL CA file that does not exist,
-    a SASL mechanism without credentials), so this is where they are named.
+    a SASL mechanism without credentials), so this is where they are named. The
+    client reports its errors and log lines to the login watch.
     """
     try:
-        return factory({**conf, "logger": librdkafka_logger()})
+        return factory({**conf, "logger": _LogRelay(), "error_cb": _relay_errors(conf.get("error_cb"))})
     except KafkaException as exc:
         raise ConfigError(
             f"the Kafka client settings were rejected ({call_error(exc, 'create a client')}); check "
@@ -181,17 +224,28 @@ def connect_admin(settings: Settings, timeout_s: float = CONNECT_TIMEOUT_S) -> A
     """An admin client that has proven the broker answers, within `timeout_s`.
 
     Raises:
+        ConfigError: the broker answers but will not let this client in, or speaks
+            another protocol (a wrong password, token or certificate, TLS against
+            plaintext): one sentence from `login.diagnose`, naming the setting to check.
         BrokerUnavailableError: naming the address and how to start a broker.
     """
-    admin = create_client(AdminClient, settings.kafka_client_config())
-    try:
-        admin.list_topics(timeout=timeout_s)
-    except KafkaException as exc:
-        raise BrokerUnavailableError(
-            f"Cannot reach the Kafka broker at {settings.bootstrap_servers} ({call_error(exc, 'list topics')}): "
-            f"{START_BROKER_HINT}."
-        ) from exc
-    return admin
+    conf = settings.kafka_client_config()
+    _LOGIN_WATCH.expect(_credentials(conf))
+    admin = create_client(AdminClient, conf)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            admin.list_topics(timeout=min(CONNECT_STEP_S, max(deadline - time.monotonic(), 0.01)))
+            return admin
+        except KafkaException as exc:
+            admin.poll(0)  # serves the error callback
+            if (verdict := _LOGIN_WATCH.verdict) is not None:
+                raise ConfigError(f"Cannot connect to Kafka: {verdict}.") from None
+            if time.monotonic() >= deadline:
+                raise BrokerUnavailableError(
+                    f"Cannot reach the Kafka broker at {settings.bootstrap_servers} "
+                    f"({call_error(exc, 'list topics')}): {START_BROKER_HINT}."
+                ) from exc
 
 
 def partition_counts(admin: AdminClient, timeout_s: float = TOPIC_TIMEOUT_S) -> dict[str, int]:
@@ -258,6 +312,52 @@ def create_topics(admin: AdminClient, specs: Sequence[TopicSpec], timeout_s: flo
                 spec = next(s for s in specs if s.name == name)
                 raise ConfigError(missing_sentence([spec])) from exc
             raise BrokerUnavailableError(str(error)) from exc
+
+
+def permissions(
+    admin: AdminClient, topics: Sequence[str], group: str = "", timeout_s: float = TOPIC_TIMEOUT_S
+) -> dict[tuple[str, str], frozenset[str] | None]:
+    """The operations this principal may perform on each topic (and the group), as Kafka reports them.
+
+    A topic or group it may not even describe has no operations; one Kafka says
+    nothing about (a broker too old to report them) has None.
+    """
+    answers: dict[tuple[str, str], frozenset[str] | None] = {}
+    pending: list[tuple[tuple[str, str], Future[Any]]] = []
+    if topics:
+        futures = admin.describe_topics(
+            TopicCollection(list(topics)), include_authorized_operations=True, request_timeout=timeout_s
+        )
+        pending += [(("TOPIC", name), future) for name, future in futures.items()]
+    if group:
+        futures = admin.describe_consumer_groups([group], include_authorized_operations=True, request_timeout=timeout_s)
+        pending += [(("GROUP", group), futures[group])]
+    for key, future in pending:
+        what = f"describe {key[0].lower()} {key[1]}"
+        try:
+            operations = future.result(timeout=timeout_s).authorized_operations
+        except TimeoutError as exc:
+            raise BrokerUnavailableError(f"could not {what} within {timeout_s:g}s") from exc
+        except KafkaException as exc:
+            error = call_error(exc, what)
+            if error.code in AUTHORIZATION_CODES or error.code == "UNKNOWN_TOPIC_OR_PART":
+                answers[key] = frozenset()
+                continue
+            if error.code == "GROUP_ID_NOT_FOUND":
+                answers[key] = None
+                continue
+            raise BrokerUnavailableError(str(error)) from exc
+        answers[key] = None if operations is None else frozenset(op.name for op in operations)
+    return answers
+
+
+def require_grants(admin: AdminClient, settings: Settings, program: str) -> None:
+    """Stops a program at its start when the principal lacks a permission it needs (orderpipe.acls).
+
+    Raises:
+        ConfigError: naming each missing permission, its resource and its purpose.
+    """
+    require(settings, program, lambda topics, group: permissions(admin, topics, group))
 
 
 def ensure_topics(admin: AdminClient, settings: Settings) -> None:

@@ -27,8 +27,9 @@ from typing import Any
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from orderpipe.acls import AUTHORIZATION_CODES, denied_sentence
 from orderpipe.edge import TP, Assigned, EdgeOptions, Event, Outgoing, Polled, Revoked, TopicSpec
-from orderpipe.errors import DeliveryError, FatalKafkaError
+from orderpipe.errors import ConfigError, DeliveryError, FatalKafkaError
 from orderpipe.kafka_clients import (
     CONSUMER_FETCH_SETTINGS,
     AdminAnswer,
@@ -38,6 +39,7 @@ from orderpipe.kafka_clients import (
     create_topics,
     incoming,
     partition_counts,
+    permissions,
     produce,
     producer_config,
     topic_configs,
@@ -73,34 +75,44 @@ def _offsets(offsets: Mapping[TP, int]) -> list[TopicPartition]:
     return [TopicPartition(topic, partition, offset) for (topic, partition), offset in offsets.items()]
 
 
-def _call(what: str, action: Callable[[], object]) -> None:
+def _call(what: str, action: Callable[[], object], needs: str = "a permission") -> None:
+    """Runs a confluent-kafka call; its failure as the project's error (ConfigError when a permission is lacking)."""
     try:
         action()
     except KafkaException as exc:
-        raise call_error(exc, what) from exc
+        error = call_error(exc, what)
+        if error.code in AUTHORIZATION_CODES:
+            raise ConfigError(denied_sentence(what, needs)) from exc
+        raise error from exc
 
 
 class _ErrorLog:
     """The consumer's errors: a fatal one is kept for the next poll, others are logged once each."""
 
-    def __init__(self, bootstrap_servers: str) -> None:
+    def __init__(self, bootstrap_servers: str, group: str) -> None:
         self._bootstrap_servers = bootstrap_servers
+        self._group = group
         self.fatal: KafkaError | None = None
+        self.denied: str | None = None  # a permission Kafka refused, as a sentence
         self._last = ""
 
     def __call__(self, error: KafkaError) -> None:
         """The `error_cb`: errors of the client as a whole."""
         if error.fatal():
             self.fatal = error
+        elif error.name() == "GROUP_AUTHORIZATION_FAILED":
+            self.denied = denied_sentence(f"join group {self._group}", f"READ on group {self._group}")
         elif error.code() == KafkaError._ALL_BROKERS_DOWN:
             log.warning("⚠ Lost the connection to Kafka at %s; retrying ...", self._bootstrap_servers)
         else:
             log.debug("kafka: %s", error.str())
 
-    def consumed(self, error: KafkaError) -> None:
+    def consumed(self, error: KafkaError, topic: str | None) -> None:
         """An error delivered among the records (a topic not available, an authorization failure)."""
         if error.fatal():
             raise FatalKafkaError(f"Kafka reported a fatal error: {error.str()}")
+        if error.name() in AUTHORIZATION_CODES:
+            raise ConfigError(denied_sentence(f"read {topic or 'a topic'}", f"READ on topic {topic or 'it'}"))
         text = error.str()
         if text != self._last:  # the same error comes with every fetch; say it once
             log.warning("⚠ Kafka: %s", text)
@@ -119,10 +131,15 @@ class _ConfluentProducer:
         # The group generation the batch was read in; its offsets are sent with it.
         self._group_metadata: Any = None
         self._delivery_errors: list[str] = []
+        self._transactional_id = ""
 
     def init_transactions(self) -> None:
         # librdkafka retries within the call (a coordinator still loading, say).
-        _call("start transactions", lambda: self._producer.init_transactions(INIT_TIMEOUT_S))
+        _call(
+            "start transactions",
+            lambda: self._producer.init_transactions(INIT_TIMEOUT_S),
+            f"WRITE on transactional id {self._transactional_id}",
+        )
 
     def begin_transaction(self) -> None:
         _call("begin the transaction", self._producer.begin_transaction)
@@ -196,15 +213,16 @@ class ConfluentEdge(_ConfluentProducer):
         producer: Producer,
         stats: KafkaStatsTail,
         errors: _ErrorLog,
-        transactional: bool,
+        transactional_id: str | None,
     ) -> None:
         super().__init__()
         self._admin, self._consumer, self._producer = admin, consumer, producer
         self._stats, self._errors = stats, errors
+        self._transactional_id = transactional_id or ""
         self._group = settings.consumer_group
         self._retry_topic = settings.retry_topic
         # Without transactions, each produced record reports its delivery.
-        self._on_delivery = None if transactional else self._delivered
+        self._on_delivery = None if transactional_id else self._delivered
         self._events: list[Event] = []
 
     @property
@@ -219,6 +237,9 @@ class ConfluentEdge(_ConfluentProducer):
 
     def topic_configs(self, names: Sequence[str]) -> dict[str, dict[str, str]]:
         return topic_configs(self._admin, names)
+
+    def permissions(self, topics: Sequence[str], group: str) -> dict[tuple[str, str], frozenset[str] | None]:
+        return permissions(self._admin, topics, group)
 
     def subscribe(self, topics: Sequence[str]) -> None:
         _call(
@@ -245,6 +266,8 @@ class ConfluentEdge(_ConfluentProducer):
         errors = self._errors
         if errors.fatal is not None:
             raise FatalKafkaError(f"Kafka reported a fatal error: {errors.fatal.str()}")
+        if errors.denied is not None:
+            raise ConfigError(errors.denied)
         records = []
         retry_topic = self._retry_topic
         for message in messages:
@@ -252,7 +275,7 @@ class ConfluentEdge(_ConfluentProducer):
             if error is None:
                 records.append(incoming(message, retry_topic))
             else:
-                errors.consumed(error)
+                errors.consumed(error, message.topic())
         events, self._events = tuple(self._events), []
         return Polled(events, records)
 
@@ -303,6 +326,14 @@ def _committed_offsets(answer: ConsumerGroupTopicPartitions) -> dict[TP, int | N
     return offsets
 
 
+def _flush_producer(producer: Producer) -> None:
+    """The last flush as the edge closes; a failure here adds nothing to the error that ended the run."""
+    try:
+        producer.flush(FLUSH_TIMEOUT_S)
+    except KafkaException as exc:
+        log.debug("flushing the producer at close failed: %s", call_error(exc, "flush"))
+
+
 def _close_consumer(consumer: Consumer) -> None:
     try:
         consumer.close()
@@ -330,8 +361,8 @@ def open_kafka_edge(settings: Settings, options: EdgeOptions) -> Iterator[Conflu
                 "retry.backoff.ms": TRANSACTION_RETRY_BACKOFF_MS,
             }
         producer = create_client(Producer, conf)
-        stack.callback(producer.flush, FLUSH_TIMEOUT_S)
-        errors = _ErrorLog(settings.bootstrap_servers)
+        stack.callback(_flush_producer, producer)
+        errors = _ErrorLog(settings.bootstrap_servers, settings.consumer_group)
         consumer = create_client(
             Consumer,
             {
@@ -354,5 +385,5 @@ def open_kafka_edge(settings: Settings, options: EdgeOptions) -> Iterator[Conflu
             producer=producer,
             stats=stats,
             errors=errors,
-            transactional=options.transactional_id is not None,
+            transactional_id=options.transactional_id,
         )

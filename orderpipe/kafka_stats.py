@@ -10,7 +10,15 @@ from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-d
 
 from orderpipe.edge import TP
 from orderpipe.errors import BrokerUnavailableError, FatalKafkaError, KafkaCallError
-from orderpipe.kafka_clients import AdminAnswer, call_error, connect_admin, create_client, incoming, partition_counts
+from orderpipe.kafka_clients import (
+    AdminAnswer,
+    call_error,
+    connect_admin,
+    create_client,
+    incoming,
+    partition_counts,
+    require_grants,
+)
 from orderpipe.money import RunningAverage
 from orderpipe.routing import Incoming
 from orderpipe.settings import Settings
@@ -100,6 +108,7 @@ def read_group_stats(settings: Settings) -> dict[TP, RunningAverage]:
     counts = partition_counts(admin)
     if settings.stats_topic not in counts:
         return {}
+    require_grants(admin, settings, "stats")
     tail = KafkaStatsTail(settings, admin)
     try:
         view = StatsView(tail, settings.stats_topic, stats_keys(settings, counts))

@@ -20,7 +20,14 @@ from orderpipe.codec import OrderSchema, load_order_schema
 from orderpipe.console import Console, throughput_line
 from orderpipe.errors import ConfigError, RegistryUnavailableError
 from orderpipe.generator import Generated, Kind, OrderEncoder, OrderFactory, base36
-from orderpipe.kafka_clients import connect_admin, create_client, ensure_topics, produce, producer_config
+from orderpipe.kafka_clients import (
+    connect_admin,
+    create_client,
+    ensure_topics,
+    produce,
+    producer_config,
+    require_grants,
+)
 from orderpipe.money import RunningAverage, format_cents
 from orderpipe.order import Order
 from orderpipe.registry import START_REGISTRY_HINT, connect_registry
@@ -133,7 +140,9 @@ def run_producer(
     Raises:
         BrokerUnavailableError, RegistryUnavailableError: before anything is sent.
     """
-    ensure_topics(connect_admin(settings), settings)
+    admin = connect_admin(settings)
+    ensure_topics(admin, settings)
+    require_grants(admin, settings, "producer")
     with ExitStack() as stack:
         return _publish(settings, options, console, stop, _encoder(settings, load_order_schema(), stack))
 

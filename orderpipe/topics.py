@@ -61,8 +61,10 @@ def missing_sentence(missing: Sequence[TopicSpec]) -> str:
     """Why the programs stop when topics are missing and they may not create them."""
     names = ", ".join(spec.name for spec in missing)
     return (
-        f"topic {names} does not exist and CREATE_TOPICS is false (or this principal lacks the CREATE permission "
-        f"on it): create it with the partitions and settings the README's Topics section gives, or grant CREATE"
+        f"topic {names} does not exist, or this principal may not see it (any permission on a topic lets it see "
+        f"the topic), and it may not be created here (CREATE_TOPICS is false, or the principal lacks CREATE on it): "
+        f"create it with the partitions and settings the README's Topics section gives, or grant the permissions "
+        f"'scripts/acls.sh print' lists"
     )
 
 
@@ -96,7 +98,8 @@ def topic_problems(
                 f"consumer's producer puts in one batch; run kafka-configs.sh --alter --entity-type topics "
                 f"--entity-name {topic} --add-config max.message.bytes={BROKER_MESSAGE_MAX_BYTES}"
             )
-    policy = configs.get(stats, {}).get("cleanup.policy", "delete")
+    # A topic whose configuration could not be read (DescribeConfigs denied) is not judged.
+    policy = configs.get(stats, {}).get("cleanup.policy", "compact")
     if "compact" not in policy.split(","):
         problems.append(
             f"{stats} has cleanup.policy={policy} but needs compact, or its old values are deleted or grow without "

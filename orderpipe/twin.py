@@ -59,6 +59,9 @@ class TwinCluster:
         self.groups: dict[str, Group] = {}
         self.transactions = TransactionCoordinator(self.clock, self.logs, self.groups, transaction_timeout_s)
         self.faults = Faults()
+        # The principal's permissions: every operation on every resource, except these
+        # (operation, resource type, name) triples, e.g. ("READ", "TOPIC", "orders").
+        self.denied: set[tuple[str, str, str]] = set()
 
     def create_topic(self, name: str, partitions: int, config: Mapping[str, str] | None = None) -> None:
         """Creates a topic (configured as given, else with the broker's defaults) unless it exists."""
@@ -343,6 +346,15 @@ class TwinEdge(_TwinProducer):
     def topic_configs(self, names: Sequence[str]) -> dict[str, dict[str, str]]:
         self._check("topic_configs")
         return {name: dict(self._cluster.configs[name]) for name in names if name in self._cluster.configs}
+
+    def permissions(self, topics: Sequence[str], group: str) -> dict[tuple[str, str], frozenset[str] | None]:
+        self._check("permissions")
+        every = frozenset({"READ", "WRITE", "DESCRIBE", "DESCRIBE_CONFIGS"})
+        keys = [("TOPIC", name) for name in topics] + [("GROUP", group)]
+        return {
+            (kind, name): frozenset(op for op in every if (op, kind, name) not in self._cluster.denied)
+            for kind, name in keys
+        }
 
     def subscribe(self, topics: Sequence[str]) -> None:
         self._check("subscribe")

@@ -8,6 +8,7 @@
 # under .cache/broker/ (git-ignored), with their logs in .cache/broker/logs/.
 #
 # Usage: scripts/broker.sh up | down | status
+#        scripts/broker.sh secure up | down | status   (the secured broker: scripts/secure_broker.sh)
 #   BROKER_MODE=docker|local forces one way of running them (default: auto).
 set -euo pipefail
 
@@ -233,9 +234,13 @@ cmd_status() {
   return $rc
 }
 
-case "${1:-}" in
-  up) cmd_up ;;
-  down) cmd_down ;;
-  status) cmd_status ;;
-  *) say "Usage: scripts/broker.sh up | down | status"; exit 2 ;;
-esac
+# scripts/secure_broker.sh sources this file for its helpers; only a direct run acts.
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+  case "${1:-}" in
+    up) cmd_up ;;
+    down) cmd_down ;;
+    status) cmd_status ;;
+    secure) shift; exec "$ROOT/scripts/secure_broker.sh" "$@" ;;
+    *) say "Usage: scripts/broker.sh up | down | status, or scripts/broker.sh secure up | down | status"; exit 2 ;;
+  esac
+fi

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from orderpipe import consumer_app, kafka_edge
+from orderpipe import consumer_app, kafka_clients, kafka_edge
 from tests.unit.mock_cluster import MockCluster
 
 
@@ -15,10 +15,13 @@ def mock_cluster() -> MockCluster:
 
 @pytest.fixture(autouse=True)
 def _no_topic_checks_on_the_mock(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The mock answers no DescribeConfigs and gives every topic 4 partitions: the topic checks are off there.
+    """The mock answers no DescribeConfigs nor authorized operations, and gives every topic 4 partitions:
+    the topic and permission checks are off there.
 
-    tests/integration checks them on a real broker.
+    tests/integration and tests/secured check them on real brokers.
     """
     if "mock_cluster" in request.fixturenames:
         monkeypatch.setattr(kafka_edge, "topic_configs", lambda _admin, _names: {})
+        for module in (kafka_clients, kafka_edge):
+            monkeypatch.setattr(module, "permissions", lambda _admin, _topics, _group="": {})
         monkeypatch.setattr(consumer_app, "topic_problems", lambda _settings, _counts, _configs: [])

@@ -1,0 +1,105 @@
+"""`scripts/acls.sh`: print, apply or revoke the ACLs each program needs (orderpipe.acls).
+
+    scripts/acls.sh print  User:pipeline [--program producer|consumer|stats ...]
+    scripts/acls.sh apply  User:pipeline [--program ...]
+    scripts/acls.sh revoke User:pipeline [--program ...]
+
+Topic and group names come from the same settings as the programs (environment,
+`.env`); `apply` and `revoke` connect with those settings too, so run them with
+the credentials of a principal that may manage ACLs (ALTER on the cluster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from concurrent.futures import Future
+from typing import Any
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import (  # type: ignore[attr-defined]
+    AclBinding,
+    AclBindingFilter,
+    AclOperation,
+    AclPermissionType,
+    ResourcePatternType,
+    ResourceType,
+)
+
+from config import load_settings
+from orderpipe.acls import PROGRAMS, Grant, grants
+from orderpipe.errors import OrderPipeError
+from orderpipe.kafka_clients import call_error, connect_admin
+
+TIMEOUT_S = 30.0
+
+
+def _acl(principal: str, grant: Grant) -> tuple[Any, ...]:
+    """The arguments of an AclBinding (or AclBindingFilter) for `grant`, from any host."""
+    return (
+        ResourceType[grant.resource],
+        grant.name,
+        ResourcePatternType[grant.pattern],
+        principal,
+        "*",
+        AclOperation[grant.operation],
+        AclPermissionType.ALLOW,
+    )
+
+
+def table(principal: str, chosen: Sequence[Grant]) -> list[str]:
+    """One line per ACL, and the same ACLs as Kafka's own `kafka-acls.sh` commands."""
+    lines = [f"{'program':9} {'operation':17} {'resource':17} {'pattern':9} {'name':24} why"]
+    for g in chosen:
+        why = g.why if g.required else f"{g.why} (optional: without it, a warning)"
+        lines.append(f"{g.program:9} {g.operation:17} {g.resource:17} {g.pattern:9} {g.name:24} {why}")
+    lines.append("")
+    lines.append("The same with Kafka's tools (kafka-acls.sh --bootstrap-server ... --command-config FILE):")
+    option = {"TOPIC": "--topic", "GROUP": "--group", "TRANSACTIONAL_ID": "--transactional-id"}
+    for g in chosen:
+        operation = "".join(part.capitalize() for part in g.operation.split("_"))
+        pattern = " --resource-pattern-type prefixed" if g.pattern == "PREFIXED" else ""
+        lines.append(
+            f"  --add --allow-principal {principal} --operation {operation} {option[g.resource]} {g.name}{pattern}"
+        )
+    return lines
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="scripts/acls.sh", description=__doc__.splitlines()[0])
+    parser.add_argument("action", choices=("print", "apply", "revoke"))
+    parser.add_argument("principal", help="e.g. User:pipeline")
+    parser.add_argument("--program", action="append", choices=PROGRAMS, help="default: all three")
+    args = parser.parse_args(argv)
+    if not args.principal.startswith("User:") or len(args.principal) <= len("User:"):
+        parser.error(f"the principal must look like User:name, got {args.principal!r}")
+    try:
+        settings = load_settings()
+        chosen = grants(settings, args.program or PROGRAMS)
+        if args.action == "print":
+            print("\n".join(table(args.principal, chosen)))
+            return 0
+        admin = connect_admin(settings)
+        # The same ACL may serve two programs (READ on the stats topic): each is sent once.
+        acls = list(dict.fromkeys(_acl(args.principal, g) for g in chosen))
+        futures: dict[Any, Future[Any]]
+        if args.action == "apply":
+            futures = admin.create_acls([AclBinding(*acl) for acl in acls], request_timeout=TIMEOUT_S)
+        else:
+            futures = admin.delete_acls([AclBindingFilter(*acl) for acl in acls], request_timeout=TIMEOUT_S)
+        for future in futures.values():
+            future.result()
+    except KafkaException as exc:
+        print(f"error: {call_error(exc, f'{args.action} the ACLs')}", file=sys.stderr)
+        return 1
+    except OrderPipeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    done = "granted" if args.action == "apply" else "revoked"
+    print(f"{done} {len(futures)} ACLs for {args.principal}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
