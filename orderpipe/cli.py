@@ -33,6 +33,7 @@ from orderpipe.kafka_stats import read_group_stats
 from orderpipe.money import RunningAverage
 from orderpipe.producer_app import ProducerOptions, run_producer
 from orderpipe.settings import ENV_NAMES, Settings
+from orderpipe.text import ScrubbedStream, Scrubber
 
 __all__ = ["LoadSettings", "consumer_main", "producer_main"]
 
@@ -231,23 +232,37 @@ def _settings_overrides(args: argparse.Namespace) -> dict[str, str | None]:
     return overrides
 
 
-def _run(main: Callable[[], int]) -> int:
+def _run(args: argparse.Namespace, load_settings: LoadSettings, body: Callable[[Settings], int]) -> int:
+    """Loads the settings and runs `body` with them; an error becomes its sentence and exit code.
+
+    While `body` runs, stdout and stderr take out every secret the settings hold,
+    whoever writes them: the programs, logging, librdkafka's log, an error's text.
+    """
     try:
-        return main()
+        settings = load_settings(_settings_overrides(args))
+    except OrderPipeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    scrub = Scrubber(settings.secrets())
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = ScrubbedStream(sys.stdout, scrub), ScrubbedStream(sys.stderr, scrub)
+    try:
+        return body(settings)
     except OrderPipeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("Interrupted twice: exiting without a clean shutdown.", file=sys.stderr)
         return 130
+    finally:
+        sys.stdout, sys.stderr = streams
 
 
 def producer_main(load_settings: LoadSettings, argv: Sequence[str] | None = None) -> int:
     """Entry point of producer.py; returns the process exit code."""
     args = _producer_parser().parse_args(argv)
 
-    def main() -> int:
-        settings = load_settings(_settings_overrides(args))
+    def main(settings: Settings) -> int:
         options = ProducerOptions(args.count, args.rate, args.invalid_rate, args.poison_rate, args.seed)
         verbosity = _verbosity(args)
         _setup_output(verbosity)
@@ -255,7 +270,7 @@ def producer_main(load_settings: LoadSettings, argv: Sequence[str] | None = None
             summary = run_producer(settings, options, Console(verbosity), stop)
         return 0 if summary.failed == 0 else 1
 
-    return _run(main)
+    return _run(args, load_settings, main)
 
 
 def _print_stats(topic: str, states: dict[TP, RunningAverage], verbosity: int) -> None:
@@ -273,8 +288,7 @@ def consumer_main(load_settings: LoadSettings, argv: Sequence[str] | None = None
     """Entry point of consumer.py; returns the process exit code."""
     args = _consumer_parser().parse_args(argv)
 
-    def main() -> int:
-        settings = load_settings(_settings_overrides(args))
+    def main(settings: Settings) -> int:
         verbosity = _verbosity(args)
         _setup_output(verbosity)
         if args.stats:
@@ -292,4 +306,4 @@ def consumer_main(load_settings: LoadSettings, argv: Sequence[str] | None = None
             OrderConsumer(settings, options, Console(verbosity), downstream).run(stop)
         return 0
 
-    return _run(main)
+    return _run(args, load_settings, main)

@@ -18,7 +18,7 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 
 from orderpipe.codec import OrderSchema, load_order_schema
 from orderpipe.console import Console, throughput_line
-from orderpipe.errors import ConfigError, RegistryUnavailableError
+from orderpipe.errors import ConfigError, OrderPipeError, RegistryUnavailableError
 from orderpipe.generator import Generated, Kind, OrderEncoder, OrderFactory, base36
 from orderpipe.kafka_clients import (
     connect_admin,
@@ -30,7 +30,7 @@ from orderpipe.kafka_clients import (
 )
 from orderpipe.money import RunningAverage, format_cents
 from orderpipe.order import Order
-from orderpipe.registry import START_REGISTRY_HINT, connect_registry
+from orderpipe.registry import START_REGISTRY_HINT, connect_registry, registry_login_problem
 from orderpipe.settings import Settings
 from orderpipe.text import redact
 
@@ -109,7 +109,9 @@ def _encoder(settings: Settings, schema: OrderSchema, stack: ExitStack) -> Order
     return encode
 
 
-def _refused(settings: Settings, subject: str, exc: Exception) -> RegistryUnavailableError:
+def _refused(settings: Settings, subject: str, exc: Exception) -> OrderPipeError:
+    if (problem := registry_login_problem(exc, settings.registry_address)) is not None:
+        return ConfigError(problem)
     return RegistryUnavailableError(
         f"The schema registry at {settings.registry_address} refused the order schema for subject "
         f"{subject} ({type(exc).__name__}: {redact(str(exc))}): {START_REGISTRY_HINT}."

@@ -12,11 +12,11 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from orderpipe.codec import parse_schema_text
-from orderpipe.errors import DeserializationError, NotReady, RegistryUnavailableError
+from orderpipe.errors import ConfigError, DeserializationError, NotReady, RegistryUnavailableError
 from orderpipe.settings import Settings
 from orderpipe.text import printable, redact
 
-__all__ = ["START_REGISTRY_HINT", "RegistryLookup", "connect_registry"]
+__all__ = ["START_REGISTRY_HINT", "RegistryLookup", "connect_registry", "registry_login_problem"]
 
 START_REGISTRY_HINT = (
     "start one with 'scripts/broker.sh up' (or 'docker compose up -d'), "
@@ -32,6 +32,7 @@ def connect_registry(settings: Settings, timeout_s: float = 5.0) -> SchemaRegist
     fails at once with how to start a registry.
 
     Raises:
+        ConfigError: the registry refused the credentials or the TLS settings do not fit it.
         RegistryUnavailableError: naming the URL and how to start a registry.
     """
     conf = {**settings.registry_client_config(), "timeout": timeout_s, "max.retries": 0}
@@ -39,11 +40,42 @@ def connect_registry(settings: Settings, timeout_s: float = 5.0) -> SchemaRegist
         client = SchemaRegistryClient(conf)
         client.get_subjects()
     except Exception as exc:  # httpx transport errors, SchemaRegistryError and rejected settings alike
+        if (problem := registry_login_problem(exc, settings.registry_address)) is not None:
+            raise ConfigError(problem) from None
         raise RegistryUnavailableError(
             f"Cannot reach the schema registry at {settings.registry_address} "
             f"({type(exc).__name__}: {printable(redact(str(exc)), 300)}): {START_REGISTRY_HINT}."
         ) from None
     return client
+
+
+def registry_login_problem(exc: Exception, address: str) -> str | None:
+    """The sentence for a registry that will not let this client in (credentials, TLS); None for other failures."""
+    status = getattr(exc, "http_status_code", None)
+    text = str(exc)
+    if status == 401:
+        return (
+            f"the schema registry at {address} refused the credentials (HTTP 401): check "
+            "SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO (user:password), or the credentials in SCHEMA_REGISTRY_URL"
+        )
+    if status == 403:
+        return (
+            f"the schema registry at {address} denied this user access (HTTP 403): grant it read access to the "
+            "subjects, and write access where it registers schemas (or set SCHEMA_REGISTRY_AUTO_REGISTER=false)"
+        )
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        return (
+            f"the TLS certificate of the schema registry at {address} is not signed by a CA this client trusts: "
+            "check SCHEMA_REGISTRY_SSL_CA_LOCATION"
+        )
+    if "WRONG_VERSION_NUMBER" in text:
+        return f"the schema registry at {address} does not speak TLS: check the scheme of SCHEMA_REGISTRY_URL (http://)"
+    if address.startswith("http://") and "Server disconnected without sending a response" in text:
+        return (
+            f"the schema registry at {address} closed the connection without an answer, as a TLS endpoint does "
+            "when spoken to in plain HTTP: check the scheme of SCHEMA_REGISTRY_URL (https://)"
+        )
+    return None
 
 
 # Failed look-ups are remembered this long, and at most this many (the oldest go first),

@@ -36,6 +36,8 @@ SECRET_FIELDS = frozenset(
 DAY_MS = 86_400_000
 MAX_PRICE = Decimal(10**12)
 _INTEGER = re.compile(r"-?[0-9]{1,19}")
+# Properties-file keys whose values are secrets (sasl.password, sasl.jaas.config, ...).
+_SECRET_KEY = re.compile(r"password|secret|token|jaas|user\.info|credential", re.I)
 _TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 _HOST_PORT = re.compile(r"^[^\s:,]+:(\d{1,5})$|^\[[0-9A-Fa-f:]+\]:(\d{1,5})$")
 
@@ -91,6 +93,21 @@ class Settings:
     registry_auto_register: bool = field(default=True, metadata={"env": "SCHEMA_REGISTRY_AUTO_REGISTER"})
     # The environment variable names given (not defaults): a given setting wins over the properties file.
     given: frozenset[str] = field(default=frozenset(), repr=False, metadata={"env": ""})
+
+    def secrets(self) -> frozenset[str]:
+        """Every secret value these settings hold, for scrubbing output (text.Scrubber).
+
+        The secret fields, the password of `user:password` pairs and of the registry
+        URL, and the values of properties-file keys that name a password, secret,
+        token, JAAS configuration or credentials.
+        """
+        found = {getattr(self, name) for name in SECRET_FIELDS if isinstance(getattr(self, name), str)}
+        found.add(self.registry_basic_auth_user_info.partition(":")[2])
+        userinfo = re.match(r"^[a-z][a-z0-9+.-]*://([^/\s]*)@", self.schema_registry_url, re.I)
+        if userinfo:
+            found |= {userinfo.group(1), userinfo.group(1).partition(":")[2]}
+        found |= {value for key, value in self.client_properties if _SECRET_KEY.search(key)}
+        return frozenset(value for value in found if value)
 
     @property
     def registry_address(self) -> str:
