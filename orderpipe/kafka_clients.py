@@ -319,8 +319,9 @@ def permissions(
 ) -> dict[tuple[str, str], frozenset[str] | None]:
     """The operations this principal may perform on each topic (and the group), as Kafka reports them.
 
-    A topic or group it may not even describe has no operations; one Kafka says
-    nothing about (a broker too old to report them) has None.
+    A topic or group it may not even describe has no operations (Kafka answers so
+    for a topic that does not exist, too, so as not to tell); one Kafka says nothing
+    about (missing, or a broker too old to report them) has None.
     """
     answers: dict[tuple[str, str], frozenset[str] | None] = {}
     pending: list[tuple[tuple[str, str], Future[Any]]] = []
@@ -340,10 +341,10 @@ def permissions(
             raise BrokerUnavailableError(f"could not {what} within {timeout_s:g}s") from exc
         except KafkaException as exc:
             error = call_error(exc, what)
-            if error.code in AUTHORIZATION_CODES or error.code == "UNKNOWN_TOPIC_OR_PART":
+            if error.code in AUTHORIZATION_CODES:
                 answers[key] = frozenset()
                 continue
-            if error.code == "GROUP_ID_NOT_FOUND":
+            if error.code in ("UNKNOWN_TOPIC_OR_PART", "GROUP_ID_NOT_FOUND"):  # may describe it; it is not there
                 answers[key] = None
                 continue
             raise BrokerUnavailableError(str(error)) from exc
@@ -361,15 +362,26 @@ def require_grants(admin: AdminClient, settings: Settings, program: str) -> None
 
 
 def ensure_topics(admin: AdminClient, settings: Settings) -> None:
-    """Creates the pipeline's topics that are missing (see orderpipe.topics), when CREATE_TOPICS allows.
+    """The producer's topic set-up: creates the pipeline's missing topics where it may.
+
+    Only the orders topic must exist for the producer; the others are created as a
+    convenience (so that one producer run sets up a new cluster) and skipped when
+    this principal may not create them.
 
     Raises:
-        ConfigError: a topic is missing and may not be created.
+        ConfigError: the orders topic is missing and may not be created.
     """
     missing = missing_topics(settings, partition_counts(admin))
-    if missing and not settings.create_topics:
-        raise ConfigError(missing_sentence(missing))
-    create_topics(admin, missing)
+    needed = [spec for spec in missing if spec.name == settings.orders_topic]
+    if not settings.create_topics:
+        if needed:
+            raise ConfigError(missing_sentence(needed))
+        return
+    create_topics(admin, needed)
+    try:
+        create_topics(admin, [spec for spec in missing if spec.name != settings.orders_topic])
+    except ConfigError as exc:  # refused: the consumer's own set-up names what it needs
+        log.debug("not creating the consumer's topics: %s", exc)
 
 
 def produce(

@@ -105,10 +105,10 @@ def read_group_stats(settings: Settings) -> dict[TP, RunningAverage]:
             on before the end for CATCH_UP_TIMEOUT_S.
     """
     admin = connect_admin(settings)
+    require_grants(admin, settings, "stats")  # first: a topic it may not read looks absent
     counts = partition_counts(admin)
     if settings.stats_topic not in counts:
         return {}
-    require_grants(admin, settings, "stats")
     tail = KafkaStatsTail(settings, admin)
     try:
         view = StatsView(tail, settings.stats_topic, stats_keys(settings, counts))

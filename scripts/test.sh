@@ -2,7 +2,8 @@
 # Sets everything up and runs every check: Python packages, ruff, mypy, the unit tests
 # (before any broker is started: they need none, and must cover at least 85% of the
 # package's lines and 80% of each module), then the Kafka broker and the schema
-# registry (scripts/broker.sh) and the integration tests.
+# registry (scripts/broker.sh) and the integration tests, then the secured broker
+# (scripts/broker.sh secure) and the tests of TLS, SASL, OAuth and ACLs.
 # Extra arguments run pytest with them instead, after the same set-up, e.g.
 #   scripts/test.sh tests/unit -x     scripts/test.sh -k retry
 set -euo pipefail
@@ -14,6 +15,7 @@ echo "ruff:" && .venv/bin/ruff check . && .venv/bin/ruff format --check .
 echo "mypy:" && .venv/bin/mypy
 if [ $# -gt 0 ]; then
   scripts/broker.sh up
+  case " $* " in *secured*) scripts/broker.sh secure up ;; esac
   exec .venv/bin/python -m pytest "$@"
 fi
 mkdir -p .cache
@@ -22,3 +24,5 @@ mkdir -p .cache
 .venv/bin/python scripts/coverage_floor.py .cache/coverage.json 80
 scripts/broker.sh up
 .venv/bin/python -m pytest tests/integration
+scripts/broker.sh secure up
+.venv/bin/python -m pytest tests/secured -m secured

@@ -138,14 +138,16 @@ class Pipeline:
             time.sleep(0.2)
 
 
-def read_topic(bootstrap: str, topic: str) -> list[Record]:
+def read_topic(bootstrap: str, topic: str, login: dict[str, Any] | None = None) -> list[Record]:
     """Reads a topic from the beginning up to its last stable offset as of now (read_committed).
 
     Ends are judged by the reader's position, which moves past transaction markers
-    and aborted records, not by the offsets of the records it returns.
+    and aborted records, not by the offsets of the records it returns. `login`: the
+    client settings a secured broker needs.
     """
     reader = Consumer(
         {
+            **(login or {}),
             "bootstrap.servers": bootstrap,
             "group.id": f"reader-{uuid.uuid4().hex}",
             "enable.auto.commit": False,

@@ -1,0 +1,261 @@
+"""Unit tests of the security core: login diagnosis, ACLs, registry login problems, secret scrubbing.
+
+The texts fed to `diagnose` are the ones librdkafka 2.16 reported against the
+secured broker (tests/secured runs the same cases end to end).
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import replace
+
+import pytest
+from confluent_kafka.schema_registry.error import SchemaRegistryError
+
+from config import load_settings
+from orderpipe.acl_command import table
+from orderpipe.acls import Grant, denied_sentence, grants, lacking_sentence, missing_grants, require
+from orderpipe.errors import ConfigError
+from orderpipe.login import CLOSED_AT_FIRST_REQUEST_LIMIT, Credentials, LoginWatch, diagnose
+from orderpipe.registry import registry_login_problem
+from orderpipe.settings import build_settings
+from orderpipe.text import ScrubbedStream, Scrubber
+
+SCRAM = Credentials("SASL_SSL", "SCRAM-SHA-512", "/certs/ca.pem", "", "")
+OAUTH = Credentials("SASL_SSL", "OAUTHBEARER", "/certs/ca.pem", "", "https://idp.example/token")
+MTLS = Credentials("SSL", "", "/certs/ca.pem", "/certs/client.pem", "")
+PLAIN_TEXT = Credentials("PLAINTEXT", "", "", "", "")
+BROKER = "sasl_ssl://127.0.0.1:9193/bootstrap: "
+
+
+@pytest.mark.parametrize(
+    ("text", "login", "words"),
+    [
+        (
+            BROKER + "SASL authentication error: Authentication failed during authentication due to invalid "
+            "credentials with SASL mechanism SCRAM-SHA-512 (after 314ms in state AUTH_REQ)",
+            SCRAM,
+            ["127.0.0.1:9193", "refused the SASL SCRAM-SHA-512", "KAFKA_SASL_PASSWORD"],
+        ),
+        (
+            BROKER + 'SASL authentication error: {"status":"invalid_token"} (after 307ms in state AUTH_REQ)',
+            OAUTH,
+            ["rejected the OAuth token", "KAFKA_SASL_OAUTHBEARER_TOKEN_ENDPOINT_URL"],
+        ),
+        (
+            'Failed to acquire SASL OAUTHBEARER token: {"error":"invalid_client"}',
+            OAUTH,
+            ["https://idp.example/token", 'gave no token ({"error":"invalid_client"})', "CLIENT_SECRET"],
+        ),
+        (
+            BROKER + "SSL handshake failed: error:0A000086:SSL routines::certificate verify failed: broker "
+            "certificate could not be verified (after 3ms in state SSL_HANDSHAKE)",
+            SCRAM,
+            ["not signed by a CA this client trusts (/certs/ca.pem)", "KAFKA_SSL_CA_LOCATION"],
+        ),
+        (
+            "ssl://127.0.0.1:9194/bootstrap: Receive failed: error:0A000412:SSL routines::ssl/tls alert bad "
+            "certificate: SSL alert number 42 (after 1ms in state APIVERSION_QUERY)",
+            MTLS,
+            ["127.0.0.1:9194", "refused this client's TLS certificate (/certs/client.pem)", "KEY_LOCATION"],
+        ),
+        (
+            "FAIL [rdkafka#producer-1] [thrd:ssl://127.0.0.1:9092/bootstrap]: ssl://127.0.0.1:9092/bootstrap: "
+            "SSL handshake failed: Disconnected: SSL connection closed by peer: connecting to a PLAINTEXT broker "
+            "listener? (after 2ms in state SSL_HANDSHAKE)",
+            MTLS,
+            ["127.0.0.1:9092 is a plaintext listener", "KAFKA_SECURITY_PROTOCOL=SSL"],
+        ),
+    ],
+)
+def test_each_login_failure_is_one_sentence_naming_the_setting(text: str, login: Credentials, words: list[str]) -> None:
+    sentence = diagnose(text, login)
+    assert sentence is not None
+    assert "\n" not in sentence
+    for word in words:
+        assert word in sentence
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "127.0.0.1:9092/bootstrap: Connect to ipv4#127.0.0.1:9092 failed: Connection refused (after 0ms in state "
+        "CONNECT)",
+        "1/1 brokers are down",
+        "sasl_ssl://127.0.0.1:9193/1: Disconnected (after 60000ms in state UP)",
+    ],
+)
+def test_failures_a_retry_may_cure_are_not_judged(text: str) -> None:
+    assert diagnose(text, SCRAM) is None
+
+
+def test_a_token_endpoint_answer_is_quoted_short_and_printable() -> None:
+    sentence = diagnose("Failed to acquire SASL OAUTHBEARER token: \x1b[2J" + "x" * 5000, OAUTH)
+    assert sentence is not None
+    assert "\x1b" not in sentence
+    assert len(sentence) < 500
+
+
+def test_plaintext_to_a_tls_listener_is_judged_after_repeated_closes() -> None:
+    watch = LoginWatch()
+    watch.expect(PLAIN_TEXT)
+    closed = (
+        "FAIL [rdkafka#producer-1] [thrd:127.0.0.1:9193/bootstrap]: 127.0.0.1:9193/bootstrap: Disconnected: "
+        "connection closed by peer: receive 0 after POLLIN (after 2ms in state APIVERSION_QUERY)"
+    )
+    for _ in range(CLOSED_AT_FIRST_REQUEST_LIMIT - 1):
+        watch.report(closed)
+        assert watch.verdict is None, "one close could be a broker restarting"
+    watch.report(closed)
+    assert watch.verdict is not None
+    assert "127.0.0.1:9193 closed the connection" in watch.verdict
+    assert "KAFKA_SECURITY_PROTOCOL" in watch.verdict
+
+
+def test_the_watch_keeps_the_first_verdict_and_forgets_it_for_a_new_login() -> None:
+    watch = LoginWatch()
+    watch.report(BROKER + "SASL authentication error: wrong")  # nothing expected yet: ignored
+    assert watch.verdict is None
+    watch.expect(SCRAM)
+    watch.report(BROKER + "SASL authentication error: wrong")
+    first = watch.verdict
+    watch.report(BROKER + "SSL handshake failed: certificate verify failed")
+    assert watch.verdict == first
+    watch.expect(SCRAM)
+    assert watch.verdict is None
+
+
+# ACLs.
+SETTINGS = load_settings(environ={}, env_file=None)
+
+
+def test_each_program_gets_exactly_its_acls_and_no_wildcard() -> None:
+    every = grants(SETTINGS)
+    assert [g.describe() for g in every if g.program == "producer"] == ["WRITE on topic orders"]
+    consumer = {g.describe() for g in every if g.program == "consumer" and g.required}
+    assert consumer == {
+        "READ on topic orders",
+        "READ on topic orders-retry",
+        "WRITE on topic orders-retry",
+        "WRITE on topic orders-dlq",
+        "READ on topic orders-stats",
+        "WRITE on topic orders-stats",
+        "READ on group order-pipeline",
+        "WRITE on transactional id order-pipeline. (prefix)",
+    }
+    assert {g.program for g in every if not g.required} == {"consumer"}
+    assert all(g.operation == "DESCRIBE_CONFIGS" for g in every if not g.required)
+    assert all("*" not in g.name and g.name for g in every)
+    assert {g.resource for g in every} == {"TOPIC", "GROUP", "TRANSACTIONAL_ID"}, "nothing cluster-wide"
+    with pytest.raises(ValueError, match="unknown program"):
+        grants(SETTINGS, ["admin"])
+
+
+def test_the_acls_follow_the_settings() -> None:
+    settings = replace(SETTINGS, orders_topic="shop.orders", consumer_group="shop")
+    names = {g.name for g in grants(settings)}
+    assert {"shop.orders", "shop", "shop."} <= names
+    assert "orders" not in names
+
+
+def test_missing_grants_judge_only_what_kafka_reported() -> None:
+    needed = grants(SETTINGS, ["consumer"])
+    everything = frozenset({"READ", "WRITE", "DESCRIBE", "DESCRIBE_CONFIGS"})
+    permissions: dict[tuple[str, str], frozenset[str] | None] = {
+        ("TOPIC", "orders"): everything,
+        ("TOPIC", "orders-retry"): frozenset({"READ", "DESCRIBE"}),
+        ("TOPIC", "orders-dlq"): frozenset(),
+        ("TOPIC", "orders-stats"): None,  # not reported: not judged
+        ("GROUP", "order-pipeline"): everything,
+    }
+    lacking = missing_grants(needed, permissions)
+    assert [g.describe() for g in lacking] == ["WRITE on topic orders-retry", "WRITE on topic orders-dlq"]
+    sentence = lacking_sentence("consumer", lacking)
+    assert "WRITE on topic orders-retry (to schedule retries)" in sentence
+    assert "scripts/acls.sh" in sentence
+
+
+def test_require_stops_a_program_that_lacks_a_permission() -> None:
+    def ask(topics: object, group: str) -> dict[tuple[str, str], frozenset[str] | None]:
+        return {("TOPIC", "orders"): frozenset({"DESCRIBE"})}
+
+    with pytest.raises(ConfigError, match="lacks permissions the producer needs: WRITE on topic orders"):
+        require(SETTINGS, "producer", ask)
+    require(SETTINGS, "stats", ask)  # READ on the stats topic was not reported: not judged
+
+
+def test_a_refused_call_names_what_it_needed() -> None:
+    sentence = denied_sentence("start transactions", "WRITE on transactional id g.host.0")
+    assert sentence.startswith("Kafka refused to start transactions: this principal lacks WRITE on transactional id")
+
+
+def test_the_printed_acls_are_also_kafkas_own_commands() -> None:
+    lines = table("User:pipeline", grants(SETTINGS, ["consumer"]))
+    assert any(
+        "--operation Write --transactional-id order-pipeline. --resource-pattern-type prefixed" in line
+        for line in lines
+    )
+    assert any("--operation DescribeConfigs --topic orders-dlq" in line for line in lines)
+    assert sum("--add --allow-principal User:pipeline" in line for line in lines) == len(grants(SETTINGS, ["consumer"]))
+
+
+def test_grant_descriptions_name_prefixes() -> None:
+    grant = Grant("consumer", "WRITE", "TRANSACTIONAL_ID", "g.", "why", pattern="PREFIXED")
+    assert grant.describe() == "WRITE on transactional id g. (prefix)"
+
+
+# The registry.
+def _registry_error(status: int) -> SchemaRegistryError:
+    return SchemaRegistryError(status, status, "Unauthorized")
+
+
+@pytest.mark.parametrize(
+    ("error", "address", "words"),
+    [
+        (_registry_error(401), "https://r:8443", "SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO"),
+        (_registry_error(403), "https://r:8443", "denied this user access (HTTP 403)"),
+        (
+            OSError("[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed"),
+            "https://r:8443",
+            "SCHEMA_REGISTRY_SSL_CA_LOCATION",
+        ),
+        (OSError("[SSL: WRONG_VERSION_NUMBER] wrong version number"), "https://r:8081", "does not speak TLS"),
+        (OSError("Server disconnected without sending a response."), "http://r:8443", "scheme of SCHEMA_REGISTRY_URL"),
+    ],
+)
+def test_registry_login_problems_name_the_setting(error: Exception, address: str, words: str) -> None:
+    problem = registry_login_problem(error, address)
+    assert problem is not None
+    assert words in problem
+
+
+def test_other_registry_failures_are_not_login_problems() -> None:
+    assert registry_login_problem(_registry_error(500), "https://r") is None
+    assert registry_login_problem(OSError("Server disconnected without sending a response."), "https://r") is None
+
+
+# Secrets in output.
+def test_every_secret_the_settings_hold_is_known() -> None:
+    settings = build_settings(
+        {
+            "KAFKA_SASL_PASSWORD": "sasl-pw-1",
+            "KAFKA_SSL_KEY_PASSWORD": "key-pw-2",
+            "KAFKA_SASL_OAUTHBEARER_CLIENT_SECRET": "oauth-3",
+            "SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO": "reg:reg-pw-4",
+            "SCHEMA_REGISTRY_URL": "https://u:url-pw-5@registry:8081",
+        },
+        "sasl.jaas.config=x password='jaas-6';\nbasic.auth.user.info=k:props-7\nclient.id=not-a-secret\n",
+    )
+    found = settings.secrets()
+    for secret in ("sasl-pw-1", "key-pw-2", "oauth-3", "reg-pw-4", "url-pw-5", "u:url-pw-5", "k:props-7"):
+        assert secret in found
+    assert "x password='jaas-6';" in found
+    assert "not-a-secret" not in found
+
+
+def test_scrubbed_output_hides_every_secret_however_it_is_written() -> None:
+    sink = io.StringIO()
+    stream = ScrubbedStream(sink, Scrubber(["hunter22", "hunter2222", "on"]))
+    print("password hunter2222 and hunter22; on", file=stream)
+    stream.flush()
+    assert sink.getvalue() == "password *** and ***; on\n", "longest first; short values are not secrets"
