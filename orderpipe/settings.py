@@ -36,6 +36,8 @@ SECRET_FIELDS = frozenset(
 DAY_MS = 86_400_000
 MAX_PRICE = Decimal(10**12)
 _INTEGER = re.compile(r"-?[0-9]{1,19}")
+# librdkafka's second names for settings (Confluent Cloud's client.properties says sasl.mechanisms).
+_LIBRDKAFKA_ALIASES = {"sasl.mechanism": "sasl.mechanisms", "bootstrap.servers": "metadata.broker.list"}
 # Properties-file keys whose values are secrets (sasl.password, sasl.jaas.config, ...).
 _SECRET_KEY = re.compile(r"password|secret|token|jaas|user\.info|credential", re.I)
 _TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
@@ -126,12 +128,17 @@ class Settings:
         default the file does not set.
         """
         conf: dict[str, Any] = dict(self.client_properties)
+
+        def put(key: str, value: Any) -> None:  # replacing the file's spelling under librdkafka's other name
+            conf.pop(_LIBRDKAFKA_ALIASES.get(key, ""), None)
+            conf[key] = value
+
         for key, value, env in (
             ("bootstrap.servers", self.bootstrap_servers, "KAFKA_BOOTSTRAP_SERVERS"),
             ("security.protocol", self.security_protocol, "KAFKA_SECURITY_PROTOCOL"),
         ):
-            if env in self.given or key not in conf:
-                conf[key] = value
+            if env in self.given or not ({key, _LIBRDKAFKA_ALIASES.get(key, "")} & conf.keys()):
+                put(key, value)
         optional = {
             "sasl.mechanism": self.sasl_mechanism,
             "sasl.username": self.sasl_username,
@@ -145,7 +152,9 @@ class Settings:
             "sasl.oauthbearer.client.secret": self.oauth_client_secret,
             "sasl.oauthbearer.scope": self.oauth_scope,
         }
-        conf.update((key, value) for key, value in optional.items() if value)
+        for key, value in optional.items():
+            if value:
+                put(key, value)
         if self.oauth_token_endpoint_url:
             conf["sasl.oauthbearer.method"] = "oidc"
         return conf

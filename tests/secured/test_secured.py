@@ -7,6 +7,8 @@ here may not create topics). Every program run is scanned for the secrets in use
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from config import load_settings
@@ -31,6 +33,33 @@ def test_each_login_publishes_orders(secure: SecureCluster, prefix: str, login: 
     assert run.returncode == 0, run.stderr
     assert "delivered 20, failed 0" in run.stdout
     assert len(secure.read(settings, settings.orders_topic)) == 20
+
+
+def test_a_providers_properties_file_is_all_the_login_needs(
+    secure: SecureCluster, prefix: str, tmp_path: Path
+) -> None:
+    """The Confluent Cloud shape: bootstrap servers and a SASL/PLAIN login in client.properties, nothing else."""
+    properties = tmp_path / "client.properties"
+    properties.write_text(
+        "# as a provider hands it out\n"
+        f"bootstrap.servers={SASL_SSL}\n"
+        "security.protocol=SASL_SSL\n"
+        "sasl.mechanisms=PLAIN\n"
+        "sasl.username=pipeline\n"
+        f"sasl.password={secure.secrets['PLAIN_PASSWORD']}\n"
+        f"ssl.ca.location={TLS / 'ca.pem'}\n"
+    )
+    env = {k: v for k, v in secure.env(prefix, {}).items() if k != "KAFKA_BOOTSTRAP_SERVERS"}
+    env["KAFKA_CLIENT_CONFIG"] = str(properties)
+    settings = load_settings(environ=env, env_file=None)
+    secure.create_topics(settings)
+    secure.grant_with_script("User:pipeline", {**env, "KAFKA_BOOTSTRAP_SERVERS": SASL_SSL}, "producer")
+    secure.wait_until_allowed({**env, **secure.login("plain")}, grants(settings, ["producer"]))
+
+    run = secure.run(env, "producer.py", "--count", "10", "--rate", "0", "--verbose")
+
+    assert run.returncode == 0, run.stderr
+    assert "delivered 10, failed 0" in run.stdout
 
 
 def test_a_least_privilege_principal_runs_the_pipeline_exactly_once(

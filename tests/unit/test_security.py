@@ -259,3 +259,24 @@ def test_scrubbed_output_hides_every_secret_however_it_is_written() -> None:
     print("password hunter2222 and hunter22; on", file=stream)
     stream.flush()
     assert sink.getvalue() == "password *** and ***; on\n", "longest first; short values are not secrets"
+
+
+def test_a_setting_given_replaces_the_files_spelling_under_librdkafkas_other_name() -> None:
+    file = "sasl.mechanisms=PLAIN\nmetadata.broker.list=cloud:9092\n"
+    from_file = build_settings({}, file).kafka_client_config()
+    assert from_file["sasl.mechanisms"] == "PLAIN"
+    assert from_file["metadata.broker.list"] == "cloud:9092"
+    assert "bootstrap.servers" not in from_file, "the file's broker list is not doubled by the default"
+    explicit = {
+        "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+        "KAFKA_BOOTSTRAP_SERVERS": "h:1",
+        "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+        "KAFKA_SASL_USERNAME": "u",
+        "KAFKA_SASL_PASSWORD": "p",
+    }
+    given = build_settings(explicit, file)
+    conf = given.kafka_client_config()
+    assert conf["sasl.mechanism"] == "SCRAM-SHA-512"
+    assert conf["bootstrap.servers"] == "h:1"
+    assert "sasl.mechanisms" not in conf
+    assert "metadata.broker.list" not in conf
