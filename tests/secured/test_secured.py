@@ -35,9 +35,7 @@ def test_each_login_publishes_orders(secure: SecureCluster, prefix: str, login: 
     assert len(secure.read(settings, settings.orders_topic)) == 20
 
 
-def test_a_providers_properties_file_is_all_the_login_needs(
-    secure: SecureCluster, prefix: str, tmp_path: Path
-) -> None:
+def test_a_providers_properties_file_is_all_the_login_needs(secure: SecureCluster, prefix: str, tmp_path: Path) -> None:
     """The Confluent Cloud shape: bootstrap servers and a SASL/PLAIN login in client.properties, nothing else."""
     properties = tmp_path / "client.properties"
     properties.write_text(
