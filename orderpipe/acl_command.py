@@ -29,8 +29,10 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
 
 from config import load_settings
 from orderpipe.acls import PROGRAMS, Grant, grants
+from orderpipe.cli import scrubbed_output
 from orderpipe.errors import OrderPipeError
 from orderpipe.kafka_clients import call_error, connect_admin
+from orderpipe.settings import Settings
 
 TIMEOUT_S = 30.0
 
@@ -77,28 +79,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings()
         chosen = grants(settings, args.program or PROGRAMS)
-        if args.action == "print":
-            print("\n".join(table(args.principal, chosen)))
-            return 0
-        admin = connect_admin(settings)
-        # The same ACL may serve two programs (READ on the stats topic): each is sent once.
-        acls = list(dict.fromkeys(_acl(args.principal, g) for g in chosen))
-        futures: dict[Any, Future[Any]]
-        if args.action == "apply":
-            futures = admin.create_acls([AclBinding(*acl) for acl in acls], request_timeout=TIMEOUT_S)
-        else:
-            futures = admin.delete_acls([AclBindingFilter(*acl) for acl in acls], request_timeout=TIMEOUT_S)
-        for future in futures.values():
-            future.result()
-    except KafkaException as exc:
-        print(f"error: {call_error(exc, f'{args.action} the ACLs')}", file=sys.stderr)
-        return 1
     except OrderPipeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
-    done = "granted" if args.action == "apply" else "revoked"
-    print(f"{done} {len(futures)} ACLs for {args.principal}")
+    if args.action == "print":
+        print("\n".join(table(args.principal, chosen)))
+        return 0
+    with scrubbed_output(settings):
+        try:
+            done = _change(args.action, args.principal, chosen, settings)
+        except KafkaException as exc:
+            print(f"error: {call_error(exc, f'{args.action} the ACLs')}", file=sys.stderr)
+            return 1
+        except OrderPipeError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return exc.exit_code
+    print(f"{'granted' if args.action == 'apply' else 'revoked'} {done} ACLs for {args.principal}")
     return 0
+
+
+def _change(action: str, principal: str, chosen: Sequence[Grant], settings: Settings) -> int:
+    """Applies or revokes the ACLs; returns how many were created or deleted."""
+    admin = connect_admin(settings)
+    # The same ACL may serve two programs (READ on the stats topic): each is sent once.
+    acls = list(dict.fromkeys(_acl(principal, g) for g in chosen))
+    futures: dict[Any, Future[Any]]
+    if action == "apply":
+        futures = admin.create_acls([AclBinding(*acl) for acl in acls], request_timeout=TIMEOUT_S)
+    else:
+        futures = admin.delete_acls([AclBindingFilter(*acl) for acl in acls], request_timeout=TIMEOUT_S)
+    # create_acls answers None per binding; delete_acls the bindings it deleted.
+    return sum(1 if result is None else len(result) for result in (f.result() for f in futures.values()))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import random
 import signal
 import sys
 import threading
+import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from types import FrameType
@@ -232,30 +233,41 @@ def _settings_overrides(args: argparse.Namespace) -> dict[str, str | None]:
     return overrides
 
 
-def _run(args: argparse.Namespace, load_settings: LoadSettings, body: Callable[[Settings], int]) -> int:
-    """Loads the settings and runs `body` with them; an error becomes its sentence and exit code.
+@contextmanager
+def scrubbed_output(settings: Settings) -> Iterator[None]:
+    """stdout and stderr take out every secret the settings hold until the block ends, whoever writes there.
 
-    While `body` runs, stdout and stderr take out every secret the settings hold,
-    whoever writes them: the programs, logging, librdkafka's log, an error's text.
+    Print an unexpected exception's traceback inside the block (`_run` does), or
+    Python prints it unscrubbed once the streams are back.
     """
+    scrub = Scrubber(settings.secrets())
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = ScrubbedStream(sys.stdout, scrub), ScrubbedStream(sys.stderr, scrub)
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = streams
+
+
+def _run(args: argparse.Namespace, load_settings: LoadSettings, body: Callable[[Settings], int]) -> int:
+    """Loads the settings and runs `body` with them, output scrubbed; an error becomes its sentence and exit code."""
     try:
         settings = load_settings(_settings_overrides(args))
     except OrderPipeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
-    scrub = Scrubber(settings.secrets())
-    streams = sys.stdout, sys.stderr
-    sys.stdout, sys.stderr = ScrubbedStream(sys.stdout, scrub), ScrubbedStream(sys.stderr, scrub)
-    try:
-        return body(settings)
-    except OrderPipeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("Interrupted twice: exiting without a clean shutdown.", file=sys.stderr)
-        return 130
-    finally:
-        sys.stdout, sys.stderr = streams
+    with scrubbed_output(settings):
+        try:
+            return body(settings)
+        except OrderPipeError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return exc.exit_code
+        except KeyboardInterrupt:
+            print("Interrupted twice: exiting without a clean shutdown.", file=sys.stderr)
+            return 130
+        except Exception:  # a bug: its traceback, scrubbed, and Python's exit code for it
+            traceback.print_exc()
+            return 1
 
 
 def producer_main(load_settings: LoadSettings, argv: Sequence[str] | None = None) -> int:

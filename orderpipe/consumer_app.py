@@ -178,6 +178,7 @@ class OrderConsumer:
                 stack.enter_context(self._claim(settings.consumer_group)) if options.delivery == EXACTLY_ONCE else None
             )
             edge = stack.enter_context(self._open_edge(settings, options.edge(transactional_id)))
+            require(settings, "consumer", edge.permissions)  # first: a topic it may not use looks absent
             counts = edge.partition_counts()
             missing = missing_topics(settings, counts)
             if missing and not settings.create_topics:
@@ -191,7 +192,6 @@ class OrderConsumer:
             problems = topic_problems(settings, counts, configs)
             if problems:
                 raise ConfigError("; ".join(problems))
-            require(settings, "consumer", edge.permissions)
             lookup = None
             if settings.schema_registry_url:
                 client = stack.enter_context(self._open_registry(settings))

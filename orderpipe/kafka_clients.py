@@ -42,7 +42,6 @@ __all__ = [
     "ensure_topics",
     "incoming",
     "librdkafka_logger",
-    "login_watch",
     "partition_counts",
     "permissions",
     "produce",
@@ -62,8 +61,9 @@ CONSUMER_FETCH_SETTINGS = {"fetch.queue.backoff.ms": 10, "queued.min.messages": 
 START_BROKER_HINT = "start one with 'scripts/broker.sh up' (or 'docker compose up -d') and try again"
 CONNECT_TIMEOUT_S = 10.0
 TOPIC_TIMEOUT_S = 30.0
-# connect_admin asks for metadata in steps this long, to look at LoginWatch's verdict in between.
-CONNECT_STEP_S = 0.5
+# connect_admin asks for metadata in steps from this long, doubling up to the second,
+# to look at LoginWatch's verdict in between.
+CONNECT_STEP_S, CONNECT_STEP_MAX_S = 0.5, 4.0
 Client = TypeVar("Client")
 T = TypeVar("T")
 Answer = TypeVar("Answer")
@@ -74,19 +74,15 @@ def librdkafka_logger() -> logging.Logger:
     return logging.getLogger("orderpipe.librdkafka")
 
 
+# The process's watch on failed logins: every client made by `create_client` reports to it.
 _LOGIN_WATCH = LoginWatch()
-
-
-def login_watch() -> LoginWatch:
-    """The process's watch on failed logins: every client made by `create_client` reports to it."""
-    return _LOGIN_WATCH
 
 
 class _LogRelay:
     """The clients' `logger`: each librdkafka log line goes to the login watch, then to logging."""
 
     def log(self, level: int, fmt: str, *args: Any) -> None:
-        _LOGIN_WATCH.report(fmt % args)
+        _LOGIN_WATCH.report_log(fmt % args)
         librdkafka_logger().log(level, fmt, *args)
 
 
@@ -233,19 +229,24 @@ def connect_admin(settings: Settings, timeout_s: float = CONNECT_TIMEOUT_S) -> A
     _LOGIN_WATCH.expect(_credentials(conf))
     admin = create_client(AdminClient, conf)
     deadline = time.monotonic() + timeout_s
+    step = CONNECT_STEP_S
     while True:
         try:
-            admin.list_topics(timeout=min(CONNECT_STEP_S, max(deadline - time.monotonic(), 0.01)))
+            # One topic's metadata: an answer as small as a cluster of any size can give.
+            admin.list_topics(topic=settings.orders_topic, timeout=min(step, max(deadline - time.monotonic(), 0.01)))
             return admin
         except KafkaException as exc:
             admin.poll(0)  # serves the error callback
             if (verdict := _LOGIN_WATCH.verdict) is not None:
                 raise ConfigError(f"Cannot connect to Kafka: {verdict}.") from None
             if time.monotonic() >= deadline:
+                if (verdict := _LOGIN_WATCH.closed_verdict()) is not None:
+                    raise ConfigError(f"Cannot connect to Kafka: {verdict}.") from None
                 raise BrokerUnavailableError(
                     f"Cannot reach the Kafka broker at {settings.bootstrap_servers} "
                     f"({call_error(exc, 'list topics')}): {START_BROKER_HINT}."
                 ) from exc
+            step = min(step * 2, CONNECT_STEP_MAX_S)
 
 
 def partition_counts(admin: AdminClient, timeout_s: float = TOPIC_TIMEOUT_S) -> dict[str, int]:

@@ -18,15 +18,21 @@ import re
 import threading
 from dataclasses import dataclass
 
-from orderpipe.text import printable
+from orderpipe.text import printable, redact
 
 __all__ = ["Credentials", "LoginWatch", "diagnose"]
 
-# A connection closed at the first request, this many times, is taken for plaintext
-# spoken to a TLS listener (once could be a broker restarting).
+# A connection closed at the first request, this many times before the connection
+# attempt runs out of time, is taken for plaintext spoken to a TLS listener (once could
+# be a broker restarting).
 CLOSED_AT_FIRST_REQUEST_LIMIT = 3
 EXCERPT = 120
 _TOKEN_ENDPOINT_REASON = re.compile(r"Failed to acquire SASL OAUTHBEARER token: (.*)", re.S)
+# A token endpoint's answers that refuse the client for good (RFC 6749 section 5.2), or its 4xx status.
+_CLIENT_REFUSED = re.compile(
+    r"invalid_client|unauthorized_client|invalid_scope|invalid_grant|invalid_request|access_denied|"
+    r"unsupported_grant_type|\((400|401|403)\)"
+)
 # librdkafka names a broker connection like "sasl_ssl://127.0.0.1:9193/bootstrap" or "host:9092/1".
 _ADDRESS = re.compile(r"(\[[0-9A-Fa-f:]+\]:\d+|[\w.\-]+:\d+)/(?:bootstrap|\d+)")
 
@@ -47,16 +53,24 @@ def _address(text: str) -> str:
     return match.group(1) if match else "the broker"
 
 
+def _excerpt(text: str, after: str) -> str:
+    """The reason librdkafka gave, from `after` on, without its "(after 3ms in state X)" tail."""
+    reason = text[text.index(after) :] if after in text else text
+    return printable(re.sub(r"\s*\(after \d+ms in state \w+\)\s*$", "", reason).strip(), EXCERPT)
+
+
 def diagnose(text: str, login: Credentials) -> str | None:
     """The sentence for a failure no retry can cure, or None when `text` is not one."""
     where = _address(text)
     if "Failed to acquire SASL OAUTHBEARER token" in text:
         match = _TOKEN_ENDPOINT_REASON.search(text)
-        reason = printable(match.group(1).strip(), EXCERPT) if match else "no reason given"
+        reason = match.group(1).strip() if match else ""
+        if not _CLIENT_REFUSED.search(reason):
+            return None  # the endpoint was slow, unreachable or failing: that may pass
         return (
-            f"the OAuth token endpoint {login.token_endpoint_url or '(none set)'} gave no token ({reason}): "
-            "check KAFKA_SASL_OAUTHBEARER_TOKEN_ENDPOINT_URL, KAFKA_SASL_OAUTHBEARER_CLIENT_ID and "
-            "KAFKA_SASL_OAUTHBEARER_CLIENT_SECRET"
+            f"the OAuth token endpoint {redact(login.token_endpoint_url) or '(none set)'} refused this client "
+            f"({printable(reason, EXCERPT)}): check KAFKA_SASL_OAUTHBEARER_CLIENT_ID, "
+            "KAFKA_SASL_OAUTHBEARER_CLIENT_SECRET and KAFKA_SASL_OAUTHBEARER_SCOPE"
         )
     if "SASL authentication error" in text or "SASL authentication failed" in text:
         if login.sasl_mechanism == "OAUTHBEARER" or "invalid_token" in text:
@@ -71,10 +85,12 @@ def diagnose(text: str, login: Credentials) -> str | None:
             "and KAFKA_SASL_MECHANISM"
         )
     if "certificate verify failed" in text:
-        trusted = login.ssl_ca_location or "the system's CA certificates (KAFKA_SSL_CA_LOCATION is not set)"
+        trusted = login.ssl_ca_location or "the system's CA certificates, as KAFKA_SSL_CA_LOCATION is not set"
         return (
-            f"the TLS certificate of the broker at {where} is not signed by a CA this client trusts ({trusted}): "
-            "check KAFKA_SSL_CA_LOCATION"
+            f"the TLS certificate of the broker at {where} did not pass this client's checks "
+            f"({_excerpt(text, 'certificate verify failed')}); it trusts {trusted}: check KAFKA_SSL_CA_LOCATION "
+            "(the CA that signed the broker's certificate), and that the certificate names this host and is "
+            "not expired"
         )
     if re.search(r"alert (bad certificate|certificate required|unknown ca|certificate unknown)", text):
         certificate = login.ssl_certificate_location or "none: KAFKA_SSL_CERTIFICATE_LOCATION is not set"
@@ -104,7 +120,8 @@ def _closed_at_first_request(text: str, login: Credentials) -> bool:
 class LoginWatch:
     """Collects librdkafka's reports from every client of the process; keeps the first verdict.
 
-    librdkafka calls `report` from its own threads.
+    librdkafka reports through the clients' error callbacks and loggers, on the
+    thread that polls a client and on its own threads.
     """
 
     def __init__(self) -> None:
@@ -121,22 +138,39 @@ class LoginWatch:
 
     @property
     def verdict(self) -> str | None:
+        """A failure no retry can cure, as soon as one is reported."""
         with self._lock:
             return self._verdict
 
     def report(self, text: str) -> None:
+        """An error from a client's error callback."""
         with self._lock:
-            if self._login is None or self._verdict is not None:
-                return
-            verdict = diagnose(text, self._login)
-            if verdict is None and _closed_at_first_request(text, self._login):
+            if self._login is not None and self._verdict is None:
+                self._verdict = diagnose(text, self._login)
+
+    def report_log(self, text: str) -> None:
+        """A line of a client's log; connections closed at the first request are counted here only."""
+        self.report(text)
+        with self._lock:
+            if self._login is not None and _closed_at_first_request(text, self._login):
                 where = _address(text)
-                count = self._closed_at_first_request.get(where, 0) + 1
-                self._closed_at_first_request[where] = count
+                self._closed_at_first_request[where] = self._closed_at_first_request.get(where, 0) + 1
+
+    def closed_verdict(self) -> str | None:
+        """Asked once the connection attempt has run out of time: was it plaintext to a TLS listener?
+
+        Only then, since a port that accepts and closes also fits a broker still
+        starting behind a proxy (Docker's port forwarding, a load balancer).
+        """
+        with self._lock:
+            if self._login is None:
+                return None
+            for where, count in self._closed_at_first_request.items():
                 if count >= CLOSED_AT_FIRST_REQUEST_LIMIT:
-                    verdict = (
-                        f"{where} closed the connection at the client's first request, as a TLS listener does "
-                        f"when spoken to in plaintext (KAFKA_SECURITY_PROTOCOL={self._login.security_protocol}): "
-                        "check KAFKA_SECURITY_PROTOCOL (SSL or SASL_SSL for a TLS listener) and KAFKA_BOOTSTRAP_SERVERS"
+                    return (
+                        f"{where} closed the connection at the client's first request {count} times, as a TLS "
+                        f"listener does when spoken to in plaintext (KAFKA_SECURITY_PROTOCOL="
+                        f"{self._login.security_protocol}), or a proxy in front of a broker that is not up: check "
+                        "KAFKA_SECURITY_PROTOCOL (SSL or SASL_SSL for a TLS listener) and KAFKA_BOOTSTRAP_SERVERS"
                     )
-            self._verdict = verdict
+            return None

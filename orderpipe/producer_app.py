@@ -143,8 +143,8 @@ def run_producer(
         BrokerUnavailableError, RegistryUnavailableError: before anything is sent.
     """
     admin = connect_admin(settings)
+    require_grants(admin, settings, "producer")  # first: a topic it may not use looks absent
     ensure_topics(admin, settings)
-    require_grants(admin, settings, "producer")
     with ExitStack() as stack:
         return _publish(settings, options, console, stop, _encoder(settings, load_order_schema(), stack))
 

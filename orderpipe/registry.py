@@ -44,7 +44,8 @@ def connect_registry(settings: Settings, timeout_s: float = 5.0) -> SchemaRegist
             raise ConfigError(problem) from None
         raise RegistryUnavailableError(
             f"Cannot reach the schema registry at {settings.registry_address} "
-            f"({type(exc).__name__}: {printable(redact(str(exc)), 300)}): {START_REGISTRY_HINT}."
+            f"({type(exc).__name__}: {printable(redact(str(exc)), 300)}): {START_REGISTRY_HINT}"
+            f"{_scheme_hint(exc, settings.registry_address)}."
         ) from None
     return client
 
@@ -64,18 +65,22 @@ def registry_login_problem(exc: Exception, address: str) -> str | None:
             "subjects, and write access where it registers schemas (or set SCHEMA_REGISTRY_AUTO_REGISTER=false)"
         )
     if "CERTIFICATE_VERIFY_FAILED" in text:
+        reason = printable(text[text.index("CERTIFICATE_VERIFY_FAILED") :], 160)
         return (
-            f"the TLS certificate of the schema registry at {address} is not signed by a CA this client trusts: "
-            "check SCHEMA_REGISTRY_SSL_CA_LOCATION"
+            f"the TLS certificate of the schema registry at {address} did not pass this client's checks ({reason}): "
+            "check SCHEMA_REGISTRY_SSL_CA_LOCATION (the CA that signed it), and that the certificate names this "
+            "host and is not expired"
         )
     if "WRONG_VERSION_NUMBER" in text:
         return f"the schema registry at {address} does not speak TLS: check the scheme of SCHEMA_REGISTRY_URL (http://)"
-    if address.startswith("http://") and "Server disconnected without sending a response" in text:
-        return (
-            f"the schema registry at {address} closed the connection without an answer, as a TLS endpoint does "
-            "when spoken to in plain HTTP: check the scheme of SCHEMA_REGISTRY_URL (https://)"
-        )
     return None
+
+
+def _scheme_hint(exc: Exception, address: str) -> str:
+    """A hint for a plain-HTTP request that a TLS endpoint may have dropped (a restart may too)."""
+    if address.startswith("http://") and "Server disconnected without sending a response" in str(exc):
+        return "; if it serves HTTPS, SCHEMA_REGISTRY_URL must start with https://"
+    return ""
 
 
 # Failed look-ups are remembered this long, and at most this many (the oldest go first),

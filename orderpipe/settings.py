@@ -38,8 +38,9 @@ MAX_PRICE = Decimal(10**12)
 _INTEGER = re.compile(r"-?[0-9]{1,19}")
 # librdkafka's second names for settings (Confluent Cloud's client.properties says sasl.mechanisms).
 _LIBRDKAFKA_ALIASES = {"sasl.mechanism": "sasl.mechanisms", "bootstrap.servers": "metadata.broker.list"}
-# Properties-file keys whose values are secrets (sasl.password, sasl.jaas.config, ...).
-_SECRET_KEY = re.compile(r"password|secret|token|jaas|user\.info|credential", re.I)
+# Properties-file keys whose values are secrets (sasl.password, sasl.jaas.config,
+# ssl.key.pem, ...); not sasl.oauthbearer.token.endpoint.url, an address.
+_SECRET_KEY = re.compile(r"password|secret|token|jaas|user\.info|credential|key\.pem|private", re.I)
 _TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 _HOST_PORT = re.compile(r"^[^\s:,]+:(\d{1,5})$|^\[[0-9A-Fa-f:]+\]:(\d{1,5})$")
 
@@ -108,7 +109,7 @@ class Settings:
         userinfo = re.match(r"^[a-z][a-z0-9+.-]*://([^/\s]*)@", self.schema_registry_url, re.I)
         if userinfo:
             found |= {userinfo.group(1), userinfo.group(1).partition(":")[2]}
-        found |= {value for key, value in self.client_properties if _SECRET_KEY.search(key)}
+        found |= {value for key, value in self.client_properties if _SECRET_KEY.search(key) and "endpoint" not in key}
         return frozenset(value for value in found if value)
 
     @property

@@ -67,5 +67,9 @@ class ScrubbedStream:
         self._stream.write(self._scrub(text))
         return len(text)
 
+    def writelines(self, lines: Iterable[str]) -> None:
+        for line in lines:
+            self.write(line)
+
     def __getattr__(self, name: str) -> Any:  # flush, fileno, reconfigure, encoding, ...
         return getattr(self._stream, name)

@@ -92,6 +92,22 @@ fetch_jars() {
   fi
 }
 
+# The settings every single-node broker here shares (the secured one too).
+single_node_settings() {
+  cat <<'EOF'
+auto.create.topics.enable=false
+offsets.topic.replication.factor=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+# Abort a dead consumer's timed-out transaction within a second of its timeout,
+# not up to ten seconds later (the default check interval).
+transaction.abort.timed.out.transaction.cleanup.interval.ms=1000
+EOF
+}
+
 write_kafka_config() {
   cat >"$CACHE/server.properties" <<EOF
 # Single-node KRaft broker for local development and tests (written by scripts/broker.sh).
@@ -104,16 +120,7 @@ controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
 log.dirs=$CACHE/kafka-data
-auto.create.topics.enable=false
-offsets.topic.replication.factor=1
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
-group.initial.rebalance.delay.ms=0
-# Abort a dead consumer's timed-out transaction within a second of its timeout,
-# not up to ten seconds later (the default check interval).
-transaction.abort.timed.out.transaction.cleanup.interval.ms=1000
+$(single_node_settings)
 EOF
   cat >"$CACHE/log4j2.properties" <<'EOF'
 status = warn

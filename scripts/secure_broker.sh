@@ -74,8 +74,8 @@ generate() {
   local client_key_password
   client_key_password=$(secret)
   sign client pipeline ca
-  openssl pkcs8 -topk8 -v2 aes-256-cbc -in "$TLS/client.key" -out "$TLS/client.key.enc" \
-    -passout "pass:$client_key_password" 2>/dev/null
+  CLIENT_KEY_PASSWORD=$client_key_password openssl pkcs8 -topk8 -v2 aes-256-cbc -in "$TLS/client.key" \
+    -out "$TLS/client.key.enc" -passout env:CLIENT_KEY_PASSWORD 2>/dev/null
   mv "$TLS/client.key.enc" "$TLS/client.key"
   sign rogue-client pipeline rogue-ca
   openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$TLS/oauth-signing.key" 2>/dev/null
@@ -104,7 +104,7 @@ sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule require
 ssl.truststore.type=PEM
 ssl.truststore.location=$TLS/ca.pem
 EOF
-  chmod 600 "$SECURE"/*.json "$SECURE"/*.txt "$SECURE"/*.properties "$TLS"/*.key
+  chmod 600 "$SECURE"/*.json "$SECURE"/*.txt "$SECURE"/*.properties "$TLS"/*.key "$TLS/broker-bundle.pem"
   touch "$SECURE/.generated"
 }
 
@@ -125,14 +125,7 @@ listener.security.protocol.map=SASL_SSL:SASL_SSL,SSL:SSL,CONTROLLER:SSL
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=SSL
 log.dirs=$SECURE/kafka-data
-auto.create.topics.enable=false
-offsets.topic.replication.factor=1
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
-group.initial.rebalance.delay.ms=0
-transaction.abort.timed.out.transaction.cleanup.interval.ms=1000
+$(single_node_settings)
 
 ssl.keystore.type=PEM
 ssl.keystore.location=$TLS/broker-bundle.pem
@@ -182,6 +175,8 @@ start_secure_kafka() {
   write_secure_config
   write_kafka_config  # for its log4j2.properties
   local cp="$KAFKA_LIBS/*"
+  # StorageTool takes SCRAM credentials only as arguments: while it formats (a few
+  # seconds, once) they show in the process list of this machine.
   if [ ! -f "$SECURE/kafka-data/meta.properties" ]; then
     local cluster_id
     cluster_id=$(java -cp "$cp" kafka.tools.StorageTool random-uuid 2>"$SECURE_LOGS/kafka-format.log" | tail -n 1)
@@ -201,7 +196,9 @@ start_secure_kafka() {
 
 secure_ready() {
   port_open "$KAFKA_HOST" "$SASL_PORT" && grep -q "Kafka Server started" "$SECURE_LOGS/kafka.log" 2>/dev/null &&
-    curl -fsS -m 2 -o /dev/null --cacert "$TLS/ca.pem" -u "$(cat "$SECURE/registry-user.txt")" \
+    # The credentials go to curl on its standard input, not on its command line.
+    printf 'user = "%s"\n' "$(cat "$SECURE/registry-user.txt")" |
+    curl -fsS -m 2 -o /dev/null --cacert "$TLS/ca.pem" -K - \
       "https://$KAFKA_HOST:$REGISTRY_TLS_PORT/apis/ccompat/v7/subjects" 2>/dev/null &&
     curl -fsS -m 2 -o /dev/null "http://$KAFKA_HOST:$TOKEN_PORT/oauth/jwks" 2>/dev/null
 }

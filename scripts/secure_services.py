@@ -37,6 +37,9 @@ KEY_ID = "orderpipe-1"
 AUDIENCE = "orderpipe-kafka"
 TOKEN_LIFETIME_S = 3600
 PROXY_TIMEOUT_S = 30
+# Request headers the registry front door does not pass on: the credentials it checked,
+# and the hop-by-hop ones (it reads bodies by Content-Length and answers in full).
+NOT_FORWARDED = frozenset({"authorization", "host", "connection", "keep-alive", "transfer-encoding", "te", "upgrade"})
 
 
 def _b64(data: bytes) -> str:
@@ -91,14 +94,21 @@ class Issuer:
         return f"{signing_input}.{_b64(signature)}"
 
 
-def _basic_credentials(header: str | None) -> tuple[str, str] | None:
+def _basic_credentials(header: str | None, form_encoded: bool = False) -> tuple[str, str] | None:
+    """The user and password of a Basic Authorization header.
+
+    OAuth clients form-encode the client id and secret before joining them (RFC 6749
+    section 2.3.1); plain basic authentication does not.
+    """
     if not header or not header.startswith("Basic "):
         return None
     try:
         user, _, password = base64.b64decode(header[6:], validate=True).decode().partition(":")
     except (binascii.Error, UnicodeDecodeError):
         return None
-    return urllib.parse.unquote_plus(user), urllib.parse.unquote_plus(password)
+    if form_encoded:
+        return urllib.parse.unquote_plus(user), urllib.parse.unquote_plus(password)
+    return user, password
 
 
 class _Quiet(BaseHTTPRequestHandler):
@@ -135,7 +145,7 @@ def token_handler(issuer: Issuer) -> type[BaseHTTPRequestHandler]:
             if self.path != "/oauth/token" or form.get("grant_type") != ["client_credentials"]:
                 self.reply(400, b'{"error":"unsupported_grant_type"}')
                 return
-            credentials = _basic_credentials(self.headers.get("Authorization"))
+            credentials = _basic_credentials(self.headers.get("Authorization"), form_encoded=True)
             if credentials is None:
                 credentials = (form.get("client_id", [""])[0], form.get("client_secret", [""])[0])
             token = issuer.token(*credentials, scope=form.get("scope", [""])[0])
@@ -150,7 +160,8 @@ def token_handler(issuer: Issuer) -> type[BaseHTTPRequestHandler]:
 
 def registry_handler(user_info: str, upstream: str) -> type[BaseHTTPRequestHandler]:
     target = urllib.parse.urlsplit(upstream)
-    expected = tuple(user_info.split(":", 1))
+    user, _, password = user_info.partition(":")
+    expected = (user, password)
 
     class RegistryHandler(_Quiet):
         def forward(self) -> None:
@@ -164,7 +175,7 @@ def registry_handler(user_info: str, upstream: str) -> type[BaseHTTPRequestHandl
             body = self.body()
             connection = http.client.HTTPConnection(target.hostname or "", target.port, timeout=PROXY_TIMEOUT_S)
             try:
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in {"authorization", "host"}}
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in NOT_FORWARDED}
                 connection.request(self.command, self.path, body=body or None, headers=headers)
                 answer = connection.getresponse()
                 data = answer.read()

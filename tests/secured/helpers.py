@@ -77,21 +77,16 @@ class SecureCluster:
     def login(self, kind: str, user: str = "pipeline", password: str | None = None) -> dict[str, str]:
         ca = {"KAFKA_SSL_CA_LOCATION": str(TLS / "ca.pem")}
         sasl = {**ca, "KAFKA_BOOTSTRAP_SERVERS": SASL_SSL, "KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}
-        if kind == "scram":
-            password = password if password is not None else self.secrets["PIPELINE_PASSWORD"]
+        if kind in ("scram", "plain"):
+            mechanism, default = {
+                "scram": ("SCRAM-SHA-512", "PIPELINE_PASSWORD"),
+                "plain": ("PLAIN", "PLAIN_PASSWORD"),
+            }[kind]
             return {
                 **sasl,
-                "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+                "KAFKA_SASL_MECHANISM": mechanism,
                 "KAFKA_SASL_USERNAME": user,
-                "KAFKA_SASL_PASSWORD": password,
-            }
-        if kind == "plain":
-            password = password if password is not None else self.secrets["PLAIN_PASSWORD"]
-            return {
-                **sasl,
-                "KAFKA_SASL_MECHANISM": "PLAIN",
-                "KAFKA_SASL_USERNAME": user,
-                "KAFKA_SASL_PASSWORD": password,
+                "KAFKA_SASL_PASSWORD": password if password is not None else self.secrets[default],
             }
         if kind == "oauth":
             secret = password if password is not None else self.secrets["OAUTH_CLIENT_SECRET"]
