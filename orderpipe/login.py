@@ -65,6 +65,12 @@ def diagnose(text: str, login: Credentials) -> str | None:
     if "Failed to acquire SASL OAUTHBEARER token" in text:
         match = _TOKEN_ENDPOINT_REASON.search(text)
         reason = match.group(1).strip() if match else ""
+        if "unexpired token" in reason:
+            return (
+                f"the OAuth token endpoint {redact(login.token_endpoint_url) or '(none set)'} handed out a token "
+                f"that has already expired ({printable(reason, EXCERPT)}): check this machine's clock and the "
+                "token lifetime at the identity provider (KAFKA_SASL_OAUTHBEARER_TOKEN_ENDPOINT_URL)"
+            )
         if not _CLIENT_REFUSED.search(reason):
             return None  # the endpoint was slow, unreachable or failing: that may pass
         return (

@@ -94,8 +94,8 @@ EOF
   )
   # shellcheck source=/dev/null
   source "$SECURE/secrets.env"
-  printf '{"pipeline": {"secret": "%s"}, "rogue": {"secret": "%s", "key": "rogue"}}\n' \
-    "$OAUTH_CLIENT_SECRET" "$OAUTH_ROGUE_SECRET" >"$SECURE/oauth-clients.json"
+  printf '{"pipeline": {"secret": "%s"}, "rogue": {"secret": "%s", "key": "rogue"}, "expired": {"secret": "%s", "expired": true}}\n' \
+    "$OAUTH_CLIENT_SECRET" "$OAUTH_ROGUE_SECRET" "$OAUTH_ROGUE_SECRET" >"$SECURE/oauth-clients.json"
   printf 'registry:%s\n' "$REGISTRY_PASSWORD" >"$SECURE/registry-user.txt"
   cat >"$SECURE/admin.properties" <<EOF
 security.protocol=SASL_SSL

@@ -4,7 +4,8 @@
   Kafka broker checks tokens against: a stand-in for the identity provider
   (Okta, Azure AD, Keycloak) a company cluster would use. Tokens are RS256 JWTs.
   A client listed with `"key": "rogue"` gets tokens signed with a key the JWKS
-  does not publish, so that the broker rejects them (for the tests of that error).
+  does not publish, and one listed with `"expired": true` tokens that expired an
+  hour ago, so that the broker rejects them (for the tests of those errors).
 - The schema registry's HTTPS front door with basic authentication: it checks the
   credentials and forwards each request to the plain registry on loopback.
 
@@ -65,7 +66,7 @@ class Issuer:
             "good": _load_key(directory / "tls" / "oauth-signing.key"),
             "rogue": _load_key(directory / "tls" / "oauth-rogue.key"),
         }
-        self._clients: dict[str, dict[str, str]] = json.loads((directory / "oauth-clients.json").read_text())
+        self._clients: dict[str, dict[str, Any]] = json.loads((directory / "oauth-clients.json").read_text())
 
     def jwks(self) -> dict[str, Any]:
         numbers = self._keys["good"].public_key().public_numbers()
@@ -77,7 +78,8 @@ class Issuer:
         client = self._clients.get(client_id)
         if client is None or not hmac.compare_digest(client["secret"].encode(), secret.encode()):
             return None
-        now = int(time.time())
+        # A client listed with "expired": true gets a token that expired an hour ago.
+        now = int(time.time()) - (2 * TOKEN_LIFETIME_S if client.get("expired") else 0)
         claims: dict[str, object] = {
             "iss": self.issuer,
             "sub": client_id,

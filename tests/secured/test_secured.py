@@ -190,6 +190,11 @@ def _bad_login(secure: SecureCluster, case: str) -> tuple[dict[str, str], str, s
             "rejected the OAuth token",
             "KAFKA_SASL_OAUTHBEARER_TOKEN_ENDPOINT_URL",
         ),
+        "expired token": (
+            secure.login("oauth", user="expired", password=secure.secrets["OAUTH_ROGUE_SECRET"]),
+            "handed out a token that has already expired",
+            "KAFKA_SASL_OAUTHBEARER_TOKEN_ENDPOINT_URL",
+        ),
         "client secret the token endpoint refuses": (
             {**oauth, "KAFKA_SASL_OAUTHBEARER_CLIENT_SECRET": "not-the-secret"},
             "refused this client",
@@ -248,6 +253,7 @@ LOGIN_ERRORS = (
     "wrong SCRAM password",
     "wrong PLAIN password",
     "token the broker rejects",
+    "expired token",
     "client secret the token endpoint refuses",
     "untrusted client certificate",
     "no client certificate",

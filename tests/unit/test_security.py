@@ -49,6 +49,12 @@ BROKER = "sasl_ssl://127.0.0.1:9193/bootstrap: "
             ["https://idp.example/token", 'refused this client ({"error":"invalid_client"})', "CLIENT_SECRET"],
         ),
         (
+            "Failed to acquire SASL OAUTHBEARER token: Must supply an unexpired token: now=1796073645838ms, "
+            "exp=1796070045000ms",
+            OAUTH,
+            ["https://idp.example/token handed out a token that has already expired", "clock"],
+        ),
+        (
             BROKER + "SSL handshake failed: error:0A000086:SSL routines::certificate verify failed: broker "
             "certificate could not be verified (after 3ms in state SSL_HANDSHAKE)",
             SCRAM,
