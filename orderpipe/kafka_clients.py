@@ -322,7 +322,7 @@ def permissions(
 
     A topic or group it may not even describe has no operations (Kafka answers so
     for a topic that does not exist, too, so as not to tell); one Kafka says nothing
-    about (missing, or a broker too old to report them) has None.
+    about (missing, not answered, or a broker too old to report them) has None.
     """
     answers: dict[tuple[str, str], frozenset[str] | None] = {}
     pending: list[tuple[tuple[str, str], Future[Any]]] = []
@@ -338,17 +338,19 @@ def permissions(
         what = f"describe {key[0].lower()} {key[1]}"
         try:
             operations = future.result(timeout=timeout_s).authorized_operations
-        except TimeoutError as exc:
-            raise BrokerUnavailableError(f"could not {what} within {timeout_s:g}s") from exc
+        except TimeoutError:
+            log.debug("could not %s within %gs; its permissions are not checked", what, timeout_s)
+            answers[key] = None
+            continue
         except KafkaException as exc:
             error = call_error(exc, what)
-            if error.code in AUTHORIZATION_CODES:
-                answers[key] = frozenset()
-                continue
-            if error.code in ("UNKNOWN_TOPIC_OR_PART", "GROUP_ID_NOT_FOUND"):  # may describe it; it is not there
-                answers[key] = None
-                continue
-            raise BrokerUnavailableError(str(error)) from exc
+            # Anything but a refusal (a topic or group that does not exist yet, a group
+            # coordinator still loading on a broker just started) leaves it unjudged: the
+            # calls that follow say what they need if it is really missing.
+            answers[key] = frozenset() if error.code in AUTHORIZATION_CODES else None
+            if answers[key] is None:
+                log.debug("%s; its permissions are not checked", error)
+            continue
         answers[key] = None if operations is None else frozenset(op.name for op in operations)
     return answers
 

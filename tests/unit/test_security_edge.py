@@ -131,10 +131,14 @@ def test_permissions_read_kafkas_answers_and_errors() -> None:
     }
 
 
-def test_any_other_error_while_asking_is_unavailable() -> None:
-    admin = StandInAdmin({"orders": _denied(KafkaError.REQUEST_TIMED_OUT)})
-    with pytest.raises(BrokerUnavailableError, match="describe topic orders"):
-        permissions(admin, ["orders"])  # type: ignore[arg-type]
+def test_any_other_answer_leaves_the_permission_unjudged() -> None:
+    admin = StandInAdmin(
+        {
+            "orders": _denied(KafkaError.REQUEST_TIMED_OUT),
+            "group": _denied(KafkaError.COORDINATOR_LOAD_IN_PROGRESS),
+        }
+    )
+    assert permissions(admin, ["orders"], "group") == {("TOPIC", "orders"): None, ("GROUP", "group"): None}  # type: ignore[arg-type]
 
 
 def test_the_producer_stops_without_write_on_its_topic() -> None:
