@@ -9,8 +9,8 @@ may write to no topic at all (Kafka 3.0+, KIP-679), and READ and WRITE each impl
 DESCRIBE on their resource.
 
 A grant is `required` when the program cannot work without it. DESCRIBE_CONFIGS on
-the topics the consumer writes is not: without it the consumer cannot check their
-settings (partitions, compaction, record size), warns and goes on.
+the pipeline's topics is not: without it the consumer cannot check their settings
+(compaction, record size, min.insync.replicas), warns and goes on.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def grants(settings: Settings, programs: Iterable[str] = PROGRAMS) -> list[Grant
         ),
         *(
             Grant("consumer", "DESCRIBE_CONFIGS", "TOPIC", topic, "check the topic's settings", required=False)
-            for topic in (s.retry_topic, s.dlq_topic, s.stats_topic)
+            for topic in (s.orders_topic, s.retry_topic, s.dlq_topic, s.stats_topic)
         ),
         Grant("stats", "READ", "TOPIC", s.stats_topic, "read the running average"),
         Grant("stats", "DESCRIBE", "TOPIC", s.orders_topic, "know the input partitions"),

@@ -9,6 +9,7 @@ confluent-kafka one by default, the in-memory twin (`orderpipe.twin`) in unit te
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager
@@ -34,7 +35,7 @@ from orderpipe.routing import BatchPlan, Decision, Incoming, RetryPolicy, plan_b
 from orderpipe.settings import Settings
 from orderpipe.stats import StatsKeys
 from orderpipe.stats_view import StatsView
-from orderpipe.topics import largest_record, missing_sentence, missing_topics, stats_keys, topic_problems
+from orderpipe.topics import largest_record, missing_sentence, missing_topics, stats_keys, topic_problems, weak_topics
 
 __all__ = [
     "AT_LEAST_ONCE",
@@ -45,6 +46,8 @@ __all__ = [
     "OrderConsumer",
     "simulated_outage",
 ]
+
+log = logging.getLogger(__name__)
 
 # The work done for a valid order after validation (a simulated downstream call in
 # this project); raising any exception makes the order a transient failure.
@@ -188,10 +191,14 @@ class OrderConsumer:
             outputs = (settings.retry_topic, settings.dlq_topic, settings.stats_topic)
             # Topics just created are as asked for (and a cluster may not describe them yet).
             created = {spec.name: dict(spec.config) for spec in missing}
-            configs = {**edge.topic_configs([t for t in outputs if t not in created]), **created}
+            read = [t for t in (settings.orders_topic, *outputs) if t not in created]
+            configs = {**edge.topic_configs(read), **created}
             problems = topic_problems(settings, counts, configs)
             if problems:
                 raise ConfigError("; ".join(problems))
+            replication = {**edge.replication_factors(), **{s.name: s.replication_factor for s in missing}}
+            for warning in weak_topics(settings, replication, configs):
+                log.warning("⚠ %s", warning)
             lookup = None
             if settings.schema_registry_url:
                 client = stack.enter_context(self._open_registry(settings))

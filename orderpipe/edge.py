@@ -134,6 +134,10 @@ class KafkaEdge(Protocol):
 
     def create_topics(self, specs: Sequence[TopicSpec]) -> None: ...
 
+    def replication_factors(self) -> dict[str, int]:
+        """Each topic's replication factor (the fewest replicas of any of its partitions)."""
+        ...
+
     def topic_configs(self, names: Sequence[str]) -> dict[str, dict[str, str]]:
         """Each existing topic's configuration (every setting, defaults included)."""
         ...

@@ -46,6 +46,7 @@ __all__ = [
     "permissions",
     "produce",
     "producer_config",
+    "replication_factors",
     "require_grants",
     "topic_configs",
 ]
@@ -256,6 +257,18 @@ def partition_counts(admin: AdminClient, timeout_s: float = TOPIC_TIMEOUT_S) -> 
     except KafkaException as exc:
         raise BrokerUnavailableError(str(call_error(exc, "list topics"))) from exc
     return {name: len(metadata.partitions) for name, metadata in topics.items()}
+
+
+def replication_factors(admin: AdminClient, timeout_s: float = TOPIC_TIMEOUT_S) -> dict[str, int]:
+    """Every topic's replication factor: the fewest replicas any of its partitions has."""
+    try:
+        topics = admin.list_topics(timeout=timeout_s).topics
+    except KafkaException as exc:
+        raise BrokerUnavailableError(str(call_error(exc, "list topics"))) from exc
+    return {
+        name: min((len(p.replicas) for p in metadata.partitions.values()), default=0)
+        for name, metadata in topics.items()
+    }
 
 
 def topic_configs(

@@ -42,6 +42,7 @@ from orderpipe.kafka_clients import (
     permissions,
     produce,
     producer_config,
+    replication_factors,
     topic_configs,
 )
 from orderpipe.kafka_stats import KafkaStatsTail
@@ -234,6 +235,9 @@ class ConfluentEdge(_ConfluentProducer):
 
     def create_topics(self, specs: Sequence[TopicSpec]) -> None:
         create_topics(self._admin, specs)
+
+    def replication_factors(self) -> dict[str, int]:
+        return replication_factors(self._admin)
 
     def topic_configs(self, names: Sequence[str]) -> dict[str, dict[str, str]]:
         return topic_configs(self._admin, names)

@@ -64,6 +64,8 @@ class Settings:
     consumer_group: str = field(default="order-pipeline", metadata={"env": "CONSUMER_GROUP"})
     orders_partitions: int = field(default=3, metadata={"env": "ORDERS_PARTITIONS"})
     replication_factor: int = field(default=1, metadata={"env": "REPLICATION_FACTOR"})
+    # 0: not given; `min_isr` is then 2 for a replication factor of 3 or more, else 1.
+    min_insync_replicas: int = field(default=0, metadata={"env": "MIN_INSYNC_REPLICAS"})
     max_retries: int = field(default=3, metadata={"env": "MAX_RETRIES"})
     retry_backoff_ms: int = field(default=1000, metadata={"env": "RETRY_BACKOFF_MS"})
     retry_backoff_max_ms: int = field(default=30000, metadata={"env": "RETRY_BACKOFF_MAX_MS"})
@@ -116,6 +118,11 @@ class Settings:
     def registry_address(self) -> str:
         """The registry URL without its credentials, for output."""
         return redact(self.schema_registry_url)
+
+    @property
+    def min_isr(self) -> int:
+        """The min.insync.replicas of the topics the programs create."""
+        return self.min_insync_replicas or (2 if self.replication_factor >= 3 else 1)
 
     @property
     def max_order_price_cents(self) -> int:
@@ -224,6 +231,21 @@ def _whole(minimum: int, maximum: int) -> Parser:
     return parse
 
 
+def _whole_or_empty(minimum: int, maximum: int) -> Parser:
+    """A whole number, or 0 for an empty value (the setting's default then applies)."""
+    whole = _whole(minimum, maximum)
+
+    def parse(raw: str) -> int:
+        if not raw.strip():
+            return 0
+        try:
+            return int(whole(raw))
+        except ValueError as exc:
+            raise ValueError(f"{exc}, or empty") from None
+
+    return parse
+
+
 def _price(raw: str) -> Decimal:
     try:
         value = Decimal(raw.strip())
@@ -295,6 +317,7 @@ _PARSERS: dict[str, Parser] = {
     "consumer_group": _group,
     "orders_partitions": _whole(1, 10_000),
     "replication_factor": _whole(1, 32),
+    "min_insync_replicas": _whole_or_empty(1, 32),
     "max_retries": _whole(0, 100),
     "retry_backoff_ms": _whole(0, DAY_MS),
     "retry_backoff_max_ms": _whole(0, DAY_MS),
@@ -363,6 +386,11 @@ def build_settings(raw: Mapping[str, str], client_properties: str | None = None)
         problems.append(
             f"RETRY_BACKOFF_MAX_MS must be >= RETRY_BACKOFF_MS ({settings.retry_backoff_ms}), "
             f"got {settings.retry_backoff_max_ms}"
+        )
+    if settings.min_insync_replicas > settings.replication_factor:
+        problems.append(
+            f"MIN_INSYNC_REPLICAS must be at most REPLICATION_FACTOR ({settings.replication_factor}), or no write "
+            f"could ever be acknowledged, got {settings.min_insync_replicas}"
         )
     problems.extend(_login_problems(settings))
     if problems:

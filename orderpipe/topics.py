@@ -31,6 +31,7 @@ __all__ = [
     "missing_topics",
     "stats_keys",
     "topic_problems",
+    "weak_topics",
 ]
 
 STATS_TOPIC_CONFIG = {"cleanup.policy": "compact", "segment.ms": "3600000", "min.cleanable.dirty.ratio": "0.1"}
@@ -43,12 +44,42 @@ BROKER_MESSAGE_MAX_BYTES = 1_048_588
 def missing_topics(settings: Settings, existing: Mapping[str, int]) -> list[TopicSpec]:
     """The pipeline's topics that are not in `existing` (topic name -> partition count)."""
     partitions = existing.get(settings.orders_topic, settings.orders_partitions)
+    durability = {"min.insync.replicas": str(settings.min_isr)}
     wanted = [
-        TopicSpec(name, partitions, settings.replication_factor)
+        TopicSpec(name, partitions, settings.replication_factor, durability)
         for name in (settings.orders_topic, settings.retry_topic, settings.dlq_topic)
     ]
-    wanted.append(TopicSpec(settings.stats_topic, 1, settings.replication_factor, STATS_TOPIC_CONFIG))
+    wanted.append(TopicSpec(settings.stats_topic, 1, settings.replication_factor, {**STATS_TOPIC_CONFIG, **durability}))
     return [spec for spec in wanted if spec.name not in existing]
+
+
+def weak_topics(
+    settings: Settings, replication: Mapping[str, int], configs: Mapping[str, Mapping[str, str]]
+) -> list[str]:
+    """The pipeline's existing topics less durable than the settings ask for, one warning each.
+
+    Args:
+        replication: each topic's replication factor (its fewest replicas of any partition).
+        configs: topic configurations; a topic without one (DescribeConfigs denied)
+            is judged by its replication factor only.
+    """
+    warnings = []
+    for topic in (settings.orders_topic, settings.retry_topic, settings.dlq_topic, settings.stats_topic):
+        if topic not in replication:
+            continue
+        weaker = []
+        if replication[topic] < settings.replication_factor:
+            weaker.append(f"replication factor {replication[topic]} (REPLICATION_FACTOR={settings.replication_factor})")
+        isr = configs.get(topic, {}).get("min.insync.replicas", "")
+        if isr.isdigit() and int(isr) < settings.min_isr:
+            weaker.append(f"min.insync.replicas {isr} (MIN_INSYNC_REPLICAS={settings.min_isr})")
+        if weaker:
+            warnings.append(
+                f"topic {topic} has {' and '.join(weaker)}: a broker failure may lose what it acknowledged; "
+                f"raise them with kafka-reassign-partitions.sh and kafka-configs.sh --alter --entity-type topics "
+                f"--entity-name {topic} --add-config min.insync.replicas={settings.min_isr}"
+            )
+    return warnings
 
 
 def stats_keys(settings: Settings, existing: Mapping[str, int]) -> StatsKeys:

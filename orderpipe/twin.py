@@ -56,6 +56,7 @@ class TwinCluster:
         self.session_timeout_s = session_timeout_s
         self.logs: dict[str, list[list[Entry]]] = {}
         self.configs: dict[str, dict[str, str]] = {}
+        self.replication: dict[str, int] = {}  # topics not listed have one replica
         self.groups: dict[str, Group] = {}
         self.transactions = TransactionCoordinator(self.clock, self.logs, self.groups, transaction_timeout_s)
         self.faults = Faults()
@@ -342,6 +343,11 @@ class TwinEdge(_TwinProducer):
         self._check("create_topics")
         for spec in specs:
             self._cluster.create_topic(spec.name, spec.partitions, spec.config)
+            self._cluster.replication[spec.name] = spec.replication_factor
+
+    def replication_factors(self) -> dict[str, int]:
+        self._check("replication_factors")
+        return {name: self._cluster.replication.get(name, 1) for name in self._cluster.logs}
 
     def topic_configs(self, names: Sequence[str]) -> dict[str, dict[str, str]]:
         self._check("topic_configs")

@@ -9,6 +9,8 @@
 #
 # Usage: scripts/broker.sh up | down | status
 #        scripts/broker.sh secure up | down | status   (the secured broker: scripts/secure_broker.sh)
+#        scripts/broker.sh cluster up | down | status | kill N | start N | wipe
+#                                                       (three nodes: scripts/cluster_broker.sh)
 #   BROKER_MODE=docker|local forces one way of running them (default: auto).
 set -euo pipefail
 
@@ -248,6 +250,8 @@ if [ "${BASH_SOURCE[0]}" = "$0" ]; then
     down) cmd_down ;;
     status) cmd_status ;;
     secure) shift; exec "$ROOT/scripts/secure_broker.sh" "$@" ;;
-    *) say "Usage: scripts/broker.sh up | down | status, or scripts/broker.sh secure up | down | status"; exit 2 ;;
+    cluster) shift; exec "$ROOT/scripts/cluster_broker.sh" "$@" ;;
+    *) say "Usage: scripts/broker.sh up | down | status, scripts/broker.sh secure up | down | status,"
+       say "       or scripts/broker.sh cluster up | down | status | kill N | start N | wipe"; exit 2 ;;
   esac
 fi

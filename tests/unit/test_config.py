@@ -8,6 +8,7 @@ import pytest
 
 from config import ENV_NAMES, Settings, load_settings
 from orderpipe.errors import ConfigError
+from orderpipe.settings import build_settings
 
 
 @pytest.fixture
@@ -40,7 +41,8 @@ def test_flag_beats_environment_beats_dotenv_beats_default(env_file: Path) -> No
 def test_every_variable_of_the_contract_is_read() -> None:
     assert set(ENV_NAMES) == {
         "KAFKA_BOOTSTRAP_SERVERS", "SCHEMA_REGISTRY_URL", "ORDERS_TOPIC", "RETRY_TOPIC", "DLQ_TOPIC",
-        "STATS_TOPIC", "CONSUMER_GROUP", "ORDERS_PARTITIONS", "REPLICATION_FACTOR", "MAX_RETRIES",
+        "STATS_TOPIC", "CONSUMER_GROUP", "ORDERS_PARTITIONS", "REPLICATION_FACTOR", "MIN_INSYNC_REPLICAS",
+        "MAX_RETRIES",
         "RETRY_BACKOFF_MS", "RETRY_BACKOFF_MAX_MS", "MAX_ORDER_PRICE", "KAFKA_SECURITY_PROTOCOL",
         "KAFKA_SASL_MECHANISM", "KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD", "KAFKA_SSL_CA_LOCATION",
         "KAFKA_SSL_CERTIFICATE_LOCATION", "KAFKA_SSL_KEY_LOCATION", "KAFKA_SSL_KEY_PASSWORD",
@@ -229,3 +231,14 @@ def test_settings_that_only_work_together_are_named(environ: dict[str, str], pro
     with pytest.raises(ConfigError, match=re.escape(problem)) as caught:
         load_settings(environ=environ, env_file=None)
     assert "s3cret" not in str(caught.value)
+
+
+def test_min_insync_replicas_follows_the_replication_factor_unless_given() -> None:
+    assert build_settings({}).min_isr == 1
+    assert build_settings({"REPLICATION_FACTOR": "3"}).min_isr == 2
+    assert build_settings({"REPLICATION_FACTOR": "3", "MIN_INSYNC_REPLICAS": ""}).min_isr == 2
+    assert build_settings({"REPLICATION_FACTOR": "5", "MIN_INSYNC_REPLICAS": "3"}).min_isr == 3
+    with pytest.raises(ConfigError, match=r"MIN_INSYNC_REPLICAS must be at most REPLICATION_FACTOR \(1\)"):
+        build_settings({"MIN_INSYNC_REPLICAS": "2"})
+    with pytest.raises(ConfigError, match="MIN_INSYNC_REPLICAS must be a whole number from 1 to 32, or empty"):
+        build_settings({"MIN_INSYNC_REPLICAS": "two"})

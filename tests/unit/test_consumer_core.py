@@ -18,7 +18,7 @@ from orderpipe.retry_scheduler import RetryScheduler
 from orderpipe.routing import BatchPlan, DeadLetter, Deferred, Incoming, Processed, Retry
 from orderpipe.settings import Settings
 from orderpipe.stats import Latest, StatsKeys, StatsTable
-from orderpipe.topics import STATS_TOPIC_CONFIG, missing_topics
+from orderpipe.topics import STATS_TOPIC_CONFIG, missing_topics, weak_topics
 from orderpipe.twin_parts import VirtualClock
 
 TOPICS = OutputTopics("orders-retry", "orders-dlq", "orders-stats", "g")
@@ -114,8 +114,8 @@ def test_the_hold_pauses_what_is_read_and_seeks_back_to_what_it_dropped() -> Non
 def test_missing_topics_keep_the_partition_count_orders_really_has() -> None:
     settings = Settings(orders_partitions=3, replication_factor=1)
     assert missing_topics(settings, {"orders": 6, "orders-dlq": 6}) == [
-        TopicSpec("orders-retry", 6, 1),
-        TopicSpec("orders-stats", 1, 1, STATS_TOPIC_CONFIG),
+        TopicSpec("orders-retry", 6, 1, {"min.insync.replicas": "1"}),
+        TopicSpec("orders-stats", 1, 1, {**STATS_TOPIC_CONFIG, "min.insync.replicas": "1"}),
     ]
     assert [spec.partitions for spec in missing_topics(settings, {})] == [3, 3, 3, 1]
 
@@ -292,3 +292,15 @@ def test_a_catch_up_that_stops_moving_fails_after_the_limit() -> None:
     with pytest.raises(BrokerUnavailableError, match="end of the stats topic"):
         ten_seconds_on()
     assert stats.position() == 30
+
+
+def test_topics_less_durable_than_the_settings_ask_for_are_named() -> None:
+    settings = Settings(replication_factor=3)
+    replication = {"orders": 3, "orders-retry": 1, "orders-dlq": 3, "orders-stats": 3}
+    configs = {"orders": {"min.insync.replicas": "1"}, "orders-dlq": {"min.insync.replicas": "2"}}
+    warnings = weak_topics(settings, replication, configs)
+    assert len(warnings) == 2
+    assert warnings[0].startswith("topic orders has min.insync.replicas 1 (MIN_INSYNC_REPLICAS=2)")
+    assert warnings[1].startswith("topic orders-retry has replication factor 1 (REPLICATION_FACTOR=3)")
+    assert weak_topics(Settings(), {"orders": 1}, {}) == []
+    assert all(spec.config["min.insync.replicas"] == "2" for spec in missing_topics(settings, {}))
