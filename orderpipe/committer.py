@@ -91,7 +91,7 @@ class TransactionalCommitter:
             self._edge.init_transactions()
         except KafkaCallError as exc:
             if exc.fatal:
-                raise FatalKafkaError(self._fatal_sentence(exc)) from exc
+                raise FatalKafkaError(self._fatal_sentence(exc), fenced=exc.fenced) from exc
             raise BrokerUnavailableError(f"could not start transactions as {self._id}: {exc}") from exc
 
     def begin(self, effects: BatchEffects) -> None:
@@ -120,7 +120,7 @@ class TransactionalCommitter:
                 return self._begin_abort(f"transaction aborted: {exc}", now)
             except KafkaCallError as exc:
                 if exc.fatal:
-                    raise FatalKafkaError(self._fatal_sentence(exc)) from exc
+                    raise FatalKafkaError(self._fatal_sentence(exc), fenced=exc.fenced) from exc
                 if exc.retriable and not exc.abortable and what != "produce":
                     if self._attempt == 0:
                         self._deadline = now + RETRY_WINDOW_S
@@ -152,7 +152,7 @@ class TransactionalCommitter:
             self._edge.abort_transaction()
         except KafkaCallError as exc:
             if exc.fatal:
-                raise FatalKafkaError(self._fatal_sentence(exc)) from exc
+                raise FatalKafkaError(self._fatal_sentence(exc), fenced=exc.fenced) from exc
             if exc.retriable and now < self._deadline:
                 return self._wait("abort the transaction", exc, now)
             raise FatalKafkaError(f"could not abort the transaction of {self._id}: {exc}") from exc
@@ -162,8 +162,8 @@ class TransactionalCommitter:
     def _fatal_sentence(self, exc: KafkaCallError) -> str:
         if exc.fenced:
             return (
-                f"another consumer started with transactional id {self._id} and fenced this one, "
-                f"so this one stops to keep processing exactly-once ({exc})"
+                f"transactional id {self._id} was fenced: another consumer started with it, or the transaction "
+                f"coordinator aborted a transaction that ran out of time while a broker failed ({exc})"
             )
         return f"Kafka reported a fatal transaction error for {self._id}: {exc}"
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from orderpipe.console import Console
 from orderpipe.consumer_loop import ConsumerLoop
 from orderpipe.edge import EdgeOpener, EdgeOptions, KafkaEdge
 from orderpipe.effects import OutputTopics
-from orderpipe.errors import ConfigError
+from orderpipe.errors import ConfigError, FatalKafkaError
 from orderpipe.instance import claim_slot
 from orderpipe.kafka_edge import open_kafka_edge
 from orderpipe.latency import LatencyHistogram
@@ -48,6 +49,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+# A consumer fenced this many times within this many seconds stops (see _fenced_again).
+MAX_FENCES, FENCE_WINDOW_S = 3, 300.0
 
 # The work done for a valid order after validation (a simulated downstream call in
 # this project); raising any exception makes the order a transient failure.
@@ -162,11 +166,36 @@ class OrderConsumer:
             DeliveryError: at-least-once only, a retry or DLQ record was not
                 acknowledged (its batch was not committed).
         """
-        with self.open() as loop:
-            # Taken before closing: closing revokes the partitions and drops their state from memory.
-            self.summary.average = loop.run(stop)
+        fences: deque[float] = deque()
+        while True:
+            try:
+                with self.open() as loop:
+                    # Taken before closing: closing revokes the partitions and drops their state from memory.
+                    self.summary.average = loop.run(stop)
+                break
+            except FatalKafkaError as exc:
+                if not exc.fenced or stop.is_set() or not self._fenced_again(fences):
+                    raise
+                log.warning("⚠ %s; starting again from the last commit", exc)
         self._reporter.final()
         return self.summary
+
+    def _fenced_again(self, fences: deque[float]) -> bool:
+        """Whether to start again after a fence: yes, unless it is the MAX_FENCES-th within FENCE_WINDOW_S.
+
+        The instance slot makes this process the only one with its transactional id
+        on this machine, so a fence most likely came from the transaction coordinator:
+        it aborts a transaction that outlives transaction.timeout.ms (a broker failed
+        under it) by bumping the producer's epoch. Starting again (new clients, the
+        same id, state restored from the last commit) is what a restart would do. Two
+        processes sharing an id (two machines with one host name) would fence each
+        other in turn: they stop after a few rounds.
+        """
+        now = self._clock.monotonic()
+        while fences and now - fences[0] > FENCE_WINDOW_S:
+            fences.popleft()
+        fences.append(now)
+        return len(fences) < MAX_FENCES
 
     @contextmanager
     def open(self) -> Iterator[ConsumerLoop]:

@@ -149,6 +149,9 @@ class ConsumerLoop:
                 self._restorer.start()
                 self._assigned_once, self._last_activity = True, self._clock.monotonic()
                 continue
+            # A rebalance (or partitions lost when the group coordinator was away) is
+            # activity: the idle limit counts again from here, while the group settles.
+            self._last_activity = self._clock.monotonic()
             self._ownership.revoked(event.partitions)
             self._rewrite.difference_update(event.partitions)
             for tp in event.partitions:
@@ -206,6 +209,8 @@ class ConsumerLoop:
             return
         effects, self._effects = self._effects, None
         assert effects is not None
+        # The time a commit waited (a coordinator or leader away) is not idle time.
+        self._last_activity = self._clock.monotonic()
         resume, seeks = self._hold.end()
         pause: set[TP] = set()
         if progress is Progress.COMMITTED:

@@ -74,7 +74,15 @@ class DeliveryError(OrderPipeError):
 
 
 class FatalKafkaError(OrderPipeError):
-    """Kafka reported an error the client cannot recover from (for example, fenced by a newer instance)."""
+    """Kafka reported an error the client cannot recover from (for example, fenced by a newer instance).
+
+    `fenced`: the transactional producer's epoch was taken over, by a newer instance
+    or by the transaction coordinator aborting a transaction that ran out of time.
+    """
+
+    def __init__(self, message: str, *, fenced: bool = False) -> None:
+        super().__init__(message)
+        self.fenced = fenced
 
 
 class KafkaCallError(OrderPipeError):

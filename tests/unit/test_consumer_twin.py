@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import pytest
 
-from orderpipe.consumer_app import AT_LEAST_ONCE, ConsumerOptions
+from orderpipe.consumer_app import AT_LEAST_ONCE, MAX_FENCES, ConsumerOptions
 from orderpipe.consumer_loop import ConsumerLoop
 from orderpipe.errors import FatalKafkaError
 from orderpipe.order import ValidOrder
@@ -194,7 +194,7 @@ def test_five_aborted_batches_in_a_row_stop_the_consumer() -> None:
     assert_exact(cluster)
 
 
-def test_a_fenced_producer_stops_with_one_sentence_and_the_newer_one_finishes() -> None:
+def test_a_fenced_loop_stops_with_one_sentence_and_the_newer_one_finishes() -> None:
     cluster = new_cluster()
     produce_orders(cluster, 40, seed=16)
     old = twin_consumer(cluster, seed=16).consumer.open()
@@ -203,7 +203,7 @@ def test_a_fenced_producer_stops_with_one_sentence_and_the_newer_one_finishes() 
     newer = twin_consumer(cluster, seed=16)  # the same transactional id: a second process on one slot
     with newer.consumer.open() as new_loop:
         produce_orders(cluster, 20, seed=17)
-        with pytest.raises(FatalKafkaError, match="fenced this one") as fenced:
+        with pytest.raises(FatalKafkaError, match="was fenced") as fenced:
             turns(old_loop, 50, new_loop)
         old.__exit__(FatalKafkaError, fenced.value, None)  # the fenced process exits, leaving the group
         while new_loop.turn():
@@ -453,4 +453,44 @@ def test_a_member_killed_during_a_rebalance_is_evicted_after_the_session_timeout
         while loop_a.turn():  # the rebalance waits for the dead member until its session times out
             pass
     assert second.decisions, "the second consumer had partitions before it died"
+    assert_exact(cluster)
+
+
+def test_a_consumer_fenced_by_its_coordinator_starts_again_from_the_last_commit() -> None:
+    """A transaction the coordinator aborted (a broker failed under it) fences the producer: start again."""
+    cluster = new_cluster()
+    produce_orders(cluster, 60, seed=40)
+    cluster.faults.fail("commit_transaction", "fenced")
+    run(twin_consumer(cluster, seed=40))
+    assert_exact(cluster)
+
+
+def test_a_consumer_fenced_again_and_again_stops() -> None:
+    cluster = new_cluster()
+    produce_orders(cluster, 60, seed=41)
+    cluster.faults.fail("commit_transaction", "fenced", times=MAX_FENCES)
+    with pytest.raises(FatalKafkaError, match="was fenced"):
+        run(twin_consumer(cluster, seed=41))
+    run(twin_consumer(cluster, seed=41))
+    assert_exact(cluster)
+
+
+def test_the_idle_limit_counts_from_the_end_of_a_commit_that_waited() -> None:
+    """Waiting for a coordinator or a leader that is away is not idleness.
+
+    After a long wait, the partitions read again (a seek, a rejoin) may take a while
+    to deliver: the idle limit gives them its whole length from the end of the wait.
+    """
+    cluster = new_cluster()
+    produce_orders(cluster, 40, seed=42)
+    cluster.faults.fail("commit_transaction", "retriable", times=8)
+    twin = twin_consumer(cluster, seed=42, options=ConsumerOptions(idle_exit_s=2.0))
+    with twin.consumer.open() as loop:
+        while loop.turn() and twin.consumer.summary.processed == 0:
+            pass
+        committed_at = cluster.clock.now
+        while loop.turn():
+            pass
+    assert committed_at > 2.0, "the commit waited longer than the idle limit"
+    assert cluster.clock.now >= committed_at + 2.0
     assert_exact(cluster)
