@@ -50,7 +50,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# A consumer fenced this many times within this many seconds stops (see _fenced_again).
+# A consumer whose transactions failed for good this many times within this many
+# seconds stops (see _start_again).
 MAX_FENCES, FENCE_WINDOW_S = 3, 300.0
 
 # The work done for a valid order after validation (a simulated downstream call in
@@ -174,20 +175,22 @@ class OrderConsumer:
                     self.summary.average = loop.run(stop)
                 break
             except FatalKafkaError as exc:
-                if not exc.fenced or stop.is_set() or not self._fenced_again(fences):
+                if not exc.restartable or stop.is_set() or not self._start_again(fences):
                     raise
                 log.warning("⚠ %s; starting again from the last commit", exc)
         self._reporter.final()
         return self.summary
 
-    def _fenced_again(self, fences: deque[float]) -> bool:
-        """Whether to start again after a fence: yes, unless it is the MAX_FENCES-th within FENCE_WINDOW_S.
+    def _start_again(self, fences: deque[float]) -> bool:
+        """Whether to start again after a fatal transaction error: yes, unless it is the
+        MAX_FENCES-th within FENCE_WINDOW_S.
 
         The instance slot makes this process the only one with its transactional id
         on this machine, so a fence most likely came from the transaction coordinator:
         it aborts a transaction that outlives transaction.timeout.ms (a broker failed
-        under it) by bumping the producer's epoch. Starting again (new clients, the
-        same id, state restored from the last commit) is what a restart would do. Two
+        under it) by bumping the producer's epoch, and may then refuse the producer's
+        next step as out of state. Starting again (new clients, the same id, state
+        restored from the last commit) is what a supervisor's restart would do. Two
         processes sharing an id (two machines with one host name) would fence each
         other in turn: they stop after a few rounds.
         """

@@ -76,13 +76,16 @@ class DeliveryError(OrderPipeError):
 class FatalKafkaError(OrderPipeError):
     """Kafka reported an error the client cannot recover from (for example, fenced by a newer instance).
 
-    `fenced`: the transactional producer's epoch was taken over, by a newer instance
-    or by the transaction coordinator aborting a transaction that ran out of time.
+    `restartable`: the transactional producer failed for good, but new clients with
+    the same transactional id may go on from the last commit. librdkafka reports so
+    when its epoch was taken over (fenced by a newer instance, or by the transaction
+    coordinator aborting a transaction that outlived a broker failure) or when the
+    coordinator refuses the transaction's state after such an abort.
     """
 
-    def __init__(self, message: str, *, fenced: bool = False) -> None:
+    def __init__(self, message: str, *, restartable: bool = False) -> None:
         super().__init__(message)
-        self.fenced = fenced
+        self.restartable = restartable
 
 
 class KafkaCallError(OrderPipeError):

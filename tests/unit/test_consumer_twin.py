@@ -171,12 +171,12 @@ def test_a_retriable_step_is_tried_again_while_the_loop_keeps_polling() -> None:
     assert_exact(cluster)
 
 
-def test_a_commit_whose_outcome_stays_unknown_stops_the_consumer_and_a_restart_settles_it() -> None:
+def test_a_commit_whose_outcome_stays_unknown_restarts_the_edge_then_stops_and_a_restart_settles_it() -> None:
     cluster = new_cluster()
     cluster.transactions.timeout_s = 600  # longer than the commit is tried, so the restart finds it open
     produce_orders(cluster, 30, seed=14)
     cluster.faults.fail("commit_transaction", "retriable", times=1_000)  # more than 60 s of backoffs
-    with pytest.raises(FatalKafkaError, match=r"a restart with transactional id \S+ settles it"):
+    with pytest.raises(FatalKafkaError, match=r"new clients with transactional id \S+ settle it"):
         run(twin_consumer(cluster, seed=14))
     assert cluster.transactions.open_count() == 1
     cluster.faults.clear()
