@@ -153,6 +153,8 @@ class ConsumerLoop:
             # activity: the idle limit counts again from here, while the group settles.
             self._last_activity = self._clock.monotonic()
             self._ownership.revoked(event.partitions)
+            if not self._ownership.states:  # all lost: joining again gets the same grace as the first join
+                self._assigned_once = False
             self._rewrite.difference_update(event.partitions)
             for tp in event.partitions:
                 self._refetching.pop(tp, None)
