@@ -1,0 +1,69 @@
+"""The local three-node cluster as the failure tests see it (`scripts/broker.sh cluster up`).
+
+Nodes are killed with SIGKILL and started again with their data through the same
+script a person would use. Which node to kill is found as Kafka finds it: the leader
+of most `orders` partitions from the metadata, and a transaction coordinator as the
+leader of the `__transaction_state` partition its transactional id hashes to.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+
+from confluent_kafka.admin import AdminClient
+
+ROOT = Path(__file__).resolve().parents[2]
+BOOTSTRAP = "127.0.0.1:29091,127.0.0.1:29092,127.0.0.1:29093"
+START_HINT = "start it with 'scripts/broker.sh cluster up' (scripts/test.sh does it for you)"
+TRANSACTION_STATE_PARTITIONS = 50  # the broker's transaction.state.log.num.partitions
+
+
+def cluster_script(*args: str) -> None:
+    """scripts/broker.sh cluster ARGS, failing the test if it fails."""
+    script = [str(ROOT / "scripts" / "broker.sh"), "cluster", *args]
+    result = subprocess.run(script, capture_output=True, text=True, timeout=180, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def admin() -> AdminClient:
+    return AdminClient({"bootstrap.servers": BOOTSTRAP})
+
+
+def leaders(topic: str) -> Counter[int]:
+    """How many partitions of `topic` each node leads."""
+    metadata = admin().list_topics(topic, timeout=10).topics[topic]
+    return Counter(p.leader for p in metadata.partitions.values() if p.leader >= 0)
+
+
+def _java_hash(text: str) -> int:
+    h = 0
+    for char in text:
+        h = (31 * h + ord(char)) & 0xFFFFFFFF
+    return h
+
+
+def transaction_coordinator(transactional_id: str) -> int:
+    """The node that coordinates a transactional id's transactions (Kafka: abs(hashCode) % partitions)."""
+    partition = (_java_hash(transactional_id) & 0x7FFFFFFF) % TRANSACTION_STATE_PARTITIONS
+    metadata = admin().list_topics("__transaction_state", timeout=10).topics["__transaction_state"]
+    return int(metadata.partitions[partition].leader)
+
+
+def wait_until_in_sync(topics: list[str], replicas: int = 3, timeout: float = 120) -> None:
+    """Waits until every partition of `topics` has all its replicas in sync again."""
+    deadline = time.monotonic() + timeout
+    while True:
+        metadata = admin().list_topics(timeout=10).topics
+        behind = [
+            f"{t}-{p}"
+            for t in topics
+            for p, m in metadata[t].partitions.items()
+            if len(m.isrs) < replicas or m.leader < 0
+        ]
+        if not behind:
+            return
+        assert time.monotonic() < deadline, f"not back in sync within {timeout}s: {behind}"
+        time.sleep(0.5)
