@@ -9,6 +9,7 @@ confluent-kafka one by default, the in-memory twin (`orderpipe.twin`) in unit te
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 from collections import deque
@@ -178,6 +179,11 @@ class OrderConsumer:
                 if not exc.restartable or stop.is_set() or not self._start_again(fences):
                     raise
                 log.warning("⚠ %s; starting again from the last commit", exc)
+            # The old clients hold callbacks that hold the edge: a cycle only the garbage
+            # collector frees. Freed here, on this thread: a collection that happened to
+            # run inside one of librdkafka's callbacks would destroy a client from within
+            # its own thread, which librdkafka does not survive.
+            gc.collect()
         self._reporter.final()
         return self.summary
 

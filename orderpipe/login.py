@@ -131,7 +131,8 @@ class LoginWatch:
     """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        # Re-entrant: a client destroyed while a report is being judged reports its last words.
+        self._lock = threading.RLock()
         self._login: Credentials | None = None
         self._verdict: str | None = None
         self._closed_at_first_request: dict[str, int] = {}

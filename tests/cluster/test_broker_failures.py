@@ -61,6 +61,11 @@ def _audit(pipeline: Pipeline) -> Audit:
     return audit_topics(lambda topic: read_topic(BOOTSTRAP, topic), pipeline.settings)
 
 
+def _errors(program: Output) -> str:
+    assert program.process.stderr is not None
+    return program.process.stderr.read()[-5000:]
+
+
 def _bounce(node: int) -> None:
     """SIGKILL a node, leave it down DOWN_S, start it again with its data."""
     cluster_script("kill", str(node))
@@ -80,9 +85,9 @@ def _run_under(pipeline: Pipeline, failures: Callable[[str], None]) -> tuple[str
     time.sleep(5)  # let the run get going before the first failure
     failures(transactional_id.group(1))
     produced, consumed = producer.text(timeout=300), consumer.text(timeout=300)
-    assert producer.process.returncode == 0, produced
+    assert producer.process.returncode == 0, produced + _errors(producer)
     assert f"delivered {ORDERS}, failed 0" in produced
-    assert consumer.process.returncode == 0, consumed
+    assert consumer.process.returncode == 0, consumed + _errors(consumer)
     wait_until_in_sync([pipeline.settings.orders_topic])
     return produced, consumed, _audit(pipeline)
 
