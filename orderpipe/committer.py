@@ -91,7 +91,7 @@ class TransactionalCommitter:
             self._edge.init_transactions()
         except KafkaCallError as exc:
             if exc.fatal:
-                raise FatalKafkaError(self._fatal_sentence(exc), restartable=True) from exc
+                raise FatalKafkaError(self._fatal_sentence(exc)) from exc
             raise BrokerUnavailableError(f"could not start transactions as {self._id}: {exc}") from exc
 
     def begin(self, effects: BatchEffects) -> None:
@@ -120,7 +120,7 @@ class TransactionalCommitter:
                 return self._begin_abort(f"transaction aborted: {exc}", now)
             except KafkaCallError as exc:
                 if exc.fatal:
-                    raise FatalKafkaError(self._fatal_sentence(exc), restartable=True) from exc
+                    raise FatalKafkaError(self._fatal_sentence(exc)) from exc
                 if exc.retriable and not exc.abortable and what != "produce":
                     if self._attempt == 0:
                         self._deadline = now + RETRY_WINDOW_S
@@ -128,9 +128,8 @@ class TransactionalCommitter:
                         return self._wait(what, exc, now)
                     if what == "commit the transaction":
                         raise FatalKafkaError(
-                            f"could not commit the transaction within {RETRY_WINDOW_S:g}s ({exc}); new clients "
-                            f"with transactional id {self._id} settle it",
-                            restartable=True,
+                            f"could not commit the transaction within {RETRY_WINDOW_S:g}s ({exc}); stopping, so "
+                            f"that a restart with transactional id {self._id} settles it"
                         ) from exc
                 self.transient = exc.retriable or exc.code in TRANSIENT_CODES
                 return self._begin_abort(f"could not {what}, so the transaction was aborted ({exc})", now)
@@ -153,10 +152,10 @@ class TransactionalCommitter:
             self._edge.abort_transaction()
         except KafkaCallError as exc:
             if exc.fatal:
-                raise FatalKafkaError(self._fatal_sentence(exc), restartable=True) from exc
+                raise FatalKafkaError(self._fatal_sentence(exc)) from exc
             if exc.retriable and now < self._deadline:
                 return self._wait("abort the transaction", exc, now)
-            raise FatalKafkaError(f"could not abort the transaction of {self._id}: {exc}", restartable=True) from exc
+            raise FatalKafkaError(f"could not abort the transaction of {self._id}: {exc}") from exc
         self._steps = []
         return Progress.ABORTED
 
@@ -164,7 +163,8 @@ class TransactionalCommitter:
         if exc.fenced:
             return (
                 f"transactional id {self._id} was fenced: another consumer started with it, or the transaction "
-                f"coordinator aborted a transaction that ran out of time while a broker failed ({exc})"
+                f"coordinator aborted a transaction that ran out of time while a broker failed; stopping, so that "
+                f"a restart with the same id goes on from the last commit ({exc})"
             )
         return f"Kafka reported a fatal transaction error for {self._id}: {exc}"
 

@@ -9,10 +9,8 @@ confluent-kafka one by default, the in-memory twin (`orderpipe.twin`) in unit te
 
 from __future__ import annotations
 
-import gc
 import logging
 import threading
-from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
@@ -26,7 +24,7 @@ from orderpipe.console import Console
 from orderpipe.consumer_loop import ConsumerLoop
 from orderpipe.edge import EdgeOpener, EdgeOptions, KafkaEdge
 from orderpipe.effects import OutputTopics
-from orderpipe.errors import ConfigError, FatalKafkaError
+from orderpipe.errors import ConfigError
 from orderpipe.instance import claim_slot
 from orderpipe.kafka_edge import open_kafka_edge
 from orderpipe.latency import LatencyHistogram
@@ -50,10 +48,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-# A consumer whose transactions failed for good this many times within this many
-# seconds stops (see _start_again).
-MAX_FENCES, FENCE_WINDOW_S = 3, 300.0
 
 # The work done for a valid order after validation (a simulated downstream call in
 # this project); raising any exception makes the order a transient failure.
@@ -168,43 +162,11 @@ class OrderConsumer:
             DeliveryError: at-least-once only, a retry or DLQ record was not
                 acknowledged (its batch was not committed).
         """
-        fences: deque[float] = deque()
-        while True:
-            try:
-                with self.open() as loop:
-                    # Taken before closing: closing revokes the partitions and drops their state from memory.
-                    self.summary.average = loop.run(stop)
-                break
-            except FatalKafkaError as exc:
-                if not exc.restartable or stop.is_set() or not self._start_again(fences):
-                    raise
-                log.warning("⚠ %s; starting again from the last commit", exc)
-            # The old clients hold callbacks that hold the edge: a cycle only the garbage
-            # collector frees. Freed here, on this thread: a collection that happened to
-            # run inside one of librdkafka's callbacks would destroy a client from within
-            # its own thread, which librdkafka does not survive.
-            gc.collect()
+        with self.open() as loop:
+            # Taken before closing: closing revokes the partitions and drops their state from memory.
+            self.summary.average = loop.run(stop)
         self._reporter.final()
         return self.summary
-
-    def _start_again(self, fences: deque[float]) -> bool:
-        """Whether to start again after a fatal transaction error: yes, unless it is the
-        MAX_FENCES-th within FENCE_WINDOW_S.
-
-        The instance slot makes this process the only one with its transactional id
-        on this machine, so a fence most likely came from the transaction coordinator:
-        it aborts a transaction that outlives transaction.timeout.ms (a broker failed
-        under it) by bumping the producer's epoch, and may then refuse the producer's
-        next step as out of state. Starting again (new clients, the same id, state
-        restored from the last commit) is what a supervisor's restart would do. Two
-        processes sharing an id (two machines with one host name) would fence each
-        other in turn: they stop after a few rounds.
-        """
-        now = self._clock.monotonic()
-        while fences and now - fences[0] > FENCE_WINDOW_S:
-            fences.popleft()
-        fences.append(now)
-        return len(fences) < MAX_FENCES
 
     @contextmanager
     def open(self) -> Iterator[ConsumerLoop]:

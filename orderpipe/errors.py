@@ -74,18 +74,7 @@ class DeliveryError(OrderPipeError):
 
 
 class FatalKafkaError(OrderPipeError):
-    """Kafka reported an error the client cannot recover from (for example, fenced by a newer instance).
-
-    `restartable`: the transactional producer failed for good, but new clients with
-    the same transactional id may go on from the last commit. librdkafka reports so
-    when its epoch was taken over (fenced by a newer instance, or by the transaction
-    coordinator aborting a transaction that outlived a broker failure) or when the
-    coordinator refuses the transaction's state after such an abort.
-    """
-
-    def __init__(self, message: str, *, restartable: bool = False) -> None:
-        super().__init__(message)
-        self.restartable = restartable
+    """Kafka reported an error the client cannot recover from (for example, fenced by a newer instance)."""
 
 
 class KafkaCallError(OrderPipeError):

@@ -4,12 +4,15 @@ Replication 3 and min ISR 2. The producer sends at a steady rate while the
 exactly-once consumer runs; nodes are killed with SIGKILL and started again with
 their data; afterwards an independent audit of the topics (tests/audit.py) must find
 every valid order counted once, every invalid one dead-lettered once and nothing
-written twice. Marked `cluster`: run them with `pytest -m cluster`.
+written twice. The consumer runs under a supervisor that starts it again when it
+stops with exit code 1 (fenced, or a call stuck past its deadline), as a service
+manager would. Marked `cluster`: run them with `pytest -m cluster`.
 """
 
 from __future__ import annotations
 
 import re
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -73,23 +76,55 @@ def _bounce(node: int) -> None:
     cluster_script("start", str(node))
 
 
-def _run_under(pipeline: Pipeline, failures: Callable[[str], None]) -> tuple[str, str, Audit]:
-    """Consumer and producer running while `failures(transactional_id)` kills nodes; their outputs and the audit."""
-    consumer = Output(pipeline.popen("consumer.py", "--idle-exit", "15", "--failure-rate", "0.05", "--quiet"))
-    consumer.wait_for_line("Consuming")
-    transactional_id = re.search(r"transactional id (\S+)\)", "".join(consumer.lines))
+class Supervised:
+    """The consumer under a supervisor, as systemd's Restart=on-failure runs it: started again after a failure.
+
+    The consumer stops with a sentence and exit code 1 when Kafka fences its
+    transactional id or a call stays stuck past its deadline; a restart with the
+    same id goes on from the last commit (DESIGN: exactly-once across restarts).
+    """
+
+    MAX_RESTARTS = 5
+
+    def __init__(self, pipeline: Pipeline, *args: str) -> None:
+        self.failures: list[str] = []
+        self.last: Output = Output(pipeline.popen("consumer.py", *args))
+        self._pipeline, self._args = pipeline, args
+        self._thread = threading.Thread(target=self._supervise, daemon=True)
+        self._thread.start()
+
+    def _supervise(self) -> None:
+        while True:
+            self.last.text(timeout=600)
+            if self.last.process.returncode != 1 or len(self.failures) >= self.MAX_RESTARTS:
+                return
+            self.failures.append(_errors(self.last).strip().splitlines()[-1])
+            self.last = Output(self._pipeline.popen("consumer.py", *self._args))
+
+    def wait(self, timeout: float) -> Output:
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), "the supervised consumer did not finish"
+        return self.last
+
+
+def _run_under(pipeline: Pipeline, failures: Callable[[str], None]) -> tuple[Supervised, Audit]:
+    """Consumer (supervised) and producer running while `failures(transactional_id)` kills nodes; the audit after."""
+    consumer = Supervised(pipeline, "--idle-exit", "15", "--failure-rate", "0.05", "--quiet")
+    consumer.last.wait_for_line("Consuming")
+    transactional_id = re.search(r"transactional id (\S+)\)", "".join(consumer.last.lines))
     assert transactional_id is not None
     producer = Output(
         pipeline.popen("producer.py", "--count", str(ORDERS), "--rate", str(RATE), "--invalid-rate", "0.05", "--quiet")
     )
     time.sleep(5)  # let the run get going before the first failure
     failures(transactional_id.group(1))
-    produced, consumed = producer.text(timeout=300), consumer.text(timeout=300)
+    produced = producer.text(timeout=300)
     assert producer.process.returncode == 0, produced + _errors(producer)
     assert f"delivered {ORDERS}, failed 0" in produced
-    assert consumer.process.returncode == 0, consumed + _errors(consumer)
+    last = consumer.wait(timeout=600)
+    assert last.process.returncode == 0, last.text() + _errors(last)
     wait_until_in_sync([pipeline.settings.orders_topic])
-    return produced, consumed, _audit(pipeline)
+    return consumer, _audit(pipeline)
 
 
 def test_the_leader_of_most_orders_partitions_then_the_transaction_coordinator_killed(cluster: str) -> None:
@@ -99,9 +134,9 @@ def test_the_leader_of_most_orders_partitions_then_the_transaction_coordinator_k
         _bounce(leaders(pipeline.settings.orders_topic).most_common(1)[0][0])
         _bounce(transaction_coordinator(transactional_id))
 
-    _, _, audit = _run_under(pipeline, failures)
+    consumer, audit = _run_under(pipeline, failures)
 
-    assert audit.exact, audit.describe()
+    assert audit.exact, f"{audit.describe()}; restarts after: {consumer.failures}"
     assert audit.orders == ORDERS
     assert audit.dlq_by_reason.get("validation", 0) == audit.invalid
 
@@ -114,9 +149,9 @@ def test_a_rolling_restart_of_all_three_nodes(cluster: str) -> None:
             _bounce(node)
             wait_until_in_sync([pipeline.settings.orders_topic])
 
-    _, _, audit = _run_under(pipeline, failures)
+    consumer, audit = _run_under(pipeline, failures)
 
-    assert audit.exact, audit.describe()
+    assert audit.exact, f"{audit.describe()}; restarts after: {consumer.failures}"
     assert audit.orders == ORDERS
 
 
