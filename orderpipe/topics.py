@@ -17,6 +17,7 @@ that size.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 
 from orderpipe.edge import TopicSpec
@@ -71,7 +72,8 @@ def weak_topics(
         if replication[topic] < settings.replication_factor:
             weaker.append(f"replication factor {replication[topic]} (REPLICATION_FACTOR={settings.replication_factor})")
         isr = configs.get(topic, {}).get("min.insync.replicas", "")
-        if isr.isdigit() and int(isr) < settings.min_isr:
+        # Kafka keeps it an int; anything else (or a number past any replica count) is not judged.
+        if re.fullmatch(r"[0-9]{1,3}", isr) and int(isr) < settings.min_isr:
             weaker.append(f"min.insync.replicas {isr} (MIN_INSYNC_REPLICAS={settings.min_isr})")
         if weaker:
             warnings.append(

@@ -303,4 +303,6 @@ def test_topics_less_durable_than_the_settings_ask_for_are_named() -> None:
     assert warnings[0].startswith("topic orders has min.insync.replicas 1 (MIN_INSYNC_REPLICAS=2)")
     assert warnings[1].startswith("topic orders-retry has replication factor 1 (REPLICATION_FACTOR=3)")
     assert weak_topics(Settings(), {"orders": 1}, {}) == []
+    for absurd in ("", "-1", "１", "9" * 5000, "2\n"):
+        assert weak_topics(settings, {"orders": 3}, {"orders": {"min.insync.replicas": absurd}}) == [], absurd
     assert all(spec.config["min.insync.replicas"] == "2" for spec in missing_topics(settings, {}))
