@@ -38,6 +38,7 @@ KEY_ID = "orderpipe-1"
 AUDIENCE = "orderpipe-kafka"
 TOKEN_LIFETIME_S = 3600
 PROXY_TIMEOUT_S = 30
+MAX_BODY = 1_000_000  # a registry request (a schema) is far smaller
 # Request headers the registry front door does not pass on: the credentials it checked,
 # and the hop-by-hop ones (it reads bodies by Content-Length and answers in full).
 NOT_FORWARDED = frozenset({"authorization", "host", "connection", "keep-alive", "transfer-encoding", "te", "upgrade"})
@@ -131,7 +132,10 @@ class _Quiet(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def body(self) -> bytes:
-        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        """The request body; a length that is not a number, or over MAX_BODY, reads nothing."""
+        length = self.headers.get("Content-Length") or "0"
+        size = int(length) if length.isascii() and length.isdigit() and len(length) < 10 else 0
+        return self.rfile.read(size) if size <= MAX_BODY else b""
 
 
 def token_handler(issuer: Issuer) -> type[BaseHTTPRequestHandler]:
