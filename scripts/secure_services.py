@@ -135,7 +135,10 @@ class _Quiet(BaseHTTPRequestHandler):
         """The request body; a length that is not a number, or over MAX_BODY, reads nothing."""
         length = self.headers.get("Content-Length") or "0"
         size = int(length) if length.isascii() and length.isdigit() and len(length) < 10 else 0
-        return self.rfile.read(size) if size <= MAX_BODY else b""
+        if size > MAX_BODY:
+            self.close_connection = True  # the unread body must not be taken for the next request
+            return b""
+        return self.rfile.read(size)
 
 
 def token_handler(issuer: Issuer) -> type[BaseHTTPRequestHandler]:
