@@ -1,7 +1,9 @@
 """Command lines of producer.py and consumer.py: flags, settings, signals, exit codes.
 
 Exit codes: 0 success; 1 runtime failure (broker or registry unreachable, records not
-delivered); 2 configuration problem (bad flag or setting), as argparse also uses.
+delivered); 2 configuration problem (bad flag or setting), as argparse also uses;
+3 (consumer) a Kafka call or the shutdown overran its limit and the watchdog ended
+the process (orderpipe.watchdog).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from orderpipe.money import RunningAverage
 from orderpipe.producer_app import ProducerOptions, run_producer
 from orderpipe.settings import ENV_NAMES, Settings
 from orderpipe.text import ScrubbedStream, Scrubber
+from orderpipe.watchdog import WATCHDOG, watching
 
 __all__ = ["LoadSettings", "consumer_main", "producer_main"]
 
@@ -314,7 +317,9 @@ def consumer_main(load_settings: LoadSettings, argv: Sequence[str] | None = None
             report_latency=args.report_latency,
         )
         downstream = simulated_outage(random.Random(args.seed), args.failure_rate)
-        with _stop_on_signals() as stop:
+        # From a stop signal on, the consumer has its transaction timeout to finish and close.
+        shutdown_limit_s = options.transaction_timeout_ms / 1000
+        with _stop_on_signals() as stop, watching(WATCHDOG, shutdown_limit_s):
             OrderConsumer(settings, options, Console(verbosity), downstream).run(stop)
         return 0
 

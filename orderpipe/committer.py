@@ -17,6 +17,9 @@ A commit is a small state machine the loop moves on with `advance`, never a wait
 
 A commit whose outcome stays unknown is never aborted: once its retry window closes
 the consumer stops, and its restart (same transactional id) settles it either way.
+While the cluster has fewer in-sync replicas than min.insync.replicas for a topic
+the transaction writes to, no restart could help: the loop's replica watch then
+keeps extending the window (`keep_waiting`), and the commit is waited out.
 """
 
 from __future__ import annotations
@@ -51,6 +54,14 @@ TRANSIENT_CODES = frozenset(
         "NOT_COORDINATOR",
         "COORDINATOR_NOT_AVAILABLE",
         "COORDINATOR_LOAD_IN_PROGRESS",
+        # Leadership moving, or too few in-sync replicas, while a broker is away.
+        "_MSG_TIMED_OUT",
+        "NOT_LEADER_OR_FOLLOWER",
+        "LEADER_NOT_AVAILABLE",
+        "FENCED_LEADER_EPOCH",
+        "UNKNOWN_LEADER_EPOCH",
+        "NOT_ENOUGH_REPLICAS",
+        "NOT_ENOUGH_REPLICAS_AFTER_APPEND",
     }
 )
 
@@ -76,6 +87,7 @@ class TransactionalCommitter:
         self._steps: list[tuple[str, Callable[[], None]]] = []
         self._attempt = 0
         self._deadline = 0.0
+        self.began_at = 0.0  # when the batch being committed was taken
         self.retry_at = 0.0
         self.aborting = ""  # why the transaction is being aborted; empty while it goes on
         self.transient = False  # the abort was caused by a slow or absent broker, not by the batch
@@ -104,6 +116,12 @@ class TransactionalCommitter:
             ("commit the transaction", edge.commit_transaction),
         ]
         self._attempt, self.retry_at, self.aborting, self.transient = 0, 0.0, "", False
+        self.began_at = self._clock.monotonic()
+
+    def keep_waiting(self) -> None:
+        """Extends the retry window of the step being tried again: Kafka cannot complete it yet, nor would a restart."""
+        if self._steps and self._attempt:
+            self._deadline = max(self._deadline, self._clock.monotonic() + RETRY_WINDOW_S)
 
     def advance(self) -> Progress:
         """Runs the batch's steps until one must wait, the transaction is aborted, or it is committed."""
@@ -174,6 +192,7 @@ class AtLeastOnceCommitter:
 
     mode = "at-least-once"
     pending = False
+    began_at = 0.0
     retry_at = 0.0
     aborting = ""
     transient = False
@@ -187,6 +206,9 @@ class AtLeastOnceCommitter:
 
     def begin(self, effects: BatchEffects) -> None:
         self._effects = effects
+
+    def keep_waiting(self) -> None:
+        """Nothing is tried again here: produce and flush wait within the call."""
 
     def advance(self) -> Progress:
         """Raises DeliveryError when a record was not acknowledged (the offsets are then not committed)."""

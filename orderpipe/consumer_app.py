@@ -30,6 +30,7 @@ from orderpipe.kafka_edge import open_kafka_edge
 from orderpipe.latency import LatencyHistogram
 from orderpipe.order import ValidOrder, validate
 from orderpipe.registry import RegistryLookup, connect_registry
+from orderpipe.replicas import ReplicaWatch, min_isr_of
 from orderpipe.reporting import ConsumerSummary, Reporter
 from orderpipe.routing import BatchPlan, Decision, Incoming, RetryPolicy, plan_batch
 from orderpipe.settings import Settings
@@ -65,10 +66,17 @@ LOOKUP_WAIT_S = 0.2
 
 
 class Topics(NamedTuple):
-    """What the consumer learnt of its topics at start: which stats keys are its group's, and the largest record."""
+    """What the consumer learnt of its topics at start.
+
+    Attributes:
+        stats_keys: which stats keys are its group's.
+        largest_record: the largest record its output topics take.
+        min_isr: the min.insync.replicas of each output topic.
+    """
 
     stats_keys: StatsKeys
     largest_record: int
+    min_isr: dict[str, int]
 
 
 @dataclass(frozen=True)
@@ -210,7 +218,11 @@ class OrderConsumer:
                 else AtLeastOnceCommitter(edge)
             )
             committer.start()
-            topics = Topics(stats_keys(settings, counts), largest_record(settings, configs))
+            topics = Topics(
+                stats_keys(settings, counts),
+                largest_record(settings, configs),
+                min_isr_of({t: configs.get(t, {}) for t in outputs}, settings.min_isr),
+            )
             loop = self._loop(edge, committer, OrderDecoder(load_order_schema(), lookup), lookup, topics)
             edge.subscribe((settings.orders_topic, settings.retry_topic))
             wire = f"schema registry at {settings.registry_address}" if lookup else "no schema registry"
@@ -243,6 +255,15 @@ class OrderConsumer:
                 lookup.resolve((i for r in records if (i := schema_id_of(r.value)) is not None), LOOKUP_WAIT_S)
             return plan_batch(records, now_ms, process, policy, topics.largest_record)
 
+        outputs = (settings.retry_topic, settings.dlq_topic, settings.stats_topic)
+        replicas = ReplicaWatch(
+            lambda: edge.in_sync_replicas(outputs),
+            topics.min_isr,
+            settings.min_isr,
+            doing="the consumer waits for its commit",
+            report=lambda line: log.warning("⚠ %s", line),
+            monotonic=self._clock.monotonic,
+        )
         return ConsumerLoop(
             edge,
             committer,
@@ -256,6 +277,7 @@ class OrderConsumer:
             interval_s=options.commit_interval_s,
             idle_exit_s=options.idle_exit_s,
             clock=self._clock,
+            replicas=replicas,
         )
 
 

@@ -29,6 +29,7 @@ from orderpipe.errors import FatalKafkaError
 from orderpipe.hold import Hold
 from orderpipe.money import RunningAverage
 from orderpipe.ownership import Ownership
+from orderpipe.replicas import ReplicaWatch
 from orderpipe.reporting import Reporter
 from orderpipe.retry_scheduler import RetryScheduler
 from orderpipe.routing import BatchPlan, Incoming
@@ -66,12 +67,14 @@ class ConsumerLoop:
         interval_s: float,
         idle_exit_s: float | None,
         clock: Clock,
+        replicas: ReplicaWatch | None = None,
     ) -> None:
         self._edge, self._committer, self._stats, self._reporter = edge, committer, stats, reporter
         self._decide = decide
         self._outputs = outputs
         self._batch_size, self._interval_s, self._idle_exit_s = batch_size, interval_s, idle_exit_s
         self._clock = clock
+        self._replicas = replicas
         self._ownership = Ownership()
         self._scheduler = RetryScheduler()
         self._hold = Hold()
@@ -109,6 +112,7 @@ class ConsumerLoop:
         self._stats.poll()  # before the restorer looks at how far the stats were read
         self._look_for_foreign_values()
         self._restorer.advance()
+        self._watch_replicas()
         if self._committer.pending:
             self._wait_for_commit()
             return True
@@ -133,6 +137,15 @@ class ConsumerLoop:
             return False
         self._reporter.periodic(now, self.group_total, edge.lag)
         return True
+
+    def _watch_replicas(self) -> None:
+        """While a commit waits, asks whether the cluster is below min ISR; if so, the commit is waited out."""
+        committer, replicas = self._committer, self._replicas
+        if replicas is None:
+            return
+        replicas.check(self._clock.monotonic() - committer.began_at if committer.pending else 0.0)
+        if replicas.below and committer.pending:
+            committer.keep_waiting()
 
     def _take(self, polled: Polled) -> list[Incoming]:
         if polled.events:

@@ -146,6 +146,10 @@ class KafkaEdge(Protocol):
         """The operations this principal may perform on the topics and the group (see orderpipe.acls)."""
         ...
 
+    def in_sync_replicas(self, topics: Sequence[str]) -> Pending[dict[TP, int]]:
+        """How many replicas of each partition of `topics` are in sync (orderpipe.replicas)."""
+        ...
+
     # The group consumer.
     def subscribe(self, topics: Sequence[str]) -> None: ...
 

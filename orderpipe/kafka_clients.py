@@ -35,11 +35,13 @@ __all__ = [
     "CONSUMER_FETCH_SETTINGS",
     "START_BROKER_HINT",
     "AdminAnswer",
+    "InSyncAnswer",
     "call_error",
     "connect_admin",
     "create_client",
     "create_topics",
     "ensure_topics",
+    "in_sync_replicas",
     "incoming",
     "librdkafka_logger",
     "partition_counts",
@@ -187,6 +189,36 @@ class AdminAnswer(Generic[T, Answer]):
             return self._mapping(self._future.result())
         except KafkaException as exc:
             raise call_error(exc, self._what) from exc
+
+
+class InSyncAnswer:
+    """The in-sync replica count of every partition of some topics, as one `Pending` over DescribeTopics' futures."""
+
+    def __init__(self, futures: dict[str, Future[Any]]) -> None:
+        self._futures = futures
+
+    def done(self) -> bool:
+        return all(future.done() for future in self._futures.values())
+
+    def result(self) -> dict[tuple[str, int], int]:
+        counts = {}
+        for topic, future in self._futures.items():
+            try:
+                description = future.result()
+            except KafkaException as exc:
+                raise call_error(exc, f"describe topic {topic}") from exc
+            for partition in description.partitions:
+                counts[(topic, int(partition.id))] = len(partition.isr)
+        return counts
+
+
+def in_sync_replicas(admin: AdminClient, topics: Sequence[str], timeout_s: float = TOPIC_TIMEOUT_S) -> InSyncAnswer:
+    """Asks for the in-sync replicas of every partition of `topics` (the answer arrives later)."""
+    try:
+        futures = admin.describe_topics(TopicCollection(list(topics)), request_timeout=timeout_s)
+    except KafkaException as exc:
+        raise call_error(exc, "describe topics") from exc
+    return InSyncAnswer(futures)
 
 
 def create_client(factory: Callable[[dict[str, Any]], Client], conf: dict[str, Any]) -> Client:

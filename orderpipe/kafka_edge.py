@@ -14,7 +14,9 @@ error), so nothing above this module sees confluent-kafka's types.
 
 Transactional calls get a short timeout: one that runs out is a retriable error, and
 the committer tries again after a backoff while the loop keeps polling, instead of
-the poll thread blocking for long inside librdkafka.
+the poll thread blocking for long inside librdkafka. Every blocking call also runs
+under the watchdog (orderpipe.watchdog), with WATCHDOG_GRACE_S more than its own
+timeout: librdkafka does not always keep to it.
 """
 
 from __future__ import annotations
@@ -33,10 +35,12 @@ from orderpipe.errors import ConfigError, DeliveryError, FatalKafkaError
 from orderpipe.kafka_clients import (
     CONSUMER_FETCH_SETTINGS,
     AdminAnswer,
+    InSyncAnswer,
     call_error,
     connect_admin,
     create_client,
     create_topics,
+    in_sync_replicas,
     incoming,
     partition_counts,
     permissions,
@@ -47,6 +51,7 @@ from orderpipe.kafka_clients import (
 )
 from orderpipe.kafka_stats import KafkaStatsTail
 from orderpipe.settings import Settings
+from orderpipe.watchdog import UNTIMED_CALL_LIMIT_S, WATCHDOG, WATCHDOG_GRACE_S
 
 __all__ = ["ConfluentEdge", "open_kafka_edge"]
 
@@ -76,10 +81,20 @@ def _offsets(offsets: Mapping[TP, int]) -> list[TopicPartition]:
     return [TopicPartition(topic, partition, offset) for (topic, partition), offset in offsets.items()]
 
 
-def _call(what: str, action: Callable[[], object], needs: str = "a permission") -> None:
-    """Runs a confluent-kafka call; its failure as the project's error (ConfigError when a permission is lacking)."""
+def _call(
+    what: str,
+    action: Callable[[], object],
+    needs: str = "a permission",
+    *,
+    limit_s: float = UNTIMED_CALL_LIMIT_S,
+) -> None:
+    """Runs a confluent-kafka call under the watchdog; its failure as the project's error.
+
+    A refused permission becomes a ConfigError naming what is `needs`.
+    """
     try:
-        action()
+        with WATCHDOG.guard(what, limit_s):
+            action()
     except KafkaException as exc:
         error = call_error(exc, what)
         if error.code in AUTHORIZATION_CODES:
@@ -140,6 +155,7 @@ class _ConfluentProducer:
             "start transactions",
             lambda: self._producer.init_transactions(INIT_TIMEOUT_S),
             f"WRITE on transactional id {self._transactional_id}",
+            limit_s=INIT_TIMEOUT_S + WATCHDOG_GRACE_S,
         )
 
     def begin_transaction(self) -> None:
@@ -169,20 +185,30 @@ class _ConfluentProducer:
         _call(
             "send the offsets",
             lambda: self._producer.send_offsets_to_transaction(_offsets(offsets), metadata, SEND_OFFSETS_TIMEOUT_S),
+            limit_s=SEND_OFFSETS_TIMEOUT_S + WATCHDOG_GRACE_S,
         )
 
     def commit_transaction(self) -> None:
-        _call("commit the transaction", lambda: self._producer.commit_transaction(TRANSACTION_CALL_TIMEOUT_S))
+        _call(
+            "commit the transaction",
+            lambda: self._producer.commit_transaction(TRANSACTION_CALL_TIMEOUT_S),
+            limit_s=TRANSACTION_CALL_TIMEOUT_S + WATCHDOG_GRACE_S,
+        )
         self._in_transaction = False
 
     def abort_transaction(self) -> None:
         if not self._in_transaction:
             return  # nothing was begun, or it was committed
-        _call("abort the transaction", lambda: self._producer.abort_transaction(TRANSACTION_CALL_TIMEOUT_S))
+        _call(
+            "abort the transaction",
+            lambda: self._producer.abort_transaction(TRANSACTION_CALL_TIMEOUT_S),
+            limit_s=TRANSACTION_CALL_TIMEOUT_S + WATCHDOG_GRACE_S,
+        )
         self._in_transaction = False
 
     def flush(self) -> None:
-        remaining = self._producer.flush(FLUSH_TIMEOUT_S)
+        with WATCHDOG.guard("flush the producer", FLUSH_TIMEOUT_S + WATCHDOG_GRACE_S):
+            remaining = self._producer.flush(FLUSH_TIMEOUT_S)
         if remaining or self._delivery_errors:
             problems = "; ".join(self._delivery_errors[:3]) or f"{remaining} records unacknowledged"
             self._delivery_errors.clear()
@@ -194,7 +220,8 @@ class _ConfluentProducer:
 
     def commit_offsets(self, offsets: Mapping[TP, int]) -> None:
         try:
-            results = self._consumer.commit(offsets=_offsets(offsets), asynchronous=False) or []
+            with WATCHDOG.guard("commit the offsets", UNTIMED_CALL_LIMIT_S):
+                results = self._consumer.commit(offsets=_offsets(offsets), asynchronous=False) or []
         except KafkaException as exc:
             raise call_error(exc, "commit the offsets") from exc
         for tp in results:
@@ -245,6 +272,9 @@ class ConfluentEdge(_ConfluentProducer):
     def permissions(self, topics: Sequence[str], group: str) -> dict[tuple[str, str], frozenset[str] | None]:
         return permissions(self._admin, topics, group)
 
+    def in_sync_replicas(self, topics: Sequence[str]) -> InSyncAnswer:
+        return in_sync_replicas(self._admin, topics)
+
     def subscribe(self, topics: Sequence[str]) -> None:
         _call(
             f"subscribe to {', '.join(topics)}",
@@ -264,7 +294,8 @@ class ConfluentEdge(_ConfluentProducer):
 
     def poll(self, max_records: int, timeout_s: float) -> Polled:
         try:
-            messages = self._consumer.consume(max_records, timeout_s)
+            with WATCHDOG.guard("poll", timeout_s + WATCHDOG_GRACE_S):
+                messages = self._consumer.consume(max_records, timeout_s)
         except KafkaException as exc:
             raise call_error(exc, "poll") from exc
         errors = self._errors
@@ -295,7 +326,8 @@ class ConfluentEdge(_ConfluentProducer):
     def seek(self, offsets: Mapping[TP, int]) -> None:
         for tp in _offsets(offsets):
             try:
-                self._consumer.seek(tp)
+                with WATCHDOG.guard("seek", UNTIMED_CALL_LIMIT_S):
+                    self._consumer.seek(tp)
             except KafkaException as exc:
                 raise call_error(exc, f"seek {tp.topic}-{tp.partition} to offset {tp.offset}") from exc
 
@@ -333,14 +365,16 @@ def _committed_offsets(answer: ConsumerGroupTopicPartitions) -> dict[TP, int | N
 def _flush_producer(producer: Producer) -> None:
     """The last flush as the edge closes; a failure here adds nothing to the error that ended the run."""
     try:
-        producer.flush(FLUSH_TIMEOUT_S)
+        with WATCHDOG.guard("flush the producer", FLUSH_TIMEOUT_S + WATCHDOG_GRACE_S):
+            producer.flush(FLUSH_TIMEOUT_S)
     except KafkaException as exc:
         log.debug("flushing the producer at close failed: %s", call_error(exc, "flush"))
 
 
 def _close_consumer(consumer: Consumer) -> None:
     try:
-        consumer.close()
+        with WATCHDOG.guard("close the consumer", UNTIMED_CALL_LIMIT_S):
+            consumer.close()
     except KafkaException as exc:
         log.warning("⚠ Closing the consumer failed: %s", call_error(exc, "close the consumer"))
 

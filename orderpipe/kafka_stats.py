@@ -24,6 +24,7 @@ from orderpipe.routing import Incoming
 from orderpipe.settings import Settings
 from orderpipe.stats_view import StatsView
 from orderpipe.topics import stats_keys
+from orderpipe.watchdog import UNTIMED_CALL_LIMIT_S, WATCHDOG, WATCHDOG_GRACE_S
 
 __all__ = ["KafkaStatsTail", "read_group_stats"]
 
@@ -53,7 +54,8 @@ class KafkaStatsTail:
 
     def poll(self, max_records: int, timeout_s: float = 0.0) -> list[Incoming]:
         try:
-            messages = self._consumer.consume(max_records, timeout_s)
+            with WATCHDOG.guard(f"read {self._tp.topic}", timeout_s + WATCHDOG_GRACE_S):
+                messages = self._consumer.consume(max_records, timeout_s)
         except KafkaException as exc:
             raise call_error(exc, f"read {self._tp.topic}") from exc
         records = []
@@ -84,7 +86,8 @@ class KafkaStatsTail:
 
     def close(self) -> None:
         try:
-            self._consumer.close()
+            with WATCHDOG.guard(f"close the reader of {self._tp.topic}", UNTIMED_CALL_LIMIT_S):
+                self._consumer.close()
         except KafkaException as exc:
             raise call_error(exc, f"close the reader of {self._tp.topic}") from exc
 

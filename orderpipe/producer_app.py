@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import random
 import secrets
 import threading
@@ -11,6 +12,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka.admin import AdminClient
 from confluent_kafka.schema_registry import Schema
 from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.schema_registry.error import SchemaRegistryError
@@ -24,6 +26,7 @@ from orderpipe.kafka_clients import (
     connect_admin,
     create_client,
     ensure_topics,
+    in_sync_replicas,
     produce,
     producer_config,
     require_grants,
@@ -31,12 +34,19 @@ from orderpipe.kafka_clients import (
 from orderpipe.money import RunningAverage, format_cents
 from orderpipe.order import Order
 from orderpipe.registry import START_REGISTRY_HINT, connect_registry, registry_login_problem
+from orderpipe.replicas import ReplicaWatch
 from orderpipe.settings import Settings
 from orderpipe.text import redact
 
 __all__ = ["ProducerOptions", "ProducerSummary", "run_producer"]
 
+log = logging.getLogger(__name__)
+
+# The final flush waits this long for the last acknowledgements; longer while the
+# cluster is below min.insync.replicas (librdkafka still fails a record once
+# message.timeout.ms, 5 minutes, has passed).
 FLUSH_TIMEOUT_S = 30.0
+FLUSH_STEP_S = 1.0
 # Records made between two readings of the clock (and two services of delivery reports).
 SLICE = 1000
 PACING_S = 0.001
@@ -146,11 +156,18 @@ def run_producer(
     require_grants(admin, settings, "producer")  # first: a topic it may not use looks absent
     ensure_topics(admin, settings)
     with ExitStack() as stack:
-        return _publish(settings, options, console, stop, _encoder(settings, load_order_schema(), stack))
+        encode = _encoder(settings, load_order_schema(), stack)
+        return _publish(settings, options, console, stop, encode, admin=admin)
 
 
 def _publish(
-    settings: Settings, options: ProducerOptions, console: Console, stop: threading.Event, encode: OrderEncoder
+    settings: Settings,
+    options: ProducerOptions,
+    console: Console,
+    stop: threading.Event,
+    encode: OrderEncoder,
+    *,
+    admin: AdminClient,
 ) -> ProducerSummary:
     # The run id makes orderIds unique across runs; it is not drawn from the seeded
     # generator, so a seeded run repeats its orders but never their ids.
@@ -167,17 +184,36 @@ def _publish(
         f"Producing to {settings.orders_topic} on {settings.bootstrap_servers} ({wire}); "
         f"rate {'unlimited' if options.rate == 0 else f'{options.rate:g}/s'}. Ctrl-C to stop."
     )
-    return _Publisher(settings, console).run(factory, encode, options, stop)
+    return _Publisher(settings, console, admin).run(factory, encode, options, stop)
 
 
 class _Publisher:
     """Produces the factory's records and counts their delivery reports."""
 
-    def __init__(self, settings: Settings, console: Console) -> None:
+    def __init__(self, settings: Settings, console: Console, admin: AdminClient) -> None:
         self._topic = settings.orders_topic
         self._console = console
         self.summary = ProducerSummary()
         self._producer = create_client(Producer, {**producer_config(settings), "on_delivery": self._delivered})
+        # The producer judges by MIN_INSYNC_REPLICAS: reading the topic's own needs DescribeConfigs.
+        self._replicas = ReplicaWatch(
+            lambda: in_sync_replicas(admin, [settings.orders_topic]),
+            {},
+            settings.min_isr,
+            doing="the producer keeps its orders and waits",
+            report=lambda line: log.warning("⚠ %s", line),
+            monotonic=time.monotonic,
+        )
+        # When a delivery report last arrived, or nothing was waiting for one.
+        self._progress_at = time.monotonic()
+        self._reported = 0
+
+    def _watch_replicas(self, now: float) -> None:
+        """Asks about the cluster's in-sync replicas once acknowledgements have stopped coming for a while."""
+        reported = self.summary.delivered + self.summary.failed
+        if reported != self._reported or not len(self._producer):
+            self._progress_at, self._reported = now, reported
+        self._replicas.check(now - self._progress_at)
 
     def _delivered(self, error: KafkaError | None, message: Message) -> None:
         """Every record's delivery report (the client's default callback)."""
@@ -220,6 +256,7 @@ class _Publisher:
                 continue
             self._produce_slice(factory, encode, wanted)
             producer.poll(0)
+            self._watch_replicas(now)
             if console.summary_due(now):
                 rate = (summary.sent - last_count) / max(now - last_time, 1e-9)
                 last_count, last_time = summary.sent, now
@@ -227,7 +264,7 @@ class _Publisher:
                     f"[producer] {rate:,.0f} orders/s | sent {summary.sent} | "
                     f"delivered {summary.delivered} | failed {summary.failed}"
                 )
-        undelivered = producer.flush(FLUSH_TIMEOUT_S)
+        undelivered = self._flush()
         if undelivered:
             summary.failed += undelivered
             console.error(f"✗ {undelivered} orders were still not acknowledged after {FLUSH_TIMEOUT_S:.0f}s")
@@ -235,6 +272,20 @@ class _Publisher:
         console.info(summary.describe())
         console.info(summary.describe_throughput())
         return summary
+
+    def _flush(self) -> int:
+        """Waits for the last acknowledgements: FLUSH_TIMEOUT_S, or on while the cluster is below min ISR."""
+        deadline = time.monotonic() + FLUSH_TIMEOUT_S
+        while True:
+            undelivered = self._producer.flush(FLUSH_STEP_S)
+            now = time.monotonic()
+            if not undelivered:
+                return 0
+            self._watch_replicas(now)
+            if self._replicas.below:
+                deadline = max(deadline, now + FLUSH_TIMEOUT_S)
+            if now >= deadline:
+                return int(undelivered)
 
     def _produce_slice(self, factory: OrderFactory, encode: OrderEncoder, count: int) -> None:
         """The hot loop: make, encode and produce `count` records."""

@@ -57,6 +57,8 @@ class TwinCluster:
         self.logs: dict[str, list[list[Entry]]] = {}
         self.configs: dict[str, dict[str, str]] = {}
         self.replication: dict[str, int] = {}  # topics not listed have one replica
+        # Partitions with fewer replicas in sync than the topic has (a broker away); the others are all in sync.
+        self.in_sync: dict[TP, int] = {}
         self.groups: dict[str, Group] = {}
         self.transactions = TransactionCoordinator(self.clock, self.logs, self.groups, transaction_timeout_s)
         self.faults = Faults()
@@ -348,6 +350,19 @@ class TwinEdge(_TwinProducer):
     def replication_factors(self) -> dict[str, int]:
         self._check("replication_factors")
         return {name: self._cluster.replication.get(name, 1) for name in self._cluster.logs}
+
+    def in_sync_replicas(self, topics: Sequence[str]) -> Later[dict[TP, int]]:
+        self._check("in_sync_replicas")
+        cluster = self._cluster
+
+        def answer() -> dict[TP, int]:
+            return {
+                (topic, p): cluster.in_sync.get((topic, p), cluster.replication.get(topic, 1))
+                for topic in topics
+                for p in range(len(cluster.logs.get(topic, [])))
+            }
+
+        return Later(answer)
 
     def topic_configs(self, names: Sequence[str]) -> dict[str, dict[str, str]]:
         self._check("topic_configs")

@@ -9,7 +9,7 @@
 #
 # Usage: scripts/broker.sh up | down | status
 #        scripts/broker.sh secure up | down | status   (the secured broker: scripts/secure_broker.sh)
-#        scripts/broker.sh cluster up | down | status | kill N | start N | wipe
+#        scripts/broker.sh cluster up | down | status | kill N | start N | controller | wipe
 #                                                       (three nodes: scripts/cluster_broker.sh)
 #   BROKER_MODE=docker|local forces one way of running them (default: auto).
 set -euo pipefail
@@ -252,6 +252,6 @@ if [ "${BASH_SOURCE[0]}" = "$0" ]; then
     secure) shift; exec "$ROOT/scripts/secure_broker.sh" "$@" ;;
     cluster) shift; exec "$ROOT/scripts/cluster_broker.sh" "$@" ;;
     *) say "Usage: scripts/broker.sh up | down | status, scripts/broker.sh secure up | down | status,"
-       say "       or scripts/broker.sh cluster up | down | status | kill N | start N | wipe"; exit 2 ;;
+       say "       or scripts/broker.sh cluster up | down | status | kill N | start N | controller | wipe"; exit 2 ;;
   esac
 fi

@@ -10,9 +10,10 @@
 # Replication 3 and min.insync.replicas 2 by default, the internal topics too, and
 # no unclean leader election. Data and logs live in .cache/cluster/ (git-ignored).
 #
-# Usage: scripts/broker.sh cluster up | down | status | kill N | start N | wipe
-#   kill N   SIGKILL node N (its data stays); start N starts it again with its data
-#   wipe     stops the cluster and deletes its data
+# Usage: scripts/broker.sh cluster up | down | status | kill N | start N | controller | wipe
+#   kill N      SIGKILL node N (its data stays); start N starts it again with its data
+#   controller  prints the number of the node that is the active controller
+#   wipe        stops the cluster and deletes its data
 set -euo pipefail
 
 # shellcheck source=broker.sh
@@ -137,6 +138,21 @@ cluster_start() {
   say "Node $n answers on $KAFKA_HOST:$(client_port "$n")."
 }
 
+cluster_controller() {
+  # The leader of the KRaft quorum as the nodes last recorded it: every voter writes
+  # the leader and its epoch to quorum-state on each election; the highest epoch wins.
+  local best=-1 leader=-1 n file epoch id
+  for n in "${NODES[@]}"; do
+    file="$CLUSTER/node$n/data/__cluster_metadata-0/quorum-state"
+    [ -f "$file" ] || continue
+    epoch=$(sed -n 's/.*"leaderEpoch":\([0-9][0-9]*\).*/\1/p' "$file")
+    id=$(sed -n 's/.*"leaderId":\([0-9][0-9]*\).*/\1/p' "$file")
+    if [ -n "$epoch" ] && [ -n "$id" ] && [ "$epoch" -gt "$best" ]; then best=$epoch leader=$id; fi
+  done
+  [ "$leader" -ge 1 ] || die "no node has recorded an active controller; is the cluster up?"
+  echo "$leader"
+}
+
 cluster_down() {
   for n in "${NODES[@]}"; do stop_pid "Node $n" "$CLUSTER/node$n/pid"; done
 }
@@ -163,6 +179,7 @@ case "${1:-}" in
   status) cluster_status ;;
   kill) cluster_kill "$(node_arg "${2:-}")" ;;
   start) cluster_start "$(node_arg "${2:-}")" ;;
+  controller) cluster_controller ;;
   wipe) cluster_down; rm -rf "$CLUSTER"; say "Deleted $CLUSTER." ;;
-  *) say "Usage: scripts/broker.sh cluster up | down | status | kill N | start N | wipe"; exit 2 ;;
+  *) say "Usage: scripts/broker.sh cluster up | down | status | kill N | start N | controller | wipe"; exit 2 ;;
 esac

@@ -184,6 +184,28 @@ def test_a_commit_whose_outcome_stays_unknown_stops_the_consumer_and_a_restart_s
     assert_exact(cluster)
 
 
+def test_a_commit_waiting_while_the_cluster_is_below_min_isr_is_waited_out_and_reported() -> None:
+    cluster = new_cluster()
+    cluster.transactions.timeout_s = 600
+    produce_orders(cluster, 30, seed=17)
+    cluster.in_sync[(SETTINGS.stats_topic, 0)] = 0  # fewer than MIN_INSYNC_REPLICAS (1 with one replica)
+    cluster.faults.fail("commit_transaction", "retriable", times=1_000)  # more than 125 s of backoffs
+    twin = twin_consumer(cluster, seed=17)
+    with twin.consumer.open() as loop:
+        start = cluster.clock.monotonic()
+        turn_until(loop, lambda: cluster.clock.monotonic() > start + 125)  # twice the 60 s retry window
+        reports = twin.log.getvalue().count(
+            "fewer in-sync replicas than min.insync.replicas for orders-stats-0 (0 of 1)"
+        )
+        assert 1 <= reports <= 5, twin.log.getvalue()  # one line at most every 30 s
+        assert "in_sync_replicas" in cluster.faults.calls
+        cluster.faults.clear()
+        cluster.in_sync.clear()
+        while loop.turn():
+            pass
+    assert_exact(cluster)
+
+
 def test_five_aborted_batches_in_a_row_stop_the_consumer() -> None:
     cluster = new_cluster()
     produce_orders(cluster, 10, seed=15)

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
-from typing import TypeVar
+from types import SimpleNamespace
+from typing import Any, TypeVar
 
 import pytest
-from confluent_kafka import KafkaError, Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
 
 from orderpipe.edge import BEGINNING, Assigned, EdgeOptions, Outgoing, Pending, TopicSpec
 from orderpipe.errors import BrokerUnavailableError, ConfigError, DeliveryError, FatalKafkaError, KafkaCallError
 from orderpipe.kafka_clients import (
+    InSyncAnswer,
     call_error,
     connect_admin,
     create_client,
@@ -161,6 +164,22 @@ def test_topics_that_exist_are_counted_and_left_alone(mock_cluster: MockCluster)
     assert counts[settings.orders_topic] == counts[settings.stats_topic] == 4
     ensure_topics(connect_admin(settings), settings)  # all exist: nothing to create
     assert partition_counts(connect_admin(settings))[settings.dlq_topic] == 4
+
+
+def test_the_in_sync_replicas_of_every_partition_are_counted_from_describe_topics() -> None:
+    # librdkafka's mock cluster does not answer DescribeTopics: its futures are stood in for.
+    described: Future[Any] = Future()
+    described.set_result(
+        SimpleNamespace(partitions=[SimpleNamespace(id=0, isr=[1, 2]), SimpleNamespace(id=1, isr=[3])])
+    )
+    missing: Future[Any] = Future()
+    answer_ = InSyncAnswer({"orders": described, "other": missing})
+    assert not answer_.done()
+    missing.set_exception(KafkaException(KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART)))
+    assert answer_.done()
+    with pytest.raises(KafkaCallError, match="could not describe topic other"):
+        answer_.result()
+    assert InSyncAnswer({"orders": described}).result() == {("orders", 0): 2, ("orders", 1): 1}
 
 
 def test_a_subscription_reports_the_assignment_and_assigns_nothing_by_itself(mock_cluster: MockCluster) -> None:
