@@ -33,6 +33,7 @@ __all__ = [
     "EdgeOpener",
     "EdgeOptions",
     "Event",
+    "InSync",
     "KafkaEdge",
     "Outgoing",
     "Pending",
@@ -99,6 +100,14 @@ class TopicSpec(NamedTuple):
     config: Mapping[str, str] = {}
 
 
+class InSync(NamedTuple):
+    """The cluster's answer about replicas: each partition's in-sync replica count, and each topic's
+    min.insync.replicas where its configuration could be read (DescribeConfigs may be denied)."""
+
+    counts: dict[TP, int]
+    minimums: dict[str, int]
+
+
 class Pending(Protocol[T_co]):
     """An answer that is on its way: the loop checks `done` while it keeps polling."""
 
@@ -146,8 +155,8 @@ class KafkaEdge(Protocol):
         """The operations this principal may perform on the topics and the group (see orderpipe.acls)."""
         ...
 
-    def in_sync_replicas(self, topics: Sequence[str]) -> Pending[dict[TP, int]]:
-        """How many replicas of each partition of `topics` are in sync (orderpipe.replicas)."""
+    def in_sync_replicas(self, topics: Sequence[str]) -> Pending[InSync]:
+        """Each partition's in-sync replica count and each topic's minimum (orderpipe.replicas)."""
         ...
 
     # The group consumer.

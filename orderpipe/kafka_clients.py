@@ -23,9 +23,10 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
 )
 
 from orderpipe.acls import AUTHORIZATION_CODES, require
-from orderpipe.edge import TopicSpec
+from orderpipe.edge import InSync, TopicSpec
 from orderpipe.errors import BrokerUnavailableError, ConfigError, DeliveryError, KafkaCallError
 from orderpipe.login import Credentials, LoginWatch
+from orderpipe.replicas import parse_min_isr
 from orderpipe.routing import UNREADABLE_HEADERS, Incoming
 from orderpipe.settings import Settings
 from orderpipe.topics import PRODUCER_MESSAGE_MAX_BYTES, missing_sentence, missing_topics
@@ -192,33 +193,44 @@ class AdminAnswer(Generic[T, Answer]):
 
 
 class InSyncAnswer:
-    """The in-sync replica count of every partition of some topics, as one `Pending` over DescribeTopics' futures."""
+    """DescribeTopics' and DescribeConfigs' futures for some topics, as one `Pending[InSync]`."""
 
-    def __init__(self, futures: dict[str, Future[Any]]) -> None:
-        self._futures = futures
+    def __init__(self, topics: dict[str, Future[Any]], configs: dict[str, Future[Any]]) -> None:
+        self._topics, self._configs = topics, configs
 
     def done(self) -> bool:
-        return all(future.done() for future in self._futures.values())
+        return all(future.done() for future in (*self._topics.values(), *self._configs.values()))
 
-    def result(self) -> dict[tuple[str, int], int]:
+    def result(self) -> InSync:
         counts = {}
-        for topic, future in self._futures.items():
+        for topic, future in self._topics.items():
             try:
                 description = future.result()
             except KafkaException as exc:
                 raise call_error(exc, f"describe topic {topic}") from exc
             for partition in description.partitions:
                 counts[(topic, int(partition.id))] = len(partition.isr)
-        return counts
+        minimums = {}
+        for topic, future in self._configs.items():
+            try:
+                entry = future.result().get("min.insync.replicas")
+            except KafkaException:
+                continue  # not allowed to read it, say: the program's own idea of the minimum stands
+            value = parse_min_isr(entry.value if entry is not None else None)
+            if value is not None:
+                minimums[topic] = value
+        return InSync(counts, minimums)
 
 
 def in_sync_replicas(admin: AdminClient, topics: Sequence[str], timeout_s: float = TOPIC_TIMEOUT_S) -> InSyncAnswer:
-    """Asks for the in-sync replicas of every partition of `topics` (the answer arrives later)."""
+    """Asks for the in-sync replicas of every partition of `topics`, and their min.insync.replicas (answered later)."""
+    resources = [ConfigResource(ResourceType.TOPIC, topic) for topic in topics]
     try:
-        futures = admin.describe_topics(TopicCollection(list(topics)), request_timeout=timeout_s)
+        described = admin.describe_topics(TopicCollection(list(topics)), request_timeout=timeout_s)
+        configs = admin.describe_configs(resources, request_timeout=timeout_s)
     except KafkaException as exc:
         raise call_error(exc, "describe topics") from exc
-    return InSyncAnswer(futures)
+    return InSyncAnswer(described, {resource.name: future for resource, future in configs.items()})
 
 
 def create_client(factory: Callable[[dict[str, Any]], Client], conf: dict[str, Any]) -> Client:

@@ -195,7 +195,7 @@ class _Publisher:
         self._console = console
         self.summary = ProducerSummary()
         self._producer = create_client(Producer, {**producer_config(settings), "on_delivery": self._delivered})
-        # The producer judges by MIN_INSYNC_REPLICAS: reading the topic's own needs DescribeConfigs.
+        # The topic's own minimum comes with each answer where DescribeConfigs is allowed, else MIN_INSYNC_REPLICAS.
         self._replicas = ReplicaWatch(
             lambda: in_sync_replicas(admin, [settings.orders_topic]),
             {},

@@ -4,7 +4,9 @@ With `acks=all`, Kafka refuses writes to a partition whose in-sync replicas are 
 than its topic's `min.insync.replicas` (NOT_ENOUGH_REPLICAS), and librdkafka retries
 them quietly until they time out: to a person the programs would just look stuck.
 A `ReplicaWatch` asks the cluster for the in-sync replicas of the programs' topics
-once writes have waited longer than usual, at most every ASK_EVERY_S, and reports
+and for the topics' min.insync.replicas (read afresh: an operator may have changed
+it; where the principal may not read it, the one the program knows is used) once
+writes have waited longer than usual, at most every ASK_EVERY_S, and reports
 the partitions below their minimum in one line, at most every REPORT_EVERY_S. The
 programs go on waiting meanwhile (the consumer's commit, the producer's final flush):
 a cluster below min ISR is waited out, not failed or dropped.
@@ -18,10 +20,10 @@ import logging
 import re
 from collections.abc import Callable, Mapping
 
-from orderpipe.edge import TP, Pending
+from orderpipe.edge import TP, InSync, Pending
 from orderpipe.errors import OrderPipeError
 
-__all__ = ["ReplicaWatch", "below_min_isr", "min_isr_of", "min_isr_sentence"]
+__all__ = ["ReplicaWatch", "below_min_isr", "min_isr_of", "min_isr_sentence", "parse_min_isr"]
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +33,21 @@ ASK_EVERY_S = 10.0
 REPORT_EVERY_S = 30.0
 
 
+def parse_min_isr(value: str | None) -> int | None:
+    """A topic's min.insync.replicas as Kafka keeps it (a short decimal); None for anything else.
+
+    The value comes from the cluster, where any admin may have written it: a 5000-digit
+    or full-width number is not judged rather than trusted.
+    """
+    return int(value) if value and re.fullmatch(r"[0-9]{1,3}", value) else None
+
+
 def min_isr_of(topics: Mapping[str, Mapping[str, str]], default: int) -> dict[str, int]:
     """Each topic's min.insync.replicas from its configuration; `default` where it has none a person could mean."""
     minimums = {}
     for topic, config in topics.items():
-        value = config.get("min.insync.replicas", "")
-        minimums[topic] = int(value) if re.fullmatch(r"[0-9]{1,3}", value) else default
+        value = parse_min_isr(config.get("min.insync.replicas"))
+        minimums[topic] = default if value is None else value
     return minimums
 
 
@@ -65,9 +76,10 @@ class ReplicaWatch:
     """Asks about the in-sync replicas while writes wait; reports the partitions below their minimum.
 
     Args:
-        ask: sends the question (each partition of the programs' topics -> its
-            number of in-sync replicas) and returns the answer on its way.
-        minimums: each topic's min.insync.replicas, where known; others take `default`.
+        ask: sends the question (each partition's in-sync replica count, each
+            topic's minimum) and returns the answer on its way.
+        minimums: each topic's min.insync.replicas as known at start, for topics the
+            answer gives none for; others take `default`.
         doing: what the program does meanwhile, the end of the reported line.
         report: takes the line (a warning on the console).
         monotonic: the clock.
@@ -75,7 +87,7 @@ class ReplicaWatch:
 
     def __init__(
         self,
-        ask: Callable[[], Pending[dict[TP, int]]],
+        ask: Callable[[], Pending[InSync]],
         minimums: Mapping[str, int],
         default: int,
         *,
@@ -85,7 +97,7 @@ class ReplicaWatch:
     ) -> None:
         self._ask, self._minimums, self._default = ask, dict(minimums), default
         self._doing, self._report, self._monotonic = doing, report, monotonic
-        self._pending: Pending[dict[TP, int]] | None = None
+        self._pending: Pending[InSync] | None = None
         self._asked_at: float | None = None
         self._reported_at: float | None = None
         # The partitions found below their minimum by the last answer, while writes wait.
@@ -110,11 +122,11 @@ class ReplicaWatch:
         pending, self._pending = self._pending, None
         assert pending is not None
         try:
-            in_sync = pending.result()
+            answer = pending.result()
         except OrderPipeError as exc:  # a cluster in trouble may not answer; the next question may get through
             log.debug("no answer about the in-sync replicas: %s", exc)
             return
-        self.below = below_min_isr(in_sync, self._minimums, self._default)
+        self.below = below_min_isr(answer.counts, {**self._minimums, **answer.minimums}, self._default)
         if self.below and (self._reported_at is None or now - self._reported_at >= REPORT_EVERY_S):
             self._reported_at = now
             self._report(min_isr_sentence(self.below, self._doing))

@@ -17,10 +17,10 @@ that size.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 
 from orderpipe.edge import TopicSpec
+from orderpipe.replicas import parse_min_isr
 from orderpipe.settings import Settings
 from orderpipe.stats import StatsKeys
 
@@ -71,9 +71,8 @@ def weak_topics(
         weaker = []
         if replication[topic] < settings.replication_factor:
             weaker.append(f"replication factor {replication[topic]} (REPLICATION_FACTOR={settings.replication_factor})")
-        isr = configs.get(topic, {}).get("min.insync.replicas", "")
-        # Kafka keeps it an int; anything else (or a number past any replica count) is not judged.
-        if re.fullmatch(r"[0-9]{1,3}", isr) and int(isr) < settings.min_isr:
+        isr = parse_min_isr(configs.get(topic, {}).get("min.insync.replicas"))
+        if isr is not None and isr < settings.min_isr:
             weaker.append(f"min.insync.replicas {isr} (MIN_INSYNC_REPLICAS={settings.min_isr})")
         if weaker:
             warnings.append(

@@ -22,7 +22,7 @@ import zlib
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
-from orderpipe.edge import BEGINNING, TP, Assigned, EdgeOptions, Event, Outgoing, Polled, Revoked, TopicSpec
+from orderpipe.edge import BEGINNING, TP, Assigned, EdgeOptions, Event, InSync, Outgoing, Polled, Revoked, TopicSpec
 from orderpipe.errors import DeliveryError, FatalKafkaError, KafkaCallError
 from orderpipe.routing import UNREADABLE_HEADERS, Headers, Incoming, record_bytes
 from orderpipe.settings import Settings
@@ -351,16 +351,22 @@ class TwinEdge(_TwinProducer):
         self._check("replication_factors")
         return {name: self._cluster.replication.get(name, 1) for name in self._cluster.logs}
 
-    def in_sync_replicas(self, topics: Sequence[str]) -> Later[dict[TP, int]]:
+    def in_sync_replicas(self, topics: Sequence[str]) -> Later[InSync]:
         self._check("in_sync_replicas")
         cluster = self._cluster
 
-        def answer() -> dict[TP, int]:
-            return {
+        def answer() -> InSync:
+            counts = {
                 (topic, p): cluster.in_sync.get((topic, p), cluster.replication.get(topic, 1))
                 for topic in topics
                 for p in range(len(cluster.logs.get(topic, [])))
             }
+            minimums = {
+                topic: int(cluster.configs[topic]["min.insync.replicas"])
+                for topic in topics
+                if "min.insync.replicas" in cluster.configs.get(topic, {})
+            }
+            return InSync(counts, minimums)
 
         return Later(answer)
 

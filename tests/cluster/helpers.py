@@ -2,8 +2,9 @@
 
 Nodes are killed with SIGKILL and started again with their data through the same
 script a person would use. Which node to kill is found as Kafka finds it: the leader
-of most `orders` partitions from the metadata, and a transaction coordinator as the
-leader of the `__transaction_state` partition its transactional id hashes to.
+of most `orders` partitions from the metadata, a transaction coordinator as the
+leader of the `__transaction_state` partition its transactional id hashes to, and
+the active controller as the KRaft quorum's leader (`scripts/broker.sh cluster controller`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,13 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import (  # type: ignore[attr-defined]
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    ResourceType,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 BOOTSTRAP = "127.0.0.1:29091,127.0.0.1:29092,127.0.0.1:29093"
@@ -21,11 +28,25 @@ START_HINT = "start it with 'scripts/broker.sh cluster up' (scripts/test.sh does
 TRANSACTION_STATE_PARTITIONS = 50  # the broker's transaction.state.log.num.partitions
 
 
-def cluster_script(*args: str) -> None:
-    """scripts/broker.sh cluster ARGS, failing the test if it fails."""
+def cluster_script(*args: str) -> str:
+    """scripts/broker.sh cluster ARGS, failing the test if it fails; its output."""
     script = [str(ROOT / "scripts" / "broker.sh"), "cluster", *args]
     result = subprocess.run(script, capture_output=True, text=True, timeout=180, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def active_controller() -> int:
+    return int(cluster_script("controller").strip())
+
+
+def set_min_isr(topics: list[str], value: int) -> None:
+    """Sets min.insync.replicas on `topics`, as kafka-configs.sh --alter would."""
+    entry = [ConfigEntry("min.insync.replicas", str(value), incremental_operation=AlterConfigOpType.SET)]
+    resources = [ConfigResource(ResourceType.TOPIC, topic, incremental_configs=entry) for topic in topics]
+    client = admin()
+    for future in client.incremental_alter_configs(resources).values():
+        future.result(timeout=30)
 
 
 def admin() -> AdminClient:
@@ -53,17 +74,17 @@ def transaction_coordinator(transactional_id: str) -> int:
 
 
 def wait_until_in_sync(topics: list[str], replicas: int = 3, timeout: float = 120) -> None:
-    """Waits until every partition of `topics` has all its replicas in sync again."""
+    """Waits until every partition of `topics` has a leader and `replicas` replicas in sync (by default all)."""
     deadline = time.monotonic() + timeout
     while True:
         metadata = admin().list_topics(timeout=10).topics
-        behind = [
+        others = [
             f"{t}-{p}"
             for t in topics
             for p, m in metadata[t].partitions.items()
-            if len(m.isrs) < replicas or m.leader < 0
+            if len(m.isrs) != replicas or m.leader < 0
         ]
-        if not behind:
+        if not others:
             return
-        assert time.monotonic() < deadline, f"not back in sync within {timeout}s: {behind}"
+        assert time.monotonic() < deadline, f"not {replicas} replicas in sync within {timeout}s: {others}"
         time.sleep(0.5)

@@ -5,13 +5,17 @@ exactly-once consumer runs; nodes are killed with SIGKILL and started again with
 their data; afterwards an independent audit of the topics (tests/audit.py) must find
 every valid order counted once, every invalid one dead-lettered once and nothing
 written twice. The consumer runs under a supervisor that starts it again when it
-stops with exit code 1 (fenced, or a call stuck past its deadline), as a service
+stops with exit code 1 (fenced) or 3 (a call stuck past its deadline), as a service
 manager would. Marked `cluster`: run them with `pytest -m cluster`.
+
+Each failure test prints its figures (the audit, the restarts, the consumer's
+latency from record timestamp to commit): `pytest -m cluster -rP` shows them.
 """
 
 from __future__ import annotations
 
 import re
+import signal
 import threading
 import time
 import uuid
@@ -21,17 +25,20 @@ import pytest
 from confluent_kafka.admin import ConfigResource, ResourceType  # type: ignore[attr-defined]
 
 from config import load_settings
+from orderpipe.watchdog import EXIT_STUCK
 from tests.audit import Audit, audit_topics, pipeline_env
 from tests.cluster.helpers import (
     BOOTSTRAP,
     START_HINT,
+    active_controller,
     admin,
     cluster_script,
     leaders,
+    set_min_isr,
     transaction_coordinator,
     wait_until_in_sync,
 )
-from tests.integration.helpers import Output, Pipeline, read_topic
+from tests.integration.helpers import Output, Pipeline, read_topic, wait_for
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -56,8 +63,9 @@ def _answers() -> bool:
     return True
 
 
-def _pipeline() -> Pipeline:
-    return Pipeline({**pipeline_env(BOOTSTRAP, f"cl-{uuid.uuid4().hex[:8]}"), "REPLICATION_FACTOR": "3"})
+def _pipeline(partitions: int = 3) -> Pipeline:
+    env = pipeline_env(BOOTSTRAP, f"cl-{uuid.uuid4().hex[:8]}")
+    return Pipeline({**env, "REPLICATION_FACTOR": "3", "ORDERS_PARTITIONS": str(partitions)})
 
 
 def _audit(pipeline: Pipeline) -> Audit:
@@ -65,8 +73,11 @@ def _audit(pipeline: Pipeline) -> Audit:
 
 
 def _errors(program: Output) -> str:
-    assert program.process.stderr is not None
-    return program.process.stderr.read()[-5000:]
+    return "".join(program.errors)[-5000:]
+
+
+def _last_line(program: Output, prefix: str) -> str:
+    return next((line.strip() for line in reversed(program.lines) if line.startswith(prefix)), "")
 
 
 def _bounce(node: int) -> None:
@@ -85,6 +96,7 @@ class Supervised:
     """
 
     MAX_RESTARTS = 5
+    RESTART_CODES = frozenset({1, EXIT_STUCK})
 
     def __init__(self, pipeline: Pipeline, *args: str) -> None:
         self.failures: list[str] = []
@@ -96,9 +108,10 @@ class Supervised:
     def _supervise(self) -> None:
         while True:
             self.last.text(timeout=600)
-            if self.last.process.returncode != 1 or len(self.failures) >= self.MAX_RESTARTS:
+            if self.last.process.returncode not in self.RESTART_CODES or len(self.failures) >= self.MAX_RESTARTS:
                 return
-            self.failures.append(_errors(self.last).strip().splitlines()[-1])
+            said = _errors(self.last).strip().splitlines() or ["(nothing on stderr)"]
+            self.failures.append(f"exit {self.last.process.returncode}: {said[-1]}")
             self.last = Output(self._pipeline.popen("consumer.py", *self._args))
 
     def wait(self, timeout: float) -> Output:
@@ -109,7 +122,7 @@ class Supervised:
 
 def _run_under(pipeline: Pipeline, failures: Callable[[str], None]) -> tuple[Supervised, Audit]:
     """Consumer (supervised) and producer running while `failures(transactional_id)` kills nodes; the audit after."""
-    consumer = Supervised(pipeline, "--idle-exit", "15", "--failure-rate", "0.05", "--quiet")
+    consumer = Supervised(pipeline, "--idle-exit", "15", "--failure-rate", "0.05", "--quiet", "--report-latency")
     consumer.last.wait_for_line("Consuming")
     transactional_id = re.search(r"transactional id (\S+)\)", "".join(consumer.last.lines))
     assert transactional_id is not None
@@ -124,7 +137,12 @@ def _run_under(pipeline: Pipeline, failures: Callable[[str], None]) -> tuple[Sup
     last = consumer.wait(timeout=600)
     assert last.process.returncode == 0, last.text() + _errors(last)
     wait_until_in_sync([pipeline.settings.orders_topic])
-    return consumer, _audit(pipeline)
+    audit = _audit(pipeline)
+    print(f"audit: {audit.describe()}")
+    print(f"producer: {_last_line(producer, 'Producer summary')}")
+    print(f"consumer restarts: {len(consumer.failures)} {consumer.failures}")
+    print(f"consumer (last run): {_last_line(last, 'Latency')}")
+    return consumer, audit
 
 
 def test_the_leader_of_most_orders_partitions_then_the_transaction_coordinator_killed(cluster: str) -> None:
@@ -153,6 +171,120 @@ def test_a_rolling_restart_of_all_three_nodes(cluster: str) -> None:
 
     assert audit.exact, f"{audit.describe()}; restarts after: {consumer.failures}"
     assert audit.orders == ORDERS
+
+
+def test_the_active_controller_killed(cluster: str) -> None:
+    pipeline = _pipeline()
+
+    def failures(_transactional_id: str) -> None:
+        _bounce(active_controller())
+
+    consumer, audit = _run_under(pipeline, failures)
+
+    assert audit.exact, f"{audit.describe()}; restarts after: {consumer.failures}"
+    assert audit.orders == ORDERS
+
+
+GROUP_AVERAGE = re.compile(r"running average (\S+) over (\d+) orders")
+
+
+def test_three_consumers_one_killed_mid_run_and_the_survivors_print_the_exact_group_average(cluster: str) -> None:
+    pipeline = _pipeline(partitions=6)
+    consumers = [Supervised(pipeline, "--idle-exit", "15", "--failure-rate", "0.05", "--quiet") for _ in range(3)]
+    for consumer in consumers:
+        consumer.last.wait_for_line("Consuming")
+    producer = Output(
+        pipeline.popen("producer.py", "--count", str(ORDERS), "--rate", str(RATE), "--invalid-rate", "0.05", "--quiet")
+    )
+    victim, survivors = consumers[1], (consumers[0], consumers[2])
+    victim.last.wait_for_line("[consumer]")  # its first periodic summary: it is mid-run
+    victim.last.process.send_signal(signal.SIGKILL)
+    produced = producer.text(timeout=300)
+    assert f"delivered {ORDERS}, failed 0" in produced, produced + _errors(producer)
+    finals = [survivor.wait(timeout=600) for survivor in survivors]
+    for final in finals:
+        assert final.process.returncode == 0, final.text() + _errors(final)
+    wait_until_in_sync([pipeline.settings.orders_topic])
+    audit = _audit(pipeline)
+    print(f"audit: {audit.describe()}")
+
+    assert audit.exact, audit.describe()
+    assert audit.orders == ORDERS
+    for final in finals:
+        summary = _last_line(final, "Consumer summary")
+        print(f"survivor: {summary}")
+        average = GROUP_AVERAGE.search(summary)
+        assert average is not None, summary
+        assert (average.group(1), int(average.group(2))) == (audit.expected.describe(), audit.expected.count)
+
+
+def test_below_min_isr_both_programs_wait_and_say_so_then_finish_exactly(cluster: str) -> None:
+    pipeline = _pipeline()
+    settings = pipeline.settings
+    created = pipeline.run("consumer.py", "--idle-exit", "1")
+    assert created.returncode == 0, created.stderr
+    written = [settings.orders_topic, settings.stats_topic]
+    cluster_script("kill", "3")
+    try:
+        wait_until_in_sync(written, replicas=2)
+        set_min_isr(written, 3)  # two in sync of three needed: below min ISR, with the quorum alive
+        consumer = Output(pipeline.popen("consumer.py", "--idle-exit", "20", "--quiet"))
+        consumer.wait_for_line("Consuming")
+        producer = Output(pipeline.popen("producer.py", "--count", "2000", "--rate", "400", "--quiet"))
+        line = "fewer in-sync replicas than min.insync.replicas"
+        wait_for(
+            lambda: any(line in text for text in producer.errors) and any(line in text for text in consumer.errors),
+            timeout=90,
+            what="both programs to report the partitions below min ISR",
+        )
+        assert producer.process.poll() is None, "the producer waits rather than fails"
+        assert consumer.process.poll() is None, "the consumer waits rather than fails"
+        down_s = time.monotonic()
+    finally:
+        cluster_script("start", "3")
+    produced = producer.text(timeout=300)
+    assert producer.process.returncode == 0, produced + _errors(producer)
+    assert "delivered 2000, failed 0" in produced
+    consumed = consumer.text(timeout=300)
+    assert consumer.process.returncode == 0, consumed + _errors(consumer)
+    waited_s = time.monotonic() - down_s
+    for program in (producer, consumer):  # one line at most every 30 s
+        reports = sum(line in text for text in program.errors)
+        assert 1 <= reports <= waited_s / 30 + 2, _errors(program)
+    wait_until_in_sync(written)
+    audit = _audit(pipeline)
+    print(f"audit: {audit.describe()}")
+    assert audit.exact, audit.describe()
+    assert audit.orders == 2000
+
+
+def test_sigterm_during_a_broker_failure_is_honoured_within_the_transaction_timeout(cluster: str) -> None:
+    pipeline = _pipeline()
+    consumer = Output(pipeline.popen("consumer.py", "--quiet"))
+    consumer.wait_for_line("Consuming")
+    transactional_id = re.search(r"transactional id (\S+)\)", "".join(consumer.lines))
+    assert transactional_id is not None
+    producer = Output(pipeline.popen("producer.py", "--count", "4000", "--rate", "400", "--quiet"))
+    consumer.wait_for_line("[consumer]")  # mid-run
+    node = transaction_coordinator(transactional_id.group(1))
+    cluster_script("kill", str(node))
+    sent = time.monotonic()
+    consumer.process.send_signal(signal.SIGTERM)
+    consumer.text(timeout=120)
+    stopped_s = time.monotonic() - sent
+    cluster_script("start", str(node))
+    print(f"stopped {stopped_s:.1f}s after SIGTERM, exit code {consumer.process.returncode}")
+    assert stopped_s < 10 + 5, _errors(consumer)  # the transaction timeout, and the process's own exit
+    assert consumer.process.returncode in {0, EXIT_STUCK}, _errors(consumer)
+    if consumer.process.returncode == EXIT_STUCK:
+        assert "did not finish shutting down within 10s of the stop signal" in _errors(consumer)
+    assert "delivered 4000, failed 0" in producer.text(timeout=300)
+    again = Supervised(pipeline, "--idle-exit", "15", "--quiet").wait(timeout=600)
+    assert again.process.returncode == 0, again.text() + _errors(again)
+    audit = _audit(pipeline)
+    print(f"audit: {audit.describe()}")
+    assert audit.exact, audit.describe()
+    assert audit.orders == 4000
 
 
 def test_topics_are_created_with_replication_3_and_min_isr_2(cluster: str) -> None:

@@ -197,18 +197,22 @@ def read_until(process: subprocess.Popen[str], prefix: str, count: int) -> None:
 
 
 class Output:
-    """A program's output, read in the background so the program never blocks on a full pipe."""
+    """A program's output (`lines`) and error output (`errors`), read in the background so it never blocks on a pipe."""
 
     def __init__(self, process: subprocess.Popen[str]) -> None:
         assert process.stdout is not None
         self.process = process
         self.lines: list[str] = []
-        self._thread = threading.Thread(target=self._read, args=(process.stdout,), daemon=True)
+        self.errors: list[str] = []
+        self._thread = threading.Thread(target=self._read, args=(process.stdout, self.lines), daemon=True)
         self._thread.start()
+        if process.stderr is not None:
+            threading.Thread(target=self._read, args=(process.stderr, self.errors), daemon=True).start()
 
-    def _read(self, stream: io.TextIOBase) -> None:
+    @staticmethod
+    def _read(stream: io.TextIOBase, into: list[str]) -> None:
         for line in stream:
-            self.lines.append(line)
+            into.append(line)
 
     def count(self, prefix: str) -> int:
         """How many lines starting with `prefix` were printed so far."""

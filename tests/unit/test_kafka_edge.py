@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import pytest
 from confluent_kafka import KafkaError, KafkaException, Producer
 
-from orderpipe.edge import BEGINNING, Assigned, EdgeOptions, Outgoing, Pending, TopicSpec
+from orderpipe.edge import BEGINNING, Assigned, EdgeOptions, InSync, Outgoing, Pending, TopicSpec
 from orderpipe.errors import BrokerUnavailableError, ConfigError, DeliveryError, FatalKafkaError, KafkaCallError
 from orderpipe.kafka_clients import (
     InSyncAnswer,
@@ -173,13 +173,22 @@ def test_the_in_sync_replicas_of_every_partition_are_counted_from_describe_topic
         SimpleNamespace(partitions=[SimpleNamespace(id=0, isr=[1, 2]), SimpleNamespace(id=1, isr=[3])])
     )
     missing: Future[Any] = Future()
-    answer_ = InSyncAnswer({"orders": described, "other": missing})
+    config: Future[Any] = Future()
+    answer_ = InSyncAnswer({"orders": described, "other": missing}, {"orders": config})
     assert not answer_.done()
     missing.set_exception(KafkaException(KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART)))
+    config.set_result({"min.insync.replicas": SimpleNamespace(value="3")})
     assert answer_.done()
     with pytest.raises(KafkaCallError, match="could not describe topic other"):
         answer_.result()
-    assert InSyncAnswer({"orders": described}).result() == {("orders", 0): 2, ("orders", 1): 1}
+    assert InSyncAnswer({"orders": described}, {"orders": config}).result() == InSync(
+        {("orders", 0): 2, ("orders", 1): 1}, {"orders": 3}
+    )
+    denied: Future[Any] = Future()
+    denied.set_exception(KafkaException(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED)))
+    odd: Future[Any] = Future()
+    odd.set_result({"min.insync.replicas": SimpleNamespace(value="9" * 5000)})
+    assert InSyncAnswer({}, {"orders": denied, "other": odd}).result() == InSync({}, {})
 
 
 def test_a_subscription_reports_the_assignment_and_assigns_nothing_by_itself(mock_cluster: MockCluster) -> None:

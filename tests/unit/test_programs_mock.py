@@ -7,11 +7,16 @@ programs' paths, not exactly-once across restarts (the twin and the real broker 
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Mapping
 
 import pytest
 
+from orderpipe import producer_app, replicas
 from orderpipe.cli import LoadSettings, consumer_main, producer_main
+from orderpipe.console import QUIET, Console
+from orderpipe.edge import InSync
+from orderpipe.kafka_clients import connect_admin
 from orderpipe.settings import Settings, build_settings
 from tests.unit.mock_cluster import MockCluster
 
@@ -64,3 +69,62 @@ def test_the_producer_keeps_its_rate_and_prints_each_order(
     out = capsys.readouterr().out
     assert out.count("✓ Sent: Order") == 10
     assert "Throughput: 10 orders" in out
+
+
+class UnacknowledgedProducer:
+    """Stands for a producer whose last records wait for acknowledgements (`rounds` flushes of them)."""
+
+    def __init__(self, rounds: int) -> None:
+        self.rounds = rounds
+
+    def flush(self, _timeout: float) -> int:
+        self.rounds -= 1
+        return 3 if self.rounds > 0 else 0
+
+    def __len__(self) -> int:
+        return 3 if self.rounds > 0 else 0
+
+
+class Answered:
+    def __init__(self, in_sync: dict[tuple[str, int], int]) -> None:
+        self._in_sync = in_sync
+
+    def done(self) -> bool:
+        return True
+
+    def result(self) -> InSync:
+        return InSync(self._in_sync, {})
+
+
+def _publisher(mock_cluster: MockCluster, rounds: int, in_sync: int) -> producer_app._Publisher:
+    settings = mock_cluster.settings()
+    publisher = producer_app._Publisher(settings, Console(QUIET), connect_admin(settings))
+    publisher._producer = UnacknowledgedProducer(rounds)  # type: ignore[assignment]
+    publisher._replicas = replicas.ReplicaWatch(
+        lambda: Answered({(settings.orders_topic, 0): in_sync}),
+        {},
+        2,
+        doing="the producer keeps its orders and waits",
+        report=lambda line: producer_app.log.warning("⚠ %s", line),
+        monotonic=time.monotonic,
+    )
+    return publisher
+
+
+def test_the_final_flush_waits_on_while_the_cluster_is_below_min_isr(
+    mock_cluster: MockCluster, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(producer_app, "FLUSH_TIMEOUT_S", 0.05)  # time for the question and its answer
+    monkeypatch.setattr(replicas, "WAITING_AFTER_S", 0.0)
+    assert _publisher(mock_cluster, rounds=100_000, in_sync=1)._flush() == 0
+    assert "fewer in-sync replicas than min.insync.replicas" in caplog.text
+    assert "the producer keeps its orders and waits" in caplog.text
+
+
+def test_the_final_flush_gives_up_after_its_timeout_when_the_replicas_are_in_sync(
+    mock_cluster: MockCluster, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(producer_app, "FLUSH_TIMEOUT_S", 0.05)
+    monkeypatch.setattr(replicas, "WAITING_AFTER_S", 0.0)
+    assert _publisher(mock_cluster, rounds=10**9, in_sync=3)._flush() == 3
+    assert "in-sync replicas" not in caplog.text

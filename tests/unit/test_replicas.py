@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from orderpipe.edge import TP
+from orderpipe.edge import TP, InSync
 from orderpipe.errors import KafkaCallError
 from orderpipe.replicas import ASK_EVERY_S, REPORT_EVERY_S, ReplicaWatch, below_min_isr, min_isr_of, min_isr_sentence
 
@@ -31,13 +31,13 @@ def test_the_sentence_names_five_partitions_and_counts_the_rest() -> None:
 
 
 class Answer:
-    def __init__(self, value: dict[TP, int] | None = None, error: KafkaCallError | None = None) -> None:
-        self.value, self.error, self.ready = value or {}, error, False
+    def __init__(self, value: InSync, error: KafkaCallError | None = None) -> None:
+        self.value, self.error, self.ready = value, error, False
 
     def done(self) -> bool:
         return self.ready
 
-    def result(self) -> dict[TP, int]:
+    def result(self) -> InSync:
         if self.error is not None:
             raise self.error
         return self.value
@@ -49,6 +49,7 @@ class Cluster:
     def __init__(self) -> None:
         self.now = 0.0
         self.in_sync: dict[TP, int] = {("orders", 0): 1}
+        self.minimums: dict[str, int] = {}
         self.questions: list[Answer] = []
         self.lines: list[str] = []
         self.refuse = False
@@ -56,7 +57,7 @@ class Cluster:
     def ask(self) -> Answer:
         if self.refuse:
             raise KafkaCallError("could not describe topics: broker down", "_TRANSPORT", retriable=True)
-        answer = Answer(dict(self.in_sync))
+        answer = Answer(InSync(dict(self.in_sync), dict(self.minimums)))
         self.questions.append(answer)
         return answer
 
@@ -120,3 +121,19 @@ def test_a_cluster_that_does_not_answer_is_asked_again_later_without_an_error() 
     watch.check(16.0)
     assert watch.below == {}
     assert cluster.lines == []
+
+
+def test_a_minimum_the_cluster_gives_overrides_the_one_known_at_start() -> None:
+    cluster = Cluster()
+    cluster.in_sync = {("orders", 0): 2}
+    watch = cluster.watch()  # knows a minimum of 2: two in sync is enough
+    watch.check(5.0)
+    cluster.answer_all()
+    watch.check(5.0)
+    assert watch.below == {}
+    cluster.minimums = {"orders": 3}  # an operator raised it meanwhile
+    cluster.now = 20.0
+    watch.check(20.0)
+    cluster.answer_all()
+    watch.check(20.0)
+    assert watch.below == {("orders", 0): (2, 3)}
