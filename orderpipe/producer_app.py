@@ -264,7 +264,7 @@ class _Publisher:
                     f"[producer] {rate:,.0f} orders/s | sent {summary.sent} | "
                     f"delivered {summary.delivered} | failed {summary.failed}"
                 )
-        undelivered = self._flush()
+        undelivered = self._flush(stopped=stop.is_set())
         if undelivered:
             summary.failed += undelivered
             console.error(f"✗ {undelivered} orders were still not acknowledged after {FLUSH_TIMEOUT_S:.0f}s")
@@ -273,8 +273,12 @@ class _Publisher:
         console.info(summary.describe_throughput())
         return summary
 
-    def _flush(self) -> int:
-        """Waits for the last acknowledgements: FLUSH_TIMEOUT_S, or on while the cluster is below min ISR."""
+    def _flush(self, *, stopped: bool = False) -> int:
+        """Waits for the last acknowledgements: FLUSH_TIMEOUT_S, or on while the cluster is below min ISR.
+
+        After Ctrl-C or SIGTERM (`stopped`) it waits FLUSH_TIMEOUT_S at most: a person or
+        a service manager asked the program to end.
+        """
         deadline = time.monotonic() + FLUSH_TIMEOUT_S
         while True:
             undelivered = self._producer.flush(FLUSH_STEP_S)
@@ -282,7 +286,7 @@ class _Publisher:
             if not undelivered:
                 return 0
             self._watch_replicas(now)
-            if self._replicas.below:
+            if self._replicas.below and not stopped:
                 deadline = max(deadline, now + FLUSH_TIMEOUT_S)
             if now >= deadline:
                 return int(undelivered)

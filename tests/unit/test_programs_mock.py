@@ -128,3 +128,11 @@ def test_the_final_flush_gives_up_after_its_timeout_when_the_replicas_are_in_syn
     monkeypatch.setattr(replicas, "WAITING_AFTER_S", 0.0)
     assert _publisher(mock_cluster, rounds=10**9, in_sync=3)._flush() == 3
     assert "in-sync replicas" not in caplog.text
+
+
+def test_after_a_stop_signal_the_final_flush_keeps_to_its_timeout_even_below_min_isr(
+    mock_cluster: MockCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(producer_app, "FLUSH_TIMEOUT_S", 0.05)
+    monkeypatch.setattr(replicas, "WAITING_AFTER_S", 0.0)
+    assert _publisher(mock_cluster, rounds=10**9, in_sync=1)._flush(stopped=True) == 3
