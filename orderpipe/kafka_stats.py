@@ -22,7 +22,7 @@ from orderpipe.kafka_clients import (
 from orderpipe.money import RunningAverage
 from orderpipe.routing import Incoming
 from orderpipe.settings import Settings
-from orderpipe.stats_view import StatsView
+from orderpipe.stats_view import CatchUp, StatsView
 from orderpipe.topics import stats_keys
 from orderpipe.watchdog import UNTIMED_CALL_LIMIT_S, WATCHDOG, WATCHDOG_GRACE_S
 
@@ -92,6 +92,17 @@ class KafkaStatsTail:
             raise call_error(exc, f"close the reader of {self._tp.topic}") from exc
 
 
+def _reached(catch_up: CatchUp, deadline: float) -> bool:
+    """Whether the view has read to the end; a failed question about the end is asked again until `deadline`."""
+    try:
+        return catch_up.reached()
+    except KafkaCallError as exc:
+        if time.monotonic() > deadline:
+            raise BrokerUnavailableError(f"{exc} (tried for {CATCH_UP_TIMEOUT_S:g}s)") from exc
+        catch_up.ask_again()
+        return False
+
+
 def _end(info: Any) -> int:
     """A ListOffsets answer's offset; a negative one (no answer for the partition) is to be asked for again."""
     offset = int(info.offset)
@@ -105,7 +116,8 @@ def read_group_stats(settings: Settings) -> dict[TP, RunningAverage]:
 
     Raises:
         BrokerUnavailableError: the broker is unreachable, or reading stopped moving
-            on before the end for CATCH_UP_TIMEOUT_S.
+            on before the end for CATCH_UP_TIMEOUT_S (an end that could not be asked
+            for, while leadership moves, say, is asked for again until then).
     """
     admin = connect_admin(settings)
     require_grants(admin, settings, "stats")  # first: a topic it may not read looks absent
@@ -116,8 +128,8 @@ def read_group_stats(settings: Settings) -> dict[TP, RunningAverage]:
     try:
         view = StatsView(tail, settings.stats_topic, stats_keys(settings, counts))
         catch_up = view.catch_up()
-        position, deadline = -1, 0.0
-        while not catch_up.reached():
+        position, deadline = -1, time.monotonic() + CATCH_UP_TIMEOUT_S
+        while not _reached(catch_up, deadline):
             view.poll(timeout_s=0.1)
             if view.position() > position:
                 position, deadline = view.position(), time.monotonic() + CATCH_UP_TIMEOUT_S

@@ -66,7 +66,7 @@ class StatsView:
 
     def catch_up(self) -> CatchUp:
         """Asks for the topic's present end; `CatchUp.reached` says when the view has read that far."""
-        return CatchUp(self, self._tail.end_offset())
+        return CatchUp(self, self._tail.end_offset(), self._tail.end_offset)
 
     def position(self) -> int:
         return max(self._tail.position(), 0)
@@ -78,9 +78,14 @@ class CatchUp:
     It reads nothing itself: whoever owns the view polls it (the loop on every turn).
     """
 
-    def __init__(self, view: StatsView, end: Pending[int]) -> None:
+    def __init__(self, view: StatsView, end: Pending[int], ask: Callable[[], Pending[int]]) -> None:
         self._view = view
         self._end = end
+        self._ask = ask
+
+    def ask_again(self) -> None:
+        """Asks for the end once more (the last question failed)."""
+        self._end = self._ask()
 
     def reached(self) -> bool:
         """True once the end is known and the view's position is past it.

@@ -3,7 +3,8 @@
 # (before any broker is started: they need none, and must cover at least 85% of the
 # package's lines and 80% of each module), then the Kafka broker and the schema
 # registry (scripts/broker.sh) and the integration tests, then the secured broker
-# (scripts/broker.sh secure) and the tests of TLS, SASL, OAuth and ACLs.
+# (scripts/broker.sh secure) and the tests of TLS, SASL, OAuth and ACLs, then the
+# three-node cluster (scripts/broker.sh cluster) and the broker-failure tests.
 # Extra arguments run pytest with them instead, after the same set-up, e.g.
 #   scripts/test.sh tests/unit -x     scripts/test.sh -k retry
 set -euo pipefail
@@ -16,6 +17,7 @@ echo "mypy:" && .venv/bin/mypy
 if [ $# -gt 0 ]; then
   scripts/broker.sh up
   case " $* " in *secured*) scripts/broker.sh secure up ;; esac
+  case " $* " in *cluster*) scripts/broker.sh cluster up ;; esac
   exec .venv/bin/python -m pytest "$@"
 fi
 mkdir -p .cache
@@ -26,3 +28,6 @@ scripts/broker.sh up
 .venv/bin/python -m pytest tests/integration
 scripts/broker.sh secure up
 .venv/bin/python -m pytest tests/secured -m secured
+scripts/broker.sh secure down # its CPU goes to the cluster
+scripts/broker.sh cluster up
+.venv/bin/python -m pytest tests/cluster -m cluster

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import time
+from types import SimpleNamespace
+from typing import cast
 
 import pytest
 
+from orderpipe import kafka_stats
 from orderpipe.assignment import Restorer
 from orderpipe.edge import BEGINNING, Outgoing, TopicSpec
 from orderpipe.effects import OutputTopics, batch_effects
-from orderpipe.errors import BrokerUnavailableError, DeserializationError
+from orderpipe.errors import BrokerUnavailableError, DeserializationError, KafkaCallError
 from orderpipe.hold import Hold
 from orderpipe.money import RunningAverage
 from orderpipe.order import ValidOrder
@@ -18,6 +22,7 @@ from orderpipe.retry_scheduler import RetryScheduler
 from orderpipe.routing import BatchPlan, DeadLetter, Deferred, Incoming, Processed, Retry
 from orderpipe.settings import Settings
 from orderpipe.stats import Latest, StatsKeys, StatsTable
+from orderpipe.stats_view import CatchUp, StatsView
 from orderpipe.topics import STATS_TOPIC_CONFIG, missing_topics, weak_topics
 from orderpipe.twin_parts import VirtualClock
 
@@ -306,3 +311,31 @@ def test_topics_less_durable_than_the_settings_ask_for_are_named() -> None:
     for absurd in ("", "-1", "１", "9" * 5000, "2\n"):
         assert weak_topics(settings, {"orders": 3}, {"orders": {"min.insync.replicas": absurd}}) == [], absurd
     assert all(spec.config["min.insync.replicas"] == "2" for spec in missing_topics(settings, {}))
+
+
+class Failing:
+    """An answer about the end of orders-stats that failed (leadership moving, say)."""
+
+    def done(self) -> bool:
+        return True
+
+    def result(self) -> int:
+        raise KafkaCallError("could not find the end of orders-stats: no leader", "LEADER_NOT_AVAILABLE")
+
+
+class AnEnd(Failing):
+    def result(self) -> int:
+        return 0
+
+
+def test_the_stats_view_asks_again_for_an_end_that_could_not_be_found_until_its_deadline() -> None:
+    answers: list[Failing] = [Failing(), Failing(), AnEnd()]
+    view = cast("StatsView", SimpleNamespace(position=lambda: 0))
+    catch_up = CatchUp(view, Failing(), lambda: answers.pop(0))
+    far = time.monotonic() + 60
+    assert not kafka_stats._reached(catch_up, far)
+    assert not kafka_stats._reached(catch_up, far)
+    assert not kafka_stats._reached(catch_up, far)
+    assert kafka_stats._reached(catch_up, far)
+    with pytest.raises(BrokerUnavailableError, match="no leader"):
+        kafka_stats._reached(CatchUp(view, Failing(), Failing), time.monotonic() - 1)
