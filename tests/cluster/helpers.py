@@ -9,9 +9,11 @@ the active controller as the KRaft quorum's leader (`scripts/broker.sh cluster c
 
 from __future__ import annotations
 
+import bisect
+import json
 import subprocess
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from pathlib import Path
 
 from confluent_kafka.admin import (  # type: ignore[attr-defined]
@@ -21,6 +23,9 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
     ConfigResource,
     ResourceType,
 )
+
+from orderpipe.settings import Settings
+from tests.integration.helpers import read_topic
 
 ROOT = Path(__file__).resolve().parents[2]
 BOOTSTRAP = "127.0.0.1:29091,127.0.0.1:29092,127.0.0.1:29093"
@@ -88,3 +93,38 @@ def wait_until_in_sync(topics: list[str], replicas: int = 3, timeout: float = 12
             return
         assert time.monotonic() < deadline, f"not {replicas} replicas in sync within {timeout}s: {others}"
         time.sleep(0.5)
+
+
+def commit_latencies(settings: Settings) -> list[tuple[int, int]]:
+    """(timestamp, latency) in ms of every order: from its record's timestamp to the commit of its batch.
+
+    A batch's commit is where the stats record of its partition was written, in the
+    same transaction: the first committed `orders-stats` value of the partition whose
+    `next_offset` is past the order's offset. Its timestamp is when the consumer
+    produced it, a few milliseconds before the commit.
+    """
+    prefix = f"{settings.consumer_group}/{settings.orders_topic}-"
+    covered: dict[int, list[tuple[int, int]]] = defaultdict(list)  # partition: (next_offset, timestamp), in order
+    for record in read_topic(BOOTSTRAP, settings.stats_topic):
+        key = (record.key or b"").decode()
+        if key.startswith(prefix) and record.value:
+            covered[int(key[len(prefix) :])].append((int(json.loads(record.value)["next_offset"]), record.timestamp))
+    latencies = []
+    for order in read_topic(BOOTSTRAP, settings.orders_topic):
+        commits = covered[order.partition]
+        index = bisect.bisect_right([next_offset for next_offset, _ in commits], order.offset)
+        if index < len(commits):
+            latencies.append((order.timestamp, commits[index][1] - order.timestamp))
+    return latencies
+
+
+def describe_latencies(latencies: list[int]) -> str:
+    """p50, p99 and max of some latencies, in ms."""
+    if not latencies:
+        return "none"
+    ordered = sorted(latencies)
+
+    def at(fraction: float) -> int:
+        return ordered[min(int(fraction * len(ordered)), len(ordered) - 1)]
+
+    return f"p50 {at(0.5)} ms, p99 {at(0.99)} ms, max {ordered[-1]} ms over {len(ordered)} orders"

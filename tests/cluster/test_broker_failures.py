@@ -33,6 +33,8 @@ from tests.cluster.helpers import (
     active_controller,
     admin,
     cluster_script,
+    commit_latencies,
+    describe_latencies,
     leaders,
     set_min_isr,
     transaction_coordinator,
@@ -80,11 +82,26 @@ def _last_line(program: Output, prefix: str) -> str:
     return next((line.strip() for line in reversed(program.lines) if line.startswith(prefix)), "")
 
 
-def _bounce(node: int) -> None:
+# When nodes were down: (killed, answering again), epoch ms, as order timestamps are.
+Outages = list[tuple[int, int]]
+
+
+def _bounce(node: int, outages: Outages) -> None:
     """SIGKILL a node, leave it down DOWN_S, start it again with its data."""
     cluster_script("kill", str(node))
+    killed = time.time_ns() // 1_000_000
     time.sleep(DOWN_S)  # the outage itself, not a wait for a condition
     cluster_script("start", str(node))
+    outages.append((killed, time.time_ns() // 1_000_000))
+
+
+def _print_latencies(pipeline: Pipeline, outages: Outages) -> None:
+    """The orders' latency to their commit: those sent before the first outage, and those sent during one."""
+    latencies = commit_latencies(pipeline.settings)
+    before = [latency for at, latency in latencies if at < outages[0][0]]
+    during = [latency for at, latency in latencies if any(start <= at <= end for start, end in outages)]
+    print(f"latency to commit, orders sent before the failures: {describe_latencies(before)}")
+    print(f"latency to commit, orders sent while a node was down: {describe_latencies(during)}")
 
 
 class Supervised:
@@ -120,9 +137,12 @@ class Supervised:
         return self.last
 
 
-def _run_under(pipeline: Pipeline, failures: Callable[[str], None]) -> tuple[Supervised, Audit]:
-    """Consumer (supervised) and producer running while `failures(transactional_id)` kills nodes; the audit after."""
-    consumer = Supervised(pipeline, "--idle-exit", "15", "--failure-rate", "0.05", "--quiet", "--report-latency")
+def _run_under(pipeline: Pipeline, failures: Callable[[str, Outages], None]) -> tuple[Supervised, Audit]:
+    """Consumer (supervised) and producer running while `failures(transactional_id, outages)` kills nodes.
+
+    Returns the supervisor and the audit after; prints the figures.
+    """
+    consumer = Supervised(pipeline, "--idle-exit", "15", "--failure-rate", "0.05", "--quiet")
     consumer.last.wait_for_line("Consuming")
     transactional_id = re.search(r"transactional id (\S+)\)", "".join(consumer.last.lines))
     assert transactional_id is not None
@@ -130,7 +150,8 @@ def _run_under(pipeline: Pipeline, failures: Callable[[str], None]) -> tuple[Sup
         pipeline.popen("producer.py", "--count", str(ORDERS), "--rate", str(RATE), "--invalid-rate", "0.05", "--quiet")
     )
     time.sleep(5)  # let the run get going before the first failure
-    failures(transactional_id.group(1))
+    outages: Outages = []
+    failures(transactional_id.group(1), outages)
     produced = producer.text(timeout=300)
     assert producer.process.returncode == 0, produced + _errors(producer)
     assert f"delivered {ORDERS}, failed 0" in produced
@@ -141,16 +162,16 @@ def _run_under(pipeline: Pipeline, failures: Callable[[str], None]) -> tuple[Sup
     print(f"audit: {audit.describe()}")
     print(f"producer: {_last_line(producer, 'Producer summary')}")
     print(f"consumer restarts: {len(consumer.failures)} {consumer.failures}")
-    print(f"consumer (last run): {_last_line(last, 'Latency')}")
+    _print_latencies(pipeline, outages)
     return consumer, audit
 
 
 def test_the_leader_of_most_orders_partitions_then_the_transaction_coordinator_killed(cluster: str) -> None:
     pipeline = _pipeline()
 
-    def failures(transactional_id: str) -> None:
-        _bounce(leaders(pipeline.settings.orders_topic).most_common(1)[0][0])
-        _bounce(transaction_coordinator(transactional_id))
+    def failures(transactional_id: str, outages: Outages) -> None:
+        _bounce(leaders(pipeline.settings.orders_topic).most_common(1)[0][0], outages)
+        _bounce(transaction_coordinator(transactional_id), outages)
 
     consumer, audit = _run_under(pipeline, failures)
 
@@ -162,9 +183,9 @@ def test_the_leader_of_most_orders_partitions_then_the_transaction_coordinator_k
 def test_a_rolling_restart_of_all_three_nodes(cluster: str) -> None:
     pipeline = _pipeline()
 
-    def failures(_transactional_id: str) -> None:
+    def failures(_transactional_id: str, outages: Outages) -> None:
         for node in (1, 2, 3):
-            _bounce(node)
+            _bounce(node, outages)
             wait_until_in_sync([pipeline.settings.orders_topic])
 
     consumer, audit = _run_under(pipeline, failures)
@@ -176,8 +197,8 @@ def test_a_rolling_restart_of_all_three_nodes(cluster: str) -> None:
 def test_the_active_controller_killed(cluster: str) -> None:
     pipeline = _pipeline()
 
-    def failures(_transactional_id: str) -> None:
-        _bounce(active_controller())
+    def failures(_transactional_id: str, outages: Outages) -> None:
+        _bounce(active_controller(), outages)
 
     consumer, audit = _run_under(pipeline, failures)
 
