@@ -32,12 +32,13 @@ from orderpipe.consumer_app import (
 from orderpipe.edge import TP
 from orderpipe.errors import OrderPipeError
 from orderpipe.kafka_clients import librdkafka_logger
+from orderpipe.kafka_edge import FLUSH_TIMEOUT_S
 from orderpipe.kafka_stats import read_group_stats
 from orderpipe.money import RunningAverage
 from orderpipe.producer_app import ProducerOptions, run_producer
 from orderpipe.settings import ENV_NAMES, Settings
 from orderpipe.text import ScrubbedStream, Scrubber
-from orderpipe.watchdog import WATCHDOG, watching
+from orderpipe.watchdog import WATCHDOG, WATCHDOG_GRACE_S, watching
 
 __all__ = ["LoadSettings", "consumer_main", "producer_main"]
 
@@ -53,6 +54,8 @@ MAX_IDLE_EXIT_S = 86_400.0
 MAX_BATCH_SIZE = 100_000
 # Longer than the transaction timeout, a batch would outlive the transaction that commits it.
 MAX_COMMIT_INTERVAL_MS = 10_000
+# After a stop signal, an at-least-once consumer may still flush for FLUSH_TIMEOUT_S.
+AT_LEAST_ONCE_SHUTDOWN_S = FLUSH_TIMEOUT_S + WATCHDOG_GRACE_S
 
 
 def _fraction(text: str) -> float:
@@ -317,8 +320,11 @@ def consumer_main(load_settings: LoadSettings, argv: Sequence[str] | None = None
             report_latency=args.report_latency,
         )
         downstream = simulated_outage(random.Random(args.seed), args.failure_rate)
-        # From a stop signal on, the consumer has its transaction timeout to finish and close.
-        shutdown_limit_s = options.transaction_timeout_ms / 1000
+        # From a stop signal on, the consumer has its transaction timeout to finish and close
+        # (at-least-once: as long as its flush may take).
+        shutdown_limit_s = (
+            options.transaction_timeout_ms / 1000 if options.delivery == EXACTLY_ONCE else AT_LEAST_ONCE_SHUTDOWN_S
+        )
         with _stop_on_signals() as stop, watching(WATCHDOG, shutdown_limit_s):
             OrderConsumer(settings, options, Console(verbosity), downstream).run(stop)
         return 0

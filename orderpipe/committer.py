@@ -54,16 +54,17 @@ TRANSIENT_CODES = frozenset(
         "NOT_COORDINATOR",
         "COORDINATOR_NOT_AVAILABLE",
         "COORDINATOR_LOAD_IN_PROGRESS",
-        # Leadership moving, or too few in-sync replicas, while a broker is away.
-        "_MSG_TIMED_OUT",
+        # Leadership moving while a broker is away.
         "NOT_LEADER_OR_FOLLOWER",
         "LEADER_NOT_AVAILABLE",
         "FENCED_LEADER_EPOCH",
         "UNKNOWN_LEADER_EPOCH",
-        "NOT_ENOUGH_REPLICAS",
-        "NOT_ENOUGH_REPLICAS_AFTER_APPEND",
     }
 )
+# Records that timed out, or too few in-sync replicas, are transient only while the
+# replica watch confirms a shortfall the cluster can recover from (ConsumerLoop): a
+# deleted output topic or a min.insync.replicas above the replica count gives the same
+# codes for ever.
 
 
 class Progress(enum.Enum):

@@ -242,7 +242,8 @@ class ConsumerLoop:
             self._reporter.summary.aborted += 1
             # A broker or coordinator that is slow or away is waited for; only a batch
             # that fails for itself, again and again, stops the consumer.
-            self._aborts_in_a_row += 0 if self._committer.transient else 1
+            transient = self._committer.transient or bool(self._replicas and self._replicas.below)
+            self._aborts_in_a_row += 0 if transient else 1
             if self._aborts_in_a_row >= MAX_ABORTS_IN_A_ROW:
                 raise FatalKafkaError(
                     f"{self._aborts_in_a_row} batches in a row were aborted; the last: {self._committer.aborting}"

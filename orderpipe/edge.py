@@ -101,10 +101,17 @@ class TopicSpec(NamedTuple):
 
 
 class InSync(NamedTuple):
-    """The cluster's answer about replicas: each partition's in-sync replica count, and each topic's
-    min.insync.replicas where its configuration could be read (DescribeConfigs may be denied)."""
+    """The cluster's answer about replicas.
+
+    Attributes:
+        counts: each partition's number of in-sync replicas.
+        replicas: each partition's number of replicas.
+        minimums: each topic's min.insync.replicas, where its configuration could be
+            read (DescribeConfigs may be denied).
+    """
 
     counts: dict[TP, int]
+    replicas: dict[TP, int]
     minimums: dict[str, int]
 
 

@@ -202,7 +202,7 @@ class InSyncAnswer:
         return all(future.done() for future in (*self._topics.values(), *self._configs.values()))
 
     def result(self) -> InSync:
-        counts = {}
+        counts, replicas = {}, {}
         for topic, future in self._topics.items():
             try:
                 description = future.result()
@@ -210,6 +210,7 @@ class InSyncAnswer:
                 raise call_error(exc, f"describe topic {topic}") from exc
             for partition in description.partitions:
                 counts[(topic, int(partition.id))] = len(partition.isr)
+                replicas[(topic, int(partition.id))] = len(partition.replicas)
         minimums = {}
         for topic, future in self._configs.items():
             try:
@@ -219,7 +220,7 @@ class InSyncAnswer:
             value = parse_min_isr(entry.value if entry is not None else None)
             if value is not None:
                 minimums[topic] = value
-        return InSync(counts, minimums)
+        return InSync(counts, replicas, minimums)
 
 
 def in_sync_replicas(admin: AdminClient, topics: Sequence[str], timeout_s: float = TOPIC_TIMEOUT_S) -> InSyncAnswer:

@@ -264,20 +264,22 @@ class _Publisher:
                     f"[producer] {rate:,.0f} orders/s | sent {summary.sent} | "
                     f"delivered {summary.delivered} | failed {summary.failed}"
                 )
-        undelivered = self._flush(stopped=stop.is_set())
+        flush_started = time.monotonic()
+        undelivered = self._flush(stop)
         if undelivered:
             summary.failed += undelivered
-            console.error(f"✗ {undelivered} orders were still not acknowledged after {FLUSH_TIMEOUT_S:.0f}s")
+            waited = time.monotonic() - flush_started
+            console.error(f"✗ {undelivered} orders were still not acknowledged after {waited:.0f}s")
         summary.busy_s = time.monotonic() - started
         console.info(summary.describe())
         console.info(summary.describe_throughput())
         return summary
 
-    def _flush(self, *, stopped: bool = False) -> int:
+    def _flush(self, stop: threading.Event) -> int:
         """Waits for the last acknowledgements: FLUSH_TIMEOUT_S, or on while the cluster is below min ISR.
 
-        After Ctrl-C or SIGTERM (`stopped`) it waits FLUSH_TIMEOUT_S at most: a person or
-        a service manager asked the program to end.
+        Once Ctrl-C or SIGTERM has come (`stop`, before or during the flush) it waits
+        FLUSH_TIMEOUT_S at most: a person or a service manager asked the program to end.
         """
         deadline = time.monotonic() + FLUSH_TIMEOUT_S
         while True:
@@ -286,7 +288,7 @@ class _Publisher:
             if not undelivered:
                 return 0
             self._watch_replicas(now)
-            if self._replicas.below and not stopped:
+            if self._replicas.below and not stop.is_set():
                 deadline = max(deadline, now + FLUSH_TIMEOUT_S)
             if now >= deadline:
                 return int(undelivered)

@@ -51,12 +51,17 @@ def min_isr_of(topics: Mapping[str, Mapping[str, str]], default: int) -> dict[st
     return minimums
 
 
-def below_min_isr(in_sync: Mapping[TP, int], minimums: Mapping[str, int], default: int) -> dict[TP, tuple[int, int]]:
-    """The partitions with fewer in-sync replicas than their topic's minimum: (in sync, minimum) each."""
+def below_min_isr(answer: InSync, minimums: Mapping[str, int], default: int) -> dict[TP, tuple[int, int]]:
+    """The partitions with fewer in-sync replicas than their topic's minimum: (in sync, minimum) each.
+
+    A minimum above the partition's replica count is a misconfiguration no wait can
+    cure (Kafka accepts it), so such a partition is not counted: waiting for it would
+    be forever.
+    """
     below = {}
-    for tp, count in in_sync.items():
+    for tp, count in answer.counts.items():
         minimum = minimums.get(tp[0], default)
-        if count < minimum:
+        if count < minimum <= answer.replicas.get(tp, minimum):
             below[tp] = (count, minimum)
     return below
 
@@ -116,6 +121,7 @@ class ReplicaWatch:
                 self._pending = self._ask()
             except OrderPipeError as exc:
                 log.debug("could not ask for the in-sync replicas: %s", exc)
+                self.below = {}  # unconfirmed: the programs' usual limits apply again
             self._asked_at = now
 
     def _take_answer(self, now: float) -> None:
@@ -125,8 +131,9 @@ class ReplicaWatch:
             answer = pending.result()
         except OrderPipeError as exc:  # a cluster in trouble may not answer; the next question may get through
             log.debug("no answer about the in-sync replicas: %s", exc)
+            self.below = {}  # unconfirmed: the programs' usual limits apply again
             return
-        self.below = below_min_isr(answer.counts, {**self._minimums, **answer.minimums}, self._default)
+        self.below = below_min_isr(answer, {**self._minimums, **answer.minimums}, self._default)
         if self.below and (self._reported_at is None or now - self._reported_at >= REPORT_EVERY_S):
             self._reported_at = now
             self._report(min_isr_sentence(self.below, self._doing))

@@ -356,17 +356,18 @@ class TwinEdge(_TwinProducer):
         cluster = self._cluster
 
         def answer() -> InSync:
-            counts = {
-                (topic, p): cluster.in_sync.get((topic, p), cluster.replication.get(topic, 1))
+            replicas = {
+                (topic, p): cluster.replication.get(topic, 1)
                 for topic in topics
                 for p in range(len(cluster.logs.get(topic, [])))
             }
+            counts = {tp: cluster.in_sync.get(tp, count) for tp, count in replicas.items()}
             minimums = {
                 topic: int(cluster.configs[topic]["min.insync.replicas"])
                 for topic in topics
                 if "min.insync.replicas" in cluster.configs.get(topic, {})
             }
-            return InSync(counts, minimums)
+            return InSync(counts, replicas, minimums)
 
         return Later(answer)
 

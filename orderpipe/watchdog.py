@@ -75,6 +75,11 @@ class Watchdog:
             with self._lock:
                 del self._calls[call]
 
+    def forget_stop(self) -> None:
+        """Forgets a stop signal: a new run (main(argv) called again in one process) starts without one."""
+        with self._lock:
+            self._shutdown = None
+
     def stop_asked(self, limit_s: float) -> None:
         """A stop signal arrived: the process has `limit_s` from now (the first signal counts) to end."""
         with self._lock:
@@ -132,6 +137,7 @@ def watching(
     main = threading.current_thread() is threading.main_thread()
     previous = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False) if main else -1
     done = threading.Event()
+    watchdog.forget_stop()
 
     def watch() -> None:
         while not done.is_set():
@@ -153,6 +159,7 @@ def watching(
         if main:
             signal.set_wakeup_fd(previous)
         thread.join()
+        watchdog.forget_stop()
         reader.close()
         writer.close()
 

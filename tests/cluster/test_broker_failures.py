@@ -74,6 +74,15 @@ def _audit(pipeline: Pipeline) -> Audit:
     return audit_topics(lambda topic: read_topic(BOOTSTRAP, topic), pipeline.settings)
 
 
+def _assert_exact(pipeline: Pipeline, orders: int) -> Audit:
+    """The audit of a drained pipeline, printed; every order counted or dead-lettered once, nothing twice."""
+    audit = _audit(pipeline)
+    print(f"audit: {audit.describe()}")
+    assert audit.exact, audit.describe()
+    assert audit.orders == orders
+    return audit
+
+
 def _errors(program: Output) -> str:
     return "".join(program.errors)[-5000:]
 
@@ -226,11 +235,7 @@ def test_three_consumers_one_killed_mid_run_and_the_survivors_print_the_exact_gr
     for final in finals:
         assert final.process.returncode == 0, final.text() + _errors(final)
     wait_until_in_sync([pipeline.settings.orders_topic])
-    audit = _audit(pipeline)
-    print(f"audit: {audit.describe()}")
-
-    assert audit.exact, audit.describe()
-    assert audit.orders == ORDERS
+    audit = _assert_exact(pipeline, ORDERS)
     for final in finals:
         summary = _last_line(final, "Consumer summary")
         print(f"survivor: {summary}")
@@ -275,10 +280,7 @@ def test_below_min_isr_both_programs_wait_and_say_so_then_finish_exactly(cluster
         reports = sum(line in text for text in program.errors)
         assert 1 <= reports <= waited_s / 30 + 2, _errors(program)
     wait_until_in_sync(written)
-    audit = _audit(pipeline)
-    print(f"audit: {audit.describe()}")
-    assert audit.exact, audit.describe()
-    assert audit.orders == 4000
+    _assert_exact(pipeline, 4000)
 
 
 def test_sigterm_during_a_broker_failure_is_honoured_within_the_transaction_timeout(cluster: str) -> None:
@@ -304,10 +306,7 @@ def test_sigterm_during_a_broker_failure_is_honoured_within_the_transaction_time
     assert "delivered 4000, failed 0" in producer.text(timeout=300)
     again = Supervised(pipeline, "--idle-exit", "15", "--quiet").wait(timeout=600)
     assert again.process.returncode == 0, again.text() + _errors(again)
-    audit = _audit(pipeline)
-    print(f"audit: {audit.describe()}")
-    assert audit.exact, audit.describe()
-    assert audit.orders == 4000
+    _assert_exact(pipeline, 4000)
 
 
 def test_topics_are_created_with_replication_3_and_min_isr_2(cluster: str) -> None:

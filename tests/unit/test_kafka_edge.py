@@ -170,7 +170,12 @@ def test_the_in_sync_replicas_of_every_partition_are_counted_from_describe_topic
     # librdkafka's mock cluster does not answer DescribeTopics: its futures are stood in for.
     described: Future[Any] = Future()
     described.set_result(
-        SimpleNamespace(partitions=[SimpleNamespace(id=0, isr=[1, 2]), SimpleNamespace(id=1, isr=[3])])
+        SimpleNamespace(
+            partitions=[
+                SimpleNamespace(id=0, isr=[1, 2], replicas=[1, 2, 3]),
+                SimpleNamespace(id=1, isr=[3], replicas=[1, 2, 3]),
+            ]
+        )
     )
     missing: Future[Any] = Future()
     config: Future[Any] = Future()
@@ -182,13 +187,13 @@ def test_the_in_sync_replicas_of_every_partition_are_counted_from_describe_topic
     with pytest.raises(KafkaCallError, match="could not describe topic other"):
         answer_.result()
     assert InSyncAnswer({"orders": described}, {"orders": config}).result() == InSync(
-        {("orders", 0): 2, ("orders", 1): 1}, {"orders": 3}
+        {("orders", 0): 2, ("orders", 1): 1}, {("orders", 0): 3, ("orders", 1): 3}, {"orders": 3}
     )
     denied: Future[Any] = Future()
     denied.set_exception(KafkaException(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED)))
     odd: Future[Any] = Future()
     odd.set_result({"min.insync.replicas": SimpleNamespace(value="9" * 5000)})
-    assert InSyncAnswer({}, {"orders": denied, "other": odd}).result() == InSync({}, {})
+    assert InSyncAnswer({}, {"orders": denied, "other": odd}).result() == InSync({}, {}, {})
 
 
 def test_a_subscription_reports_the_assignment_and_assigns_nothing_by_itself(mock_cluster: MockCluster) -> None:

@@ -7,6 +7,7 @@ programs' paths, not exactly-once across restarts (the twin and the real broker 
 from __future__ import annotations
 
 import re
+import threading
 import time
 from collections.abc import Mapping
 
@@ -93,7 +94,7 @@ class Answered:
         return True
 
     def result(self) -> InSync:
-        return InSync(self._in_sync, {})
+        return InSync(self._in_sync, dict.fromkeys(self._in_sync, 3), {})
 
 
 def _publisher(mock_cluster: MockCluster, rounds: int, in_sync: int) -> producer_app._Publisher:
@@ -116,7 +117,7 @@ def test_the_final_flush_waits_on_while_the_cluster_is_below_min_isr(
 ) -> None:
     monkeypatch.setattr(producer_app, "FLUSH_TIMEOUT_S", 0.05)  # time for the question and its answer
     monkeypatch.setattr(replicas, "WAITING_AFTER_S", 0.0)
-    assert _publisher(mock_cluster, rounds=100_000, in_sync=1)._flush() == 0
+    assert _publisher(mock_cluster, rounds=100_000, in_sync=1)._flush(threading.Event()) == 0
     assert "fewer in-sync replicas than min.insync.replicas" in caplog.text
     assert "the producer keeps its orders and waits" in caplog.text
 
@@ -126,7 +127,7 @@ def test_the_final_flush_gives_up_after_its_timeout_when_the_replicas_are_in_syn
 ) -> None:
     monkeypatch.setattr(producer_app, "FLUSH_TIMEOUT_S", 0.05)
     monkeypatch.setattr(replicas, "WAITING_AFTER_S", 0.0)
-    assert _publisher(mock_cluster, rounds=10**9, in_sync=3)._flush() == 3
+    assert _publisher(mock_cluster, rounds=10**9, in_sync=3)._flush(threading.Event()) == 3
     assert "in-sync replicas" not in caplog.text
 
 
@@ -135,4 +136,6 @@ def test_after_a_stop_signal_the_final_flush_keeps_to_its_timeout_even_below_min
 ) -> None:
     monkeypatch.setattr(producer_app, "FLUSH_TIMEOUT_S", 0.05)
     monkeypatch.setattr(replicas, "WAITING_AFTER_S", 0.0)
-    assert _publisher(mock_cluster, rounds=10**9, in_sync=1)._flush(stopped=True) == 3
+    stop = threading.Event()
+    stop.set()
+    assert _publisher(mock_cluster, rounds=10**9, in_sync=1)._flush(stop) == 3

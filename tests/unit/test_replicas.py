@@ -19,7 +19,13 @@ def test_a_topics_min_isr_comes_from_its_configuration_and_odd_values_take_the_d
 
 def test_partitions_below_their_topics_minimum_are_found() -> None:
     in_sync = {("orders", 0): 1, ("orders", 1): 2, ("stats", 0): 2}
-    assert below_min_isr(in_sync, {"stats": 3}, 2) == {("orders", 0): (1, 2), ("stats", 0): (2, 3)}
+    answer = InSync(in_sync, dict.fromkeys(in_sync, 3), {})
+    assert below_min_isr(answer, {"stats": 3}, 2) == {("orders", 0): (1, 2), ("stats", 0): (2, 3)}
+
+
+def test_a_minimum_above_the_replica_count_is_not_waited_for() -> None:
+    answer = InSync({("orders", 0): 3}, {("orders", 0): 3}, {})
+    assert below_min_isr(answer, {"orders": 4}, 2) == {}  # Kafka accepts it; no wait can cure it
 
 
 def test_the_sentence_names_five_partitions_and_counts_the_rest() -> None:
@@ -57,7 +63,7 @@ class Cluster:
     def ask(self) -> Answer:
         if self.refuse:
             raise KafkaCallError("could not describe topics: broker down", "_TRANSPORT", retriable=True)
-        answer = Answer(InSync(dict(self.in_sync), dict(self.minimums)))
+        answer = Answer(InSync(dict(self.in_sync), dict.fromkeys(self.in_sync, 3), dict(self.minimums)))
         self.questions.append(answer)
         return answer
 
@@ -121,6 +127,22 @@ def test_a_cluster_that_does_not_answer_is_asked_again_later_without_an_error() 
     watch.check(16.0)
     assert watch.below == {}
     assert cluster.lines == []
+
+
+def test_a_shortfall_no_longer_confirmed_is_forgotten() -> None:
+    cluster = Cluster()
+    watch = cluster.watch()
+    watch.check(5.0)
+    cluster.answer_all()
+    watch.check(5.0)
+    assert watch.below
+    cluster.now = 10.0
+    watch.check(10.0)  # asked again ...
+    cluster.questions[-1].error = KafkaCallError("could not describe topic orders: timed out", "_TIMED_OUT")
+    cluster.answer_all()
+    cluster.now = 11.0
+    watch.check(11.0)  # ... and not answered: the commit's usual deadline applies again
+    assert watch.below == {}
 
 
 def test_a_minimum_the_cluster_gives_overrides_the_one_known_at_start() -> None:

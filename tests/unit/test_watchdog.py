@@ -14,6 +14,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
@@ -171,3 +172,26 @@ def test_a_real_process_stuck_when_sigterm_arrives_ends_within_the_shutdown_limi
     assert process.returncode == EXIT_STUCK
     assert "did not finish shutting down within 1s of the stop signal (still trying to send the offsets)" in err
     assert time.monotonic() - sent < 10
+
+
+def test_a_stop_signal_of_one_run_does_not_end_the_next_in_the_same_process() -> None:
+    watchdog, codes = Watchdog(), list[int]()
+    previous = signal.signal(signal.SIGTERM, lambda _signum, _frame: None)
+    try:
+        with watching(watchdog, 30, end=codes.append, tick_s=0.01):
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert _poll_until_true(lambda: watchdog._shutdown is not None)
+        with watching(watchdog, 0.01, end=codes.append, tick_s=0.01):
+            assert not threading.Event().wait(0.2)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert codes == []
+
+
+def _poll_until_true(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return False
