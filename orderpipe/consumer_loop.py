@@ -260,7 +260,13 @@ class ConsumerLoop:
     def _idle(self) -> bool:
         """True once nothing arrived for the idle limit, while nothing waits: no retry paused or being read again."""
         limit = self._idle_exit_s
-        if limit is None or self._scheduler.paused or self._ownership.restoring:
+        if limit is None:
+            return False
+        if self._scheduler.paused or self._ownership.restoring:
+            # Waiting is not idleness: the limit counts from when nothing waits any more
+            # (a restore that took longer than the limit must not end the run before the
+            # partitions' first fetch).
+            self._last_activity = self._clock.monotonic()
             return False
         if self._refetching:
             now = self._clock.monotonic()
