@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import re
 import subprocess
 import time
 from collections import Counter, defaultdict
@@ -103,12 +104,12 @@ def commit_latencies(settings: Settings) -> list[tuple[int, int]]:
     `next_offset` is past the order's offset. Its timestamp is when the consumer
     produced it, a few milliseconds before the commit.
     """
-    prefix = f"{settings.consumer_group}/{settings.orders_topic}-"
+    key_of_orders = re.compile(re.escape(f"{settings.consumer_group}/{settings.orders_topic}-") + r"([0-9]+)")
     covered: dict[int, list[tuple[int, int]]] = defaultdict(list)  # partition: (next_offset, timestamp), in order
     for record in read_topic(BOOTSTRAP, settings.stats_topic):
-        key = (record.key or b"").decode()
-        if key.startswith(prefix) and record.value:
-            covered[int(key[len(prefix) :])].append((int(json.loads(record.value)["next_offset"]), record.timestamp))
+        key = key_of_orders.fullmatch((record.key or b"").decode())
+        if key is not None and record.value:
+            covered[int(key.group(1))].append((int(json.loads(record.value)["next_offset"]), record.timestamp))
     latencies = []
     for order in read_topic(BOOTSTRAP, settings.orders_topic):
         commits = covered[order.partition]
