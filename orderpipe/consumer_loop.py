@@ -230,6 +230,8 @@ class ConsumerLoop:
         pause: set[TP] = set()
         if progress is Progress.COMMITTED:
             self._aborts_in_a_row = 0
+            if self._replicas is not None:
+                self._replicas.writes_done()
             self._rewrite -= effects.offsets.keys()
             before = self.group_total()
             self._ownership.committed(effects)

@@ -213,6 +213,7 @@ class _Publisher:
         reported = self.summary.delivered + self.summary.failed
         if reported != self._reported or not len(self._producer):
             self._progress_at, self._reported = now, reported
+            self._replicas.writes_done()
         self._replicas.check(now - self._progress_at)
 
     def _delivered(self, error: KafkaError | None, message: Message) -> None:

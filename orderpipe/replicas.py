@@ -105,7 +105,8 @@ class ReplicaWatch:
         self._pending: Pending[InSync] | None = None
         self._asked_at: float | None = None
         self._reported_at: float | None = None
-        # The partitions found below their minimum by the last answer, while writes wait.
+        # The partitions the last answer found below their minimum; kept until writes
+        # succeed again (`writes_done`), a new answer says otherwise, or one fails.
         self.below: dict[TP, tuple[int, int]] = {}
 
     def check(self, waiting_s: float) -> None:
@@ -114,7 +115,6 @@ class ReplicaWatch:
         if self._pending is not None and self._pending.done():
             self._take_answer(now)
         if waiting_s < WAITING_AFTER_S:
-            self.below = {}
             return
         if self._pending is None and (self._asked_at is None or now - self._asked_at >= ASK_EVERY_S):
             try:
@@ -123,6 +123,10 @@ class ReplicaWatch:
                 log.debug("could not ask for the in-sync replicas: %s", exc)
                 self.below = {}  # unconfirmed: the programs' usual limits apply again
             self._asked_at = now
+
+    def writes_done(self) -> None:
+        """Writes went through (a commit, an acknowledgement): whatever was below is not any more."""
+        self.below = {}
 
     def _take_answer(self, now: float) -> None:
         pending, self._pending = self._pending, None

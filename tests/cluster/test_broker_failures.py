@@ -275,8 +275,8 @@ def test_below_min_isr_both_programs_wait_and_say_so_then_finish_exactly(cluster
         assert producer.process.poll() is None, "the producer sends for 20 s"
         set_min_isr([settings.orders_topic], 3)
         wait_for(lambda: any(line in text for text in producer.errors), 60, "the producer to report it")
-        assert producer.process.poll() is None, "the producer waits rather than fails"
-        assert consumer.process.poll() is None, "the consumer waits rather than fails"
+        assert producer.process.poll() is None, f"the producer waits rather than fails: {_errors(producer)}"
+        assert consumer.process.poll() is None, f"the consumer waits rather than fails: {_errors(consumer)}"
         down_s = time.monotonic()
     finally:
         cluster_script("start", "3")
