@@ -9,12 +9,14 @@ the process (orderpipe.watchdog).
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import random
 import signal
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -29,6 +31,8 @@ from orderpipe.consumer_app import (
     OrderConsumer,
     simulated_outage,
 )
+from orderpipe.dead_letters import DeadLetter, DlqFilter, parse_since
+from orderpipe.dlq_app import list_dead_letters
 from orderpipe.edge import TP
 from orderpipe.errors import OrderPipeError
 from orderpipe.kafka_clients import librdkafka_logger
@@ -36,11 +40,12 @@ from orderpipe.kafka_edge import FLUSH_TIMEOUT_S
 from orderpipe.kafka_stats import read_group_stats
 from orderpipe.money import RunningAverage
 from orderpipe.producer_app import ProducerOptions, run_producer
+from orderpipe.routing import REASON_DESERIALIZATION, REASON_RETRIES_EXHAUSTED, REASON_VALIDATION
 from orderpipe.settings import ENV_NAMES, Settings
 from orderpipe.text import ScrubbedStream, Scrubber
 from orderpipe.watchdog import WATCHDOG, WATCHDOG_GRACE_S, watching
 
-__all__ = ["LoadSettings", "consumer_main", "producer_main"]
+__all__ = ["LoadSettings", "consumer_main", "dlq_main", "producer_main"]
 
 # Builds the settings from flag values keyed by environment variable name (None: not
 # given); the entry scripts pass config.load_settings, the one reader of the environment.
@@ -54,6 +59,7 @@ MAX_IDLE_EXIT_S = 86_400.0
 MAX_BATCH_SIZE = 100_000
 # Longer than the transaction timeout, a batch would outlive the transaction that commits it.
 MAX_COMMIT_INTERVAL_MS = 10_000
+REASONS = (REASON_DESERIALIZATION, REASON_VALIDATION, REASON_RETRIES_EXHAUSTED)
 # After a stop signal, an at-least-once consumer may still flush for FLUSH_TIMEOUT_S.
 AT_LEAST_ONCE_SHUTDOWN_S = FLUSH_TIMEOUT_S + WATCHDOG_GRACE_S
 
@@ -89,6 +95,14 @@ def _within(
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
+    _connection(parser)
+    parser.add_argument("--seed", type=int, help="seed for reproducible runs")
+    volume = parser.add_mutually_exclusive_group()
+    volume.add_argument("--quiet", action="store_true", help="periodic summaries only")
+    volume.add_argument("--verbose", action="store_true", help="every line, plus Kafka client diagnostics")
+
+
+def _connection(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--bootstrap-servers",
         metavar="HOST:PORT",
@@ -99,10 +113,6 @@ def _common(parser: argparse.ArgumentParser) -> None:
         metavar="URL",
         help="schema registry, e.g. http://localhost:8081/apis/ccompat/v7 (SCHEMA_REGISTRY_URL; empty: no registry)",
     )
-    parser.add_argument("--seed", type=int, help="seed for reproducible runs")
-    volume = parser.add_mutually_exclusive_group()
-    volume.add_argument("--quiet", action="store_true", help="periodic summaries only")
-    volume.add_argument("--verbose", action="store_true", help="every line, plus Kafka client diagnostics")
 
 
 def _producer_parser() -> argparse.ArgumentParser:
@@ -327,6 +337,44 @@ def consumer_main(load_settings: LoadSettings, argv: Sequence[str] | None = None
         )
         with _stop_on_signals() as stop, watching(WATCHDOG, shutdown_limit_s):
             OrderConsumer(settings, options, Console(verbosity), downstream).run(stop)
+        return 0
+
+    return _run(args, load_settings, main)
+
+
+def _dlq_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dlq.py", description="Inspect the dead-letter topic.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    listing = commands.add_parser("list", help="one line per dead letter, then a count by reason")
+    listing.add_argument("--reason", choices=REASONS, help="only dead letters with this reason")
+    listing.add_argument("--order-id", metavar="ID", help="only dead letters of this order")
+    listing.add_argument(
+        "--since", metavar="TIME", help="only those dead-lettered since: 90s, 30m, 2h, 7d, or an ISO 8601 time"
+    )
+    listing.add_argument(
+        "--limit", type=_within(int, 1, MAX_COUNT), metavar="N", help="at most N lines (the count covers all)"
+    )
+    listing.add_argument("--json", action="store_true", help="one JSON object per line instead of text")
+    listing.add_argument("--group", metavar="G", help="consumer group (CONSUMER_GROUP), which names the reader")
+    listing.add_argument("--verbose", action="store_true", help="Kafka client diagnostics too")
+    listing.set_defaults(quiet=False)
+    _connection(listing)
+    return parser
+
+
+def dlq_main(load_settings: LoadSettings, argv: Sequence[str] | None = None) -> int:
+    """Entry point of dlq.py; returns the process exit code."""
+    args = _dlq_parser().parse_args(argv)
+
+    def main(settings: Settings) -> int:
+        _setup_output(_verbosity(args))
+        since_ms = parse_since(args.since, int(time.time() * 1000)) if args.since else None
+
+        def show(letter: DeadLetter) -> None:
+            print(json.dumps(letter.as_json()) if args.json else letter.line(settings.dlq_topic))
+
+        wanted = DlqFilter(args.reason, args.order_id, since_ms)
+        print(list_dead_letters(settings, wanted, limit=args.limit, show=show))
         return 0
 
     return _run(args, load_settings, main)

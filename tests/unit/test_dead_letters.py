@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
+from confluent_kafka import Producer
+from confluent_kafka.schema_registry.error import SchemaRegistryError
 
+from orderpipe import dlq_app
 from orderpipe.codec import OrderDecoder, load_order_schema
-from orderpipe.dead_letters import DlqFilter, dead_letter, parse_since, summary_line
+from orderpipe.dead_letters import DeadLetter, DlqFilter, dead_letter, parse_since, summary_line
+from orderpipe.dlq_app import list_dead_letters
 from orderpipe.errors import ConfigError
 from orderpipe.order import Order
 from orderpipe.routing import Incoming
+from tests.unit.mock_cluster import MockCluster
 
 SCHEMA = load_order_schema()
 DECODE = OrderDecoder(SCHEMA).decode
@@ -112,3 +119,47 @@ def test_the_summary_counts_by_reason() -> None:
     letters.append(dead_letter(record({"dlq.reason": b"deserialization"}), DECODE))
     assert summary_line(letters) == "4 dead letters (deserialization 1, validation 3)"
     assert summary_line([]) == "0 dead letters"
+
+
+def test_the_dlq_is_listed_from_the_mock_cluster(mock_cluster: MockCluster) -> None:
+    settings = mock_cluster.settings()
+    values = [SCHEMA.encode_single_object(Order(f"O-{n}", "Lamp", -1.0)) if n % 2 else b"\x00poison" for n in range(6)]
+    headers = [("dlq.reason", b"validation" if n % 2 else b"deserialization") for n in range(6)]
+    producer = Producer({"bootstrap.servers": mock_cluster.bootstrap})
+    for n, value in enumerate(values):
+        producer.produce(settings.dlq_topic, value, f"O-{n}".encode(), partition=n % 2, headers=[headers[n]])
+    assert producer.flush(10) == 0
+    shown: list[DeadLetter] = []
+    summary = list_dead_letters(settings, DlqFilter(reason="validation"), limit=2, show=shown.append)
+    assert summary == "3 dead letters (validation 3)"
+    assert [letter.order_id for letter in shown] in (["O-1", "O-3"], ["O-1", "O-5"], ["O-3", "O-5"])
+    assert list_dead_letters(settings, DlqFilter(), limit=None, show=lambda _letter: None) == (
+        "6 dead letters (deserialization 3, validation 3)"
+    )
+
+
+class RegistryWithout:
+    """A schema registry that knows no id (as a stand-in for confluent-kafka's client)."""
+
+    def get_schema(self, schema_id: int) -> object:
+        raise SchemaRegistryError(404, 40403, f"schema {schema_id} not found")
+
+
+def test_with_a_registry_framed_values_are_looked_up_and_unknown_ids_leave_the_order_unknown(
+    mock_cluster: MockCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = mock_cluster.settings(SCHEMA_REGISTRY_URL="http://127.0.0.1:1/apis/ccompat/v7")
+
+    @contextmanager
+    def registry(_settings: object) -> Iterator[RegistryWithout]:
+        yield RegistryWithout()
+
+    monkeypatch.setattr(dlq_app, "connect_registry", registry)
+    producer = Producer({"bootstrap.servers": mock_cluster.bootstrap})
+    framed = b"\x00\x00\x00\x00\x07" + b"\x02"
+    producer.produce(settings.dlq_topic, framed, b"O-9", headers=[("dlq.reason", b"deserialization")])
+    producer.produce(settings.dlq_topic, SCHEMA.encode_single_object(Order("O-8", "Lamp", -1.0)), b"O-8")
+    assert producer.flush(10) == 0
+    shown: list[DeadLetter] = []
+    assert list_dead_letters(settings, DlqFilter(), limit=None, show=shown.append).startswith("2 dead letters")
+    assert sorted(str(letter.order_id) for letter in shown) == ["None", "O-8"]
