@@ -310,8 +310,14 @@ def test_sigterm_during_a_broker_failure_is_honoured_within_the_transaction_time
     cluster_script("start", str(node))
     print(f"stopped {stopped_s:.1f}s after SIGTERM, exit code {consumer.process.returncode}")
     assert stopped_s < 10 + 5, _errors(consumer)  # the transaction timeout, and the process's own exit
-    assert consumer.process.returncode in {0, EXIT_STUCK}, _errors(consumer)
-    if consumer.process.returncode == EXIT_STUCK:
+    # 0: the batch in hand committed. 3: the watchdog ended a shutdown that overran.
+    # 1: Kafka failed the last transaction for good (librdkafka reports INVALID_TXN_STATE
+    # when an abort meets a new coordinator): one sentence, and the restart settles it.
+    code = consumer.process.returncode
+    assert code in {0, 1, EXIT_STUCK}, _errors(consumer)
+    if code != 0:
+        assert _errors(consumer).strip().splitlines()[-1].startswith("error: "), _errors(consumer)
+    if code == EXIT_STUCK:
         assert "did not finish shutting down within 10s of the stop signal" in _errors(consumer)
     assert "delivered 4000, failed 0" in producer.text(timeout=300)
     again = Supervised(pipeline, "--idle-exit", "15", "--quiet").wait(timeout=600)
