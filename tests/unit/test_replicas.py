@@ -97,13 +97,19 @@ def test_the_answer_is_reported_at_most_every_thirty_seconds_and_asked_for_every
     assert watch.below == {("orders", 0): (1, 2)}
 
 
-def test_once_writes_go_through_again_nothing_is_below_and_nothing_asked() -> None:
+def _below_after_one_answer() -> tuple[Cluster, ReplicaWatch]:
+    """A watch whose writes waited 5 s and whose first answer found orders-0 below its minimum."""
     cluster = Cluster()
     watch = cluster.watch()
     watch.check(5.0)
     cluster.answer_all()
     watch.check(5.0)
     assert watch.below
+    return cluster, watch
+
+
+def test_once_writes_go_through_again_nothing_is_below_and_nothing_asked() -> None:
+    cluster, watch = _below_after_one_answer()
     cluster.now = 20.0
     watch.check(0.0)  # a batch aborted: nothing waits, but nothing went through either
     assert watch.below
@@ -133,12 +139,7 @@ def test_a_cluster_that_does_not_answer_is_asked_again_later_without_an_error() 
 
 
 def test_a_shortfall_no_longer_confirmed_is_forgotten() -> None:
-    cluster = Cluster()
-    watch = cluster.watch()
-    watch.check(5.0)
-    cluster.answer_all()
-    watch.check(5.0)
-    assert watch.below
+    cluster, watch = _below_after_one_answer()
     cluster.now = 10.0
     watch.check(10.0)  # asked again ...
     cluster.questions[-1].error = KafkaCallError("could not describe topic orders: timed out", "_TIMED_OUT")
