@@ -120,7 +120,7 @@ class Supervised:
     transactional id, and 3 when a call stays stuck past its deadline; a restart with
     the same id goes on from the last commit (DESIGN: exactly-once across restarts).
     A death by signal is restarted too, as systemd does: librdkafka itself was seen to
-    crash (SIGSEGV) once in a rolling restart, after a failed send of the offsets.
+    crash (SIGSEGV, or an assertion's SIGABRT) in rolling restarts.
     `kill` ends the consumer for good, as a machine lost would.
     """
 
