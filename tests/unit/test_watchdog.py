@@ -76,10 +76,6 @@ def test_the_shutdown_limit_counts_from_the_first_stop_signal() -> None:
     assert "commit the transaction" in reason
 
 
-def _poll_until(condition: threading.Event, timeout: float = 5.0) -> bool:
-    return condition.wait(timeout)
-
-
 def test_the_thread_ends_the_process_once_a_call_overruns(capsys: pytest.CaptureFixture[str]) -> None:
     watchdog, codes, called = Watchdog(), list[int](), threading.Event()
 
@@ -88,7 +84,7 @@ def test_the_thread_ends_the_process_once_a_call_overruns(capsys: pytest.Capture
         called.set()
 
     with watching(watchdog, 10, end=end, tick_s=0.01), watchdog.guard("flush the producer", 0.05):
-        assert _poll_until(called)
+        assert called.wait(5.0)
     assert codes == [EXIT_STUCK]
     assert "error: the Kafka call to flush the producer has been stuck" in capsys.readouterr().err
 
@@ -99,7 +95,7 @@ def test_the_thread_hears_sigterm_while_the_main_thread_is_busy() -> None:
     try:
         with watching(watchdog, 0.05, end=lambda _code: called.set(), tick_s=0.01):
             os.kill(os.getpid(), signal.SIGTERM)
-            assert _poll_until(called)
+            assert called.wait(5.0)
     finally:
         signal.signal(signal.SIGTERM, previous)
 
