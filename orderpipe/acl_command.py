@@ -1,6 +1,6 @@
 """`scripts/acls.sh`: print, apply or revoke the ACLs each program needs (orderpipe.acls).
 
-    scripts/acls.sh print  User:pipeline [--program producer|consumer|stats ...]
+    scripts/acls.sh print  User:pipeline [--program producer|consumer|stats|dlq ...]
     scripts/acls.sh apply  User:pipeline [--program ...]
     scripts/acls.sh revoke User:pipeline [--program ...]
 
@@ -72,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scripts/acls.sh", description=__doc__.splitlines()[0])
     parser.add_argument("action", choices=("print", "apply", "revoke"))
     parser.add_argument("principal", help="e.g. User:pipeline")
-    parser.add_argument("--program", action="append", choices=PROGRAMS, help="default: all three")
+    parser.add_argument("--program", action="append", choices=PROGRAMS, help="default: all of them")
     args = parser.parse_args(argv)
     if not args.principal.startswith("User:") or len(args.principal) <= len("User:"):
         parser.error(f"the principal must look like User:name, got {args.principal!r}")

@@ -8,6 +8,10 @@ grant: an idempotent producer needs IDEMPOTENT_WRITE on the cluster only when it
 may write to no topic at all (Kafka 3.0+, KIP-679), and READ and WRITE each imply
 DESCRIBE on their resource.
 
+`dlq` is dlq.py: `list` needs only READ on the DLQ topic; `replay` needs the rest
+(its ledger topic is `<DLQ topic>-replayed`, created by an administrator where the
+principal may not create topics).
+
 A grant is `required` when the program cannot work without it. DESCRIBE_CONFIGS on
 the pipeline's topics is not: without it the consumer cannot check their settings
 (compaction, record size, min.insync.replicas), warns and goes on.
@@ -19,6 +23,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from orderpipe.errors import ConfigError
+from orderpipe.replay import ledger_topic
 from orderpipe.settings import Settings
 
 __all__ = [
@@ -33,7 +38,7 @@ __all__ = [
     "require",
 ]
 
-PROGRAMS = ("producer", "consumer", "stats")
+PROGRAMS = ("producer", "consumer", "stats", "dlq")
 # Kafka's error names for a refused permission.
 AUTHORIZATION_CODES = frozenset(
     {
@@ -96,6 +101,11 @@ def grants(settings: Settings, programs: Iterable[str] = PROGRAMS) -> list[Grant
         Grant("stats", "READ", "TOPIC", s.stats_topic, "read the running average"),
         Grant("stats", "DESCRIBE", "TOPIC", s.orders_topic, "know the input partitions"),
         Grant("stats", "DESCRIBE", "TOPIC", s.retry_topic, "know the input partitions"),
+        Grant("dlq", "READ", "TOPIC", s.dlq_topic, "list and replay dead letters"),
+        Grant("dlq", "WRITE", "TOPIC", s.orders_topic, "replay dead letters"),
+        Grant("dlq", "READ", "TOPIC", ledger_topic(s.dlq_topic), "know what was replayed"),
+        Grant("dlq", "WRITE", "TOPIC", ledger_topic(s.dlq_topic), "record what was replayed"),
+        Grant("dlq", "WRITE", "TRANSACTIONAL_ID", f"{s.consumer_group}.dlq-replay", "replay exactly once"),
     ]
     return [grant for grant in table if grant.program in chosen]
 

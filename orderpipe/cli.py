@@ -32,7 +32,7 @@ from orderpipe.consumer_app import (
     simulated_outage,
 )
 from orderpipe.dead_letters import DeadLetter, DlqFilter, parse_since
-from orderpipe.dlq_app import list_dead_letters
+from orderpipe.dlq_app import REPLAY_BATCH, list_dead_letters, replay_dead_letters
 from orderpipe.edge import TP
 from orderpipe.errors import OrderPipeError
 from orderpipe.kafka_clients import librdkafka_logger
@@ -343,23 +343,44 @@ def consumer_main(load_settings: LoadSettings, argv: Sequence[str] | None = None
 
 
 def _dlq_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dlq.py", description="Inspect the dead-letter topic.")
+    parser = argparse.ArgumentParser(prog="dlq.py", description="Inspect the dead-letter topic and replay it.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     listing = commands.add_parser("list", help="one line per dead letter, then a count by reason")
-    listing.add_argument("--reason", choices=REASONS, help="only dead letters with this reason")
-    listing.add_argument("--order-id", metavar="ID", help="only dead letters of this order")
-    listing.add_argument(
-        "--since", metavar="TIME", help="only those dead-lettered since: 90s, 30m, 2h, 7d, or an ISO 8601 time"
-    )
+    _dlq_filters(listing)
     listing.add_argument(
         "--limit", type=_within(int, 1, MAX_COUNT), metavar="N", help="at most N lines (the count covers all)"
     )
     listing.add_argument("--json", action="store_true", help="one JSON object per line instead of text")
-    listing.add_argument("--group", metavar="G", help="consumer group (CONSUMER_GROUP), which names the reader")
-    listing.add_argument("--verbose", action="store_true", help="Kafka client diagnostics too")
-    listing.set_defaults(quiet=False)
-    _connection(listing)
+    replay = commands.add_parser(
+        "replay",
+        help="put the matching dead letters back on the orders topic, exactly once",
+        description="Re-publish matching dead letters to the orders topic with their original key and value, "
+        "exactly once: a record replayed by any earlier run (whatever its filter) is skipped.",
+    )
+    _dlq_filters(replay)
+    replay.add_argument("--dry-run", action="store_true", help="show what would be replayed; write nothing")
+    replay.add_argument(
+        "--batch-size",
+        type=_within(int, 1, MAX_BATCH_SIZE),
+        default=REPLAY_BATCH,
+        metavar="N",
+        help=f"records replayed per transaction (default {REPLAY_BATCH})",
+    )
+    replay.add_argument("--quiet", action="store_true", help="only the closing lines, not one line per record")
     return parser
+
+
+def _dlq_filters(command: argparse.ArgumentParser) -> None:
+    """The filters, group and connection flags both dlq.py commands take."""
+    command.add_argument("--reason", choices=REASONS, help="only dead letters with this reason")
+    command.add_argument("--order-id", metavar="ID", help="only dead letters of this order")
+    command.add_argument(
+        "--since", metavar="TIME", help="only those dead-lettered since: 90s, 30m, 2h, 7d, or an ISO 8601 time"
+    )
+    command.add_argument("--group", metavar="G", help="consumer group (CONSUMER_GROUP), which names the reader")
+    command.add_argument("--verbose", action="store_true", help="Kafka client diagnostics too")
+    command.set_defaults(quiet=False)
+    _connection(command)
 
 
 def dlq_main(load_settings: LoadSettings, argv: Sequence[str] | None = None) -> int:
@@ -367,14 +388,25 @@ def dlq_main(load_settings: LoadSettings, argv: Sequence[str] | None = None) -> 
     args = _dlq_parser().parse_args(argv)
 
     def main(settings: Settings) -> int:
-        _setup_output(_verbosity(args))
+        _setup_output(VERBOSE if args.verbose else NORMAL)
         since_ms = parse_since(args.since, int(time.time() * 1000)) if args.since else None
-
-        def show(letter: DeadLetter) -> None:
-            print(json.dumps(letter.as_json()) if args.json else letter.line(settings.dlq_topic))
-
         wanted = DlqFilter(args.reason, args.order_id, since_ms)
-        print(list_dead_letters(settings, wanted, limit=args.limit, show=show))
+        topic = settings.dlq_topic
+        if args.command == "list":
+
+            def show(letter: DeadLetter) -> None:
+                print(json.dumps(letter.as_json()) if args.json else letter.line(topic))
+
+            print(list_dead_letters(settings, wanted, limit=args.limit, show=show))
+            return 0
+
+        def replayed(letter: DeadLetter) -> None:
+            if not args.quiet:
+                print(f"{'would replay' if args.dry_run else '↻ replayed'} {letter.line(topic)}")
+
+        tally = replay_dead_letters(settings, wanted, dry_run=args.dry_run, show=replayed, batch_size=args.batch_size)
+        for line in tally.lines(args.dry_run):
+            print(line)
         return 0
 
     return _run(args, load_settings, main)

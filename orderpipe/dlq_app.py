@@ -1,27 +1,58 @@
-"""`dlq.py list`: the dead letters on the DLQ topic, read once to its end, filtered and printed.
+"""`dlq.py list` and `dlq.py replay`: the dead letters on the DLQ topic, read once to its end, filtered.
+
+`list` prints them. `replay` puts them back on `orders` exactly once (orderpipe.replay
+explains the ledger): with its own transactional id, `<consumer group>.dlq-replay`,
+it first fences any earlier replay of the group still running and aborts what that
+one left open, then reads the ledger, then replays the matching records that are not
+in it, REPLAY_BATCH to a transaction, each with its ledger entry.
 
 Values are decoded to find each order's id: single-object Avro directly, Confluent
 framing through the schema registry when one is configured (each new schema id is
 looked up once, for at most LOOKUP_WAIT_S). A value that does not decode leaves the
-id unknown; the record is listed all the same.
+id unknown; the record is listed (and replayed) all the same.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import ExitStack
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 
+from confluent_kafka import KafkaException, Producer
+from confluent_kafka.admin import AdminClient
+
+from orderpipe.acls import AUTHORIZATION_CODES, denied_sentence
 from orderpipe.codec import OrderDecoder, load_order_schema, schema_id_of
 from orderpipe.dead_letters import DeadLetter, DlqFilter, dead_letter, summary_line
-from orderpipe.kafka_clients import connect_admin
+from orderpipe.errors import BrokerUnavailableError, ConfigError, DeliveryError, FatalKafkaError, KafkaCallError
+from orderpipe.kafka_clients import (
+    call_error,
+    connect_admin,
+    create_client,
+    create_topics,
+    partition_counts,
+    produce,
+    producer_config,
+)
 from orderpipe.kafka_reader import read_to_end
 from orderpipe.order import Order
 from orderpipe.registry import RegistryLookup, connect_registry
+from orderpipe.replay import Ledger, ledger_topic, replayed_record
+from orderpipe.routing import Incoming
 from orderpipe.settings import Settings
+from orderpipe.topics import ledger_spec, missing_sentence, missing_topics
 
-__all__ = ["list_dead_letters"]
+__all__ = ["ReplayTally", "list_dead_letters", "replay_dead_letters", "replay_transactional_id"]
 
 LOOKUP_WAIT_S = 5.0
+# Records replayed per transaction.
+REPLAY_BATCH = 500
+# How long a transactional call that fails retriably is tried again.
+CALL_WINDOW_S = 60.0
+CALL_TIMEOUT_S = 10.0
+# How long a ledger topic just created may take to get its leader.
+TOPIC_READY_S = 30.0
 
 
 def list_dead_letters(
@@ -64,3 +95,197 @@ def _decoder(settings: Settings, stack: ExitStack) -> Callable[[bytes | None], O
         return decoder.decode(value)
 
     return decode
+
+
+def replay_transactional_id(settings: Settings) -> str:
+    """The replay's transactional id: one per consumer group, so a second replay fences the first."""
+    return f"{settings.consumer_group}.dlq-replay"
+
+
+@dataclass
+class ReplayTally:
+    """What a replay did (or, with --dry-run, would do)."""
+
+    replayed: int = 0
+    already: int = 0  # matched, but in the ledger: replayed by an earlier run
+    truncated: int = 0  # matched, but the DLQ holds only part of the record: not replayed
+    ledger_unreadable: int = 0
+
+    def lines(self, dry_run: bool) -> list[str]:
+        """The closing lines; the last is `replayed N records` (`would replay N records`)."""
+        notes = []
+        if self.already:
+            notes.append(f"{self.already} matching records were replayed before and are skipped")
+        if self.truncated:
+            notes.append(
+                f"{self.truncated} matching records are skipped because the DLQ holds only part of them "
+                "(dlq.truncated); their whole records are where their original.* headers point"
+            )
+        if self.ledger_unreadable:
+            notes.append(f"{self.ledger_unreadable} ledger entries were unreadable; their records count as replayed")
+        verb = "would replay" if dry_run else "replayed"
+        return [*notes, f"{verb} {self.replayed} records"]
+
+
+def replay_dead_letters(
+    settings: Settings,
+    wanted: DlqFilter,
+    *,
+    dry_run: bool,
+    show: Callable[[DeadLetter], None],
+    batch_size: int = REPLAY_BATCH,
+) -> ReplayTally:
+    """Puts the matching dead letters not replayed before back on `orders`, exactly once.
+
+    `show` is called for each record once its transaction committed (at once with `dry_run`,
+    which writes nothing, creates nothing and fences nothing).
+
+    Raises:
+        BrokerUnavailableError, RegistryUnavailableError: named, with how to start one.
+        ConfigError: a topic is missing, or the principal lacks a permission (named).
+        FatalKafkaError: a newer replay of the same group fenced this one.
+    """
+    admin = connect_admin(settings)
+    counts = partition_counts(admin)
+    orders = settings.orders_topic
+    if orders not in counts:
+        raise ConfigError(missing_sentence([spec for spec in missing_topics(settings, counts) if spec.name == orders]))
+    ledger_name = ledger_topic(settings.dlq_topic)
+    tally = ReplayTally()
+    with ExitStack() as stack:
+        writer = None
+        if not dry_run:
+            if ledger_name not in counts:
+                _create_ledger(admin, settings, ledger_name)
+            writer = stack.enter_context(_writer(settings, ledger_name, counts[orders]))
+        ledger = Ledger()
+        # Read only now: the writer's start aborted whatever an earlier run left open.
+        if not dry_run or ledger_name in counts:
+            for entry in read_to_end(settings, ledger_name, "dlq-ledger-reader"):
+                ledger.read(entry.key, entry.value)
+        tally.ledger_unreadable = ledger.unreadable
+        decode = _decoder(settings, stack)
+        batch: list[tuple[Incoming, DeadLetter]] = []
+
+        def flush() -> None:
+            if writer is not None:
+                writer.write([record for record, _ in batch])
+            for _, letter in batch:
+                show(letter)
+            tally.replayed += len(batch)
+            batch.clear()
+
+        for record in read_to_end(settings, settings.dlq_topic, "dlq-reader"):
+            letter = dead_letter(record, decode)
+            if not wanted.matches(letter, record.timestamp):
+                continue
+            if ledger.holds(record):
+                tally.already += 1
+            elif letter.truncated is not None:
+                tally.truncated += 1
+            else:
+                batch.append((record, letter))
+                if len(batch) >= batch_size:
+                    flush()
+        flush()
+    return tally
+
+
+def _create_ledger(admin: AdminClient, settings: Settings, name: str) -> None:
+    """Creates the ledger topic (where CREATE_TOPICS allows) and waits until it has a leader."""
+    spec = ledger_spec(settings, name)
+    if not settings.create_topics:
+        raise ConfigError(missing_sentence([spec]))
+    create_topics(admin, [spec])
+    deadline = time.monotonic() + TOPIC_READY_S
+    while True:
+        try:
+            metadata = admin.list_topics(topic=name, timeout=CALL_TIMEOUT_S).topics[name]
+            if metadata.error is None and all(p.leader >= 0 for p in metadata.partitions.values()):
+                return
+        except KafkaException:
+            pass
+        if time.monotonic() > deadline:
+            raise BrokerUnavailableError(f"topic {name} was created but had no leader within {TOPIC_READY_S:g}s")
+        time.sleep(0.1)
+
+
+class _Writer:
+    """The replay's transactional producer: each batch's replayed records and ledger entries in one transaction."""
+
+    def __init__(self, producer: Producer, settings: Settings, ledger: str, partitions: int) -> None:
+        self._producer, self._settings = producer, settings
+        self._ledger, self._partitions = ledger, partitions
+
+    def start(self) -> None:
+        """Registers the transactional id: fences an earlier replay and settles what it left open."""
+        self._call("start transactions", lambda: self._producer.init_transactions(CALL_WINDOW_S))
+
+    def write(self, records: Sequence[Incoming]) -> None:
+        if not records:
+            return
+        producer, orders = self._producer, self._settings.orders_topic
+        self._call("begin the transaction", producer.begin_transaction)
+        try:
+            for record in records:
+                again = replayed_record(record, self._partitions)
+                produce(producer, orders, again.key, again.value, headers=again.headers, partition=again.partition)
+                key, value = Ledger.entry(record)
+                produce(producer, self._ledger, key, value)
+            self._call("commit the transaction", lambda: producer.commit_transaction(CALL_TIMEOUT_S))
+        except (KafkaCallError, DeliveryError) as exc:
+            self._abort()
+            raise BrokerUnavailableError(
+                f"the replay stopped: {exc}; nothing of its last transaction was replayed, and running the same "
+                "replay again goes on from there"
+            ) from exc
+
+    def _abort(self) -> None:
+        try:
+            self._producer.abort_transaction(CALL_TIMEOUT_S)
+        except KafkaException as exc:  # the next run's start aborts it in any case
+            raise BrokerUnavailableError(
+                f"the replay stopped and {call_error(exc, 'abort its transaction')}; running the same replay "
+                "again settles it"
+            ) from exc
+
+    def _call(self, what: str, action: Callable[[], object]) -> None:
+        """Runs a transactional call, again while it fails retriably (for CALL_WINDOW_S)."""
+        deadline = time.monotonic() + CALL_WINDOW_S
+        while True:
+            try:
+                action()
+                return
+            except KafkaException as exc:
+                error = call_error(exc, what)
+                if error.code in AUTHORIZATION_CODES:
+                    raise ConfigError(denied_sentence(what, self._needs())) from exc
+                if error.fatal:
+                    raise FatalKafkaError(
+                        f"{error}: another dlq.py replay of group {self._settings.consumer_group} started and fenced "
+                        "this one; what this one committed stays replayed"
+                    ) from exc
+                if not error.retriable or time.monotonic() > deadline:
+                    raise error from exc
+                time.sleep(0.1)
+
+    def _needs(self) -> str:
+        return (
+            f"WRITE on transactional id {replay_transactional_id(self._settings)}, WRITE on topics "
+            f"{self._settings.orders_topic} and {self._ledger}"
+        )
+
+
+@contextmanager
+def _writer(settings: Settings, ledger: str, partitions: int) -> Iterator[_Writer]:
+    producer = create_client(
+        Producer,
+        {
+            **producer_config(settings),
+            "transactional.id": replay_transactional_id(settings),
+            "transaction.timeout.ms": int(CALL_WINDOW_S * 1000),
+        },
+    )
+    writer = _Writer(producer, settings, ledger, partitions)
+    writer.start()
+    yield writer

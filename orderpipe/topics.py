@@ -28,6 +28,7 @@ __all__ = [
     "PRODUCER_MESSAGE_MAX_BYTES",
     "STATS_TOPIC_CONFIG",
     "largest_record",
+    "ledger_spec",
     "missing_sentence",
     "missing_topics",
     "stats_keys",
@@ -52,6 +53,12 @@ def missing_topics(settings: Settings, existing: Mapping[str, int]) -> list[Topi
     ]
     wanted.append(TopicSpec(settings.stats_topic, 1, settings.replication_factor, {**STATS_TOPIC_CONFIG, **durability}))
     return [spec for spec in wanted if spec.name not in existing]
+
+
+def ledger_spec(settings: Settings, name: str) -> TopicSpec:
+    """The replay ledger (orderpipe.replay): compacted like the stats topic, one partition, as durable as the rest."""
+    config = {**STATS_TOPIC_CONFIG, "min.insync.replicas": str(settings.min_isr)}
+    return TopicSpec(name, 1, settings.replication_factor, config)
 
 
 def weak_topics(

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Prints, applies or revokes the Kafka ACLs each program needs (orderpipe/acl_command.py):
-#   scripts/acls.sh print  User:pipeline [--program producer|consumer|stats ...]
+#   scripts/acls.sh print  User:pipeline [--program producer|consumer|stats|dlq ...]
 #   scripts/acls.sh apply  User:pipeline [--program ...]    (as a principal that may manage ACLs)
 #   scripts/acls.sh revoke User:pipeline [--program ...]
 # Topic, group and connection settings come from the environment and .env, as for

@@ -5,6 +5,10 @@ judged by the validation rules; the account then says what `orders-stats` must h
 if every order was counted or dead-lettered exactly once, and checks the DLQ and the
 retry topic for duplicates. Integration tests feed it records read from the real
 broker, unit tests records read from the in-memory twin.
+
+`dlq.py replay` puts dead letters back on `orders`: a replayed record (one with a
+`dlq.replayed-from` header) is the same order again, and the dead letter it came from
+no longer decides that order's fate; the replayed record's own outcome does.
 """
 
 from __future__ import annotations
@@ -37,6 +41,9 @@ class TopicRecord(Protocol):
 
     @property
     def partition(self) -> int: ...
+
+    @property
+    def offset(self) -> int: ...
 
     @property
     def key(self) -> bytes | None: ...
@@ -161,10 +168,19 @@ def published_total(stats_records: Sequence[TopicRecord], keys: Collection[bytes
 
 
 def audit_topics(read: Callable[[str], Sequence[TopicRecord]], settings: Settings) -> Audit:
-    """The audit of a pipeline whose topics `read` returns, each in full."""
+    """The audit of a pipeline whose topics `read` returns, each in full; replayed dead letters count once."""
+    orders = read(settings.orders_topic)
+    first, replayed_from = [], set()
+    for record in orders:
+        origin = record.header("dlq.replayed-from")
+        if origin is None:
+            first.append(record)
+        else:
+            replayed_from.add(origin)
+    dlq = [r for r in read(settings.dlq_topic) if f"{r.topic}:{r.partition}:{r.offset}" not in replayed_from]
     return audit_records(
-        read(settings.orders_topic),
-        read(settings.dlq_topic),
+        first,
+        dlq,
         read(settings.retry_topic),
         read(settings.stats_topic),
         settings.max_order_price_cents,
