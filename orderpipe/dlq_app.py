@@ -34,6 +34,7 @@ from orderpipe.kafka_clients import (
     partition_counts,
     produce,
     producer_config,
+    require_grants,
 )
 from orderpipe.kafka_reader import read_to_end
 from orderpipe.order import Order
@@ -146,6 +147,8 @@ def replay_dead_letters(
         FatalKafkaError: a newer replay of the same group fenced this one.
     """
     admin = connect_admin(settings)
+    if not dry_run:
+        require_grants(admin, settings, "dlq")  # READ on an empty ledger, say, would be missed until it has entries
     counts = partition_counts(admin)
     orders = settings.orders_topic
     if orders not in counts:

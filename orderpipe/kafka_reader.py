@@ -1,10 +1,10 @@
 """Reading a whole topic once, from its beginning to its end as of now (the DLQ tool's reader).
 
-Outside any group (the group id is only what the client requires; nothing is ever
-committed), read_committed, every partition from its first offset up to its last
-stable offset at the start. The end is judged by the reader's position, which moves
-past transaction markers and aborted records, not by the offsets of the records it
-returns. Reading that stops moving on for READ_TIMEOUT_S is an error, named.
+Outside any group (the group id is only what the client requires: nothing is ever
+committed, and no permission on the group is needed), read_committed, every partition
+from its first offset up to its last stable offset at the start. The end is judged by
+the reader's position, which moves past transaction markers and aborted records, not
+by the offsets of the records it returns. Reading that stops moving on for READ_TIMEOUT_S is an error, named.
 """
 
 from __future__ import annotations
@@ -77,7 +77,12 @@ def _read(consumer: Consumer, topic: str) -> Iterator[Incoming]:
         for message in messages:
             error = message.error()
             if error is not None:
-                raise BrokerUnavailableError(str(call_error(error, f"read {topic}")))
+                failure = call_error(error, f"read {topic}")
+                if failure.code == "GROUP_AUTHORIZATION_FAILED":
+                    continue  # librdkafka looks up the group's coordinator anyway; the reader needs no group
+                if failure.code in AUTHORIZATION_CODES:
+                    raise ConfigError(denied_sentence(f"read {topic}", f"READ on topic {topic}"))
+                raise BrokerUnavailableError(str(failure))
             partition, offset = message.partition(), message.offset()
             if partition in pending and offset is not None and offset < ends[partition]:
                 yield incoming(message)

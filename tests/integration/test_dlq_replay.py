@@ -34,7 +34,8 @@ def test_replaying_retries_exhausted_after_the_outage_counts_every_valid_order_o
     assert outage.returncode == 0, outage.stderr
     before = audit(pipeline)
     exhausted = before.dlq_by_reason["retries-exhausted"]
-    assert exhausted > 0 and before.exact, before.describe()
+    assert exhausted > 0
+    assert before.exact, before.describe()
     assert before.stats.count < before.valid, "the outage left valid orders uncounted"
 
     dry = pipeline.run("dlq.py", "replay", "--reason", "retries-exhausted", "--dry-run")
@@ -81,7 +82,8 @@ def test_a_replay_killed_midway_and_run_again_replays_each_record_once(pipeline:
     rerun = pipeline.run("dlq.py", "replay", "--quiet")
     assert rerun.returncode == 0, rerun.stderr
     done = origins(pipeline)
-    assert len(done) == 3000 and set(done.values()) == {1}, "each dead letter replayed once in total"
+    assert len(done) == 3000
+    assert set(done.values()) == {1}, "each dead letter replayed once in total"
     assert rerun.stdout.splitlines() == [
         f"{sum(partial.values())} matching records were replayed before and are skipped",
         f"replayed {3000 - sum(partial.values())} records",
@@ -101,7 +103,11 @@ def test_replays_with_two_filters_in_sequence_and_a_record_that_fails_again(pipe
     # A dead letter with the producer's own header and a stale provenance, written by hand.
     model = next(r for r in dlq if r.header("dlq.reason") == "validation")
     producer = Producer({"bootstrap.servers": pipeline.settings.bootstrap_servers})
-    forged = [*model.headers.items(), ("trace-id", "t-1"), (REPLAYED, "elsewhere:0:0")]
+    forged: list[tuple[str, str | bytes | None]] = [
+        *model.headers.items(),
+        ("trace-id", "t-1"),
+        (REPLAYED, "elsewhere:0:0"),
+    ]
     producer.produce(pipeline.settings.dlq_topic, key=b"K-forged", value=model.value, partition=0, headers=forged)
     assert producer.flush(30) == 0
     validation = by_reason["validation"] + 1
@@ -116,7 +122,8 @@ def test_replays_with_two_filters_in_sequence_and_a_record_that_fails_again(pipe
         f"replayed {len(dlq) + 1 - validation} records",
     ]
     put_back = [r for r in pipeline.read(pipeline.settings.orders_topic) if r.header(REPLAYED)]
-    assert len(put_back) == len(dlq) + 1 and len({r.header(REPLAYED) for r in put_back}) == len(dlq) + 1
+    assert len(put_back) == len(dlq) + 1
+    assert len({r.header(REPLAYED) for r in put_back}) == len(dlq) + 1
     traced = next(r for r in put_back if r.header("trace-id") == "t-1")
     assert traced.header_names == ("trace-id", REPLAYED), "the pipeline's headers and the old provenance removed"
     assert (traced.key, traced.value) == (b"K-forged", model.value)
@@ -130,7 +137,8 @@ def test_replays_with_two_filters_in_sequence_and_a_record_that_fails_again(pipe
         "deserialization": by_reason["deserialization"],
     }, "replayed records that fail again are dead-lettered again, their provenance in their headers"
     final = audit(pipeline)
-    assert final.exact and final.stats.count == final.valid, final.describe()
+    assert final.exact, final.describe()
+    assert final.stats.count == final.valid, final.describe()
 
 
 def test_a_forged_ledger_never_makes_a_record_replayed_twice(pipeline: Pipeline) -> None:

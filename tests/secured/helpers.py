@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from confluent_kafka import Producer
 from confluent_kafka.admin import (  # type: ignore[attr-defined]
     AclBinding,
     AclBindingFilter,
@@ -34,7 +35,8 @@ from orderpipe.acl_command import _acl
 from orderpipe.acls import Grant
 from orderpipe.errors import OrderPipeError
 from orderpipe.kafka_clients import connect_admin, create_topics, permissions
-from orderpipe.topics import missing_topics
+from orderpipe.replay import ledger_topic
+from orderpipe.topics import ledger_spec, missing_topics
 from tests.audit import Audit, audit_topics, pipeline_env
 from tests.integration.helpers import read_topic
 
@@ -124,7 +126,15 @@ class SecureCluster:
 
     # Administration, as the super user.
     def create_topics(self, settings: Settings) -> None:
-        create_topics(self.admin, missing_topics(settings, {}))
+        """The pipeline's topics and the replay ledger, as an administrator would create them."""
+        ledger = ledger_spec(settings, ledger_topic(settings.dlq_topic))
+        create_topics(self.admin, [*missing_topics(settings, {}), ledger])
+
+    def dead_letter(self, settings: Settings) -> None:
+        """One record on the DLQ topic, written as the super user."""
+        producer = Producer(_librdkafka(self.login("admin")))
+        producer.produce(settings.dlq_topic, b"\x00poison", b"K-1", headers=[("dlq.reason", b"deserialization")])
+        assert producer.flush(WAIT_S) == 0
 
     def new_scram_user(self) -> tuple[str, str]:
         name, password = f"user-{secrets.token_hex(5)}", secrets.token_hex(16)

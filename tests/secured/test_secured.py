@@ -63,26 +63,37 @@ def test_a_providers_properties_file_is_all_the_login_needs(secure: SecureCluste
 def test_a_least_privilege_principal_runs_the_pipeline_exactly_once(
     secure: SecureCluster, prefix: str, principal: tuple[str, str]
 ) -> None:
-    """Only the ACLs scripts/acls.sh grants (no Create, no Alter, nothing cluster-wide), retries and DLQ included."""
+    """Only the ACLs scripts/acls.sh grants (no Create, no Alter, nothing cluster-wide): retries, DLQ and replay."""
     user, password = principal
     env = {**secure.env(prefix, secure.login("scram", user, password)), "RETRY_BACKOFF_MS": "50"}
     settings = load_settings(environ=env, env_file=None)
     secure.create_topics(settings)
-    secure.grant_with_script(f"User:{user}", env, "producer", "consumer", "stats")
+    secure.grant_with_script(f"User:{user}", env, "producer", "consumer", "stats", "dlq")
     secure.wait_until_allowed(env, grants(settings))
 
     produced = secure.run(
         env, "producer.py", "--count", "300", "--rate", "0", "--invalid-rate", "0.05", "--poison-rate", "0.05"
     )
     consumed = secure.run(env, "consumer.py", "--idle-exit", "3", "--failure-rate", "0.4", "--seed", "7")
-    stats = secure.run(env, "consumer.py", "--stats")
 
     assert produced.returncode == 0, produced.stderr
     assert consumed.returncode == 0, consumed.stderr
     audit = secure.audit(settings)
     assert audit.exact, audit.describe()
-    assert audit.dlq_by_reason.get("retries-exhausted", 0) > 0, "some orders ran out of retries"
+    exhausted = audit.dlq_by_reason.get("retries-exhausted", 0)
+    assert exhausted > 0, "some orders ran out of retries"
     assert {"deserialization", "validation"} <= set(audit.dlq_by_reason)
+
+    replayed = secure.run(env, "dlq.py", "replay", "--reason", "retries-exhausted", "--quiet")
+    recounted = secure.run(env, "consumer.py", "--idle-exit", "3")
+    stats = secure.run(env, "consumer.py", "--stats")
+
+    assert replayed.returncode == 0, replayed.stderr
+    assert replayed.stdout.strip() == f"replayed {exhausted} records"
+    assert recounted.returncode == 0, recounted.stderr
+    audit = secure.audit(settings)
+    assert audit.exact, audit.describe()
+    assert audit.stats.count == audit.valid, "every valid order counted once: " + audit.describe()
     assert stats.returncode == 0, stats.stderr
     assert f"count {audit.expected.count}, sum_cents {audit.expected.sum_cents}" in stats.stdout
 
@@ -114,7 +125,7 @@ def _required(program: str) -> list[tuple[str, int]]:
     return [(program, i) for i, g in enumerate(every) if g.required]
 
 
-REQUIRED = [*_required("producer"), *_required("consumer"), *_required("stats")]
+REQUIRED = [*_required("producer"), *_required("consumer"), *_required("stats"), *_required("dlq")]
 _DEFAULTS = load_settings(environ={}, env_file=None)
 
 
@@ -137,7 +148,13 @@ def test_without_any_one_acl_the_program_stops_naming_the_permission(
     secure.wait_until_allowed(env, [g for g in program_grants if g != removed and g.required])
     secure.wait_until_allowed(env, [removed], allowed=False)
 
-    script = {"producer": ("producer.py", "--count", "5", "--rate", "0"), "stats": ("consumer.py", "--stats")}
+    script = {
+        "producer": ("producer.py", "--count", "5", "--rate", "0"),
+        "stats": ("consumer.py", "--stats"),
+        "dlq": ("dlq.py", "replay"),
+    }
+    if program == "dlq":
+        secure.dead_letter(settings)  # something to replay, so that every write is tried
     run = secure.run(env, *script.get(program, ("consumer.py", "--idle-exit", "5")))
 
     assert run.returncode == 2, run.stdout + run.stderr

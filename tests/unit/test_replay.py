@@ -103,7 +103,11 @@ def _fill_dlq(mock_cluster: MockCluster, topic: str) -> None:
     producer = Producer({"bootstrap.servers": mock_cluster.bootstrap})
     for n in range(6):
         reason = b"validation" if n % 2 else b"retries-exhausted"
-        headers = [("dlq.reason", reason), ("original.partition", b"0"), ("trace", str(n).encode())]
+        headers: list[tuple[str, str | bytes | None]] = [
+            ("dlq.reason", reason),
+            ("original.partition", b"0"),
+            ("trace", str(n).encode()),
+        ]
         if n == 4:
             headers.append(("dlq.truncated", b"value"))
         value = SCHEMA.encode_single_object(Order(f"O-{n}", "Lamp", 5.0))
