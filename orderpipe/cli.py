@@ -96,6 +96,12 @@ def _within(
 
 def _common(parser: argparse.ArgumentParser) -> None:
     _connection(parser)
+    parser.add_argument(
+        "--metrics-port",
+        metavar="PORT",
+        help="serve Prometheus /metrics and /healthz on PORT or HOST:PORT, 0 = any free port "
+        "(METRICS_PORT; default: off)",
+    )
     parser.add_argument("--seed", type=int, help="seed for reproducible runs")
     volume = parser.add_mutually_exclusive_group()
     volume.add_argument("--quiet", action="store_true", help="periodic summaries only")
@@ -244,6 +250,7 @@ def _settings_overrides(args: argparse.Namespace) -> dict[str, str | None]:
         "KAFKA_BOOTSTRAP_SERVERS": args.bootstrap_servers,
         "SCHEMA_REGISTRY_URL": args.schema_registry_url,
         "CONSUMER_GROUP": getattr(args, "group", None),
+        "METRICS_PORT": getattr(args, "metrics_port", None),
     }
     assert set(overrides) <= set(ENV_NAMES)
     return overrides

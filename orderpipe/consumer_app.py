@@ -24,10 +24,13 @@ from orderpipe.console import Console
 from orderpipe.consumer_loop import ConsumerLoop
 from orderpipe.edge import EdgeOpener, EdgeOptions, KafkaEdge
 from orderpipe.effects import OutputTopics
-from orderpipe.errors import ConfigError
+from orderpipe.errors import ConfigError, FatalKafkaError
+from orderpipe.health import Health
 from orderpipe.instance import claim_slot
 from orderpipe.kafka_edge import open_kafka_edge
 from orderpipe.latency import LatencyHistogram
+from orderpipe.metrics import ConsumerMetrics
+from orderpipe.metrics_http import serving
 from orderpipe.order import ValidOrder, validate
 from orderpipe.registry import RegistryLookup, connect_registry
 from orderpipe.replicas import ReplicaWatch, min_isr_of
@@ -37,6 +40,7 @@ from orderpipe.settings import Settings
 from orderpipe.stats import StatsKeys
 from orderpipe.stats_view import StatsView
 from orderpipe.topics import largest_record, missing_sentence, missing_topics, stats_keys, topic_problems, weak_topics
+from orderpipe.watchdog import WATCHDOG
 
 __all__ = [
     "AT_LEAST_ONCE",
@@ -106,9 +110,13 @@ class ConsumerOptions:
         interval = self.commit_interval_ms
         return (DEFAULT_COMMIT_INTERVAL_MS[self.delivery] if interval is None else interval) / 1000
 
-    def edge(self, transactional_id: str | None) -> EdgeOptions:
+    def edge(self, transactional_id: str | None, stats_cb: Callable[[str], None] | None = None) -> EdgeOptions:
         return EdgeOptions(
-            transactional_id, self.session_timeout_ms, self.max_poll_interval_ms, self.transaction_timeout_ms
+            transactional_id,
+            self.session_timeout_ms,
+            self.max_poll_interval_ms,
+            self.transaction_timeout_ms,
+            stats_cb,
         )
 
 
@@ -159,6 +167,15 @@ class OrderConsumer:
             latency=LatencyHistogram() if options.report_latency else None,
             on_decision=on_decision,
         )
+        # With METRICS_PORT set: the series and the health state /metrics and /healthz answer from.
+        self.metrics = (
+            ConsumerMetrics(
+                Health(settings.bootstrap_servers, clock.monotonic, needs_commits=True, overdue=WATCHDOG.overdue),
+                clock.monotonic,
+            )
+            if settings.metrics_port
+            else None
+        )
 
     def run(self, stop: threading.Event) -> ConsumerSummary:
         """Consumes until `stop` is set or the idle limit passes, then closes and prints the summary.
@@ -171,8 +188,13 @@ class OrderConsumer:
                 acknowledged (its batch was not committed).
         """
         with self.open() as loop:
-            # Taken before closing: closing revokes the partitions and drops their state from memory.
-            self.summary.average = loop.run(stop)
+            try:
+                # Taken before closing: closing revokes the partitions and drops their state from memory.
+                self.summary.average = loop.run(stop)
+            except FatalKafkaError as exc:
+                if self.metrics is not None:  # /healthz says so while the consumer closes
+                    self.metrics.health.failure = f"failed: {exc}"
+                raise
         self._reporter.final()
         return self.summary
 
@@ -183,12 +205,16 @@ class OrderConsumer:
         Everything is acquired in one ExitStack: a failure at any step, or the end of
         the block, closes what was opened.
         """
-        settings, options = self._settings, self._options
+        settings, options, metrics = self._settings, self._options, self.metrics
         with ExitStack() as stack:
+            if metrics is not None and settings.metrics_port is not None:
+                url = stack.enter_context(serving(settings.metrics_port, metrics.registry, metrics.health))
+                self._console.info(f"Metrics on {url}/metrics (health: /healthz)")
             transactional_id = (
                 stack.enter_context(self._claim(settings.consumer_group)) if options.delivery == EXACTLY_ONCE else None
             )
-            edge = stack.enter_context(self._open_edge(settings, options.edge(transactional_id)))
+            stats_cb = None if metrics is None else metrics.health.on_stats
+            edge = stack.enter_context(self._open_edge(settings, options.edge(transactional_id, stats_cb)))
             require(settings, "consumer", edge.permissions)  # first: a topic it may not use looks absent
             counts = edge.partition_counts()
             missing = missing_topics(settings, counts)
@@ -230,6 +256,8 @@ class OrderConsumer:
                 f"Consuming {settings.orders_topic}, {settings.retry_topic} as group {settings.consumer_group} from "
                 f"{settings.bootstrap_servers} ({wire}; {committer.mode}). Ctrl-C to stop."
             )
+            if metrics is not None:
+                metrics.health.start()
             yield loop
 
     def _loop(
@@ -278,6 +306,7 @@ class OrderConsumer:
             idle_exit_s=options.idle_exit_s,
             clock=self._clock,
             replicas=replicas,
+            metrics=self.metrics,
         )
 
 

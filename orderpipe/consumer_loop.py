@@ -27,6 +27,7 @@ from orderpipe.edge import TP, Assigned, Event, KafkaEdge, Polled
 from orderpipe.effects import BatchEffects, OutputTopics, batch_effects
 from orderpipe.errors import FatalKafkaError
 from orderpipe.hold import Hold
+from orderpipe.metrics import ConsumerMetrics
 from orderpipe.money import RunningAverage
 from orderpipe.ownership import Ownership
 from orderpipe.replicas import ReplicaWatch
@@ -68,6 +69,7 @@ class ConsumerLoop:
         idle_exit_s: float | None,
         clock: Clock,
         replicas: ReplicaWatch | None = None,
+        metrics: ConsumerMetrics | None = None,
     ) -> None:
         self._edge, self._committer, self._stats, self._reporter = edge, committer, stats, reporter
         self._decide = decide
@@ -75,6 +77,8 @@ class ConsumerLoop:
         self._batch_size, self._interval_s, self._idle_exit_s = batch_size, interval_s, idle_exit_s
         self._clock = clock
         self._replicas = replicas
+        self._metrics = metrics
+        self._commit_began = 0.0  # when the batch being committed was handed to the committer
         self._ownership = Ownership()
         self._scheduler = RetryScheduler()
         self._hold = Hold()
@@ -135,7 +139,9 @@ class ConsumerLoop:
         elif self._idle():
             self._reporter.idle(self._idle_exit_s or 0)
             return False
-        self._reporter.periodic(now, self.group_total, edge.lag)
+        if self._metrics is not None:
+            self._metrics.refresh(self.group_total, edge.lags, idle=not records)
+        self._reporter.periodic(now, self.group_total, edge.lags)
         return True
 
     def _watch_replicas(self) -> None:
@@ -204,6 +210,7 @@ class ConsumerLoop:
             plan = replace(plan, commits={**rewrites, **plan.commits})
         self._effects = batch_effects(plan, self._ownership.states, self._outputs)
         self._batch_read_s = now
+        self._commit_began = self._clock.monotonic()
         self._committer.begin(self._effects)
         self._advance_commit()
 
@@ -240,6 +247,8 @@ class ConsumerLoop:
             pause, resume = set(deferred), resume - deferred.keys()
             seeks.update(deferred)
             self._reporter.committed(effects, before, self._batch_read_s, self._clock.time())
+            if self._metrics is not None:
+                self._metrics.committed(effects, self._clock.monotonic() - self._commit_began, self.group_total())
         else:
             self._reporter.summary.aborted += 1
             # A broker or coordinator that is slow or away is waited for; only a batch

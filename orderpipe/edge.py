@@ -183,7 +183,9 @@ class KafkaEdge(Protocol):
         """The group's stable committed offsets (None: nothing committed)."""
         ...
 
-    def lag(self) -> int | None: ...
+    def lags(self) -> dict[TP, int] | None:
+        """Each assigned partition's records not yet read, where known; None when the client cannot say."""
+        ...
 
     # The producer: transactions (exactly-once) ...
     def init_transactions(self) -> None: ...
@@ -219,12 +221,15 @@ class EdgeOptions(NamedTuple):
         transaction_timeout_ms: how long the broker keeps a dead consumer's open
             transaction before aborting it (a restart on the same machine aborts it
             at once; see `orderpipe.instance`).
+        stats_cb: given (metrics on), the group consumer hands librdkafka's
+            statistics JSON to it every health.STATS_INTERVAL_MS, from poll.
     """
 
     transactional_id: str | None = None
     session_timeout_ms: int = 10_000
     max_poll_interval_ms: int = 300_000
     transaction_timeout_ms: int = 10_000
+    stats_cb: Callable[[str], None] | None = None
 
 
 # Opens an edge for the settings; closing the context closes its clients.

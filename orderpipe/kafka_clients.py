@@ -25,6 +25,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
 from orderpipe.acls import AUTHORIZATION_CODES, require
 from orderpipe.edge import InSync, TopicSpec
 from orderpipe.errors import BrokerUnavailableError, ConfigError, DeliveryError, KafkaCallError
+from orderpipe.health import STATS_INTERVAL_MS
 from orderpipe.login import Credentials, LoginWatch
 from orderpipe.replicas import parse_min_isr
 from orderpipe.routing import UNREADABLE_HEADERS, Incoming
@@ -51,6 +52,7 @@ __all__ = [
     "producer_config",
     "replication_factors",
     "require_grants",
+    "statistics_config",
     "topic_configs",
 ]
 
@@ -249,6 +251,11 @@ def create_client(factory: Callable[[dict[str, Any]], Client], conf: dict[str, A
             "KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_MECHANISM, KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD "
             "and KAFKA_SSL_CA_LOCATION"
         ) from exc
+
+
+def statistics_config(stats_cb: Callable[[str], None] | None) -> dict[str, Any]:
+    """librdkafka's statistics every STATS_INTERVAL_MS to `stats_cb` (metrics on); without one, nothing."""
+    return {} if stats_cb is None else {"statistics.interval.ms": STATS_INTERVAL_MS, "stats_cb": stats_cb}
 
 
 def producer_config(settings: Settings) -> dict[str, Any]:

@@ -47,6 +47,7 @@ from orderpipe.kafka_clients import (
     produce,
     producer_config,
     replication_factors,
+    statistics_config,
     topic_configs,
 )
 from orderpipe.kafka_stats import KafkaStatsTail
@@ -341,16 +342,16 @@ class ConfluentEdge(_ConfluentProducer):
             raise call_error(exc, "read the committed offsets") from exc
         return AdminAnswer(futures[self._group], "read the committed offsets", _committed_offsets)
 
-    def lag(self) -> int | None:
-        lag = 0
+    def lags(self) -> dict[TP, int] | None:
+        lags = {}
         try:
             for tp in self._consumer.position(self._consumer.assignment()):
                 _, high = self._consumer.get_watermark_offsets(tp, cached=True)
                 if tp.offset >= 0 and high >= 0:
-                    lag += max(high - tp.offset, 0)
+                    lags[(tp.topic, tp.partition)] = max(high - tp.offset, 0)
         except KafkaException:
             return None
-        return lag
+        return lags
 
 
 def _committed_offsets(answer: ConsumerGroupTopicPartitions) -> dict[TP, int | None]:
@@ -413,6 +414,7 @@ def open_kafka_edge(settings: Settings, options: EdgeOptions) -> Iterator[Conflu
                 "session.timeout.ms": options.session_timeout_ms,
                 "max.poll.interval.ms": options.max_poll_interval_ms,
                 "error_cb": errors,
+                **statistics_config(options.stats_cb),
             },
         )
         stack.callback(_close_consumer, consumer)

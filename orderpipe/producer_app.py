@@ -22,6 +22,7 @@ from orderpipe.codec import OrderSchema, load_order_schema
 from orderpipe.console import Console, throughput_line
 from orderpipe.errors import ConfigError, OrderPipeError, RegistryUnavailableError
 from orderpipe.generator import Generated, Kind, OrderEncoder, OrderFactory, base36
+from orderpipe.health import Health
 from orderpipe.kafka_clients import (
     connect_admin,
     create_client,
@@ -30,7 +31,10 @@ from orderpipe.kafka_clients import (
     produce,
     producer_config,
     require_grants,
+    statistics_config,
 )
+from orderpipe.metrics import ProducerMetrics
+from orderpipe.metrics_http import serving
 from orderpipe.money import RunningAverage, format_cents
 from orderpipe.order import Order
 from orderpipe.registry import START_REGISTRY_HINT, connect_registry, registry_login_problem
@@ -149,15 +153,22 @@ def run_producer(
 ) -> ProducerSummary:
     """Publishes orders until `count` is reached or `stop` is set, then flushes.
 
+    With METRICS_PORT set, /metrics and /healthz are served from the start to the end.
+
     Raises:
         BrokerUnavailableError, RegistryUnavailableError: before anything is sent.
     """
-    admin = connect_admin(settings)
-    require_grants(admin, settings, "producer")  # first: a topic it may not use looks absent
-    ensure_topics(admin, settings)
     with ExitStack() as stack:
+        metrics = None
+        if settings.metrics_port is not None:
+            metrics = ProducerMetrics(Health(settings.bootstrap_servers, time.monotonic))
+            url = stack.enter_context(serving(settings.metrics_port, metrics.registry, metrics.health))
+            console.info(f"Metrics on {url}/metrics (health: /healthz)")
+        admin = connect_admin(settings)
+        require_grants(admin, settings, "producer")  # first: a topic it may not use looks absent
+        ensure_topics(admin, settings)
         encode = _encoder(settings, load_order_schema(), stack)
-        return _publish(settings, options, console, stop, encode, admin=admin)
+        return _publish(settings, options, console, stop, encode, admin=admin, metrics=metrics)
 
 
 def _publish(
@@ -168,6 +179,7 @@ def _publish(
     encode: OrderEncoder,
     *,
     admin: AdminClient,
+    metrics: ProducerMetrics | None = None,
 ) -> ProducerSummary:
     # The run id makes orderIds unique across runs; it is not drawn from the seeded
     # generator, so a seeded run repeats its orders but never their ids.
@@ -184,17 +196,27 @@ def _publish(
         f"Producing to {settings.orders_topic} on {settings.bootstrap_servers} ({wire}); "
         f"rate {'unlimited' if options.rate == 0 else f'{options.rate:g}/s'}. Ctrl-C to stop."
     )
-    return _Publisher(settings, console, admin).run(factory, encode, options, stop)
+    return _Publisher(settings, console, admin, metrics).run(factory, encode, options, stop)
 
 
 class _Publisher:
     """Produces the factory's records and counts their delivery reports."""
 
-    def __init__(self, settings: Settings, console: Console, admin: AdminClient) -> None:
+    def __init__(
+        self, settings: Settings, console: Console, admin: AdminClient, metrics: ProducerMetrics | None = None
+    ) -> None:
         self._topic = settings.orders_topic
         self._console = console
         self.summary = ProducerSummary()
-        self._producer = create_client(Producer, {**producer_config(settings), "on_delivery": self._delivered})
+        self._metrics = metrics
+        self._producer = create_client(
+            Producer,
+            {
+                **producer_config(settings),
+                "on_delivery": self._delivered,
+                **statistics_config(None if metrics is None else metrics.health.on_stats),
+            },
+        )
         # The topic's own minimum comes with each answer where DescribeConfigs is allowed, else MIN_INSYNC_REPLICAS.
         self._replicas = ReplicaWatch(
             lambda: in_sync_replicas(admin, [settings.orders_topic]),
@@ -218,6 +240,8 @@ class _Publisher:
 
     def _delivered(self, error: KafkaError | None, message: Message) -> None:
         """Every record's delivery report (the client's default callback)."""
+        if self._metrics is not None:
+            self._metrics.delivered(error is None, message.latency())
         if error is None:
             self.summary.delivered += 1
             return
@@ -241,6 +265,8 @@ class _Publisher:
         the console is updated once per slice, not once per record.
         """
         summary, console, producer = self.summary, self._console, self._producer
+        if self._metrics is not None:
+            self._metrics.health.start()
         started = time.monotonic()
         last_count, last_time = 0, started
         while not stop.is_set() and (options.count is None or summary.sent < options.count):
@@ -269,6 +295,8 @@ class _Publisher:
         undelivered = self._flush(stop)
         if undelivered:
             summary.failed += undelivered
+            if self._metrics is not None:
+                self._metrics.undelivered(undelivered)
             waited = time.monotonic() - flush_started
             console.error(f"✗ {undelivered} orders were still not acknowledged after {waited:.0f}s")
         summary.busy_s = time.monotonic() - started

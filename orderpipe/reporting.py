@@ -8,10 +8,11 @@ one: the state before the batch, plus each processed order as its line is printe
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from orderpipe.console import Console, throughput_line
+from orderpipe.edge import TP
 from orderpipe.effects import BatchEffects
 from orderpipe.latency import LatencyHistogram
 from orderpipe.money import RunningAverage, format_cents
@@ -134,8 +135,10 @@ class Reporter:
             )
         return running
 
-    def periodic(self, now_s: float, average: Callable[[], RunningAverage], lag: Callable[[], int | None]) -> None:
-        """The periodic summary line, when one is due (computed only then)."""
+    def periodic(
+        self, now_s: float, average: Callable[[], RunningAverage], lags: Callable[[], Mapping[TP, int] | None]
+    ) -> None:
+        """The periodic summary line, when one is due (computed only then); the lag is that of all partitions."""
         console, summary = self._console, self.summary
         console.tick(now_s)
         if not self._last_time_s:
@@ -144,11 +147,11 @@ class Reporter:
             return
         rate = (summary.processed - self._last_processed) / max(now_s - self._last_time_s, 1e-9)
         self._last_processed, self._last_time_s = summary.processed, now_s
-        behind = lag()
+        behind = lags()
         console.info(
             f"[consumer] {rate:,.0f} orders/s | processed {summary.processed} | retried {summary.retried} | "
             f"dead-lettered {sum(summary.dead_lettered.values())} | average {average().describe()} | "
-            f"lag {-1 if behind is None else behind}"
+            f"lag {-1 if behind is None else sum(behind.values())}"
         )
 
     def idle(self, limit_s: float) -> None:

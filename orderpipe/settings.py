@@ -42,6 +42,8 @@ _LIBRDKAFKA_ALIASES = {"sasl.mechanism": "sasl.mechanisms", "bootstrap.servers":
 # ssl.key.pem, ...); not sasl.oauthbearer.token.endpoint.url, an address.
 _SECRET_KEY = re.compile(r"password|secret|token|jaas|user\.info|credential|key\.pem|private", re.I)
 _TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+# METRICS_PORT: PORT, HOST:PORT or [IPv6]:PORT.
+_LISTEN = re.compile(r"(?:(?:(?P<host>[^\s:,/\[\]]+)|\[(?P<ipv6>[0-9A-Fa-f:.]+)\]):)?(?P<port>[0-9]{1,5})")
 _HOST_PORT = re.compile(r"^[^\s:,]+:(\d{1,5})$|^\[[0-9A-Fa-f:]+\]:(\d{1,5})$")
 
 
@@ -96,6 +98,8 @@ class Settings:
     registry_ssl_key_location: str = field(default="", metadata={"env": "SCHEMA_REGISTRY_SSL_KEY_LOCATION"})
     create_topics: bool = field(default=True, metadata={"env": "CREATE_TOPICS"})
     registry_auto_register: bool = field(default=True, metadata={"env": "SCHEMA_REGISTRY_AUTO_REGISTER"})
+    # Where /metrics and /healthz are served, as (host, port); None: not served (orderpipe.metrics_http).
+    metrics_port: tuple[str, int] | None = field(default=None, metadata={"env": "METRICS_PORT"})
     # The environment variable names given (not defaults): a given setting wins over the properties file.
     given: frozenset[str] = field(default=frozenset(), repr=False, metadata={"env": ""})
 
@@ -280,6 +284,17 @@ def _user_info(raw: str) -> str:
     return raw
 
 
+def _listen_address(raw: str) -> tuple[str, int] | None:
+    """PORT (every interface, as prometheus_client binds) or HOST:PORT, [IPv6]:PORT; empty: None. Port 0: any free."""
+    value = raw.strip()
+    if not value:
+        return None
+    match = _LISTEN.fullmatch(value)
+    if match is None or int(match.group("port")) > 65535:
+        raise ValueError("empty (off), a port from 0 to 65535 or HOST:PORT, for example 9401 or 127.0.0.1:9401")
+    return match.group("host") or match.group("ipv6") or "0.0.0.0", int(match.group("port"))
+
+
 def _flag(raw: str) -> bool:
     value = raw.strip().lower()
     if value in ("true", "1", "yes", "on"):
@@ -341,6 +356,7 @@ _PARSERS: dict[str, Parser] = {
     "registry_ssl_key_location": _text,
     "create_topics": _flag,
     "registry_auto_register": _flag,
+    "metrics_port": _listen_address,
 }
 
 

@@ -473,8 +473,8 @@ class TwinEdge(_TwinProducer):
 
         return Later(answer)
 
-    def lag(self) -> int | None:
-        return sum(len(self._cluster.logs[t][p]) - position for (t, p), position in self._positions.items())
+    def lags(self) -> dict[TP, int] | None:
+        return {(t, p): len(self._cluster.logs[t][p]) - position for (t, p), position in self._positions.items()}
 
 
 class _TwinStatsTail:

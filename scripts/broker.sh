@@ -7,7 +7,7 @@
 # runs the real Apache Kafka and Apicurio Registry from Maven Central jars, cached
 # under .cache/broker/ (git-ignored), with their logs in .cache/broker/logs/.
 #
-# Usage: scripts/broker.sh up | down | status
+# Usage: scripts/broker.sh up | down | status | stop-kafka
 #        scripts/broker.sh secure up | down | status   (the secured broker: scripts/secure_broker.sh)
 #        scripts/broker.sh cluster up | down | status | kill N | start N | controller | wipe
 #                                                       (three nodes: scripts/cluster_broker.sh)
@@ -235,6 +235,16 @@ cmd_down() {
   fi
 }
 
+# Stops the Kafka broker alone, the registry staying up (tests/integration/test_metrics_live.py uses it
+# for a broker outage); `up` starts it again and waits until it answers.
+cmd_stop_kafka() {
+  if use_docker; then
+    docker compose -f "$ROOT/docker-compose.yml" stop kafka
+  else
+    stop_pid "Kafka" "$RUN/kafka.pid"
+  fi
+}
+
 cmd_status() {
   local rc=0
   if kafka_ready; then say "Kafka: answering on $KAFKA_HOST:$KAFKA_PORT"; else say "Kafka: not answering on $KAFKA_HOST:$KAFKA_PORT"; rc=1; fi
@@ -249,9 +259,10 @@ if [ "${BASH_SOURCE[0]}" = "$0" ]; then
     up) cmd_up ;;
     down) cmd_down ;;
     status) cmd_status ;;
+    stop-kafka) cmd_stop_kafka ;;
     secure) shift; exec "$ROOT/scripts/secure_broker.sh" "$@" ;;
     cluster) shift; exec "$ROOT/scripts/cluster_broker.sh" "$@" ;;
-    *) say "Usage: scripts/broker.sh up | down | status, scripts/broker.sh secure up | down | status,"
+    *) say "Usage: scripts/broker.sh up | down | status | stop-kafka, scripts/broker.sh secure up | down | status,"
        say "       or scripts/broker.sh cluster up | down | status | kill N | start N | controller | wipe"; exit 2 ;;
   esac
 fi

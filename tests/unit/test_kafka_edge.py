@@ -101,7 +101,7 @@ def test_a_paused_partition_delivers_nothing_until_resumed_and_seek_reads_again(
         mock_cluster.produce(settings.orders_topic, 0, [f"v{n}".encode() for n in range(5)])
         edge.assign({tp: BEGINNING})
         assert [r.value for r in read(edge, 5)] == [b"v0", b"v1", b"v2", b"v3", b"v4"]
-        assert edge.lag() == 0
+        assert edge.lags() == {tp: 0}
         edge.pause([tp])
         edge.seek({tp: 3})
         mock_cluster.produce(settings.orders_topic, 0, [b"v5"])
