@@ -8,11 +8,16 @@ from __future__ import annotations
 
 from typing import NamedTuple, Protocol, TypeVar
 
-from orderpipe.order import MAX_PRODUCT_LENGTH, Order
+from orderpipe.order import MAX_PRODUCT_LENGTH, MAX_QUANTITY, Order
 
 __all__ = ["PRODUCTS", "Generated", "Kind", "OrderEncoder", "OrderFactory", "Rng", "base36"]
 
 T = TypeVar("T")
+
+# Share of orders with a customerId (the others have none, null on the wire).
+CUSTOMER_RATE = 0.5
+# Quantities are drawn from 1 to this.
+MAX_GENERATED_QUANTITY = 5
 
 # (product, lowest price in cents, highest price in cents)
 PRODUCTS: tuple[tuple[str, int, int], ...] = (
@@ -74,6 +79,19 @@ def base36(number: int) -> str:
             return text
 
 
+# The ways `_invalid` breaks an order; the quantity ones need schema version 2 on the wire.
+_MUTATIONS = (
+    "zero-price",
+    "negative-price",
+    "too-expensive",
+    "nan-price",
+    "blank-product",
+    "long-product",
+    "bad-order-id",
+)
+_QUANTITY_MUTATIONS = ("zero-quantity", "too-many")
+
+
 class OrderFactory:
     """Makes the n-th order of a run; bad orders are mixed in at the given rates.
 
@@ -81,6 +99,10 @@ class OrderFactory:
         rng: the random generator (seeded for reproducible runs).
         run_id: a prefix unique to this run, e.g. derived from the start time.
         max_price_cents: MAX_ORDER_PRICE, so "too expensive" orders really are.
+        version_2_fields: False when the orders are written with schema version 1,
+            which has no quantity or customerId: every order then has the defaults
+            (quantity 1, no customer), as the consumer reads such a record, and no
+            invalid order is one for its quantity.
     """
 
     def __init__(
@@ -90,8 +112,11 @@ class OrderFactory:
         invalid_rate: float = 0.0,
         poison_rate: float = 0.0,
         max_price_cents: int = 10_000_000,
+        *,
+        version_2_fields: bool = True,
     ) -> None:
         self._rng = rng
+        self._version_2_fields = version_2_fields
         self._run_id = run_id
         self._invalid_rate = invalid_rate
         self._poison_rate = poison_rate
@@ -109,6 +134,9 @@ class OrderFactory:
         product, low, high = rng.choice(PRODUCTS)
         cents = rng.randint(low, high)
         order = Order(order_id, product, cents / 100)
+        if self._version_2_fields:
+            customer_id = f"C-{base36(rng.randint(1, 36**4))}" if rng.random() < CUSTOMER_RATE else None
+            order = order._replace(quantity=rng.randint(1, MAX_GENERATED_QUANTITY), customer_id=customer_id)
         roll = rng.random()
         if roll < self._poison_rate:
             return Generated(order_id, self._poison(encode(order)), Kind.POISON, order, None)
@@ -119,31 +147,26 @@ class OrderFactory:
 
     def _invalid(self, order: Order) -> Order:
         """The order with one rule of DESIGN section 2 broken, chosen at random."""
-        mutation = self._rng.choice(
-            (
-                "zero-price",
-                "negative-price",
-                "too-expensive",
-                "nan-price",
-                "blank-product",
-                "long-product",
-                "bad-order-id",
-            )
-        )
+        mutations = _MUTATIONS + _QUANTITY_MUTATIONS if self._version_2_fields else _MUTATIONS
+        mutation = self._rng.choice(mutations)
         oid, product, price = order.order_id, order.product, order.price
         if mutation == "zero-price":
-            return Order(oid, product, 0.0)
+            return order._replace(price=0.0)
         if mutation == "negative-price":
-            return Order(oid, product, -price)
+            return order._replace(price=-price)
         if mutation == "too-expensive":
-            return Order(oid, product, self._max_price * 2)
+            return order._replace(price=self._max_price * 2)
         if mutation == "nan-price":
-            return Order(oid, product, float("nan"))
+            return order._replace(price=float("nan"))
         if mutation == "blank-product":
-            return Order(oid, "   ", price)
+            return order._replace(product="   ")
         if mutation == "long-product":
-            return Order(oid, product.ljust(MAX_PRODUCT_LENGTH + 1, "+"), price)
-        return Order(oid + "!", product, price)
+            return order._replace(product=product.ljust(MAX_PRODUCT_LENGTH + 1, "+"))
+        if mutation == "zero-quantity":
+            return order._replace(quantity=0)
+        if mutation == "too-many":
+            return order._replace(quantity=MAX_QUANTITY + 1)
+        return order._replace(order_id=oid + "!")
 
     def _poison(self, encoded: bytes) -> bytes:
         """Bytes no decoder accepts: garbage, a truncated body or an unknown fingerprint."""

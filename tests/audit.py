@@ -9,6 +9,16 @@ broker, unit tests records read from the in-memory twin.
 `dlq.py replay` puts dead letters back on `orders`: a replayed record (one with a
 `dlq.replayed-from` header) is the same order again, and the dead letter it came from
 no longer decides that order's fate; the replayed record's own outcome does.
+
+Every schema version is read as the consumer must read it: the writer schema is
+resolved to the newest (`order.avsc`) with fastavro. A single-object record names
+its writer by fingerprint, which must be one of the files in `schemas/`. A
+Confluent-framed record names it by schema id, and the audit asks the registry of
+the pipeline's settings for it, as any independent reader would: the tests'
+registries may hold version 1, version 2 or a newer version than the files (a field
+added with a default), and guessing the writer from the files could not read the
+newer one. Without a registry in the settings such a record is poison, since the
+consumer cannot read it either.
 """
 
 from __future__ import annotations
@@ -18,10 +28,13 @@ import json
 from collections import Counter
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any, Protocol
 
 import fastavro
+from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry.error import SchemaRegistryError
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from orderpipe.errors import ValidationError
@@ -29,10 +42,18 @@ from orderpipe.money import RunningAverage
 from orderpipe.order import Order, validate
 from orderpipe.settings import Settings
 
-__all__ = ["Audit", "audit_records", "audit_topics", "pipeline_env", "published_total"]
+__all__ = ["Audit", "audit_records", "audit_topics", "pipeline_env", "published_total", "registry_writer_schemas"]
 
-SCHEMA: Any = fastavro.parse_schema(json.loads((Path(__file__).resolve().parents[1] / "order.avsc").read_text()))
-FINGERPRINT = bytes.fromhex(fingerprint(to_parsing_canonical_form(SCHEMA), "CRC-64-AVRO"))
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA: Any = fastavro.parse_schema(json.loads((ROOT / "order.avsc").read_text()))
+# Every version's parsed schema by its CRC-64-AVRO fingerprint (little-endian bytes).
+WRITERS: dict[bytes, Any] = {
+    bytes.fromhex(fingerprint(to_parsing_canonical_form(parsed), "CRC-64-AVRO")): parsed
+    for parsed in (fastavro.parse_schema(json.loads(path.read_text())) for path in (ROOT / "schemas").glob("*.avsc"))
+}
+
+# The parsed writer schema of a schema id, or None when the registry does not have it.
+WriterSchemas = Callable[[int], Any]
 
 
 class TopicRecord(Protocol):
@@ -54,28 +75,59 @@ class TopicRecord(Protocol):
     def header(self, name: str) -> str | None: ...
 
 
-def _decode(value: bytes | None) -> Order | None:
-    """The order in an Avro record, or None when it is not one.
+def _decode(value: bytes | None, registry: WriterSchemas | None) -> Order | None:
+    """The order in an Avro record, resolved to the newest schema, or None when it is not one.
 
-    Single-object records must carry order.avsc's fingerprint. A Confluent-framed
-    record (magic byte 0, 4-byte schema id) is read with order.avsc: the tests'
-    registries hold no other schema for the orders topics.
+    Single-object records must carry the fingerprint of a file in schemas/; a
+    Confluent-framed record (magic byte 0, 4-byte schema id) needs a registry that
+    knows its id.
     """
     if value is None:
         return None
-    if value[:2] == b"\xc3\x01" and value[2:10] == FINGERPRINT:
+    if value[:2] == b"\xc3\x01" and len(value) >= 10:
+        writer = WRITERS.get(value[2:10])
         body = io.BytesIO(value[10:])
-    elif value[:1] == b"\x00" and len(value) > 5:
+    elif value[:1] == b"\x00" and len(value) >= 5 and registry is not None:
+        writer = registry(int.from_bytes(value[1:5], "big"))
         body = io.BytesIO(value[5:])
     else:
         return None
+    if writer is None:
+        return None
     try:
-        record = fastavro.schemaless_reader(body, SCHEMA, None)
+        record = fastavro.schemaless_reader(body, writer, SCHEMA)
     except Exception:  # any decoding failure means the record is poison
         return None
     if body.read():
         return None
     return Order.from_record(record)  # type: ignore[arg-type]
+
+
+def registry_writer_schemas(settings: Settings) -> WriterSchemas | None:
+    """Schema ids looked up in the registry of `settings` (each once); None without a registry.
+
+    An id the registry does not have, or whose schema is not Avro, makes its records
+    poison. Any other failure (the registry unreachable) raises: the audit cannot
+    judge those records.
+    """
+    if not settings.schema_registry_url:
+        return None
+    client = SchemaRegistryClient(settings.registry_client_config())
+
+    @cache
+    def writer(schema_id: int) -> Any:
+        try:
+            text = client.get_schema(schema_id).schema_str or ""
+        except SchemaRegistryError as exc:
+            if exc.http_status_code == 404:
+                return None
+            raise
+        try:
+            return fastavro.parse_schema(json.loads(text))
+        except Exception:  # not an Avro schema: the consumer cannot read its records either
+            return None
+
+    return writer
 
 
 @dataclass(frozen=True)
@@ -117,11 +169,13 @@ def audit_records(
     max_price_cents: int,
     *,
     group: str | None = None,
+    registry: WriterSchemas | None = None,
 ) -> Audit:
+    """The account of the records; `registry` gives Confluent-framed records their writer schemas."""
     prices: dict[bytes | None, int] = {}
     poison = invalid = 0
     for record in orders:
-        order = _decode(record.value)
+        order = _decode(record.value, registry)
         if order is None:
             poison += 1
             continue
@@ -185,6 +239,7 @@ def audit_topics(read: Callable[[str], Sequence[TopicRecord]], settings: Setting
         read(settings.stats_topic),
         settings.max_order_price_cents,
         group=settings.consumer_group,
+        registry=registry_writer_schemas(settings),
     )
 
 

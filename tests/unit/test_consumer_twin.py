@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import random
 import threading
 from collections import Counter
 from dataclasses import replace
 
 import pytest
 
+from orderpipe.codec import load_order_schema
 from orderpipe.consumer_app import AT_LEAST_ONCE, ConsumerOptions
 from orderpipe.consumer_loop import ConsumerLoop
 from orderpipe.errors import FatalKafkaError
+from orderpipe.generator import OrderFactory
 from orderpipe.order import ValidOrder
-from orderpipe.routing import Retry
+from orderpipe.routing import DeadLetter, Processed, Retry
 from orderpipe.twin import Killed
 from orderpipe.twin_parts import Faults
 from tests.audit import audit_records
@@ -497,3 +500,29 @@ def test_the_idle_limit_counts_from_the_end_of_a_commit_that_waited() -> None:
     assert committed_at > 2.0, "the commit waited longer than the idle limit"
     assert cluster.clock.now >= committed_at + 2.0
     assert_exact(cluster)
+
+
+def test_a_stream_of_both_schema_versions_is_read_and_counted_exactly() -> None:
+    """Version 1 records (an older producer's) read as quantity 1; a bad quantity is a validation error."""
+    cluster = new_cluster()
+    v1, v2 = load_order_schema(1), load_order_schema(2)
+    older = OrderFactory(random.Random(7), "OLD", 0.1, 0.05, version_2_fields=False)
+    newer = OrderFactory(random.Random(8), "NEW", 0.1, 0.05)
+    made = [older.make(v1.encode_single_object) for _ in range(100)]
+    made += [newer.make(v2.encode_single_object) for _ in range(100)]
+    made.append(newer.make(lambda order: v2.encode_single_object(order._replace(quantity=1001))))
+    for generated in made:
+        cluster.produce(SETTINGS.orders_topic, generated.key.encode(), generated.value)
+    twin = twin_consumer(cluster)
+    summary = run(twin)
+    result = assert_exact(cluster)
+    assert result.orders == len(made)
+    assert summary.average == result.expected
+    quantities: dict[str, set[int]] = {"O-OLD": set(), "O-NEW": set()}
+    for decision in twin.decisions:
+        if isinstance(decision, Processed):
+            quantities[decision.order.order_id[:5]].add(decision.order.quantity)
+    assert quantities == {"O-OLD": {1}, "O-NEW": {1, 2, 3, 4, 5}}
+    assert "quantity must be from 1 to 1000, got 1001" in {
+        str(d.error) for d in twin.decisions if isinstance(d, DeadLetter) and d.reason == "validation"
+    }

@@ -2,6 +2,8 @@
 
 import random
 
+import pytest
+
 from orderpipe.codec import OrderDecoder, load_order_schema
 from orderpipe.errors import DeserializationError, ValidationError
 from orderpipe.generator import Generated, Kind, OrderFactory
@@ -46,3 +48,28 @@ def test_every_kind_behaves_as_labelled() -> None:
             raise AssertionError(f"invalid order {order} passed validation")
         assert validate(order, MAX).price_cents == g.price_cents
         assert g.key == order.order_id
+
+
+def test_orders_carry_quantities_and_sometimes_a_customer_and_some_break_the_quantity_rule() -> None:
+    generated = make(13, 2000)
+    valid = [g.order for g in generated if g.kind == Kind.VALID]
+    assert {o.quantity for o in valid} == {1, 2, 3, 4, 5}
+    assert 0.3 < sum(o.customer_id is not None for o in valid) / len(valid) < 0.7
+    assert all(validate(o, MAX).customer_id == o.customer_id for o in valid)
+    broken = {g.order.quantity for g in generated if g.kind == Kind.INVALID}
+    assert {0, 1001} <= broken
+
+
+def test_orders_for_schema_version_1_have_the_defaults_and_read_back_as_generated() -> None:
+    v1 = load_order_schema(1)
+    factory = OrderFactory(random.Random(2), "V1", invalid_rate=0.3, max_price_cents=MAX, version_2_fields=False)
+    decoder = OrderDecoder(SCHEMA)
+    for g in (factory.make(v1.encode_single_object) for _ in range(500)):
+        assert (g.order.quantity, g.order.customer_id) == (1, None)
+        order = decoder.decode(g.value)
+        assert (order.order_id, order.quantity, order.customer_id) == (g.key, 1, None)
+        if g.kind == Kind.INVALID:
+            with pytest.raises(ValidationError):
+                validate(order, MAX)
+        else:
+            assert validate(order, MAX).price_cents == g.price_cents

@@ -28,6 +28,7 @@ from orderpipe.routing import (
 )
 
 SCHEMA = load_order_schema()
+V1 = load_order_schema(1)
 POLICY = RetryPolicy(max_retries=3, backoff_ms=100, backoff_max_ms=400)
 NOW = 1_700_000_000_000
 LIMIT = 4_000
@@ -52,12 +53,20 @@ def process(record: Incoming) -> ValidOrder:
     return order
 
 
-orders = st.builds(Order, st.text(max_size=80), st.text(max_size=300), st.floats(width=32))
+orders = st.builds(
+    Order,
+    st.text(max_size=80),
+    st.text(max_size=300),
+    st.floats(width=32),
+    st.integers(-(2**31), 2**31 - 1),
+    st.one_of(st.none(), st.text(max_size=80)),
+)
 values = st.one_of(
     st.none(),
     st.binary(max_size=300),
     st.binary(max_size=6000),
     orders.map(SCHEMA.encode_single_object),
+    orders.map(V1.encode_single_object),
     orders.map(lambda o: CONFLUENT_MAGIC + (1).to_bytes(4, "big") + SCHEMA.encode_body(o)),
     st.tuples(st.integers(0, 2**32 - 1), st.binary(max_size=50)).map(
         lambda t: CONFLUENT_MAGIC + t[0].to_bytes(4, "big") + t[1]

@@ -8,15 +8,20 @@ same records to a real broker.
 
 from __future__ import annotations
 
+import io
+import json
 import re
 import threading
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
+import fastavro
 import pytest
 from confluent_kafka.schema_registry import Schema
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
+from orderpipe.codec import load_order_schema, parse_schema_text
 from orderpipe.console import VERBOSE
 from orderpipe.consumer_app import ConsumerOptions
 from orderpipe.errors import ConfigError
@@ -25,6 +30,7 @@ from orderpipe.order import Order, ValidOrder
 from orderpipe.routing import CLOCK_SKEW_MS
 from orderpipe.stats import encode_stats, stats_key
 from orderpipe.twin import TwinCluster
+from tests.audit import audit_records
 from tests.unit.twin_helpers import (
     SCHEMA,
     SETTINGS,
@@ -249,3 +255,78 @@ def test_missing_topics_are_named_when_the_consumer_may_not_create_them() -> Non
     with pytest.raises(ConfigError, match=f"topic {settings.dlq_topic} does not exist, or this principal may not"):
         run(twin_consumer(cluster, settings=settings))
     assert settings.dlq_topic not in cluster.logs, "nothing was created"
+
+
+V1 = load_order_schema(1)
+
+
+def framed(schema_id: int, body: bytes) -> bytes:
+    return b"\x00" + schema_id.to_bytes(4, "big") + body
+
+
+def avro_body(schema: Any, record: dict[str, Any]) -> bytes:
+    buffer = io.BytesIO()
+    fastavro.schemaless_writer(buffer, schema, record)
+    return buffer.getvalue()
+
+
+class VersionedRegistry:
+    """A stand-in registry client holding every order version, a newer one and one that cannot be read as ours."""
+
+    def __init__(self) -> None:
+        newer = json.loads(SCHEMA.text)
+        newer["fields"].append({"name": "currency", "type": "string", "default": "USD"})
+        broken = json.loads(SCHEMA.text)
+        broken["fields"][2]["type"] = "string"  # price
+        self.texts = {1: V1.text, 2: SCHEMA.text, 3: json.dumps(newer), 4: json.dumps(broken)}
+
+    def __enter__(self) -> VersionedRegistry:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        pass
+
+    def get_schema(self, schema_id: int) -> Schema:
+        return Schema(self.texts[schema_id], "AVRO")
+
+    def writer(self, schema_id: int) -> Any:
+        return parse_schema_text(self.texts[schema_id])
+
+
+def test_a_mixed_stream_of_versions_and_formats_is_counted_exactly() -> None:
+    """v1 and v2 in both wire formats and a newer registered version are processed; an unreadable one is not."""
+    settings = replace(SETTINGS, schema_registry_url="http://registry.example:8081")
+    cluster = new_cluster(settings)
+    registry = VersionedRegistry()
+    newer = registry.writer(3)
+    for index in range(40):
+        order = Order(f"O-{index}", "Mouse", 10.25 + index, 1 + index % 4, None if index % 3 else f"C-{index}")
+        values = {
+            "v1 single-object": V1.encode_single_object(order),
+            "v2 single-object": SCHEMA.encode_single_object(order),
+            "v1 registry": framed(1, V1.encode_body(order)),
+            "v2 registry": framed(2, SCHEMA.encode_body(order)),
+            "v3 registry": framed(3, avro_body(newer, {**order.to_record(), "currency": "EUR"})),
+            "price as a string": framed(4, avro_body(registry.writer(4), {**order.to_record(), "price": "1.00"})),
+        }
+        name = list(values)[index % len(values)]
+        cluster.produce(settings.orders_topic, order.order_id.encode(), values[name])
+    twin = twin_consumer(cluster, settings=settings, open_registry=lambda _url: registry)
+    summary = run(twin)
+    result = audit_records(
+        cluster.records(settings.orders_topic),
+        cluster.records(settings.dlq_topic),
+        cluster.records(settings.retry_topic),
+        cluster.records(settings.stats_topic),
+        settings.max_order_price_cents,
+        group=settings.consumer_group,
+        registry=registry.writer,
+    )
+    assert result.exact, result.describe()
+    assert summary.average == result.expected
+    assert (result.valid, result.poison) == (34, 6)
+    dead = {r.header("error.message") for r in cluster.records(settings.dlq_topic)}
+    assert dead == {
+        "the writer schema cannot be resolved to the order schema: "
+        "field price is string in the writer but float in the reader"
+    }

@@ -28,6 +28,14 @@ INVALID = [
     (Order("O-1", "Keyboard", 100000.01), "price must be at most $100,000.00"),
     (Order("O-1", "Keyboard", 100000.004), "price must be at most $100,000.00"),
     (Order("O-1", "Keyboard", 0.004), "price must be at least $0.01 once rounded"),
+    (Order("O-1", "Keyboard", 10.0, 0), "quantity must be from 1 to 1000, got 0"),
+    (Order("O-1", "Keyboard", 10.0, -3), "quantity must be from 1 to 1000, got -3"),
+    (Order("O-1", "Keyboard", 10.0, 1001), "quantity must be from 1 to 1000, got 1001"),
+    (Order("O-1", "Keyboard", 10.0, 2, ""), "customerId must not be blank"),
+    (Order("O-1", "Keyboard", 10.0, 2, " \t"), "customerId must not be blank"),
+    (Order("O-1", "Keyboard", 10.0, 2, "C" * 65), "customerId must be at most 64 characters, got 65"),
+    (Order("O-1", "Keyboard", 10.0, 2, "C-1\n"), "customerId may only contain printable characters"),
+    (Order("O-1", "Keyboard", 10.0, 2, "C-\u202e1"), "customerId may only contain printable characters"),
 ]
 
 
@@ -43,10 +51,24 @@ def test_invalid_orders_are_rejected_with_the_broken_rule(order: Order, message:
         (Order("O-1", "Keyboard", 45.5), 4550),
         (Order("a" * 64, "x" * 200, 0.01), 1),
         (Order("Ab_9-z", "Mouse", 100000.0), 10_000_000),
+        (Order("O-1", "Keyboard", 45.5, 1000, "C" * 64), 4550),
+        (Order("O-1", "Keyboard", 45.5, 3, "Jürgen Müller #7"), 4550),
     ],
 )
 def test_valid_orders_pass_with_their_price_in_cents(order: Order, cents: int) -> None:
-    assert validate(order, MAX) == ValidOrder(order.order_id, order.product, cents)
+    expected = ValidOrder(order.order_id, order.product, cents, order.quantity, order.customer_id)
+    assert validate(order, MAX) == expected
+
+
+def test_the_price_in_cents_is_of_one_order_whatever_its_quantity() -> None:
+    assert validate(Order("O-1", "Keyboard", 45.5, 7), MAX).price_cents == 4550
+
+
+def test_a_version_1_record_reads_with_the_defaults_and_round_trips() -> None:
+    order = Order.from_record({"orderId": "O-1", "product": "Keyboard", "price": 45.5})
+    assert (order.quantity, order.customer_id) == (1, None)
+    full = Order("O-2", "Mouse", 9.5, 4, "C-9")
+    assert Order.from_record(full.to_record()) == full
 
 
 def test_the_price_limit_is_a_setting() -> None:
