@@ -145,6 +145,12 @@ def _producer_parser() -> argparse.ArgumentParser:
         metavar="F",
         help="fraction of records that are not decodable at all",
     )
+    parser.add_argument(
+        "--schema-version",
+        type=_within(int, 1, 1000),
+        metavar="N",
+        help="write version N of the order schema (schemas/order-vN.avsc; default: the newest, order.avsc)",
+    )
     _common(parser)
     return parser
 
@@ -298,7 +304,9 @@ def producer_main(load_settings: LoadSettings, argv: Sequence[str] | None = None
     args = _producer_parser().parse_args(argv)
 
     def main(settings: Settings) -> int:
-        options = ProducerOptions(args.count, args.rate, args.invalid_rate, args.poison_rate, args.seed)
+        options = ProducerOptions(
+            args.count, args.rate, args.invalid_rate, args.poison_rate, args.seed, args.schema_version
+        )
         verbosity = _verbosity(args)
         _setup_output(verbosity)
         with _stop_on_signals() as stop:

@@ -2,21 +2,30 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any
 
-from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from orderpipe.codec import parse_schema_text
 from orderpipe.errors import ConfigError, DeserializationError, NotReady, RegistryUnavailableError
+from orderpipe.schema_compat import breaking_change
 from orderpipe.settings import Settings
 from orderpipe.text import printable, redact
 
-__all__ = ["START_REGISTRY_HINT", "RegistryLookup", "connect_registry", "registry_login_problem"]
+__all__ = [
+    "START_REGISTRY_HINT",
+    "RegistryLookup",
+    "canonical_text",
+    "connect_registry",
+    "registered_id",
+    "registry_login_problem",
+]
 
 START_REGISTRY_HINT = (
     "start one with 'scripts/broker.sh up' (or 'docker compose up -d'), "
@@ -48,6 +57,91 @@ def connect_registry(settings: Settings, timeout_s: float = 5.0) -> SchemaRegist
             f"{_scheme_hint(exc, settings.registry_address)}."
         ) from None
     return client
+
+
+def canonical_text(text: str) -> str:
+    """The one rendering of a schema file the producer registers: its JSON, compact, in the file's order.
+
+    A registry that compares schema text (Apicurio) makes a new version of any other
+    rendering, whitespace included. Avro's Parsing Canonical Form is not used: it
+    drops the defaults that the registry's compatibility checks need.
+    """
+    return json.dumps(json.loads(text), separators=(",", ":"), ensure_ascii=False)
+
+
+def registered_id(client: SchemaRegistryClient, subject: str, text: str, *, register: bool, source: str) -> int:
+    """The schema id of `text` (a schema file's JSON) under `subject`, registered first where allowed.
+
+    Before registering, the registry is asked whether the schema is compatible with
+    the subject's latest version under the subject's compatibility level; if not,
+    nothing is registered and the producer produces nothing. Without `register`
+    (SCHEMA_REGISTRY_AUTO_REGISTER=false) the schema is only looked up.
+
+    Args:
+        source: the schema file, for the messages.
+
+    Raises:
+        ConfigError: incompatible (naming the subject, the level and the field that
+            breaks it), or not registered while registering is not allowed.
+        SchemaRegistryError, and the client's transport errors: the caller names them.
+    """
+    schema = Schema(canonical_text(text), "AVRO")
+    if not register:
+        try:
+            found = client.lookup_schema(subject, schema).schema_id
+        except SchemaRegistryError as exc:
+            if exc.http_status_code != 404:
+                raise
+            raise ConfigError(
+                f"the order schema ({source}) is not registered under subject {subject}, and "
+                "SCHEMA_REGISTRY_AUTO_REGISTER is false: register it there, or allow registering"
+            ) from None
+        if found is None:
+            raise RegistryUnavailableError(f"the schema registry answered no id for the order schema ({source})")
+        return found
+    _check_compatible(client, subject, schema, source)
+    try:
+        return client.register_schema(subject, schema)
+    except SchemaRegistryError as exc:
+        if exc.http_status_code != 409:
+            raise
+        # The registry refused it after all (its rules changed meanwhile, say): its own words.
+        raise ConfigError(
+            f"the schema registry refused the order schema ({source}) for subject {subject} as incompatible: "
+            f"{printable(exc.error_message, 300)}; producing nothing"
+        ) from None
+
+
+def _check_compatible(client: SchemaRegistryClient, subject: str, schema: Schema, source: str) -> None:
+    try:
+        if client.test_compatibility(subject, schema):
+            return
+    except SchemaRegistryError as exc:
+        if exc.http_status_code == 404:  # no version yet: anything is compatible
+            return
+        raise
+    level = _level(client, subject)
+    latest = client.get_latest_version(subject)
+    try:  # the registry's answer is untrusted: a schema that does not parse or check names no field
+        new, old = (parse_schema_text(text or "") for text in (schema.schema_str, latest.schema.schema_str))
+        why = breaking_change(level, new, old)
+    except Exception:
+        why = None
+    raise ConfigError(
+        f"the order schema ({source}) is not compatible with version {latest.version} of subject {subject} "
+        f"under {printable(level, 40)} compatibility: {why or 'the registry says so without naming a field'}; "
+        "producing nothing"
+    )
+
+
+def _level(client: SchemaRegistryClient, subject: str) -> str:
+    """The subject's compatibility level, else the registry's default."""
+    try:
+        return str(client.get_compatibility(subject))
+    except SchemaRegistryError as exc:
+        if exc.http_status_code != 404:
+            raise
+        return str(client.get_compatibility())
 
 
 def registry_login_problem(exc: Exception, address: str) -> str | None:
