@@ -358,11 +358,26 @@ class OrderDecoder:
         lookup: resolves Confluent schema ids; None when no registry is configured.
         writers: the versions a single-object record's fingerprint may name
             (`schema` is always one); by default the files in `schemas/`.
+        wire_format: AVRO_WIRE_FORMAT (orderpipe.wire): "auto" detects the framed
+            format; "confluent" or "single-object" accept only that one; "raw" reads
+            every value with `raw`.
     """
 
-    def __init__(self, schema: OrderSchema, lookup: SchemaLookup | None = None, *, writers: SchemaSet | None = None):
+    def __init__(
+        self,
+        schema: OrderSchema,
+        lookup: SchemaLookup | None = None,
+        *,
+        writers: SchemaSet | None = None,
+        wire_format: str = "auto",
+        raw: Callable[[bytes | None], Order] | None = None,
+    ):
         self._schema = schema
         self._lookup = lookup
+        # "auto" reads both framed formats; "confluent" or "single-object" only that one;
+        # "raw" hands every value to `raw`, the reader of bare bodies (orderpipe.wire).
+        self._only = {"confluent": CONFLUENT_MAGIC, "single-object": SINGLE_OBJECT_MAGIC}.get(wire_format)
+        self._raw = raw if wire_format == "raw" else None
         self._resolves_to_order = schema.canonical == _ORDER_CANONICAL
         versions = (writers if writers is not None else load_schema_set()).versions
         self._known_versions = ", ".join(str(writer.version) for writer in versions)
@@ -392,8 +407,13 @@ class OrderDecoder:
                 fingerprint or schema id, a writer schema that cannot be resolved to
                 ours, or a body that is not a valid order.
         """
+        if self._raw is not None:
+            return self._raw(value)
         if not value:
             raise DeserializationError("record has no value")
+        if self._only is not None and not value.startswith(self._only):
+            expected = "the Confluent wire format" if self._only == CONFLUENT_MAGIC else "single-object Avro"
+            raise DeserializationError(f"not {expected}, as AVRO_WIRE_FORMAT asks: first bytes {value[:2].hex()}")
         if value.startswith(SINGLE_OBJECT_MAGIC):
             if len(value) < _SINGLE_OBJECT_HEADER:
                 raise DeserializationError("single-object header is truncated")

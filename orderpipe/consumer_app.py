@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 
 from orderpipe.acls import require
 from orderpipe.clock import SYSTEM_CLOCK, Clock
-from orderpipe.codec import OrderDecoder, load_order_schema, schema_id_of
+from orderpipe.codec import OrderDecoder, schema_id_of
 from orderpipe.committer import AtLeastOnceCommitter, Committer, TransactionalCommitter
 from orderpipe.console import Console
 from orderpipe.consumer_loop import ConsumerLoop
@@ -41,6 +41,7 @@ from orderpipe.stats import StatsKeys
 from orderpipe.stats_view import StatsView
 from orderpipe.topics import largest_record, missing_sentence, missing_topics, stats_keys, topic_problems, weak_topics
 from orderpipe.watchdog import WATCHDOG
+from orderpipe.wire import order_decoder, raw_reader
 
 __all__ = [
     "AT_LEAST_ONCE",
@@ -206,6 +207,7 @@ class OrderConsumer:
         the block, closes what was opened.
         """
         settings, options, metrics = self._settings, self._options, self.metrics
+        raw = raw_reader(settings)  # a writer schema for bare bodies that cannot carry an order: before connecting
         with ExitStack() as stack:
             if metrics is not None and settings.metrics_port is not None:
                 url = stack.enter_context(serving(settings.metrics_port, metrics.registry, metrics.health))
@@ -249,7 +251,7 @@ class OrderConsumer:
                 largest_record(settings, configs),
                 min_isr_of({t: configs.get(t, {}) for t in outputs}, settings.min_isr),
             )
-            loop = self._loop(edge, committer, OrderDecoder(load_order_schema(), lookup), lookup, topics)
+            loop = self._loop(edge, committer, order_decoder(settings, lookup, raw), lookup, topics)
             edge.subscribe((settings.orders_topic, settings.retry_topic))
             wire = f"schema registry at {settings.registry_address}" if lookup else "no schema registry"
             self._console.info(

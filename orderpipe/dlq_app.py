@@ -23,7 +23,7 @@ from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 
 from orderpipe.acls import AUTHORIZATION_CODES, denied_sentence
-from orderpipe.codec import OrderDecoder, load_order_schema, schema_id_of
+from orderpipe.codec import schema_id_of
 from orderpipe.dead_letters import DeadLetter, DlqFilter, dead_letter, summary_line
 from orderpipe.errors import BrokerUnavailableError, ConfigError, DeliveryError, FatalKafkaError, KafkaCallError
 from orderpipe.kafka_clients import (
@@ -43,6 +43,7 @@ from orderpipe.replay import Ledger, ledger_topic, replayed_record
 from orderpipe.routing import Incoming
 from orderpipe.settings import Settings
 from orderpipe.topics import ledger_spec, missing_sentence, missing_topics
+from orderpipe.wire import order_decoder, raw_reader
 
 __all__ = ["ReplayTally", "list_dead_letters", "replay_dead_letters", "replay_transactional_id"]
 
@@ -83,11 +84,12 @@ def list_dead_letters(
 
 
 def _decoder(settings: Settings, stack: ExitStack) -> Callable[[bytes | None], Order]:
+    raw = raw_reader(settings)
     if not settings.schema_registry_url:
-        return OrderDecoder(load_order_schema()).decode
+        return order_decoder(settings, None, raw).decode
     lookup = RegistryLookup(stack.enter_context(connect_registry(settings)))
     stack.callback(lookup.close)
-    decoder = OrderDecoder(load_order_schema(), lookup)
+    decoder = order_decoder(settings, lookup, raw)
 
     def decode(value: bytes | None) -> Order:
         schema_id = schema_id_of(value)

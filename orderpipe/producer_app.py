@@ -38,6 +38,7 @@ from orderpipe.registry import START_REGISTRY_HINT, connect_registry, registered
 from orderpipe.replicas import ReplicaWatch
 from orderpipe.settings import Settings
 from orderpipe.text import redact
+from orderpipe.wire import RAW, SINGLE_OBJECT, RawSchema, load_raw_schema
 
 __all__ = ["ProducerOptions", "ProducerSummary", "run_producer"]
 
@@ -88,14 +89,16 @@ class ProducerSummary:
         )
 
 
-def _encoder(settings: Settings, schema: OrderSchema, stack: ExitStack) -> OrderEncoder:
-    """The value encoder: Confluent wire format with a registry (closed with `stack`), single-object without.
+def _encoder(settings: Settings, schema: OrderSchema | RawSchema, stack: ExitStack) -> OrderEncoder:
+    """The value encoder of the wire format (orderpipe.wire): bare bodies, single-object, or Confluent framing.
 
     With a registry the schema is registered (or looked up) once, as one canonical
     text, and each value is the same fast Avro body as without one, framed with
     the schema id: no serializer call per record.
     """
-    if not settings.schema_registry_url:
+    if isinstance(schema, RawSchema):
+        return schema.encode
+    if settings.avro_wire_format == SINGLE_OBJECT or not settings.schema_registry_url:
         return schema.encode_single_object
     client = stack.enter_context(connect_registry(settings))
     subject = f"{settings.orders_topic}-value"
@@ -114,6 +117,22 @@ def _encoder(settings: Settings, schema: OrderSchema, stack: ExitStack) -> Order
         return header + body(order)
 
     return encode
+
+
+def _schema(settings: Settings, options: ProducerOptions) -> OrderSchema | RawSchema:
+    """The schema the producer writes with: a version of the order schema, or AVRO_WRITER_SCHEMA for bare bodies.
+
+    Raises:
+        ConfigError: an unknown version, a writer schema that cannot carry an order,
+            or both a version and bare bodies asked for.
+    """
+    if settings.avro_wire_format != RAW:
+        return load_order_schema(options.schema_version)
+    if options.schema_version is not None:
+        raise ConfigError(
+            "--schema-version does not apply with AVRO_WIRE_FORMAT=raw: bare bodies are written with AVRO_WRITER_SCHEMA"
+        )
+    return load_raw_schema(settings.avro_writer_schema, producing=True)
 
 
 def _refused(settings: Settings, subject: str, exc: Exception) -> OrderPipeError:
@@ -151,7 +170,8 @@ def run_producer(
     Raises:
         BrokerUnavailableError, RegistryUnavailableError: before anything is sent.
     """
-    schema = load_order_schema(options.schema_version)  # an unknown version is named before anything connects
+    # An unknown version, or a writer schema for bare bodies that cannot carry an order, before anything connects.
+    schema = _schema(settings, options)
     with ExitStack() as stack:
         metrics = None
         if settings.metrics_port is not None:
@@ -174,7 +194,7 @@ def _publish(
     *,
     admin: AdminClient,
     metrics: ProducerMetrics | None = None,
-    schema: OrderSchema | None = None,
+    schema: OrderSchema | RawSchema | None = None,
 ) -> ProducerSummary:
     # The run id makes orderIds unique across runs; it is not drawn from the seeded
     # generator, so a seeded run repeats its orders but never their ids.
@@ -187,6 +207,8 @@ def _publish(
         settings.max_order_price_cents,
     )
     wire = "schema registry at " + settings.registry_address if settings.schema_registry_url else "single-object Avro"
+    if settings.avro_wire_format in (RAW, SINGLE_OBJECT):
+        wire = "bare Avro bodies" if settings.avro_wire_format == RAW else "single-object Avro"
     if schema is not None:
         wire += f", {schema.source}"
     console.info(

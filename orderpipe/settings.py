@@ -22,6 +22,7 @@ __all__ = ["ENV_NAMES", "SECRET_FIELDS", "Settings", "build_settings", "parse_pr
 
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER")
+WIRE_FORMATS = ("auto", "confluent", "single-object", "raw")
 # Fields whose values are secrets: out of reprs, and never echoed in an error.
 SECRET_FIELDS = frozenset(
     {
@@ -100,6 +101,9 @@ class Settings:
     registry_auto_register: bool = field(default=True, metadata={"env": "SCHEMA_REGISTRY_AUTO_REGISTER"})
     # Where /metrics and /healthz are served, as (host, port); None: not served (orderpipe.metrics_http).
     metrics_port: tuple[str, int] | None = field(default=None, metadata={"env": "METRICS_PORT"})
+    # auto, confluent, single-object or raw (orderpipe.wire); raw needs the writer schema's file.
+    avro_wire_format: str = field(default="auto", metadata={"env": "AVRO_WIRE_FORMAT"})
+    avro_writer_schema: str = field(default="", metadata={"env": "AVRO_WRITER_SCHEMA"})
     # The environment variable names given (not defaults): a given setting wins over the properties file.
     given: frozenset[str] = field(default=frozenset(), repr=False, metadata={"env": ""})
 
@@ -271,6 +275,16 @@ def _choice(options: tuple[str, ...], allow_empty: bool = False) -> Parser:
     return parse
 
 
+def _lower_choice(options: tuple[str, ...]) -> Parser:
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in options:
+            raise ValueError(f"one of {', '.join(options)}")
+        return value
+
+    return parse
+
+
 def _https_url(raw: str) -> str:
     value = raw.strip()
     if value and not re.match(r"^https?://[^\s/]+", value):
@@ -357,6 +371,8 @@ _PARSERS: dict[str, Parser] = {
     "create_topics": _flag,
     "registry_auto_register": _flag,
     "metrics_port": _listen_address,
+    "avro_wire_format": _lower_choice(WIRE_FORMATS),
+    "avro_writer_schema": _text,
 }
 
 
@@ -407,6 +423,12 @@ def build_settings(raw: Mapping[str, str], client_properties: str | None = None)
         problems.append(
             f"MIN_INSYNC_REPLICAS must be at most REPLICATION_FACTOR ({settings.replication_factor}), or no write "
             f"could ever be acknowledged, got {settings.min_insync_replicas}"
+        )
+    if settings.avro_wire_format == "raw" and not settings.avro_writer_schema:
+        problems.append("AVRO_WIRE_FORMAT=raw needs AVRO_WRITER_SCHEMA: the schema file bare bodies are written with")
+    if settings.avro_wire_format == "confluent" and not settings.schema_registry_url:
+        problems.append(
+            "AVRO_WIRE_FORMAT=confluent needs SCHEMA_REGISTRY_URL: that format names a registry's schema id"
         )
     problems.extend(_login_problems(settings))
     if problems:
