@@ -14,15 +14,8 @@ import fastavro
 from orderpipe.money import to_cents
 from tests.integration.helpers import CONSUMER_SUMMARY, PRODUCER_SUMMARY, Pipeline, audit, summary
 
-REFERENCE = {
-    "type": "record",
-    "name": "Order",
-    "fields": [
-        {"name": "orderId", "type": "string"},
-        {"name": "product", "type": "string"},
-        {"name": "price", "type": "double"},
-    ],
-}
+# What the original assignment's reference producer writes: no header, price a double.
+REFERENCE: dict[str, Any] = json.loads((Path(__file__).parents[1] / "data" / "reference-order.avsc").read_text())
 
 
 def bare(record: dict[str, Any]) -> bytes:

@@ -7,13 +7,11 @@ import io
 import json
 import re
 import threading
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import TypeVar
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -30,11 +28,11 @@ from orderpipe.metrics import ConsumerMetrics, ProducerMetrics
 from orderpipe.metrics_http import serving
 from orderpipe.money import RunningAverage
 from orderpipe.producer_app import ProducerOptions, ProducerSummary, run_producer
+from tests.integration.helpers import wait_for
 from tests.unit.mock_cluster import MockCluster
 from tests.unit.twin_helpers import SETTINGS, audit, new_cluster, produce_orders, run, turn_until, twin_consumer
 
 ON = replace(SETTINGS, metrics_port=("127.0.0.1", 0))
-T = TypeVar("T")
 
 
 class FakeClock:
@@ -375,10 +373,10 @@ def test_the_producer_serves_its_series_and_is_healthy_once_librdkafka_reports_a
     )
     thread.start()
     try:
-        url = wait_until(lambda: re.search(r"Metrics on (http://\S+)/metrics", out.getvalue()))
+        url = wait_for(lambda: re.search(r"Metrics on (http://\S+)/metrics", out.getvalue()))
         base = url.group(1)
-        wait_until(lambda: get(f"{base}/healthz") == (200, "ok\n"))
-        wait_until(lambda: samples(get(f"{base}/metrics")[1])[("orderpipe_orders_produced_total", ())] > 0)
+        wait_for(lambda: get(f"{base}/healthz") == (200, "ok\n"))
+        wait_for(lambda: samples(get(f"{base}/metrics")[1])[("orderpipe_orders_produced_total", ())] > 0)
     finally:
         stop.set()
         thread.join(30)
@@ -394,20 +392,9 @@ def test_the_consumer_on_the_mock_cluster_asks_for_statistics_and_is_healthy(moc
     thread = threading.Thread(target=consumer.run, args=(stop,))
     thread.start()
     try:
-        url = wait_until(lambda: re.search(r"Metrics on (http://\S+)/metrics", out.getvalue()))
-        wait_until(lambda: get(f"{url.group(1)}/healthz") == (200, "ok\n"))
+        url = wait_for(lambda: re.search(r"Metrics on (http://\S+)/metrics", out.getvalue()))
+        wait_for(lambda: get(f"{url.group(1)}/healthz") == (200, "ok\n"))
     finally:
         stop.set()
         thread.join(30)
     assert not thread.is_alive()
-
-
-def wait_until(condition: Callable[[], T | None], timeout: float = 30.0) -> T:
-    """Polls `condition` until it is truthy (real time: the programs run on real clients)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        time.sleep(0.05)
-    raise AssertionError(f"not reached within {timeout}s")

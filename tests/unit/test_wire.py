@@ -18,15 +18,7 @@ from orderpipe.settings import build_settings
 from orderpipe.wire import load_raw_schema, order_decoder, raw_reader
 
 # What the original assignment's reference producer writes: no header, price a double.
-REFERENCE: dict[str, Any] = {
-    "type": "record",
-    "name": "Order",
-    "fields": [
-        {"name": "orderId", "type": "string"},
-        {"name": "product", "type": "string"},
-        {"name": "price", "type": "double"},
-    ],
-}
+REFERENCE: dict[str, Any] = json.loads((Path(__file__).parents[1] / "data" / "reference-order.avsc").read_text())
 
 
 def schema_file(tmp_path: Path, schema: object, name: str = "writer.avsc") -> str:
