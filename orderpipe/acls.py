@@ -105,7 +105,15 @@ def grants(settings: Settings, programs: Iterable[str] = PROGRAMS) -> list[Grant
         Grant("dlq", "WRITE", "TOPIC", s.orders_topic, "replay dead letters"),
         Grant("dlq", "READ", "TOPIC", ledger_topic(s.dlq_topic), "know what was replayed"),
         Grant("dlq", "WRITE", "TOPIC", ledger_topic(s.dlq_topic), "record what was replayed"),
-        Grant("dlq", "WRITE", "TRANSACTIONAL_ID", f"{s.consumer_group}.dlq-replay", "replay exactly once"),
+        Grant("dlq", "WRITE", "TRANSACTIONAL_ID", ledger_topic(s.dlq_topic), "replay exactly once"),
+        Grant(
+            "dlq",
+            "DESCRIBE_CONFIGS",
+            "TOPIC",
+            ledger_topic(s.dlq_topic),
+            "check the ledger is compacted",
+            required=False,
+        ),
     ]
     return [grant for grant in table if grant.program in chosen]
 

@@ -35,14 +35,15 @@ from orderpipe.kafka_clients import (
     produce,
     producer_config,
     require_grants,
+    topic_configs,
 )
 from orderpipe.kafka_reader import read_to_end
 from orderpipe.order import Order
 from orderpipe.registry import RegistryLookup, connect_registry
-from orderpipe.replay import Ledger, ledger_topic, replayed_record
+from orderpipe.replay import Ledger, Replayed, ledger_topic, replayed_record
 from orderpipe.routing import Incoming
 from orderpipe.settings import Settings
-from orderpipe.topics import ledger_spec, missing_sentence, missing_topics
+from orderpipe.topics import PRODUCER_MESSAGE_MAX_BYTES, ledger_spec, missing_sentence, missing_topics
 from orderpipe.wire import order_decoder, raw_reader
 
 __all__ = ["ReplayTally", "list_dead_letters", "replay_dead_letters", "replay_transactional_id"]
@@ -101,8 +102,12 @@ def _decoder(settings: Settings, stack: ExitStack) -> Callable[[bytes | None], O
 
 
 def replay_transactional_id(settings: Settings) -> str:
-    """The replay's transactional id: one per consumer group, so a second replay fences the first."""
-    return f"{settings.consumer_group}.dlq-replay"
+    """The replay's transactional id: the ledger's name, so that a replay fences any other of the same DLQ topic.
+
+    One per ledger, not per consumer group: two replays with other groups would
+    otherwise both read the same ledger and both replay the same records.
+    """
+    return ledger_topic(settings.dlq_topic)
 
 
 @dataclass
@@ -112,6 +117,7 @@ class ReplayTally:
     replayed: int = 0
     already: int = 0  # matched, but in the ledger: replayed by an earlier run
     truncated: int = 0  # matched, but the DLQ holds only part of the record: not replayed
+    too_large: int = 0  # matched, but larger than a producer may send once its provenance header is added
     ledger_unreadable: int = 0
 
     def lines(self, dry_run: bool) -> list[str]:
@@ -123,6 +129,11 @@ class ReplayTally:
             notes.append(
                 f"{self.truncated} matching records are skipped because the DLQ holds only part of them "
                 "(dlq.truncated); their whole records are where their original.* headers point"
+            )
+        if self.too_large:
+            notes.append(
+                f"{self.too_large} matching records are skipped because with the dlq.replayed-from header they "
+                f"would be larger than the {PRODUCER_MESSAGE_MAX_BYTES} bytes a producer may send"
             )
         if self.ledger_unreadable:
             notes.append(f"{self.ledger_unreadable} ledger entries were unreadable; their records count as replayed")
@@ -146,7 +157,7 @@ def replay_dead_letters(
     Raises:
         BrokerUnavailableError, RegistryUnavailableError: named, with how to start one.
         ConfigError: a topic is missing, or the principal lacks a permission (named).
-        FatalKafkaError: a newer replay of the same group fenced this one.
+        FatalKafkaError: a newer replay of the same DLQ topic fenced this one.
     """
     admin = connect_admin(settings)
     if not dry_run:
@@ -162,7 +173,9 @@ def replay_dead_letters(
         if not dry_run:
             if ledger_name not in counts:
                 _create_ledger(admin, settings, ledger_name)
-            writer = stack.enter_context(_writer(settings, ledger_name, counts[orders]))
+            else:
+                _check_ledger(admin, ledger_name)
+            writer = stack.enter_context(_writer(settings, ledger_name))
         ledger = Ledger()
         # Read only now: the writer's start aborted whatever an earlier run left open.
         if not dry_run or ledger_name in counts:
@@ -170,12 +183,12 @@ def replay_dead_letters(
                 ledger.read(entry.key, entry.value)
         tally.ledger_unreadable = ledger.unreadable
         decode = _decoder(settings, stack)
-        batch: list[tuple[Incoming, DeadLetter]] = []
+        batch: list[tuple[Incoming, Replayed, DeadLetter]] = []
 
         def flush() -> None:
             if writer is not None:
-                writer.write([record for record, _ in batch])
-            for _, letter in batch:
+                writer.write([(record, again) for record, again, _ in batch])
+            for _, _, letter in batch:
                 show(letter)
             tally.replayed += len(batch)
             batch.clear()
@@ -188,12 +201,28 @@ def replay_dead_letters(
                 tally.already += 1
             elif letter.truncated is not None:
                 tally.truncated += 1
+            elif (again := replayed_record(record, counts[orders])).size > PRODUCER_MESSAGE_MAX_BYTES:
+                tally.too_large += 1  # librdkafka would refuse it, and with it every replay after this one
             else:
-                batch.append((record, letter))
+                batch.append((record, again, letter))
                 if len(batch) >= batch_size:
                     flush()
         flush()
     return tally
+
+
+def _check_ledger(admin: AdminClient, name: str) -> None:
+    """An existing ledger must be compacted: with deletion by age its entries expire, and their records replay again.
+
+    A principal that may not describe the topic's configuration gets a warning and goes on.
+    """
+    policy = topic_configs(admin, [name]).get(name, {}).get("cleanup.policy", "compact")
+    if "compact" not in policy.split(","):
+        raise ConfigError(
+            f"{name} has cleanup.policy={policy} but needs compact, or its entries expire and their records are "
+            f"replayed again; run kafka-configs.sh --alter --entity-type topics --entity-name {name} "
+            "--add-config cleanup.policy=compact"
+        )
 
 
 def _create_ledger(admin: AdminClient, settings: Settings, name: str) -> None:
@@ -218,34 +247,40 @@ def _create_ledger(admin: AdminClient, settings: Settings, name: str) -> None:
 class _Writer:
     """The replay's transactional producer: each batch's replayed records and ledger entries in one transaction."""
 
-    def __init__(self, producer: Producer, settings: Settings, ledger: str, partitions: int) -> None:
-        self._producer, self._settings = producer, settings
-        self._ledger, self._partitions = ledger, partitions
+    def __init__(self, producer: Producer, settings: Settings, ledger: str) -> None:
+        self._producer, self._settings, self._ledger = producer, settings, ledger
+        self._open = False  # a transaction was begun and is neither committed nor aborted
 
     def start(self) -> None:
         """Registers the transactional id: fences an earlier replay and settles what it left open."""
         self._call("start transactions", lambda: self._producer.init_transactions(CALL_WINDOW_S))
 
-    def write(self, records: Sequence[Incoming]) -> None:
+    def write(self, records: Sequence[tuple[Incoming, Replayed]]) -> None:
+        """Puts the records back on `orders` and their ledger entries in the ledger, in one transaction."""
         if not records:
             return
         producer, orders = self._producer, self._settings.orders_topic
         self._call("begin the transaction", producer.begin_transaction)
+        self._open = True
         try:
-            for record in records:
-                again = replayed_record(record, self._partitions)
+            for record, again in records:
                 produce(producer, orders, again.key, again.value, headers=again.headers, partition=again.partition)
                 key, value = Ledger.entry(record)
                 produce(producer, self._ledger, key, value)
             self._call("commit the transaction", lambda: producer.commit_transaction(CALL_TIMEOUT_S))
+            self._open = False
         except (KafkaCallError, DeliveryError) as exc:
-            self._abort()
+            self.abort()
             raise BrokerUnavailableError(
                 f"the replay stopped: {exc}; nothing of its last transaction was replayed, and running the same "
                 "replay again goes on from there"
             ) from exc
 
-    def _abort(self) -> None:
+    def abort(self) -> None:
+        """Aborts the open transaction, if any (after a failure, or a stop in the middle of one)."""
+        if not self._open:
+            return
+        self._open = False
         try:
             self._producer.abort_transaction(CALL_TIMEOUT_S)
         except KafkaException as exc:  # the next run's start aborts it in any case
@@ -266,10 +301,12 @@ class _Writer:
                 if error.code in AUTHORIZATION_CODES:
                     raise ConfigError(denied_sentence(what, self._needs())) from exc
                 if error.fatal:
-                    raise FatalKafkaError(
-                        f"{error}: another dlq.py replay of group {self._settings.consumer_group} started and fenced "
-                        "this one; what this one committed stays replayed"
-                    ) from exc
+                    why = (
+                        f"another dlq.py replay of {self._settings.dlq_topic} started and fenced this one"
+                        if error.fenced
+                        else "the transactional producer cannot go on"
+                    )
+                    raise FatalKafkaError(f"{error}: {why}; what this run committed stays replayed") from exc
                 if not error.retriable or time.monotonic() > deadline:
                     raise error from exc
                 time.sleep(0.1)
@@ -282,7 +319,7 @@ class _Writer:
 
 
 @contextmanager
-def _writer(settings: Settings, ledger: str, partitions: int) -> Iterator[_Writer]:
+def _writer(settings: Settings, ledger: str) -> Iterator[_Writer]:
     producer = create_client(
         Producer,
         {
@@ -291,6 +328,11 @@ def _writer(settings: Settings, ledger: str, partitions: int) -> Iterator[_Write
             "transaction.timeout.ms": int(CALL_WINDOW_S * 1000),
         },
     )
-    writer = _Writer(producer, settings, ledger, partitions)
+    writer = _Writer(producer, settings, ledger)
     writer.start()
-    yield writer
+    try:
+        yield writer
+    finally:
+        # A stop (Ctrl-C) in the middle of a transaction: abort it now rather than leave it
+        # holding back read_committed readers of `orders` until its timeout.
+        writer.abort()

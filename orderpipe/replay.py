@@ -11,9 +11,9 @@ A ledger entry's key is the record's provenance, `<DLQ topic>:<partition>:<offse
 record's timestamp in epoch ms. A DLQ topic deleted and created again reuses
 offsets, so an entry counts only for the record with its timestamp. The ledger is
 untrusted like every topic: a key that is not a provenance is ignored, a tombstone
-forgets its key, and a value that is not a timestamp marks its key replayed (a
-record is never replayed twice because of a damaged entry; such entries are counted
-and reported).
+forgets nothing, a later entry never takes back an earlier one, and a value that is
+not a timestamp marks its key replayed (a record is never replayed twice because of
+a damaged or forged entry; unreadable entries are counted and reported).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass
 
 from orderpipe.dead_letters import H_REPLAYED_FROM
-from orderpipe.routing import H_ORIGINAL_PARTITION, PIPELINE_HEADERS, Incoming
+from orderpipe.routing import H_ORIGINAL_PARTITION, PIPELINE_HEADERS, Incoming, record_bytes
 
 __all__ = ["LEDGER_SUFFIX", "Ledger", "Replayed", "ledger_topic", "provenance", "replayed_record"]
 
@@ -45,11 +45,18 @@ def provenance(topic: str, partition: int, offset: int) -> str:
 
 
 class Ledger:
-    """What earlier replays committed, read from the ledger topic in order (later entries win)."""
+    """What earlier replays committed, read from the ledger topic.
+
+    Every timestamp seen for a key counts, so a later entry cannot take an earlier
+    one back, and a tombstone forgets nothing: a DLQ record once replayed stays
+    replayed (one that fails again is dead-lettered as a new record, which can be
+    replayed in its turn).
+    """
 
     def __init__(self) -> None:
-        self._entries: dict[str, object] = {}
+        self._entries: dict[str, set[object]] = {}
         self.ignored = 0  # records whose key is not a provenance
+        self.unreadable = 0  # entries whose value was not a timestamp (their records count as replayed)
 
     def read(self, key: bytes | None, value: bytes | None) -> None:
         """Takes one ledger record, as read from the topic."""
@@ -58,20 +65,16 @@ class Ledger:
             self.ignored += 1
             return
         if value is None:
-            self._entries.pop(text, None)
             return
         stamp = value.decode("ascii", errors="replace").strip() if len(value) <= 30 else ""
-        self._entries[text] = int(stamp) if _TIMESTAMP.fullmatch(stamp) else _UNREADABLE
-
-    @property
-    def unreadable(self) -> int:
-        """Entries whose value was not a timestamp (their records count as replayed)."""
-        return sum(1 for entry in self._entries.values() if entry is _UNREADABLE)
+        readable = _TIMESTAMP.fullmatch(stamp)
+        self.unreadable += not readable
+        self._entries.setdefault(text, set()).add(int(stamp) if readable else _UNREADABLE)
 
     def holds(self, record: Incoming) -> bool:
         """Whether this DLQ record was replayed already."""
-        entry = self._entries.get(provenance(record.topic, record.partition, record.offset))
-        return entry is _UNREADABLE or (entry is not None and entry == record.timestamp)
+        entry = self._entries.get(provenance(record.topic, record.partition, record.offset), ())
+        return _UNREADABLE in entry or record.timestamp in entry
 
     @staticmethod
     def entry(record: Incoming) -> tuple[bytes, bytes]:
@@ -87,6 +90,11 @@ class Replayed:
     value: bytes | None
     headers: tuple[tuple[str, bytes], ...]
     partition: int | None  # its original partition when known and still there; None: by key
+
+    @property
+    def size(self) -> int:
+        """About what it costs on the wire (routing.record_bytes), to hold against the producer's limit."""
+        return record_bytes(self.key, self.value, self.headers)
 
 
 def replayed_record(record: Incoming, orders_partitions: int) -> Replayed:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from confluent_kafka import Producer
 
+from orderpipe import dlq_app
 from orderpipe.codec import OrderDecoder, load_order_schema
 from orderpipe.dead_letters import DeadLetter, DlqFilter
 from orderpipe.dlq_app import ReplayTally, replay_dead_letters, replay_transactional_id
@@ -33,14 +34,13 @@ def test_the_ledger_holds_what_it_was_told_for_that_record_only() -> None:
     assert Ledger.entry(dead(5)) == (b"orders-dlq:1:5", b"1000")
 
 
-def test_a_tombstone_forgets_and_a_later_entry_wins() -> None:
+def test_a_tombstone_forgets_nothing_and_a_later_entry_takes_nothing_back() -> None:
     ledger = Ledger()
     ledger.read(b"orders-dlq:1:5", b"1000")
     ledger.read(b"orders-dlq:1:5", None)
-    assert not ledger.holds(dead(5))
     ledger.read(b"orders-dlq:1:5", b"999")
-    ledger.read(b"orders-dlq:1:5", b"1000")
-    assert ledger.holds(dead(5))
+    assert ledger.holds(dead(5)), "a forged entry or a tombstone never makes a record replayable again"
+    assert ledger.holds(dead(5, timestamp=999))
 
 
 @pytest.mark.parametrize(
@@ -152,5 +152,35 @@ def test_a_missing_ledger_is_created_only_where_topics_may_be_created(mock_clust
     assert replay_dead_letters(settings, DlqFilter(), dry_run=True, show=lambda _letter: None).replayed == 0
 
 
-def test_the_transactional_id_is_the_groups() -> None:
-    assert replay_transactional_id(build_settings({"CONSUMER_GROUP": "g"})) == "g.dlq-replay"
+def test_the_transactional_id_is_the_ledgers() -> None:
+    settings = build_settings({"CONSUMER_GROUP": "g", "DLQ_TOPIC": "d"})
+    assert replay_transactional_id(settings) == "d-replayed", "one per DLQ topic, whatever the group"
+
+
+def test_a_record_too_large_to_send_with_its_provenance_is_skipped_not_stuck(
+    mock_cluster: MockCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = mock_cluster.settings()
+    mock_cluster.create_topic(ledger_topic(settings.dlq_topic))
+    _fill_dlq(mock_cluster, settings.dlq_topic)
+    monkeypatch.setattr(dlq_app, "PRODUCER_MESSAGE_MAX_BYTES", 1000)
+    big = Producer({"bootstrap.servers": mock_cluster.bootstrap})
+    big.produce(settings.dlq_topic, b"v" * 1000, b"K-big", partition=0, headers=[("dlq.reason", b"validation")])
+    assert big.flush(10) == 0
+
+    tally = replay_dead_letters(settings, DlqFilter(reason="validation"), dry_run=False, show=lambda _letter: None)
+
+    assert (tally.replayed, tally.too_large) == (3, 1)
+    assert "would be larger than the 1000 bytes a producer may send" in tally.lines(dry_run=False)[0]
+
+
+def test_an_existing_ledger_that_is_not_compacted_is_refused(
+    mock_cluster: MockCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = mock_cluster.settings()
+    mock_cluster.create_topic(ledger_topic(settings.dlq_topic))
+    monkeypatch.setattr(
+        dlq_app, "topic_configs", lambda _admin, names: {n: {"cleanup.policy": "delete"} for n in names}
+    )
+    with pytest.raises(ConfigError, match=r"cleanup\.policy=delete but needs compact"):
+        replay_dead_letters(settings, DlqFilter(), dry_run=False, show=lambda _letter: None)
