@@ -58,6 +58,7 @@ __all__ = [
     "load_schema_set",
     "parse_schema_text",
     "schema_id_of",
+    "unreadable_shape",
     "zigzag_varint",
 ]
 
@@ -236,8 +237,76 @@ _ORDER_CANONICAL = _canonical_of(_V2_FIELDS)
 
 
 def parse_schema_text(text: str) -> Any:
-    """Parses Avro schema JSON into fastavro's form; bad JSON or schema raises ValueError."""
-    return fastavro.parse_schema(json.loads(text))
+    """Parses Avro schema JSON into fastavro's form, logical types dropped; bad JSON or schema raises ValueError.
+
+    An order's fields are plain strings and numbers. A writer's logical type (a uuid
+    orderId, a date quantity) would make fastavro hand back objects of other types,
+    so the annotations are removed and the values read as their underlying types.
+    """
+    return fastavro.parse_schema(_without_logical_types(json.loads(text)))
+
+
+def _without_logical_types(schema: Any) -> Any:
+    if isinstance(schema, dict):
+        return {key: _without_logical_types(value) for key, value in schema.items() if key != "logicalType"}
+    if isinstance(schema, list):
+        return [_without_logical_types(item) for item in schema]
+    return schema
+
+
+def unreadable_shape(parsed: Any) -> str | None:
+    """Why data written with this (untrusted) schema is not read at all, or None.
+
+    Two shapes let a small body cost without bound: a recursive type (each level of
+    nesting is a level of recursion in fastavro's reader, so a body of 100 KB can
+    exhaust the C stack), and an array whose items take no bytes (a count of 2^62
+    such items costs 2^62 steps). Neither can carry an order.
+    """
+    names = parsed.get("__named_schemas", {}) if isinstance(parsed, dict) else {}
+
+    def walk(schema: Any, stack: tuple[str, ...]) -> str | None:
+        if isinstance(schema, str):
+            if schema in stack:
+                return f"the type {schema} contains itself"
+            named = names.get(schema)
+            return walk(named, stack) if isinstance(named, dict) else None
+        if isinstance(schema, list):
+            return next((problem for branch in schema if (problem := walk(branch, stack)) is not None), None)
+        if not isinstance(schema, dict):
+            return None
+        kind = schema.get("type")
+        if kind == "record":
+            name = str(schema.get("name"))
+            if name in stack:
+                return f"the type {name} contains itself"
+            fields = schema.get("fields", ())
+            return next((p for field in fields if (p := walk(field.get("type"), (*stack, name))) is not None), None)
+        if kind == "array":
+            if _takes_no_bytes(schema.get("items"), names, 0):
+                return "an array's items take no bytes"
+            return walk(schema.get("items"), stack)
+        if kind == "map":
+            return walk(schema.get("values"), stack)
+        return None
+
+    return walk(parsed, ())
+
+
+def _takes_no_bytes(schema: Any, names: dict[str, Any], depth: int) -> bool:
+    """Whether a value of this type is encoded in zero bytes (null, an empty fixed, a record of such fields)."""
+    if depth > 100:  # only reached through a recursive type, which `unreadable_shape` names first
+        return False
+    if isinstance(schema, str):
+        return schema == "null" or (
+            isinstance(names.get(schema), dict) and _takes_no_bytes(names[schema], names, depth + 1)
+        )
+    if isinstance(schema, dict):
+        if schema.get("type") == "fixed":
+            return schema.get("size") == 0
+        if schema.get("type") == "record":
+            return all(_takes_no_bytes(field.get("type"), names, depth + 1) for field in schema.get("fields", ()))
+        return _takes_no_bytes(schema.get("type"), names, depth + 1) if isinstance(schema.get("type"), str) else False
+    return False
 
 
 @dataclass(frozen=True)

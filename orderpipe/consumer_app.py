@@ -39,6 +39,7 @@ from orderpipe.routing import BatchPlan, Decision, Incoming, RetryPolicy, plan_b
 from orderpipe.settings import Settings
 from orderpipe.stats import StatsKeys
 from orderpipe.stats_view import StatsView
+from orderpipe.text import Scrubber, printable, redact
 from orderpipe.topics import largest_record, missing_sentence, missing_topics, stats_keys, topic_problems, weak_topics
 from orderpipe.watchdog import WATCHDOG
 from orderpipe.wire import order_decoder, raw_reader
@@ -194,7 +195,9 @@ class OrderConsumer:
                 self.summary.average = loop.run(stop)
             except FatalKafkaError as exc:
                 if self.metrics is not None:  # /healthz says so while the consumer closes
-                    self.metrics.health.failure = f"failed: {exc}"
+                    # Served over HTTP, past the scrubbing of stdout and stderr: scrubbed here.
+                    scrub = Scrubber(self._settings.secrets())
+                    self.metrics.health.failure = scrub(redact(printable(f"failed: {exc}", 300)))
                 raise
         self._reporter.final()
         return self.summary

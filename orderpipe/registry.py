@@ -12,7 +12,7 @@ from typing import Any
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
-from orderpipe.codec import parse_schema_text
+from orderpipe.codec import parse_schema_text, unreadable_shape
 from orderpipe.errors import ConfigError, DeserializationError, NotReady, RegistryUnavailableError
 from orderpipe.schema_compat import breaking_change
 from orderpipe.settings import Settings
@@ -317,7 +317,11 @@ class RegistryLookup:
             message = f"{type(exc).__name__}: {printable(redact(str(exc)), 200)}"
             raise DeserializationError(f"schema id {schema_id} could not be fetched: {message}") from None
         try:
-            return parse_schema_text(text)
+            parsed = parse_schema_text(text)
         except Exception as exc:  # the registry's answer is untrusted too: anything but an Avro schema
             message = f"{type(exc).__name__}: {printable(str(exc), 200)}"
             raise DeserializationError(f"schema id {schema_id} is not a usable Avro schema: {message}") from None
+        shape = unreadable_shape(parsed)
+        if shape is not None:
+            raise DeserializationError(f"schema id {schema_id} is not read: {shape}")
+        return parsed

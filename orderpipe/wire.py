@@ -19,14 +19,13 @@ cannot carry it, is refused at start with one sentence.
 from __future__ import annotations
 
 import io
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import fastavro
 
-from orderpipe.codec import OrderDecoder, SchemaLookup, load_order_schema
+from orderpipe.codec import OrderDecoder, SchemaLookup, load_order_schema, parse_schema_text, unreadable_shape
 from orderpipe.errors import ConfigError, DeserializationError
 from orderpipe.order import Order
 from orderpipe.settings import WIRE_FORMATS, Settings
@@ -112,12 +111,12 @@ def load_raw_schema(path: str, *, producing: bool) -> RawSchema:
     if not path:
         raise ConfigError("AVRO_WIRE_FORMAT=raw needs AVRO_WRITER_SCHEMA: the schema bare bodies are written with")
     try:
-        parsed = fastavro.parse_schema(json.loads(Path(path).read_text(encoding="utf-8")))
+        parsed = parse_schema_text(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(f"{where} cannot be read: {exc.strerror or exc}") from None
     except Exception as exc:  # not JSON, or JSON that is not an Avro schema
         raise ConfigError(f"{where} is not an Avro schema: {printable(str(exc), 200)}") from None
-    problem = _problem(parsed, producing)
+    problem = unreadable_shape(parsed) or _problem(parsed, producing)
     if problem is not None:
         raise ConfigError(f"{where} cannot carry an order: {problem}")
     return RawSchema(parsed, Path(path).name)

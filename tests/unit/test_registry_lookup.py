@@ -1,5 +1,6 @@
 """Schema-id lookups: parsed once, failures remembered briefly (a stand-in client, no network)."""
 
+import json
 import threading
 import time
 from typing import Any
@@ -116,3 +117,13 @@ def test_failures_are_remembered_in_a_bounded_table() -> None:
     assert client.calls == ids, "the 3 latest failures are remembered"
     lookup.resolve(ids[:1], wait_s=5)
     assert client.calls == [*ids, ids[0]], "older ones were forgotten"
+
+
+def test_a_registered_schema_that_could_cost_without_bound_is_not_read() -> None:
+    recursive = json.dumps({"type": "record", "name": "Node", "fields": [{"name": "next", "type": ["null", "Node"]}]})
+    now = [0.0]
+    lookup, _client = lookup_with(DeserializationError("unused"), now, answers={9: recursive})
+    lookup.resolve([9], 5.0)
+    with pytest.raises(DeserializationError, match="schema id 9 is not read: the type Node contains itself"):
+        lookup(9)
+    lookup.close()

@@ -163,7 +163,15 @@ def test_each_program_gets_exactly_its_acls_and_no_wildcard() -> None:
         "READ on group order-pipeline",
         "WRITE on transactional id order-pipeline. (prefix)",
     }
-    assert {g.program for g in every if not g.required} == {"consumer"}
+    dlq = {g.describe() for g in every if g.program == "dlq" and g.required}
+    assert dlq == {
+        "READ on topic orders-dlq",
+        "WRITE on topic orders",
+        "READ on topic orders-dlq-replayed",
+        "WRITE on topic orders-dlq-replayed",
+        "WRITE on transactional id orders-dlq-replayed",
+    }
+    assert {g.program for g in every if not g.required} == {"consumer", "dlq"}
     assert all(g.operation == "DESCRIBE_CONFIGS" for g in every if not g.required)
     assert all("*" not in g.name and g.name for g in every)
     assert {g.resource for g in every} == {"TOPIC", "GROUP", "TRANSACTIONAL_ID"}, "nothing cluster-wide"

@@ -160,3 +160,39 @@ def test_the_settings_decoder_reads_bare_bodies_with_raw(tmp_path: Path) -> None
     decoder = order_decoder(settings, None, raw_reader(settings))
     assert decoder.decode(bare(REFERENCE, {"orderId": "O-4", "product": "Pen", "price": 1.25})).price == 1.25
     assert raw_reader(build_settings({})) is None
+
+
+def _with_field(field_type: object) -> dict[str, Any]:
+    return {**REFERENCE, "fields": [*REFERENCE["fields"], {"name": "extra", "type": field_type, "default": None}]}
+
+
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        (["null", {"type": "record", "name": "Node", "fields": [{"name": "next", "type": ["null", "Node"]}]}], "Node"),
+        (["null", {"type": "array", "items": "null"}], "an array's items take no bytes"),
+        (["null", {"type": "array", "items": {"type": "record", "name": "Empty", "fields": []}}], "take no bytes"),
+        (["null", {"type": "array", "items": {"type": "fixed", "name": "Zero", "size": 0}}], "take no bytes"),
+    ],
+)
+def test_a_writer_schema_whose_bodies_could_cost_without_bound_is_refused(
+    tmp_path: Path, extra: object, words: str
+) -> None:
+    with pytest.raises(ConfigError, match=words):
+        load_raw_schema(schema_file(tmp_path, _with_field(extra)), producing=False)
+
+
+def test_logical_types_are_read_as_their_plain_values(tmp_path: Path) -> None:
+    annotated = {
+        **REFERENCE,
+        "fields": [
+            {"name": "orderId", "type": {"type": "string", "logicalType": "uuid"}},
+            {"name": "product", "type": "string"},
+            {"name": "price", "type": "double"},
+            {"name": "quantity", "type": {"type": "int", "logicalType": "date"}},
+        ],
+    }
+    raw = load_raw_schema(schema_file(tmp_path, annotated), producing=False)
+    body = bare(REFERENCE, {"orderId": "0b8e6a54-0000-4000-8000-000000000000", "product": "Pen", "price": 2.0})
+    order = raw.decode(body + b"\x04")  # quantity 2, as the int a date is
+    assert order == Order("0b8e6a54-0000-4000-8000-000000000000", "Pen", 2.0, 2, None)
