@@ -220,7 +220,39 @@ secure_up() {
     [ $SECONDS -lt $deadline ] || die "the secured Kafka and its services did not answer within ${START_TIMEOUT_S}s; see $SECURE_LOGS"
     sleep 0.5
   done
+  ensure_scram_users
   say "The secured Kafka answers; certificates and secrets are in $SECURE (secrets.env)."
+}
+
+# The SCRAM users given to StorageTool at format time are gone after a restart once
+# the metadata log has a snapshot (Kafka 4.1 keeps them only in the bootstrap
+# checkpoint), so they are set again at every start, as the broker's own super user
+# over mutual TLS. The passwords reach Python in its environment, never its arguments.
+ensure_scram_users() {
+  # shellcheck source=/dev/null
+  source "$SECURE/secrets.env"
+  ADMIN_PASSWORD="$ADMIN_PASSWORD" PIPELINE_PASSWORD="$PIPELINE_PASSWORD" "$VENV_PYTHON" - \
+    "$KAFKA_HOST:$MTLS_PORT" "$TLS" >>"$SECURE_LOGS/services.log" 2>&1 <<'PY' ||
+import os
+import sys
+
+from confluent_kafka.admin import AdminClient, ScramCredentialInfo, ScramMechanism, UserScramCredentialUpsertion
+
+address, tls = sys.argv[1], sys.argv[2]
+admin = AdminClient({
+    "bootstrap.servers": address,
+    "security.protocol": "SSL",
+    "ssl.ca.location": f"{tls}/ca.pem",
+    "ssl.certificate.location": f"{tls}/broker.pem",
+    "ssl.key.location": f"{tls}/broker.key",
+})
+info = ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, 4096)
+users = {"admin": os.environ["ADMIN_PASSWORD"], "pipeline": os.environ["PIPELINE_PASSWORD"]}
+upserts = [UserScramCredentialUpsertion(name, info, password.encode()) for name, password in users.items()]
+for future in admin.alter_user_scram_credentials(upserts).values():
+    future.result(timeout=30)
+PY
+    die "setting the secured broker's SCRAM users failed; see $SECURE_LOGS/services.log"
 }
 
 secure_down() {
