@@ -40,7 +40,7 @@ from orderpipe.kafka_edge import FLUSH_TIMEOUT_S
 from orderpipe.kafka_stats import read_group_stats
 from orderpipe.money import RunningAverage
 from orderpipe.producer_app import ProducerOptions, run_producer
-from orderpipe.routing import REASON_DESERIALIZATION, REASON_RETRIES_EXHAUSTED, REASON_VALIDATION
+from orderpipe.routing import REASONS
 from orderpipe.settings import ENV_NAMES, Settings
 from orderpipe.text import ScrubbedStream, Scrubber
 from orderpipe.watchdog import WATCHDOG, WATCHDOG_GRACE_S, watching
@@ -59,7 +59,6 @@ MAX_IDLE_EXIT_S = 86_400.0
 MAX_BATCH_SIZE = 100_000
 # Longer than the transaction timeout, a batch would outlive the transaction that commits it.
 MAX_COMMIT_INTERVAL_MS = 10_000
-REASONS = (REASON_DESERIALIZATION, REASON_VALIDATION, REASON_RETRIES_EXHAUSTED)
 # After a stop signal, an at-least-once consumer may still flush for FLUSH_TIMEOUT_S.
 AT_LEAST_ONCE_SHUTDOWN_S = FLUSH_TIMEOUT_S + WATCHDOG_GRACE_S
 

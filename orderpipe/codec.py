@@ -41,6 +41,7 @@ from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from orderpipe.errors import ConfigError, DeserializationError
 from orderpipe.order import Order
+from orderpipe.settings import AUTO, CONFLUENT, RAW, SINGLE_OBJECT
 from orderpipe.text import printable
 
 __all__ = [
@@ -438,15 +439,15 @@ class OrderDecoder:
         lookup: SchemaLookup | None = None,
         *,
         writers: SchemaSet | None = None,
-        wire_format: str = "auto",
+        wire_format: str = AUTO,
         raw: Callable[[bytes | None], Order] | None = None,
     ):
         self._schema = schema
         self._lookup = lookup
         # "auto" reads both framed formats; "confluent" or "single-object" only that one;
         # "raw" hands every value to `raw`, the reader of bare bodies (orderpipe.wire).
-        self._only = {"confluent": CONFLUENT_MAGIC, "single-object": SINGLE_OBJECT_MAGIC}.get(wire_format)
-        self._raw = raw if wire_format == "raw" else None
+        self._only = {CONFLUENT: CONFLUENT_MAGIC, SINGLE_OBJECT: SINGLE_OBJECT_MAGIC}.get(wire_format)
+        self._raw = raw if wire_format == RAW else None
         self._resolves_to_order = schema.canonical == _ORDER_CANONICAL
         versions = (writers if writers is not None else load_schema_set()).versions
         self._known_versions = ", ".join(str(writer.version) for writer in versions)

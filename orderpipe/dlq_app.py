@@ -43,7 +43,13 @@ from orderpipe.registry import RegistryLookup, connect_registry
 from orderpipe.replay import Ledger, Replayed, ledger_topic, replayed_record
 from orderpipe.routing import Incoming
 from orderpipe.settings import Settings
-from orderpipe.topics import PRODUCER_MESSAGE_MAX_BYTES, ledger_spec, missing_sentence, missing_topics
+from orderpipe.topics import (
+    PRODUCER_MESSAGE_MAX_BYTES,
+    compaction_problem,
+    ledger_spec,
+    missing_sentence,
+    missing_topics,
+)
 from orderpipe.wire import order_decoder, raw_reader
 
 __all__ = ["ReplayTally", "list_dead_letters", "replay_dead_letters", "replay_transactional_id"]
@@ -216,13 +222,10 @@ def _check_ledger(admin: AdminClient, name: str) -> None:
 
     A principal that may not describe the topic's configuration gets a warning and goes on.
     """
-    policy = topic_configs(admin, [name]).get(name, {}).get("cleanup.policy", "compact")
-    if "compact" not in policy.split(","):
-        raise ConfigError(
-            f"{name} has cleanup.policy={policy} but needs compact, or its entries expire and their records are "
-            f"replayed again; run kafka-configs.sh --alter --entity-type topics --entity-name {name} "
-            "--add-config cleanup.policy=compact"
-        )
+    config = topic_configs(admin, [name]).get(name, {})
+    problem = compaction_problem(name, config, "its entries expire and their records are replayed again")
+    if problem is not None:
+        raise ConfigError(problem)
 
 
 def _create_ledger(admin: AdminClient, settings: Settings, name: str) -> None:

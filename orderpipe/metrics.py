@@ -23,7 +23,7 @@ from orderpipe.edge import TP
 from orderpipe.effects import BatchEffects
 from orderpipe.health import Health
 from orderpipe.money import RunningAverage
-from orderpipe.routing import REASON_DESERIALIZATION, REASON_RETRIES_EXHAUSTED, REASON_VALIDATION, DeadLetter, Retry
+from orderpipe.routing import REASONS, DeadLetter, Retry
 
 __all__ = ["AVERAGE_EVERY_S", "LAG_EVERY_S", "ConsumerMetrics", "ProducerMetrics"]
 
@@ -31,7 +31,6 @@ __all__ = ["AVERAGE_EVERY_S", "LAG_EVERY_S", "ConsumerMetrics", "ProducerMetrics
 AVERAGE_EVERY_S = 1.0
 # ... and the lag gauges at most this often.
 LAG_EVERY_S = 5.0
-REASONS = (REASON_DESERIALIZATION, REASON_VALIDATION, REASON_RETRIES_EXHAUSTED)
 BATCH_BUCKETS = (1, 10, 100, 1_000, 10_000, 100_000)
 
 

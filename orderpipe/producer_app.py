@@ -98,7 +98,7 @@ def _encoder(settings: Settings, schema: OrderSchema | RawSchema, stack: ExitSta
     """
     if isinstance(schema, RawSchema):
         return schema.encode
-    if settings.avro_wire_format == SINGLE_OBJECT or not settings.schema_registry_url:
+    if _single_object(settings):
         return schema.encode_single_object
     client = stack.enter_context(connect_registry(settings))
     subject = f"{settings.orders_topic}-value"
@@ -117,6 +117,11 @@ def _encoder(settings: Settings, schema: OrderSchema | RawSchema, stack: ExitSta
         return header + body(order)
 
     return encode
+
+
+def _single_object(settings: Settings) -> bool:
+    """Whether framed orders are written single-object: asked for, or no registry to frame them for."""
+    return settings.avro_wire_format == SINGLE_OBJECT or not settings.schema_registry_url
 
 
 def _schema(settings: Settings, options: ProducerOptions) -> OrderSchema | RawSchema:
@@ -193,8 +198,8 @@ def _publish(
     encode: OrderEncoder,
     *,
     admin: AdminClient,
-    metrics: ProducerMetrics | None = None,
-    schema: OrderSchema | RawSchema | None = None,
+    metrics: ProducerMetrics | None,
+    schema: OrderSchema | RawSchema,
 ) -> ProducerSummary:
     # The run id makes orderIds unique across runs; it is not drawn from the seeded
     # generator, so a seeded run repeats its orders but never their ids.
@@ -206,11 +211,13 @@ def _publish(
         options.poison_rate,
         settings.max_order_price_cents,
     )
-    wire = "schema registry at " + settings.registry_address if settings.schema_registry_url else "single-object Avro"
-    if settings.avro_wire_format in (RAW, SINGLE_OBJECT):
-        wire = "bare Avro bodies" if settings.avro_wire_format == RAW else "single-object Avro"
-    if schema is not None:
-        wire += f", {schema.source}"
+    if isinstance(schema, RawSchema):
+        wire = "bare Avro bodies"
+    elif _single_object(settings):
+        wire = "single-object Avro"
+    else:
+        wire = "schema registry at " + settings.registry_address
+    wire += f", {schema.source}"
     console.info(
         f"Producing to {settings.orders_topic} on {settings.bootstrap_servers} ({wire}); "
         f"rate {'unlimited' if options.rate == 0 else f'{options.rate:g}/s'}. Ctrl-C to stop."

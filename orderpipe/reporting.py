@@ -17,9 +17,7 @@ from orderpipe.effects import BatchEffects
 from orderpipe.latency import LatencyHistogram
 from orderpipe.money import RunningAverage, format_cents
 from orderpipe.routing import (
-    REASON_DESERIALIZATION,
-    REASON_RETRIES_EXHAUSTED,
-    REASON_VALIDATION,
+    REASONS,
     DeadLetter,
     Decision,
     Processed,
@@ -48,10 +46,7 @@ class ConsumerSummary:
         return throughput_line(self.handled, "records", self.busy_s, "from the first batch to the last commit")
 
     def describe(self) -> str:
-        reasons = ", ".join(
-            f"{reason} {self.dead_lettered[reason]}"
-            for reason in (REASON_DESERIALIZATION, REASON_VALIDATION, REASON_RETRIES_EXHAUSTED)
-        )
+        reasons = ", ".join(f"{reason} {self.dead_lettered[reason]}" for reason in REASONS)
         ignored = f"; ignored {self.stats_ignored} unusable stats records" if self.stats_ignored else ""
         return (
             f"Consumer summary: processed {self.processed}, retried {self.retried}, "

@@ -19,6 +19,7 @@ from orderpipe.order import ValidOrder
 
 __all__ = [
     "CLOCK_SKEW_MS",
+    "REASONS",
     "REASON_DESERIALIZATION",
     "REASON_RETRIES_EXHAUSTED",
     "REASON_VALIDATION",
@@ -44,6 +45,7 @@ Headers = tuple[tuple[str, bytes], ...]
 REASON_DESERIALIZATION = "deserialization"
 REASON_VALIDATION = "validation"
 REASON_RETRIES_EXHAUSTED = "retries-exhausted"
+REASONS = (REASON_DESERIALIZATION, REASON_VALIDATION, REASON_RETRIES_EXHAUSTED)
 
 H_ATTEMPT = "retry.attempt"
 H_NOT_BEFORE = "retry.not-before"

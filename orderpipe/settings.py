@@ -22,7 +22,8 @@ __all__ = ["ENV_NAMES", "SECRET_FIELDS", "Settings", "build_settings", "parse_pr
 
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER")
-WIRE_FORMATS = ("auto", "confluent", "single-object", "raw")
+# AVRO_WIRE_FORMAT (orderpipe.wire).
+AUTO, CONFLUENT, SINGLE_OBJECT, RAW = WIRE_FORMATS = ("auto", "confluent", "single-object", "raw")
 # Fields whose values are secrets: out of reprs, and never echoed in an error.
 SECRET_FIELDS = frozenset(
     {
@@ -102,7 +103,7 @@ class Settings:
     # Where /metrics and /healthz are served, as (host, port); None: not served (orderpipe.metrics_http).
     metrics_port: tuple[str, int] | None = field(default=None, metadata={"env": "METRICS_PORT"})
     # auto, confluent, single-object or raw (orderpipe.wire); raw needs the writer schema's file.
-    avro_wire_format: str = field(default="auto", metadata={"env": "AVRO_WIRE_FORMAT"})
+    avro_wire_format: str = field(default=AUTO, metadata={"env": "AVRO_WIRE_FORMAT"})
     avro_writer_schema: str = field(default="", metadata={"env": "AVRO_WRITER_SCHEMA"})
     # The environment variable names given (not defaults): a given setting wins over the properties file.
     given: frozenset[str] = field(default=frozenset(), repr=False, metadata={"env": ""})
@@ -265,22 +266,17 @@ def _price(raw: str) -> Decimal:
 
 
 def _choice(options: tuple[str, ...], allow_empty: bool = False) -> Parser:
+    """One of `options`, in any case (given back in the options' own case)."""
+    by_case = {option.casefold(): option for option in options}
+
     def parse(raw: str) -> str:
-        value = raw.strip().upper()
-        if (value or not allow_empty) and value not in options:
+        value = raw.strip()
+        if not value and allow_empty:
+            return ""
+        if value.casefold() not in by_case:
             empty = "empty or " if allow_empty else ""
             raise ValueError(f"{empty}one of {', '.join(options)}")
-        return value
-
-    return parse
-
-
-def _lower_choice(options: tuple[str, ...]) -> Parser:
-    def parse(raw: str) -> str:
-        value = raw.strip().lower()
-        if value not in options:
-            raise ValueError(f"one of {', '.join(options)}")
-        return value
+        return by_case[value.casefold()]
 
     return parse
 
@@ -371,7 +367,7 @@ _PARSERS: dict[str, Parser] = {
     "create_topics": _flag,
     "registry_auto_register": _flag,
     "metrics_port": _listen_address,
-    "avro_wire_format": _lower_choice(WIRE_FORMATS),
+    "avro_wire_format": _choice(WIRE_FORMATS),
     "avro_writer_schema": _text,
 }
 
@@ -424,9 +420,9 @@ def build_settings(raw: Mapping[str, str], client_properties: str | None = None)
             f"MIN_INSYNC_REPLICAS must be at most REPLICATION_FACTOR ({settings.replication_factor}), or no write "
             f"could ever be acknowledged, got {settings.min_insync_replicas}"
         )
-    if settings.avro_wire_format == "raw" and not settings.avro_writer_schema:
+    if settings.avro_wire_format == RAW and not settings.avro_writer_schema:
         problems.append("AVRO_WIRE_FORMAT=raw needs AVRO_WRITER_SCHEMA: the schema file bare bodies are written with")
-    if settings.avro_wire_format == "confluent" and not settings.schema_registry_url:
+    if settings.avro_wire_format == CONFLUENT and not settings.schema_registry_url:
         problems.append(
             "AVRO_WIRE_FORMAT=confluent needs SCHEMA_REGISTRY_URL: that format names a registry's schema id"
         )

@@ -27,6 +27,7 @@ from orderpipe.stats import StatsKeys
 __all__ = [
     "PRODUCER_MESSAGE_MAX_BYTES",
     "STATS_TOPIC_CONFIG",
+    "compaction_problem",
     "largest_record",
     "ledger_spec",
     "missing_sentence",
@@ -137,15 +138,27 @@ def topic_problems(
                 f"consumer's producer puts in one batch; run kafka-configs.sh --alter --entity-type topics "
                 f"--entity-name {topic} --add-config max.message.bytes={BROKER_MESSAGE_MAX_BYTES}"
             )
-    # A topic whose configuration could not be read (DescribeConfigs denied) is not judged.
-    policy = configs.get(stats, {}).get("cleanup.policy", "compact")
-    if "compact" not in policy.split(","):
-        problems.append(
-            f"{stats} has cleanup.policy={policy} but needs compact, or its old values are deleted or grow without "
-            f"end; run kafka-configs.sh --alter --entity-type topics --entity-name {stats} "
-            "--add-config cleanup.policy=compact"
-        )
+    uncompacted = compaction_problem(stats, configs.get(stats, {}), "its old values are deleted or grow without end")
+    if uncompacted is not None:
+        problems.append(uncompacted)
     return problems
+
+
+def compaction_problem(topic: str, config: Mapping[str, str], otherwise: str) -> str | None:
+    """Why a topic that must be compacted will not do, with the fix; None when it is (or its configuration is unknown).
+
+    A topic whose configuration could not be read (DescribeConfigs denied) is not judged.
+
+    Args:
+        otherwise: what goes wrong without compaction.
+    """
+    policy = config.get("cleanup.policy", "compact")
+    if "compact" in policy.split(","):
+        return None
+    return (
+        f"{topic} has cleanup.policy={policy} but needs compact, or {otherwise}; run kafka-configs.sh --alter "
+        f"--entity-type topics --entity-name {topic} --add-config cleanup.policy=compact"
+    )
 
 
 def largest_record(settings: Settings, configs: Mapping[str, Mapping[str, str]]) -> int:

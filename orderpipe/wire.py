@@ -28,7 +28,7 @@ import fastavro
 from orderpipe.codec import OrderDecoder, SchemaLookup, load_order_schema, parse_schema_text, unreadable_shape
 from orderpipe.errors import ConfigError, DeserializationError
 from orderpipe.order import Order
-from orderpipe.settings import WIRE_FORMATS, Settings
+from orderpipe.settings import AUTO, CONFLUENT, RAW, SINGLE_OBJECT, WIRE_FORMATS, Settings
 from orderpipe.text import printable
 
 __all__ = [
@@ -43,7 +43,6 @@ __all__ = [
     "raw_reader",
 ]
 
-AUTO, CONFLUENT, SINGLE_OBJECT, RAW = WIRE_FORMATS
 # The order's fields, the Avro types a bare body may carry each in, and whether the order needs it.
 _FIELDS = {
     "orderId": ({"string"}, True),
