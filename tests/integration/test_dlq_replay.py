@@ -168,3 +168,33 @@ def test_a_forged_ledger_never_makes_a_record_replayed_twice(pipeline: Pipeline)
         "replayed 19 records",
     ]
     assert set(origins(pipeline).values()) == {1}
+
+
+def test_the_worst_dead_letters_a_client_could_write_are_replayed_or_skipped_safely(pipeline: Pipeline) -> None:
+    created = pipeline.run("consumer.py", "--idle-exit", "1")  # creates the topics (3 partitions each)
+    assert created.returncode == 0, created.stderr
+    dlq, orders = pipeline.settings.dlq_topic, pipeline.settings.orders_topic
+    producer = Producer({"bootstrap.servers": pipeline.settings.bootstrap_servers, "message.max.bytes": 1_048_576})
+    forged_partitions = [b"-1", "４".encode(), b"9" * 30, b"3", b"\xff", b"1"]
+    for n, partition in enumerate(forged_partitions):
+        headers: list[tuple[str, str | bytes | None]] = [("original.partition", partition), ("retry.attempt", b"3")]
+        producer.produce(dlq, key=f"K-{n}".encode(), value=b"poison", partition=0, headers=headers)
+    # Fits the DLQ topic (max.message.bytes 1048588), but not the producer's 1,000,000 once the provenance is added.
+    producer.produce(dlq, key=b"K-big", value=b"x" * 1_000_500, partition=0)
+    producer.produce(dlq, key=None, value=None, partition=0)  # a tombstone: replayed as one
+    assert producer.flush(30) == 0
+
+    replay = pipeline.run("dlq.py", "replay", "--quiet")
+
+    assert replay.returncode == 0, replay.stderr
+    assert replay.stdout.splitlines() == [
+        "1 matching records are skipped because with the dlq.replayed-from header they would be larger than the "
+        "1000000 bytes a producer may send",
+        "replayed 7 records",
+    ]
+    put_back = {r.key: r for r in pipeline.read(orders) if r.header(REPLAYED)}
+    assert put_back[b"K-5"].partition == 1, "a readable original partition is kept; forged ones go by key"
+    assert all(r.header("retry.attempt") is None for r in put_back.values()), "the pipeline's headers removed"
+    assert len(put_back) == 7
+    again = pipeline.run("dlq.py", "replay", "--quiet")
+    assert again.stdout.splitlines()[-1] == "replayed 0 records"

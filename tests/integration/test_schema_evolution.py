@@ -95,3 +95,53 @@ def _fastavro_body(schema: Any, record: dict[str, object]) -> bytes:
     buffer = io.BytesIO()
     fastavro.schemaless_writer(buffer, schema, record)
     return buffer.getvalue()
+
+
+def test_registered_schemas_no_reader_should_trust_are_dead_lettered_and_logical_types_read(
+    pipeline: Pipeline, registry_url: str
+) -> None:
+    framed = pipeline.with_env(SCHEMA_REGISTRY_URL=registry_url)
+    sent = framed.run("producer.py", "--count", "5", "--rate", "0")  # creates the topics, registers version 2
+    assert sent.returncode == 0, sent.stderr
+    client = SchemaRegistryClient({"url": registry_url})
+    v1 = json.loads(load_order_schema(1).text)
+
+    def register(extra_field: dict[str, Any] | None = None, order_id_type: Any = "string") -> int:
+        fields = [{**v1["fields"][0], "type": order_id_type}, *v1["fields"][1:]]
+        schema = {**v1, "fields": [*fields, *([extra_field] if extra_field else [])]}
+        return client.register_schema(f"{subject_of(pipeline)}-hostile", Schema(json.dumps(schema), "AVRO"))
+
+    node = {"type": "record", "name": "Node", "fields": [{"name": "next", "type": ["null", "Node"]}]}
+    recursive = register({"name": "link", "type": ["null", node], "default": None})
+    nulls = register({"name": "pad", "type": {"type": "array", "items": "null"}, "default": []})
+    uuid = register(order_id_type={"type": "string", "logicalType": "uuid"})
+    schema = parse_schema_text(json.dumps(v1))
+
+    def framed_value(schema_id: int, order_id: str, tail: bytes = b"") -> bytes:
+        body = _fastavro_body(schema, {"orderId": order_id, "product": "Desk", "price": 5.0})
+        return b"\x00" + struct.pack(">I", schema_id) + body + tail
+
+    uuid_id = "0b8e6a54-0000-4000-8000-000000000001"
+    framed.produce(
+        [
+            # 100,000 levels of nesting: fastavro's reader would exhaust the C stack.
+            (b"K-deep", framed_value(recursive, "O-DEEP", b"\x02" * 100_000 + b"\x00"), []),
+            # 2^62 items that take no bytes: fastavro would count them for ever.
+            (b"K-nulls", framed_value(nulls, "O-NULLS", b"\x80\x80\x80\x80\x80\x80\x80\x80\x80\x01\x00"), []),
+            (uuid_id.encode(), framed_value(uuid, uuid_id), []),
+        ]
+    )
+
+    consumed = framed.run("consumer.py", "--idle-exit", "3", "--quiet", timeout=120)
+
+    assert consumed.returncode == 0, consumed.stderr
+    got = summary(CONSUMER_SUMMARY, consumed.stdout)
+    assert (int(got["processed"]), int(got["deserialization"])) == (6, 2), "a uuid orderId is read as its string"
+    dead = {r.key: r for r in framed.read(framed.settings.dlq_topic)}
+    assert (
+        f"schema id {recursive} is not read: the type Node contains itself" in dead[b"K-deep"].headers["error.message"]
+    )
+    assert "an array's items take no bytes" in dead[b"K-nulls"].headers["error.message"]
+    listed = framed.run("dlq.py", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.strip().splitlines()[-1] == "2 dead letters (deserialization 2)"

@@ -39,6 +39,7 @@ def test_bare_bodies_with_a_double_price_are_counted_to_the_cent(pipeline: Pipel
     ]
     whole = bare({"orderId": "O-BAD-1", "product": "Desk", "price": 1.0})
     records += [(b"O-BAD-1", whole + b"\x00", []), (b"O-BAD-2", whole[:-2], []), (b"O-BAD-3", b"\x00" * 3, [])]
+    records.append((b"O-BAD-4", b"\xfe\xff\xff\xff\xff\xff\xff\xff\xff\x01" + whole, []))  # a length of 2^62 bytes
     sent = raw.run("producer.py", "--count", "40", "--rate", "0", "--invalid-rate", "0.1", "--seed", "9")
     assert sent.returncode == 0, sent.stderr
     assert "bare Avro bodies, reference-order.avsc" in sent.stdout
@@ -48,9 +49,14 @@ def test_bare_bodies_with_a_double_price_are_counted_to_the_cent(pipeline: Pipel
 
     assert consumed.returncode == 0, consumed.stderr
     got = summary(CONSUMER_SUMMARY, consumed.stdout)
-    assert int(got["deserialization"]) == 3, "bodies with leftover bytes, cut short or not Avro at all"
+    assert int(got["deserialization"]) == 4, "bodies with leftover bytes, cut short, not Avro, a length past the end"
     dlq = raw.read(raw.settings.dlq_topic)
-    assert {r.key for r in dlq if r.header("dlq.reason") == "deserialization"} == {b"O-BAD-1", b"O-BAD-2", b"O-BAD-3"}
+    assert {r.key for r in dlq if r.header("dlq.reason") == "deserialization"} == {
+        b"O-BAD-1",
+        b"O-BAD-2",
+        b"O-BAD-3",
+        b"O-BAD-4",
+    }
     stats = raw.run("consumer.py", "--stats").stdout
     count, sum_cents = counted_independently(raw)
     # Orders made invalid only by a bad quantity or customerId are valid once written without those fields.
