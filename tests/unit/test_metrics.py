@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import socket
 import threading
 import urllib.error
 import urllib.request
@@ -357,6 +358,26 @@ def test_a_port_already_taken_is_named() -> None:
 
 
 # Both programs on librdkafka's mock cluster, with metrics on.
+
+
+def test_the_worst_requests_a_client_could_send_leave_the_server_answering() -> None:
+    health = Health("127.0.0.1:9092", FakeClock())
+    with served(health) as (url, _registry):
+        host, port = url.removeprefix("http://").split(":")
+        for request in (
+            b"\x00\xff\x16\x03\x01 not http at all\r\n\r\n",  # a TLS hello, binary bytes
+            b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\n\r\n",  # a request line past the server's limit
+            b"GET /healthz HTTP/1.1\r\n" + b"X: y\r\n" * 200 + b"\r\n",  # more headers than allowed
+            b"GET /metrics HTTP/1.1\r\nHost: x\r\n",  # never finished: the client leaves
+        ):
+            with socket.create_connection((host, int(port)), timeout=5) as client:
+                client.sendall(request)
+                client.shutdown(socket.SHUT_WR)
+                client.recv(65536)
+        # A client that holds a connection open takes one thread, not the server.
+        with socket.create_connection((host, int(port)), timeout=5):
+            assert get(f"{url}/healthz") == (503, "starting\n")
+            assert get(f"{url}/metrics")[0] == 200
 
 
 def test_the_producer_serves_its_series_and_is_healthy_once_librdkafka_reports_a_broker_up(
