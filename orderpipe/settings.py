@@ -174,6 +174,10 @@ class Settings:
                 put(key, value)
         if self.oauth_token_endpoint_url:
             conf["sasl.oauthbearer.method"] = "oidc"
+        # Brokers as they come create a topic that a metadata request or a first send
+        # names, with one partition and the broker's defaults: no client of ours asks
+        # them to. Topics are created only by the programs' set-up, as configured.
+        conf["allow.auto.create.topics"] = False
         return conf
 
     def registry_client_config(self) -> dict[str, Any]:

@@ -97,7 +97,6 @@ fetch_jars() {
 # The settings every single-node broker here shares (the secured one too).
 single_node_settings() {
   cat <<'EOF'
-auto.create.topics.enable=false
 offsets.topic.replication.factor=1
 transaction.state.log.replication.factor=1
 transaction.state.log.min.isr=1

@@ -42,6 +42,7 @@ controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
 log.dirs=$CLUSTER/node$n/data
+# Off here, Kafka's default (on) on the single-node and secured brokers: the tests see both.
 auto.create.topics.enable=false
 default.replication.factor=3
 min.insync.replicas=2
