@@ -6,7 +6,8 @@ offsets of that partition is open, for example a crashed predecessor's) and the
 partition's last committed state in `orders-stats` (read up to the topic's end). Both
 are asked for at once; the loop calls `advance` on every turn while it keeps polling,
 so group membership and `max.poll.interval.ms` are never at risk. An answer that is
-not ready yet is asked for again after a short backoff.
+not ready yet is asked for again after a backoff of ASK_AGAIN_S (a coordinator away
+answers nothing sooner).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ __all__ = ["Restorer"]
 log = logging.getLogger(__name__)
 
 RESTORE_TIMEOUT_S = 60.0
-ASK_AGAIN_S = 0.2
+ASK_AGAIN_S = 1.0
 
 
 class Restorer:

@@ -13,10 +13,13 @@ A commit is a small state machine the loop moves on with `advance`, never a wait
   step again; the loop keeps polling meanwhile;
 * an abortable one aborts the transaction and returns ABORTED: the caller rewinds
   and reads the batch again;
-* a fatal one (fenced by a newer instance) raises FatalKafkaError.
+* a fatal one (fenced: the coordinator aborted a transaction that outlived its
+  timeout while a broker was away, say) raises TransactionLostError, and the loop
+  goes on with a new producer (`renew`).
 
 A commit whose outcome stays unknown is never aborted: once its retry window closes
-the consumer stops, and its restart (same transactional id) settles it either way.
+the transaction is lost too, and the new producer's registration (same transactional
+id) settles it either way before anything else is written.
 While the cluster has fewer in-sync replicas than min.insync.replicas for a topic
 the transaction writes to, no restart could help: the loop's replica watch then
 keeps extending the window (`keep_waiting`), and the commit is waited out.
@@ -31,7 +34,13 @@ from collections.abc import Callable
 from orderpipe.clock import Clock
 from orderpipe.edge import KafkaEdge
 from orderpipe.effects import BatchEffects
-from orderpipe.errors import BrokerUnavailableError, DeliveryError, FatalKafkaError, KafkaCallError
+from orderpipe.errors import (
+    BrokerUnavailableError,
+    DeliveryError,
+    FatalKafkaError,
+    KafkaCallError,
+    TransactionLostError,
+)
 
 __all__ = ["AtLeastOnceCommitter", "Committer", "Progress", "TransactionalCommitter"]
 
@@ -107,6 +116,16 @@ class TransactionalCommitter:
                 raise FatalKafkaError(self._fatal_sentence(exc)) from exc
             raise BrokerUnavailableError(f"could not start transactions as {self._id}: {exc}") from exc
 
+    def renew(self) -> None:
+        """After TransactionLostError: a new producer, registered with the same id; the batch in hand is dropped.
+
+        Raises:
+            FatalKafkaError, BrokerUnavailableError: the new producer could not register either.
+        """
+        self._steps, self._attempt, self.retry_at, self.aborting, self.transient = [], 0, 0.0, "", False
+        self._edge.renew_producer()
+        self.start()
+
     def begin(self, effects: BatchEffects) -> None:
         """Takes a batch to commit; `advance` does the work."""
         edge = self._edge
@@ -139,16 +158,16 @@ class TransactionalCommitter:
                 return self._begin_abort(f"transaction aborted: {exc}", now)
             except KafkaCallError as exc:
                 if exc.fatal:
-                    raise FatalKafkaError(self._fatal_sentence(exc)) from exc
+                    raise TransactionLostError(self._fatal_sentence(exc)) from exc
                 if exc.retriable and not exc.abortable and what != "produce":
                     if self._attempt == 0:
                         self._deadline = now + RETRY_WINDOW_S
                     if now < self._deadline:
                         return self._wait(what, exc, now)
                     if what == "commit the transaction":
-                        raise FatalKafkaError(
-                            f"could not commit the transaction within {RETRY_WINDOW_S:g}s ({exc}); stopping, so "
-                            f"that a restart with transactional id {self._id} settles it"
+                        raise TransactionLostError(
+                            f"could not commit the transaction within {RETRY_WINDOW_S:g}s ({exc}); a new producer "
+                            f"with transactional id {self._id} settles it"
                         ) from exc
                 self.transient = exc.retriable or exc.code in TRANSIENT_CODES
                 return self._begin_abort(f"could not {what}, so the transaction was aborted ({exc})", now)
@@ -171,19 +190,18 @@ class TransactionalCommitter:
             self._edge.abort_transaction()
         except KafkaCallError as exc:
             if exc.fatal:
-                raise FatalKafkaError(self._fatal_sentence(exc)) from exc
+                raise TransactionLostError(self._fatal_sentence(exc)) from exc
             if exc.retriable and now < self._deadline:
                 return self._wait("abort the transaction", exc, now)
-            raise FatalKafkaError(f"could not abort the transaction of {self._id}: {exc}") from exc
+            raise TransactionLostError(f"could not abort the transaction of {self._id}: {exc}") from exc
         self._steps = []
         return Progress.ABORTED
 
     def _fatal_sentence(self, exc: KafkaCallError) -> str:
         if exc.fenced:
             return (
-                f"transactional id {self._id} was fenced: another consumer started with it, or the transaction "
-                f"coordinator aborted a transaction that ran out of time while a broker failed; stopping, so that "
-                f"a restart with the same id goes on from the last commit ({exc})"
+                f"transactional id {self._id} was fenced: the transaction coordinator aborted a transaction that ran "
+                f"out of time while a broker failed, or another consumer started with the id ({exc})"
             )
         return f"Kafka reported a fatal transaction error for {self._id}: {exc}"
 

@@ -42,7 +42,7 @@ from orderpipe.stats_view import StatsView
 from orderpipe.text import Scrubber, printable, redact
 from orderpipe.topics import largest_record, missing_sentence, missing_topics, stats_keys, topic_problems, weak_topics
 from orderpipe.watchdog import WATCHDOG
-from orderpipe.wire import order_decoder, raw_reader
+from orderpipe.wire import CONFLUENT, RAW, SINGLE_OBJECT, order_decoder, raw_reader
 
 __all__ = [
     "AT_LEAST_ONCE",
@@ -238,6 +238,7 @@ class OrderConsumer:
             replication = {**edge.replication_factors(), **{s.name: s.replication_factor for s in missing}}
             for warning in weak_topics(settings, replication, configs):
                 log.warning("⚠ %s", warning)
+            edge.finish_setup()  # the admin client's work is done: no admin request runs on the running path
             lookup = None
             if settings.schema_registry_url:
                 client = stack.enter_context(self._open_registry(settings))
@@ -256,7 +257,7 @@ class OrderConsumer:
             )
             loop = self._loop(edge, committer, order_decoder(settings, lookup, raw), lookup, topics)
             edge.subscribe((settings.orders_topic, settings.retry_topic))
-            wire = f"schema registry at {settings.registry_address}" if lookup else "no schema registry"
+            wire = _wire_label(settings)
             self._console.info(
                 f"Consuming {settings.orders_topic}, {settings.retry_topic} as group {settings.consumer_group} from "
                 f"{settings.bootstrap_servers} ({wire}; {committer.mode}). Ctrl-C to stop."
@@ -313,6 +314,21 @@ class OrderConsumer:
             replicas=replicas,
             metrics=self.metrics,
         )
+
+
+def _wire_label(settings: Settings) -> str:
+    """What the start line says the consumer reads."""
+    registry = f"the schema registry at {settings.registry_address}"
+    fmt = settings.avro_wire_format
+    if fmt == RAW:
+        return f"bare Avro bodies written with {settings.avro_writer_schema}"
+    if fmt == CONFLUENT:
+        return f"Confluent-framed Avro only, {registry}"
+    if fmt == SINGLE_OBJECT:
+        return "single-object Avro only"
+    if settings.schema_registry_url:
+        return f"single-object or Confluent-framed Avro, {registry}"
+    return "single-object Avro, no schema registry"
 
 
 def simulated_outage(rng: Any, rate: float) -> Downstream:

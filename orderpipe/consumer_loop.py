@@ -22,10 +22,10 @@ from dataclasses import replace
 
 from orderpipe.assignment import Restorer
 from orderpipe.clock import Clock
-from orderpipe.committer import Committer, Progress
-from orderpipe.edge import TP, Assigned, Event, KafkaEdge, Polled
+from orderpipe.committer import Committer, Progress, TransactionalCommitter
+from orderpipe.edge import TP, Assigned, Event, KafkaEdge, Polled, Revoked
 from orderpipe.effects import BatchEffects, OutputTopics, batch_effects
-from orderpipe.errors import FatalKafkaError
+from orderpipe.errors import FatalKafkaError, TransactionLostError
 from orderpipe.hold import Hold
 from orderpipe.metrics import ConsumerMetrics
 from orderpipe.money import RunningAverage
@@ -52,6 +52,10 @@ MAX_ABORTS_IN_A_ROW = 5
 # A partition resumed when due counts as busy until its waiting record is read
 # again, or at most this long (the record may have been deleted by retention meanwhile).
 REFETCH_LIMIT_S = 30.0
+# Transactions lost (a fenced producer, say) that are recovered within this window; one
+# more stops the consumer: a newer consumer with the same transactional id, or a cluster
+# that keeps failing, is for a person to look at.
+MAX_RECOVERIES, RECOVERY_WINDOW_S = 3, 300.0
 
 
 class ConsumerLoop:
@@ -94,6 +98,7 @@ class ConsumerLoop:
         self._warned_foreign_at = -WARN_EVERY_S
         # Resumed partitions whose waiting record was not read again yet, and when they were resumed.
         self._refetching: dict[TP, float] = {}
+        self._recovered_at: list[float] = []  # when lost transactions were recovered
 
     def group_total(self) -> RunningAverage:
         """The group-wide running average: own partitions from memory, the others' from `orders-stats`."""
@@ -140,9 +145,21 @@ class ConsumerLoop:
             self._reporter.idle(self._idle_exit_s or 0)
             return False
         if self._metrics is not None:
-            self._metrics.refresh(self.group_total, edge.lags, idle=not records)
-        self._reporter.periodic(now, self.group_total, edge.lags)
+            self._metrics.refresh(self.group_total, self.lags, idle=not records)
+        self._reporter.periodic(now, self.group_total, self.lags)
         return True
+
+    def lags(self) -> dict[TP, int] | None:
+        """Each owned partition's records not yet processed: from its last commit to its end, paused ones too."""
+        marks = self._edge.watermarks()
+        if marks is None:
+            return None
+        lags = {}
+        for tp, (first, end) in marks.items():
+            offset = self._ownership.offset(tp)
+            if offset is not None:  # owned (a partition being restored has no commit to count from yet)
+                lags[tp] = max(end - max(offset, first), 0)
+        return lags
 
     def _watch_replicas(self) -> None:
         """While a commit waits, asks whether the cluster is below min ISR; if so, the commit is waited out."""
@@ -156,8 +173,8 @@ class ConsumerLoop:
     def _take(self, polled: Polled) -> list[Incoming]:
         if polled.events:
             self._on_events(polled.events)
-        elif not self._scheduler.paused:
-            return polled.records  # with nothing paused or revoked, every record is of an owned partition
+        elif not self._scheduler.paused and not self._ownership.restoring:
+            return polled.records  # with nothing paused, revoked or restoring, every record is of an owned partition
         return self._ownership.accept(polled.records, self._scheduler.paused.keys())
 
     def _on_events(self, events: tuple[Event, ...]) -> None:
@@ -224,7 +241,11 @@ class ConsumerLoop:
         self._advance_commit()
 
     def _advance_commit(self) -> None:
-        progress = self._committer.advance()
+        try:
+            progress = self._committer.advance()
+        except TransactionLostError as exc:
+            self._recover(exc)
+            return
         if progress is Progress.WAITING:
             if not self._hold.active:
                 self._edge.pause(self._hold.begin(self._ownership.states.keys() - self._scheduler.paused.keys()))
@@ -267,6 +288,31 @@ class ConsumerLoop:
             self._edge.seek(seeks)
         if resume:
             self._edge.resume(resume)
+
+    def _recover(self, lost: TransactionLostError) -> None:
+        """Goes on after a lost transaction: a new producer, and every partition restored from the last commit.
+
+        The batch in hand is dropped with the old producer (its transaction is aborted
+        by the new one's registration), and each partition's state and position come
+        back from Kafka as after a rebalance, so nothing the lost transaction did counts.
+        """
+        committer, now = self._committer, self._clock.monotonic()
+        self._recovered_at = [at for at in self._recovered_at if now - at < RECOVERY_WINDOW_S]
+        if not isinstance(committer, TransactionalCommitter) or len(self._recovered_at) >= MAX_RECOVERIES:
+            raise FatalKafkaError(
+                f"{lost}; {len(self._recovered_at)} lost transactions were recovered within "
+                f"{RECOVERY_WINDOW_S:g}s, so the consumer stops"
+            ) from lost
+        self._recovered_at.append(now)
+        log.warning("⚠ %s; going on with a new producer, from the last commit", lost)
+        self._reporter.summary.aborted += 1
+        self._effects = None
+        partitions = tuple(sorted({*self._ownership.states, *self._ownership.restoring}))
+        self._on_events((Revoked(partitions),))  # resumes what the commit's hold and the retries paused
+        self._hold.end()
+        self._edge.assign({})  # nothing is read until the restore assigns the partitions again
+        committer.renew()
+        self._on_events((Assigned(partitions),))
 
     def _idle(self) -> bool:
         """True once nothing arrived for the idle limit, while nothing waits: no retry paused or being read again."""

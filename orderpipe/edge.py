@@ -1,10 +1,12 @@
 """The consumer's Kafka edge: the few operations it needs, as a protocol, and the data that crosses it.
 
-Everything the consumer does with Kafka goes through one `KafkaEdge`: its group
-consumer (poll, assignment events, pause, resume, seek, committed offsets, lag), its
-producer (transactions with offsets, or produce-then-commit) and its reader of the
-stats topic. Two implementations keep each other honest, the way httpx puts its real
-transport beside `MockTransport`:
+Everything the consumer does with Kafka goes through one `KafkaEdge`: first its
+start-up questions and topic creation (an admin client's), then, once `finish_setup`
+was called, its group consumer (poll, assignment events, pause, resume, seek,
+committed offsets, watermarks, in-sync replicas), its producer (transactions with
+offsets, or produce-then-commit) and its reader of the stats topic. Two
+implementations keep each other honest, the way httpx puts its real transport beside
+`MockTransport`:
 
 * `orderpipe.kafka_edge`: confluent-kafka, for real brokers (and librdkafka's
   in-process mock cluster in unit tests);
@@ -143,9 +145,11 @@ class KafkaEdge(Protocol):
     """One consumer process's connection to Kafka."""
 
     @property
-    def stats(self) -> StatsTail: ...
+    def stats(self) -> StatsTail:
+        """The stats topic's reader, once the set-up is finished."""
+        ...
 
-    # Topic metadata.
+    # The set-up: start-up checks and topic creation, before `finish_setup`.
     def partition_counts(self) -> dict[str, int]: ...
 
     def create_topics(self, specs: Sequence[TopicSpec]) -> None: ...
@@ -162,11 +166,18 @@ class KafkaEdge(Protocol):
         """The operations this principal may perform on the topics and the group (see orderpipe.acls)."""
         ...
 
-    def in_sync_replicas(self, topics: Sequence[str]) -> Pending[InSync]:
-        """Each partition's in-sync replica count and each topic's minimum (orderpipe.replicas)."""
+    def finish_setup(self) -> None:
+        """The start-up questions are answered: closes the admin client and opens the running path's clients.
+
+        The set-up calls above are not to be made any more.
+        """
         ...
 
-    # The group consumer.
+    # The running path: the group consumer ...
+    def in_sync_replicas(self, topics: Sequence[str]) -> Pending[InSync]:
+        """Each partition's in-sync and all replicas, from metadata (orderpipe.replicas); no minimums."""
+        ...
+
     def subscribe(self, topics: Sequence[str]) -> None: ...
 
     def poll(self, max_records: int, timeout_s: float) -> Polled: ...
@@ -183,12 +194,19 @@ class KafkaEdge(Protocol):
         """The group's stable committed offsets (None: nothing committed)."""
         ...
 
-    def lags(self) -> dict[TP, int] | None:
-        """Each assigned partition's records not yet read, where known; None when the client cannot say."""
+    def watermarks(self) -> dict[TP, tuple[int, int]] | None:
+        """Each assigned partition's first and next offset as last fetched, where known; None when it cannot say."""
         ...
 
-    # The producer: transactions (exactly-once) ...
+    # ... the producer: transactions (exactly-once) ...
     def init_transactions(self) -> None: ...
+
+    def renew_producer(self) -> None:
+        """Replaces the producer, failed for good (fenced, say), with a new one with the same transactional id.
+
+        `init_transactions` is to be called next; the old producer's open transaction is aborted by it.
+        """
+        ...
 
     def begin_transaction(self) -> None: ...
 

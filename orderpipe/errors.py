@@ -18,6 +18,7 @@ __all__ = [
     "NotReady",
     "OrderPipeError",
     "RegistryUnavailableError",
+    "TransactionLostError",
     "ValidationError",
 ]
 
@@ -75,6 +76,14 @@ class DeliveryError(OrderPipeError):
 
 class FatalKafkaError(OrderPipeError):
     """Kafka reported an error the client cannot recover from (for example, fenced by a newer instance)."""
+
+
+class TransactionLostError(FatalKafkaError):
+    """The transactional producer failed for good (fenced, say): a new one with the same id goes on.
+
+    The consumer replaces the producer and restores its partitions from the last
+    commit (ConsumerLoop); raised again too often, it stops the consumer.
+    """
 
 
 class KafkaCallError(OrderPipeError):

@@ -27,17 +27,17 @@ from orderpipe.edge import InSync, TopicSpec
 from orderpipe.errors import BrokerUnavailableError, ConfigError, DeliveryError, KafkaCallError
 from orderpipe.health import STATS_INTERVAL_MS
 from orderpipe.login import Credentials, LoginWatch
-from orderpipe.replicas import parse_min_isr
 from orderpipe.routing import UNREADABLE_HEADERS, Incoming
 from orderpipe.settings import Settings
 from orderpipe.topics import PRODUCER_MESSAGE_MAX_BYTES, missing_sentence, missing_topics
+from orderpipe.watchdog import WATCHDOG, WATCHDOG_GRACE_S
 
 __all__ = [
     "CONNECT_TIMEOUT_S",
     "CONSUMER_FETCH_SETTINGS",
     "START_BROKER_HINT",
     "AdminAnswer",
-    "InSyncAnswer",
+    "Answered",
     "call_error",
     "connect_admin",
     "create_client",
@@ -67,6 +67,8 @@ CONSUMER_FETCH_SETTINGS = {"fetch.queue.backoff.ms": 10, "queued.min.messages": 
 START_BROKER_HINT = "start one with 'scripts/broker.sh up' (or 'docker compose up -d') and try again"
 CONNECT_TIMEOUT_S = 10.0
 TOPIC_TIMEOUT_S = 30.0
+# A metadata request on the running path (ReplicaWatch): any broker answers it.
+METADATA_TIMEOUT_S = 5.0
 # connect_admin asks for metadata in steps from this long, doubling up to the second,
 # to look at LoginWatch's verdict in between.
 CONNECT_STEP_S, CONNECT_STEP_MAX_S = 0.5, 4.0
@@ -194,46 +196,44 @@ class AdminAnswer(Generic[T, Answer]):
             raise call_error(exc, self._what) from exc
 
 
-class InSyncAnswer:
-    """DescribeTopics' and DescribeConfigs' futures for some topics, as one `Pending[InSync]`."""
+class Answered(Generic[T]):
+    """A `Pending` whose answer is already in: for a call made blocking, with a short timeout."""
 
-    def __init__(self, topics: dict[str, Future[Any]], configs: dict[str, Future[Any]]) -> None:
-        self._topics, self._configs = topics, configs
+    def __init__(self, value: T | None = None, error: KafkaCallError | None = None) -> None:
+        self._value, self._error = value, error
 
     def done(self) -> bool:
-        return all(future.done() for future in (*self._topics.values(), *self._configs.values()))
+        return True
 
-    def result(self) -> InSync:
-        counts, replicas = {}, {}
-        for topic, future in self._topics.items():
-            try:
-                description = future.result()
-            except KafkaException as exc:
-                raise call_error(exc, f"describe topic {topic}") from exc
-            for partition in description.partitions:
-                counts[(topic, int(partition.id))] = len(partition.isr)
-                replicas[(topic, int(partition.id))] = len(partition.replicas)
-        minimums = {}
-        for topic, future in self._configs.items():
-            try:
-                entry = future.result().get("min.insync.replicas")
-            except KafkaException:
-                continue  # not allowed to read it, say: the program's own idea of the minimum stands
-            value = parse_min_isr(entry.value if entry is not None else None)
-            if value is not None:
-                minimums[topic] = value
-        return InSync(counts, replicas, minimums)
+    def result(self) -> T:
+        if self._error is not None:
+            raise self._error
+        assert self._value is not None
+        return self._value
 
 
-def in_sync_replicas(admin: AdminClient, topics: Sequence[str], timeout_s: float = TOPIC_TIMEOUT_S) -> InSyncAnswer:
-    """Asks for the in-sync replicas of every partition of `topics`, and their min.insync.replicas (answered later)."""
-    resources = [ConfigResource(ResourceType.TOPIC, topic) for topic in topics]
-    try:
-        described = admin.describe_topics(TopicCollection(list(topics)), request_timeout=timeout_s)
-        configs = admin.describe_configs(resources, request_timeout=timeout_s)
-    except KafkaException as exc:
-        raise call_error(exc, "describe topics") from exc
-    return InSyncAnswer(described, {resource.name: future for resource, future in configs.items()})
+def in_sync_replicas(client: Any, topics: Sequence[str], timeout_s: float = METADATA_TIMEOUT_S) -> Answered[InSync]:
+    """Each partition of `topics` with its in-sync and all replicas, from a client's metadata.
+
+    `client` is a running producer or consumer, not the admin client: while the
+    cluster fails over, this is asked every ReplicaWatch.ASK_EVERY_S, and a metadata
+    request (answered by any broker) is the one question that needs no coordinator.
+    Topics' min.insync.replicas are those read at start (`InSync.minimums` is empty).
+    """
+    counts, replicas = {}, {}
+    for topic in topics:
+        try:
+            with WATCHDOG.guard(f"read the metadata of {topic}", timeout_s + WATCHDOG_GRACE_S):
+                metadata = client.list_topics(topic=topic, timeout=timeout_s).topics.get(topic)
+        except KafkaException as exc:
+            return Answered(error=call_error(exc, f"read the metadata of {topic}"))
+        if metadata is None or metadata.error is not None:
+            problem = metadata.error if metadata is not None else "not in the answer"
+            return Answered(error=KafkaCallError(f"no metadata for {topic}: {problem}", "_NO_TOPIC"))
+        for partition in metadata.partitions.values():
+            counts[(topic, int(partition.id))] = len(partition.isrs)
+            replicas[(topic, int(partition.id))] = len(partition.replicas)
+    return Answered(InSync(counts, replicas, {}))
 
 
 def create_client(factory: Callable[[dict[str, Any]], Client], conf: dict[str, Any]) -> Client:

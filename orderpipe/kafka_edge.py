@@ -1,10 +1,14 @@
 """The consumer's Kafka edge on confluent-kafka (see orderpipe.edge for the protocol).
 
-One `ConfluentEdge` holds a consumer process's clients: the group consumer
-(read_committed, offsets never committed automatically), a producer (transactional
-for exactly-once) and an admin client, plus a `KafkaStatsTail` that reads the stats
-topic. `open_kafka_edge` builds them in an ExitStack, so a failure at any step closes
-what was already opened.
+One `ConfluentEdge` holds a consumer process's clients. It starts with an admin
+client alone, for the start-up checks and topic creation; `finish_setup` drops it and
+opens the clients of the running path: the group consumer (read_committed, offsets
+never committed automatically), a producer (transactional for exactly-once) and a
+`KafkaStatsTail` that reads the stats topic. No admin request runs while the consumer
+does: coordinator-targeted ones (ListConsumerGroupOffsets, DescribeConsumerGroups)
+crash librdkafka 2.16 during a coordinator failover (its issues 4605 and 3663), so the
+committed offsets are asked of the group consumer and the in-sync replicas of its
+metadata. The clients are closed in an ExitStack, whatever way the block ends.
 
 Assignments are taken over by the consumer, not by librdkafka: the rebalance callback
 records the event and assigns nothing; the consumer restores the partitions' state
@@ -26,16 +30,15 @@ from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
-from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from orderpipe.acls import AUTHORIZATION_CODES, denied_sentence
-from orderpipe.edge import TP, Assigned, EdgeOptions, Event, Outgoing, Polled, Revoked, TopicSpec
+from orderpipe.edge import TP, Assigned, EdgeOptions, Event, InSync, Outgoing, Polled, Revoked, TopicSpec
 from orderpipe.errors import ConfigError, DeliveryError, FatalKafkaError
 from orderpipe.kafka_clients import (
     CONSUMER_FETCH_SETTINGS,
-    AdminAnswer,
-    InSyncAnswer,
+    Answered,
     call_error,
     connect_admin,
     create_client,
@@ -65,7 +68,8 @@ TRANSACTION_CALL_TIMEOUT_S = 5.0
 SEND_OFFSETS_TIMEOUT_S = 10.0
 # Registering the transactional id: at start-up, before the consumer joins its group.
 INIT_TIMEOUT_S = 60.0
-REQUEST_TIMEOUT_S = 30.0
+# Reading the committed offsets: a longer wait (a coordinator away) is asked again by the restorer.
+COMMITTED_TIMEOUT_S = 5.0
 FLUSH_TIMEOUT_S = 30.0
 # Right after a commit the coordinator answers the next transaction's first request
 # with CONCURRENT_TRANSACTIONS until the commit markers are written (a millisecond or
@@ -233,48 +237,98 @@ class _ConfluentProducer:
 class ConfluentEdge(_ConfluentProducer):
     """A `KafkaEdge` on confluent-kafka; build one with `open_kafka_edge`."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        *,
-        admin: AdminClient,
-        consumer: Consumer,
-        producer: Producer,
-        stats: KafkaStatsTail,
-        errors: _ErrorLog,
-        transactional_id: str | None,
-    ) -> None:
+    def __init__(self, settings: Settings, options: EdgeOptions, admin: AdminClient, closing: ExitStack) -> None:
         super().__init__()
-        self._admin, self._consumer, self._producer = admin, consumer, producer
-        self._stats, self._errors = stats, errors
-        self._transactional_id = transactional_id or ""
+        self._settings, self._options, self._closing = settings, options, closing
+        self._admin: AdminClient | None = admin
+        self._transactional_id = options.transactional_id or ""
         self._group = settings.consumer_group
         self._retry_topic = settings.retry_topic
         # Without transactions, each produced record reports its delivery.
-        self._on_delivery = None if transactional_id else self._delivered
+        self._on_delivery = None if options.transactional_id else self._delivered
         self._events: list[Event] = []
+        self._errors = _ErrorLog(settings.bootstrap_servers, settings.consumer_group)
+        self._stats: KafkaStatsTail | None = None
 
     @property
     def stats(self) -> KafkaStatsTail:
+        assert self._stats is not None, "the stats topic is read once the set-up is finished"
         return self._stats
 
+    @property
+    def admin(self) -> AdminClient:
+        assert self._admin is not None, "the admin client is for the start-up checks only"
+        return self._admin
+
     def partition_counts(self) -> dict[str, int]:
-        return partition_counts(self._admin)
+        return partition_counts(self.admin)
 
     def create_topics(self, specs: Sequence[TopicSpec]) -> None:
-        create_topics(self._admin, specs)
+        create_topics(self.admin, specs)
 
     def replication_factors(self) -> dict[str, int]:
-        return replication_factors(self._admin)
+        return replication_factors(self.admin)
 
     def topic_configs(self, names: Sequence[str]) -> dict[str, dict[str, str]]:
-        return topic_configs(self._admin, names)
+        return topic_configs(self.admin, names)
 
     def permissions(self, topics: Sequence[str], group: str) -> dict[tuple[str, str], frozenset[str] | None]:
-        return permissions(self._admin, topics, group)
+        return permissions(self.admin, topics, group)
 
-    def in_sync_replicas(self, topics: Sequence[str]) -> InSyncAnswer:
-        return in_sync_replicas(self._admin, topics)
+    def finish_setup(self) -> None:
+        """Drops the admin client (every answer of it was awaited) and opens the running path's clients."""
+        self._admin = None
+        settings, options, closing = self._settings, self._options, self._closing
+        self._stats = KafkaStatsTail(settings)
+        closing.callback(self._stats.close)
+        self._producer = create_client(Producer, self._producer_conf())
+        closing.callback(lambda: _flush_producer(self._producer))
+        self._consumer = create_client(
+            Consumer,
+            {
+                **settings.kafka_client_config(),
+                **CONSUMER_FETCH_SETTINGS,
+                "group.id": settings.consumer_group,
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "isolation.level": "read_committed",
+                "session.timeout.ms": options.session_timeout_ms,
+                "max.poll.interval.ms": options.max_poll_interval_ms,
+                "error_cb": self._errors,
+                **statistics_config(options.stats_cb),
+            },
+        )
+        closing.callback(_close_consumer, self._consumer)
+
+    def _producer_conf(self) -> dict[str, Any]:
+        conf = producer_config(self._settings)
+        options = self._options
+        if options.transactional_id is not None:
+            conf |= {
+                "transactional.id": options.transactional_id,
+                "transaction.timeout.ms": options.transaction_timeout_ms,
+                "retry.backoff.ms": TRANSACTION_RETRY_BACKOFF_MS,
+            }
+        return conf
+
+    def renew_producer(self) -> None:
+        """Replaces a producer that failed for good with a new one (same transactional id); call init_transactions next.
+
+        Nothing of the old one is kept: its open transaction is fenced by the new one's
+        registration, and a read_committed reader never sees its records.
+        """
+        with WATCHDOG.guard("close the failed producer", UNTIMED_CALL_LIMIT_S):
+            try:
+                self._producer.purge()
+            except KafkaException as exc:
+                log.debug("purging the failed producer: %s", call_error(exc, "purge"))
+            del self._producer  # its last reference: librdkafka destroys it here, under the watchdog
+        self._producer = create_client(Producer, self._producer_conf())
+        self._in_transaction = False
+        self._delivery_errors.clear()
+
+    def in_sync_replicas(self, topics: Sequence[str]) -> Answered[InSync]:
+        return in_sync_replicas(self._consumer, topics)
 
     def subscribe(self, topics: Sequence[str]) -> None:
         _call(
@@ -332,35 +386,31 @@ class ConfluentEdge(_ConfluentProducer):
             except KafkaException as exc:
                 raise call_error(exc, f"seek {tp.topic}-{tp.partition} to offset {tp.offset}") from exc
 
-    def committed(self, partitions: Collection[TP]) -> AdminAnswer[Any, dict[TP, int | None]]:
-        request = ConsumerGroupTopicPartitions(self._group, _tps(partitions))
+    def committed(self, partitions: Collection[TP]) -> Answered[dict[TP, int | None]]:
+        """Asked of the group consumer: read_committed, it asks for stable offsets (KIP-447)."""
+        what = "read the committed offsets"
         try:
-            futures = self._admin.list_consumer_group_offsets(
-                [request], require_stable=True, request_timeout=REQUEST_TIMEOUT_S
-            )
+            with WATCHDOG.guard(what, COMMITTED_TIMEOUT_S + WATCHDOG_GRACE_S):
+                answer = self._consumer.committed(_tps(partitions), timeout=COMMITTED_TIMEOUT_S)
         except KafkaException as exc:
-            raise call_error(exc, "read the committed offsets") from exc
-        return AdminAnswer(futures[self._group], "read the committed offsets", _committed_offsets)
+            return Answered(error=call_error(exc, what))
+        offsets: dict[TP, int | None] = {}
+        for tp in answer:
+            if tp.error is not None:
+                return Answered(error=call_error(tp.error, f"read the committed offset of {tp.topic}-{tp.partition}"))
+            offsets[(tp.topic, tp.partition)] = tp.offset if tp.offset >= 0 else None
+        return Answered(offsets)
 
-    def lags(self) -> dict[TP, int] | None:
-        lags = {}
+    def watermarks(self) -> dict[TP, tuple[int, int]] | None:
+        marks = {}
         try:
-            for tp in self._consumer.position(self._consumer.assignment()):
-                _, high = self._consumer.get_watermark_offsets(tp, cached=True)
-                if tp.offset >= 0 and high >= 0:
-                    lags[(tp.topic, tp.partition)] = max(high - tp.offset, 0)
+            for tp in self._consumer.assignment():
+                low, high = self._consumer.get_watermark_offsets(tp, cached=True)
+                if high >= 0:
+                    marks[(tp.topic, tp.partition)] = (max(low, 0), high)
         except KafkaException:
             return None
-        return lags
-
-
-def _committed_offsets(answer: ConsumerGroupTopicPartitions) -> dict[TP, int | None]:
-    offsets: dict[TP, int | None] = {}
-    for tp in answer.topic_partitions or ():
-        if tp.error is not None:
-            raise KafkaException(tp.error)
-        offsets[(tp.topic, tp.partition)] = tp.offset if tp.offset >= 0 else None
-    return offsets
+        return marks
 
 
 def _flush_producer(producer: Producer) -> None:
@@ -382,48 +432,11 @@ def _close_consumer(consumer: Consumer) -> None:
 
 @contextmanager
 def open_kafka_edge(settings: Settings, options: EdgeOptions) -> Iterator[ConfluentEdge]:
-    """Connects a consumer process's clients; closes them when the block ends.
+    """Connects the admin client for the set-up; the edge's clients are closed when the block ends.
 
     Raises:
         BrokerUnavailableError: the broker does not answer (named, with how to start one).
         ConfigError: librdkafka rejected the client settings.
     """
-    with ExitStack() as stack:
-        admin = connect_admin(settings)
-        stats = KafkaStatsTail(settings, admin)
-        stack.callback(stats.close)
-        conf = producer_config(settings)
-        if options.transactional_id is not None:
-            conf |= {
-                "transactional.id": options.transactional_id,
-                "transaction.timeout.ms": options.transaction_timeout_ms,
-                "retry.backoff.ms": TRANSACTION_RETRY_BACKOFF_MS,
-            }
-        producer = create_client(Producer, conf)
-        stack.callback(_flush_producer, producer)
-        errors = _ErrorLog(settings.bootstrap_servers, settings.consumer_group)
-        consumer = create_client(
-            Consumer,
-            {
-                **settings.kafka_client_config(),
-                **CONSUMER_FETCH_SETTINGS,
-                "group.id": settings.consumer_group,
-                "enable.auto.commit": False,
-                "auto.offset.reset": "earliest",
-                "isolation.level": "read_committed",
-                "session.timeout.ms": options.session_timeout_ms,
-                "max.poll.interval.ms": options.max_poll_interval_ms,
-                "error_cb": errors,
-                **statistics_config(options.stats_cb),
-            },
-        )
-        stack.callback(_close_consumer, consumer)
-        yield ConfluentEdge(
-            settings,
-            admin=admin,
-            consumer=consumer,
-            producer=producer,
-            stats=stats,
-            errors=errors,
-            transactional_id=options.transactional_id,
-        )
+    with ExitStack() as closing:
+        yield ConfluentEdge(settings, options, connect_admin(settings), closing)

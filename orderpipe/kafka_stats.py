@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, IsolationLevel, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
 from orderpipe.edge import TP
 from orderpipe.errors import BrokerUnavailableError, FatalKafkaError, KafkaCallError
 from orderpipe.kafka_clients import (
-    AdminAnswer,
+    Answered,
     call_error,
     connect_admin,
     create_client,
@@ -28,29 +26,32 @@ from orderpipe.watchdog import UNTIMED_CALL_LIMIT_S, WATCHDOG, WATCHDOG_GRACE_S
 
 __all__ = ["KafkaStatsTail", "read_group_stats"]
 
-REQUEST_TIMEOUT_S = 30.0
+# The longest the loop waits for the stats topic's end; a timeout is asked again.
+END_TIMEOUT_S = 5.0
 CATCH_UP_TIMEOUT_S = 60.0
 
 
 class KafkaStatsTail:
-    """Reads the stats topic's one partition from the beginning, outside any group, read_committed."""
+    """Reads the stats topic's one partition from the beginning, outside any group, read_committed.
 
-    def __init__(self, settings: Settings, admin: AdminClient) -> None:
-        self._admin = admin
+    Its end (the high watermark, open transactions included) is asked of a second
+    client that reads nothing: a read_committed consumer is told the last stable
+    offset instead, and the admin client is for start-up only (kafka_edge).
+    """
+
+    def __init__(self, settings: Settings) -> None:
         self._tp = TopicPartition(settings.stats_topic, 0)
-        self._consumer = create_client(
-            Consumer,
-            {
-                **settings.kafka_client_config(),
-                # Required by the client, never joined: the reader is assigned, not subscribed.
-                "group.id": f"{settings.consumer_group}.stats-reader",
-                "enable.auto.commit": False,
-                "isolation.level": "read_committed",
-                # Never skip history: an offset out of range goes back to the start.
-                "auto.offset.reset": "earliest",
-            },
-        )
+        conf = {
+            **settings.kafka_client_config(),
+            # Required by the client, never joined: the reader is assigned, not subscribed.
+            "group.id": f"{settings.consumer_group}.stats-reader",
+            "enable.auto.commit": False,
+            # Never skip history: an offset out of range goes back to the start.
+            "auto.offset.reset": "earliest",
+        }
+        self._consumer = create_client(Consumer, {**conf, "isolation.level": "read_committed"})
         self._consumer.assign([TopicPartition(settings.stats_topic, 0, OFFSET_BEGINNING)])
+        self._ends = create_client(Consumer, {**conf, "isolation.level": "read_uncommitted"})
 
     def poll(self, max_records: int, timeout_s: float = 0.0) -> list[Incoming]:
         try:
@@ -67,16 +68,19 @@ class KafkaStatsTail:
                 raise FatalKafkaError(str(call_error(error, f"read {self._tp.topic}")))
         return records
 
-    def end_offset(self) -> AdminAnswer[Any, int]:
+    def end_offset(self) -> Answered[int]:
+        """Asked of the partition's leader, waiting at most END_TIMEOUT_S; a failure is in the answer."""
+        what = f"find the end of {self._tp.topic}"
         try:
-            futures = self._admin.list_offsets(
-                {self._tp: OffsetSpec.latest()},  # type: ignore[no-untyped-call]
-                isolation_level=IsolationLevel.READ_UNCOMMITTED,
-                request_timeout=REQUEST_TIMEOUT_S,
-            )
+            with WATCHDOG.guard(what, END_TIMEOUT_S + WATCHDOG_GRACE_S):
+                _, high = self._ends.get_watermark_offsets(self._tp, timeout=END_TIMEOUT_S, cached=False)
         except KafkaException as exc:
-            raise call_error(exc, f"find the end of {self._tp.topic}") from exc
-        return AdminAnswer(futures[self._tp], f"find the end of {self._tp.topic}", _end)
+            return Answered(error=call_error(exc, what))
+        if high < 0:
+            return Answered(
+                error=KafkaCallError(f"the broker gave no end offset ({high})", "_NO_OFFSET", retriable=True)
+            )
+        return Answered(int(high))
 
     def position(self) -> int:
         try:
@@ -86,10 +90,11 @@ class KafkaStatsTail:
 
     def close(self) -> None:
         try:
-            with WATCHDOG.guard(f"close the reader of {self._tp.topic}", UNTIMED_CALL_LIMIT_S):
+            with WATCHDOG.guard(f"close the readers of {self._tp.topic}", UNTIMED_CALL_LIMIT_S):
                 self._consumer.close()
+                self._ends.close()
         except KafkaException as exc:
-            raise call_error(exc, f"close the reader of {self._tp.topic}") from exc
+            raise call_error(exc, f"close the readers of {self._tp.topic}") from exc
 
 
 def _reached(catch_up: CatchUp, deadline: float) -> bool:
@@ -103,14 +108,6 @@ def _reached(catch_up: CatchUp, deadline: float) -> bool:
         return False
 
 
-def _end(info: Any) -> int:
-    """A ListOffsets answer's offset; a negative one (no answer for the partition) is to be asked for again."""
-    offset = int(info.offset)
-    if offset < 0:
-        raise KafkaCallError(f"the broker gave no end offset ({offset})", "_NO_OFFSET", retriable=True)
-    return offset
-
-
 def read_group_stats(settings: Settings) -> dict[TP, RunningAverage]:
     """Every input partition's committed state, read from the stats topic up to its end (the --stats view).
 
@@ -122,9 +119,10 @@ def read_group_stats(settings: Settings) -> dict[TP, RunningAverage]:
     admin = connect_admin(settings)
     require_grants(admin, settings, "stats")  # first: a topic it may not read looks absent
     counts = partition_counts(admin)
+    del admin  # start-up only: dropped before reading
     if settings.stats_topic not in counts:
         return {}
-    tail = KafkaStatsTail(settings, admin)
+    tail = KafkaStatsTail(settings)
     try:
         view = StatsView(tail, settings.stats_topic, stats_keys(settings, counts))
         catch_up = view.catch_up()

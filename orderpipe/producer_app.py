@@ -13,7 +13,6 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
-from confluent_kafka.admin import AdminClient
 
 from orderpipe.codec import CONFLUENT_MAGIC, OrderSchema, load_order_schema
 from orderpipe.console import Console, throughput_line
@@ -29,13 +28,14 @@ from orderpipe.kafka_clients import (
     producer_config,
     require_grants,
     statistics_config,
+    topic_configs,
 )
 from orderpipe.metrics import ProducerMetrics
 from orderpipe.metrics_http import serving
 from orderpipe.money import RunningAverage, format_cents
 from orderpipe.order import Order
 from orderpipe.registry import START_REGISTRY_HINT, connect_registry, registered_id, registry_login_problem
-from orderpipe.replicas import ReplicaWatch
+from orderpipe.replicas import ReplicaWatch, min_isr_of
 from orderpipe.settings import Settings
 from orderpipe.text import redact
 from orderpipe.wire import RAW, SINGLE_OBJECT, RawSchema, load_raw_schema
@@ -183,11 +183,20 @@ def run_producer(
             metrics = ProducerMetrics(Health(settings.bootstrap_servers, time.monotonic))
             url = stack.enter_context(serving(settings.metrics_port, metrics.registry, metrics.health))
             console.info(f"Metrics on {url}/metrics (health: /healthz)")
-        admin = connect_admin(settings)
-        require_grants(admin, settings, "producer")  # first: a topic it may not use looks absent
-        ensure_topics(admin, settings)
+        minimums = _set_up_topics(settings)
         encode = _encoder(settings, schema, stack)
-        return _publish(settings, options, console, stop, encode, admin=admin, metrics=metrics, schema=schema)
+        return _publish(settings, options, console, stop, encode, minimums=minimums, metrics=metrics, schema=schema)
+
+
+def _set_up_topics(settings: Settings) -> dict[str, int]:
+    """The start-up checks and topic creation, on an admin client dropped before anything is sent.
+
+    Returns the orders topic's min.insync.replicas, for the replica watch.
+    """
+    admin = connect_admin(settings)
+    require_grants(admin, settings, "producer")  # first: a topic it may not use looks absent
+    ensure_topics(admin, settings)
+    return min_isr_of(topic_configs(admin, [settings.orders_topic]), settings.min_isr)
 
 
 def _publish(
@@ -197,7 +206,7 @@ def _publish(
     stop: threading.Event,
     encode: OrderEncoder,
     *,
-    admin: AdminClient,
+    minimums: dict[str, int],
     metrics: ProducerMetrics | None,
     schema: OrderSchema | RawSchema,
 ) -> ProducerSummary:
@@ -222,14 +231,18 @@ def _publish(
         f"Producing to {settings.orders_topic} on {settings.bootstrap_servers} ({wire}); "
         f"rate {'unlimited' if options.rate == 0 else f'{options.rate:g}/s'}. Ctrl-C to stop."
     )
-    return _Publisher(settings, console, admin, metrics).run(factory, encode, options, stop)
+    return _Publisher(settings, console, minimums, metrics).run(factory, encode, options, stop)
 
 
 class _Publisher:
     """Produces the factory's records and counts their delivery reports."""
 
     def __init__(
-        self, settings: Settings, console: Console, admin: AdminClient, metrics: ProducerMetrics | None = None
+        self,
+        settings: Settings,
+        console: Console,
+        minimums: dict[str, int] | None = None,
+        metrics: ProducerMetrics | None = None,
     ) -> None:
         self._topic = settings.orders_topic
         self._console = console
@@ -243,10 +256,10 @@ class _Publisher:
                 **statistics_config(None if metrics is None else metrics.health.on_stats),
             },
         )
-        # The topic's own minimum comes with each answer where DescribeConfigs is allowed, else MIN_INSYNC_REPLICAS.
+        # The topic's minimum as read at start (where DescribeConfigs is allowed), else MIN_INSYNC_REPLICAS.
         self._replicas = ReplicaWatch(
-            lambda: in_sync_replicas(admin, [settings.orders_topic]),
-            {},
+            lambda: in_sync_replicas(self._producer, [settings.orders_topic]),
+            minimums or {},
             settings.min_isr,
             doing="the producer keeps its orders and waits",
             report=lambda line: log.warning("⚠ %s", line),

@@ -247,6 +247,10 @@ class _TwinProducer:
         assert self._transactional_id is not None
         self._epoch = self._cluster.transactions.init(self._transactional_id)
 
+    def renew_producer(self) -> None:
+        self._check("renew_producer")
+        self._epoch, self._transaction = 0, None  # a new producer, with no epoch until init_transactions
+
     def _live_transaction(self) -> Transaction:
         """The open transaction; fenced if a newer instance took the id, abortable if the broker ended it."""
         assert self._transactional_id is not None
@@ -328,6 +332,7 @@ class TwinEdge(_TwinProducer):
         self.last_poll = cluster.clock.now
         self.dead = False
         self.expired = False
+        self.set_up = False  # finish_setup was called
         # What the next poll reports; None: a rebalance began that revokes nothing here.
         self._events: list[Event | None] = []
         self._generation = 0  # the group generation this member is in
@@ -338,18 +343,27 @@ class TwinEdge(_TwinProducer):
         self.stats = _TwinStatsTail(cluster, self, (settings.stats_topic, 0))
 
     def partition_counts(self) -> dict[str, int]:
-        self._check("partition_counts")
+        self._setting_up("partition_counts")
         return {name: len(partitions) for name, partitions in self._cluster.logs.items()}
 
     def create_topics(self, specs: Sequence[TopicSpec]) -> None:
-        self._check("create_topics")
+        self._setting_up("create_topics")
         for spec in specs:
             self._cluster.create_topic(spec.name, spec.partitions, spec.config)
             self._cluster.replication[spec.name] = spec.replication_factor
 
     def replication_factors(self) -> dict[str, int]:
-        self._check("replication_factors")
+        self._setting_up("replication_factors")
         return {name: self._cluster.replication.get(name, 1) for name in self._cluster.logs}
+
+    def _setting_up(self, operation: str) -> None:
+        """A set-up call: only before `finish_setup`, as the confluent edge has its admin client only then."""
+        assert not self.set_up, f"{operation} after finish_setup: the admin client is for the start-up checks only"
+        self._check(operation)
+
+    def finish_setup(self) -> None:
+        self._check("finish_setup")
+        self.set_up = True
 
     def in_sync_replicas(self, topics: Sequence[str]) -> Later[InSync]:
         self._check("in_sync_replicas")
@@ -362,21 +376,16 @@ class TwinEdge(_TwinProducer):
                 for p in range(len(cluster.logs.get(topic, [])))
             }
             counts = {tp: cluster.in_sync.get(tp, count) for tp, count in replicas.items()}
-            minimums = {
-                topic: int(cluster.configs[topic]["min.insync.replicas"])
-                for topic in topics
-                if "min.insync.replicas" in cluster.configs.get(topic, {})
-            }
-            return InSync(counts, replicas, minimums)
+            return InSync(counts, replicas, {})  # metadata carries no minimums
 
         return Later(answer)
 
     def topic_configs(self, names: Sequence[str]) -> dict[str, dict[str, str]]:
-        self._check("topic_configs")
+        self._setting_up("topic_configs")
         return {name: dict(self._cluster.configs[name]) for name in names if name in self._cluster.configs}
 
     def permissions(self, topics: Sequence[str], group: str) -> dict[tuple[str, str], frozenset[str] | None]:
-        self._check("permissions")
+        self._setting_up("permissions")
         every = frozenset({"READ", "WRITE", "DESCRIBE", "DESCRIBE_CONFIGS"})
         keys = [("TOPIC", name) for name in topics] + [("GROUP", group)]
         return {
@@ -473,8 +482,8 @@ class TwinEdge(_TwinProducer):
 
         return Later(answer)
 
-    def lags(self) -> dict[TP, int] | None:
-        return {(t, p): len(self._cluster.logs[t][p]) - position for (t, p), position in self._positions.items()}
+    def watermarks(self) -> dict[TP, tuple[int, int]] | None:
+        return {(t, p): (0, len(self._cluster.logs[t][p])) for t, p in self._positions}
 
 
 class _TwinStatsTail:

@@ -174,16 +174,48 @@ def test_a_retriable_step_is_tried_again_while_the_loop_keeps_polling() -> None:
     assert_exact(cluster)
 
 
-def test_a_commit_whose_outcome_stays_unknown_stops_the_consumer_and_a_restart_settles_it() -> None:
+def test_a_commit_whose_outcome_stays_unknown_is_settled_by_a_new_producer_in_the_same_process() -> None:
     cluster = new_cluster()
-    cluster.transactions.timeout_s = 600  # longer than the commit is tried, so the restart finds it open
+    cluster.transactions.timeout_s = 600  # longer than the commit is tried: only the new producer ends it
     produce_orders(cluster, 30, seed=14)
-    cluster.faults.fail("commit_transaction", "retriable", times=1_000)  # more than 60 s of backoffs
-    with pytest.raises(FatalKafkaError, match=r"a restart with transactional id \S+ settles it"):
+    cluster.faults.fail("commit_transaction", "retriable", times=70)  # more than the 60 s retry window
+    twin = twin_consumer(cluster, seed=14)
+    summary = run(twin)
+    assert "a new producer with transactional id" in twin.log.getvalue()
+    assert cluster.faults.calls.count("renew_producer") == 1
+    assert cluster.faults.calls.count("init_transactions") == 2
+    assert summary.aborted == 1
+    assert cluster.transactions.open_count() == 0
+    assert_exact(cluster)
+
+
+def test_transactions_lost_again_and_again_stop_the_consumer_and_a_restart_settles_the_last() -> None:
+    cluster = new_cluster()
+    cluster.transactions.timeout_s = 10_000
+    produce_orders(cluster, 30, seed=14)
+    cluster.faults.fail("commit_transaction", "retriable", times=400)  # four 60 s retry windows and more
+    with pytest.raises(FatalKafkaError, match=r"3 lost transactions were recovered within 300s"):
         run(twin_consumer(cluster, seed=14))
+    assert cluster.faults.calls.count("renew_producer") == 3
     assert cluster.transactions.open_count() == 1
     cluster.faults.clear()
     run(twin_consumer(cluster, seed=14))
+    assert_exact(cluster)
+
+
+def test_a_fenced_producer_is_replaced_and_every_partition_restored_from_the_last_commit() -> None:
+    cluster = new_cluster()
+    produce_orders(cluster, 60, seed=21)
+    twin = twin_consumer(cluster, failure_rate=0.3, seed=21)
+    with twin.consumer.open() as loop:
+        turn_until(loop, lambda: twin.consumer.summary.processed >= 5)  # mid-run, with retries paused
+        # As the transaction coordinator does with a transaction that outlived its timeout.
+        cluster.faults.fail("commit_transaction", "fenced")
+        produce_orders(cluster, 20, seed=22)
+        while loop.turn():
+            pass
+    assert "was fenced" in twin.log.getvalue()
+    assert cluster.faults.calls.count("renew_producer") == 1
     assert_exact(cluster)
 
 
@@ -219,20 +251,36 @@ def test_five_aborted_batches_in_a_row_stop_the_consumer() -> None:
     assert_exact(cluster)
 
 
-def test_a_fenced_loop_stops_with_one_sentence_and_the_newer_one_finishes() -> None:
+def test_two_loops_with_one_transactional_id_fence_each_other_and_count_every_order_once() -> None:
     cluster = new_cluster()
     produce_orders(cluster, 40, seed=16)
-    old = twin_consumer(cluster, seed=16).consumer.open()
-    old_loop = old.__enter__()
-    turns(old_loop, 3)
+    old = twin_consumer(cluster, seed=16)
+    contexts = [old.consumer.open()]
+    loops = [contexts[0].__enter__()]
+    turns(loops[0], 3)
     newer = twin_consumer(cluster, seed=16)  # the same transactional id: a second process on one slot
-    with newer.consumer.open() as new_loop:
-        produce_orders(cluster, 20, seed=17)
-        with pytest.raises(FatalKafkaError, match="was fenced") as fenced:
-            turns(old_loop, 50, new_loop)
-        old.__exit__(FatalKafkaError, fenced.value, None)  # the fenced process exits, leaving the group
-        while new_loop.turn():
-            pass
+    contexts.append(newer.consumer.open())
+    loops.append(contexts[1].__enter__())
+    produce_orders(cluster, 20, seed=17)
+    # Each recovery fences the other: whichever reaches the recovery limit stops (and leaves the group).
+    stopped: list[int] = []
+    reasons: list[str] = []
+    while len(stopped) < 2:
+        for index, loop in enumerate(loops):
+            if index in stopped:
+                continue
+            try:
+                going = loop.turn()
+            except FatalKafkaError as exc:
+                reasons.append(str(exc))
+                contexts[index].__exit__(FatalKafkaError, exc, None)
+                stopped.append(index)
+                continue
+            if not going:
+                contexts[index].__exit__(None, None, None)
+                stopped.append(index)
+    assert "was fenced" in old.log.getvalue()
+    assert all("was fenced" in reason for reason in reasons), reasons
     assert_exact(cluster)
 
 
@@ -526,3 +574,46 @@ def test_a_stream_of_both_schema_versions_is_read_and_counted_exactly() -> None:
     assert "quantity must be from 1 to 1000, got 1001" in {
         str(d.error) for d in twin.decisions if isinstance(d, DeadLetter) and d.reason == "validation"
     }
+
+
+SET_UP_CALLS = {"permissions", "partition_counts", "create_topics", "topic_configs", "replication_factors"}
+
+
+def test_the_running_path_asks_no_set_up_question_through_rebalances_recoveries_and_replica_checks() -> None:
+    cluster = new_cluster()
+    cluster.transactions.timeout_s = 600
+    produce_orders(cluster, 60, seed=23)
+    twin = twin_consumer(cluster, failure_rate=0.2, seed=23)
+    with twin.consumer.open() as loop:
+        calls = cluster.faults.calls
+        running_from = calls.index("finish_setup")
+        turn_until(loop, lambda: twin.consumer.summary.processed >= 10)
+        cluster.rebalance(SETTINGS.consumer_group)
+        cluster.in_sync[(SETTINGS.stats_topic, 0)] = 0  # below min ISR: the replica watch asks
+        cluster.faults.fail("commit_transaction", "retriable", times=10)
+        turn_until(loop, lambda: "in_sync_replicas" in calls[running_from:])
+        cluster.in_sync.clear()
+        cluster.faults.fail("commit_transaction", "fenced")
+        while loop.turn():
+            pass
+    running = calls[running_from:]
+    assert {"committed", "in_sync_replicas", "renew_producer"} <= set(running)
+    assert not SET_UP_CALLS & set(running), [call for call in running if call in SET_UP_CALLS]
+    assert SET_UP_CALLS - {"create_topics"} <= set(calls[:running_from])
+    assert_exact(cluster)
+
+
+def test_lag_counts_the_records_waiting_on_paused_retry_partitions() -> None:
+    cluster = new_cluster()
+    produce_orders(cluster, 30, seed=24)
+    twin = twin_consumer(cluster, failure_rate=1.0, seed=24)  # every order retried, with backoffs of seconds
+    with twin.consumer.open() as loop:
+        waiting = turn_until(loop, lambda: loop._scheduler.paused)  # a retry partition paused, its record not due
+        lags = loop.lags()
+        assert lags is not None
+        for tp in waiting:
+            offset = loop._ownership.offset(tp)
+            assert offset is not None
+            end = len(cluster.logs[tp[0]][tp[1]])
+            assert lags[tp] == end - max(offset, 0) > 0, (tp, lags)
+        assert sum(lag for (topic, _), lag in lags.items() if topic == SETTINGS.retry_topic) > 0

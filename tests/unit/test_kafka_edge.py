@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
 from contextlib import contextmanager
 from types import SimpleNamespace
 from typing import Any, TypeVar
@@ -15,12 +14,12 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from orderpipe.edge import BEGINNING, Assigned, EdgeOptions, InSync, Outgoing, Pending, TopicSpec
 from orderpipe.errors import BrokerUnavailableError, ConfigError, DeliveryError, FatalKafkaError, KafkaCallError
 from orderpipe.kafka_clients import (
-    InSyncAnswer,
     call_error,
     connect_admin,
     create_client,
     create_topics,
     ensure_topics,
+    in_sync_replicas,
     incoming,
     partition_counts,
     topic_configs,
@@ -69,8 +68,23 @@ def read(edge: ConfluentEdge, count: int) -> list[Incoming]:
 
 @contextmanager
 def edge_of(settings: Settings, transactional_id: str | None = None) -> Iterator[ConfluentEdge]:
+    """An edge past its set-up: its running path's clients open, its admin client gone."""
     with open_kafka_edge(settings, EdgeOptions(transactional_id)) as edge:
+        edge.finish_setup()
         yield edge
+
+
+def test_the_admin_client_serves_the_set_up_only(mock_cluster: MockCluster) -> None:
+    settings = mock_cluster.settings()
+    with open_kafka_edge(settings, EdgeOptions()) as edge:
+        assert edge.partition_counts()[settings.orders_topic] == 4
+        edge.finish_setup()
+        for question in (edge.partition_counts, edge.replication_factors, lambda: edge.topic_configs(["x"])):
+            with pytest.raises(AssertionError, match="start-up checks only"):
+                question()
+        # The running path's questions are answered by the group consumer.
+        assert answer(edge.committed([(settings.orders_topic, 0)])) == {(settings.orders_topic, 0): None}
+        assert edge.in_sync_replicas([settings.orders_topic]).result().counts[(settings.orders_topic, 0)] >= 1
 
 
 def test_records_go_out_and_come_back_with_keys_headers_and_their_topic(mock_cluster: MockCluster) -> None:
@@ -101,7 +115,7 @@ def test_a_paused_partition_delivers_nothing_until_resumed_and_seek_reads_again(
         mock_cluster.produce(settings.orders_topic, 0, [f"v{n}".encode() for n in range(5)])
         edge.assign({tp: BEGINNING})
         assert [r.value for r in read(edge, 5)] == [b"v0", b"v1", b"v2", b"v3", b"v4"]
-        assert edge.lags() == {tp: 0}
+        assert edge.watermarks() == {tp: (0, 5)}
         edge.pause([tp])
         edge.seek({tp: 3})
         mock_cluster.produce(settings.orders_topic, 0, [b"v5"])
@@ -166,34 +180,39 @@ def test_topics_that_exist_are_counted_and_left_alone(mock_cluster: MockCluster)
     assert partition_counts(connect_admin(settings))[settings.dlq_topic] == 4
 
 
-def test_the_in_sync_replicas_of_every_partition_are_counted_from_describe_topics() -> None:
-    # librdkafka's mock cluster does not answer DescribeTopics: its futures are stood in for.
-    described: Future[Any] = Future()
-    described.set_result(
-        SimpleNamespace(
-            partitions=[
-                SimpleNamespace(id=0, isr=[1, 2], replicas=[1, 2, 3]),
-                SimpleNamespace(id=1, isr=[3], replicas=[1, 2, 3]),
-            ]
-        )
+def test_the_in_sync_replicas_of_every_partition_are_counted_from_a_clients_metadata() -> None:
+    class Client:
+        """list_topics with fixed answers (librdkafka's mock cluster keeps every replica in sync)."""
+
+        def __init__(self, answers: dict[str, Any]) -> None:
+            self.answers = answers
+
+        def list_topics(self, topic: str, timeout: float) -> Any:
+            found = self.answers[topic]
+            if isinstance(found, Exception):
+                raise found
+            return SimpleNamespace(topics={} if found is None else {topic: found})
+
+    orders = SimpleNamespace(
+        error=None,
+        partitions={
+            0: SimpleNamespace(id=0, isrs=[1, 2], replicas=[1, 2, 3]),
+            1: SimpleNamespace(id=1, isrs=[3], replicas=[1, 2, 3]),
+        },
     )
-    missing: Future[Any] = Future()
-    config: Future[Any] = Future()
-    answer_ = InSyncAnswer({"orders": described, "other": missing}, {"orders": config})
-    assert not answer_.done()
-    missing.set_exception(KafkaException(KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART)))
-    config.set_result({"min.insync.replicas": SimpleNamespace(value="3")})
-    assert answer_.done()
-    with pytest.raises(KafkaCallError, match="could not describe topic other"):
-        answer_.result()
-    assert InSyncAnswer({"orders": described}, {"orders": config}).result() == InSync(
-        {("orders", 0): 2, ("orders", 1): 1}, {("orders", 0): 3, ("orders", 1): 3}, {"orders": 3}
+    assert in_sync_replicas(Client({"orders": orders}), ["orders"]).result() == InSync(
+        {("orders", 0): 2, ("orders", 1): 1}, {("orders", 0): 3, ("orders", 1): 3}, {}
     )
-    denied: Future[Any] = Future()
-    denied.set_exception(KafkaException(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED)))
-    odd: Future[Any] = Future()
-    odd.set_result({"min.insync.replicas": SimpleNamespace(value="9" * 5000)})
-    assert InSyncAnswer({}, {"orders": denied, "other": odd}).result() == InSync({}, {}, {})
+    failing = KafkaException(KafkaError(KafkaError._TRANSPORT))
+    for answers, error in (
+        ({"orders": orders, "other": failing}, "could not read the metadata of other"),
+        ({"orders": None}, "no metadata for orders"),
+        ({"orders": SimpleNamespace(error=KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART))}, "no metadata for orders"),
+    ):
+        pending = in_sync_replicas(Client(answers), list(answers))
+        assert pending.done()
+        with pytest.raises(KafkaCallError, match=error):
+            pending.result()
 
 
 def test_a_subscription_reports_the_assignment_and_assigns_nothing_by_itself(mock_cluster: MockCluster) -> None:

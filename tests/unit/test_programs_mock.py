@@ -17,7 +17,6 @@ from orderpipe import producer_app, replicas
 from orderpipe.cli import LoadSettings, consumer_main, producer_main
 from orderpipe.console import QUIET, Console
 from orderpipe.edge import InSync
-from orderpipe.kafka_clients import connect_admin
 from orderpipe.settings import Settings, build_settings
 from tests.unit.mock_cluster import MockCluster
 
@@ -99,7 +98,7 @@ class Answered:
 
 def _publisher(mock_cluster: MockCluster, rounds: int, in_sync: int) -> producer_app._Publisher:
     settings = mock_cluster.settings()
-    publisher = producer_app._Publisher(settings, Console(QUIET), connect_admin(settings))
+    publisher = producer_app._Publisher(settings, Console(QUIET))
     publisher._producer = UnacknowledgedProducer(rounds)  # type: ignore[assignment]
     publisher._replicas = replicas.ReplicaWatch(
         lambda: Answered({(settings.orders_topic, 0): in_sync}),
