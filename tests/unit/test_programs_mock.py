@@ -10,6 +10,7 @@ import re
 import threading
 import time
 from collections.abc import Mapping
+from pathlib import Path
 
 import pytest
 
@@ -139,3 +140,19 @@ def test_after_a_stop_signal_the_final_flush_keeps_to_its_timeout_even_below_min
     stop = threading.Event()
     stop.set()
     assert _publisher(mock_cluster, rounds=10**9, in_sync=1)._flush(stop) == 3
+
+
+REFERENCE = str(Path(__file__).parents[1] / "data" / "reference-order.avsc")
+
+
+def test_the_wire_flags_write_and_read_bare_bodies(
+    mock_cluster: MockCluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    load = loader(mock_cluster.env())
+    raw = ["--wire-format", "raw", "--writer-schema", REFERENCE]
+    assert producer_main(load, ["--count", "12", "--rate", "0", "--seed", "6", *raw]) == 0
+    assert "bare Avro bodies, reference-order.avsc" in capsys.readouterr().out
+
+    assert consumer_main(load, ["--idle-exit", "1", *raw]) == 0
+    processed, _, dead_lettered, *_ = map(int, CONSUMED.findall(capsys.readouterr().out)[0])
+    assert (processed, dead_lettered) == (12, 0)
