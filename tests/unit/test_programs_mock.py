@@ -156,3 +156,11 @@ def test_the_wire_flags_write_and_read_bare_bodies(
     assert consumer_main(load, ["--idle-exit", "1", *raw]) == 0
     processed, _, dead_lettered, *_ = map(int, CONSUMED.findall(capsys.readouterr().out)[0])
     assert (processed, dead_lettered) == (12, 0)
+
+    # A consumer left at auto cannot recognise them: each is dead-lettered with a hint at raw.
+    assert consumer_main(load, ["--idle-exit", "1", "--group", "left-at-auto"]) == 0
+    out = capsys.readouterr().out
+    _, _, dead_lettered, deserialization, *_ = map(int, CONSUMED.findall(out)[0])
+    assert dead_lettered == deserialization == 12
+    hint = "if the producer writes bare Avro bodies, set AVRO_WIRE_FORMAT=raw and AVRO_WRITER_SCHEMA"
+    assert out.count(hint) == 12, out
