@@ -41,7 +41,7 @@ from orderpipe.kafka_stats import read_group_stats
 from orderpipe.money import RunningAverage
 from orderpipe.producer_app import ProducerOptions, run_producer
 from orderpipe.routing import REASONS
-from orderpipe.settings import ENV_NAMES, Settings
+from orderpipe.settings import ENV_NAMES, WIRE_FORMATS, Settings
 from orderpipe.text import ScrubbedStream, Scrubber
 from orderpipe.watchdog import WATCHDOG, WATCHDOG_GRACE_S, watching
 
@@ -100,6 +100,16 @@ def _common(parser: argparse.ArgumentParser) -> None:
         metavar="PORT",
         help="serve Prometheus /metrics and /healthz on PORT or HOST:PORT, 0 = any free port "
         "(METRICS_PORT; default: off)",
+    )
+    parser.add_argument(
+        "--wire-format",
+        metavar="F",
+        help=f"Avro wire format: {', '.join(WIRE_FORMATS[:-1])} or {WIRE_FORMATS[-1]} (AVRO_WIRE_FORMAT, default auto)",
+    )
+    parser.add_argument(
+        "--writer-schema",
+        metavar="FILE",
+        help="with --wire-format raw: the Avro schema file bare bodies are written with (AVRO_WRITER_SCHEMA)",
     )
     parser.add_argument("--seed", type=int, help="seed for reproducible runs")
     volume = parser.add_mutually_exclusive_group()
@@ -256,6 +266,8 @@ def _settings_overrides(args: argparse.Namespace) -> dict[str, str | None]:
         "SCHEMA_REGISTRY_URL": args.schema_registry_url,
         "CONSUMER_GROUP": getattr(args, "group", None),
         "METRICS_PORT": getattr(args, "metrics_port", None),
+        "AVRO_WIRE_FORMAT": getattr(args, "wire_format", None),
+        "AVRO_WRITER_SCHEMA": getattr(args, "writer_schema", None),
     }
     assert set(overrides) <= set(ENV_NAMES)
     return overrides

@@ -516,7 +516,12 @@ class OrderDecoder:
             if direct is not None and (order := direct(value, _CONFLUENT_HEADER)) is not None:
                 return order
             return self._read_body(value, _CONFLUENT_HEADER, writer)
-        raise DeserializationError(f"unknown wire format: first bytes {value[:2].hex()}")
+        # Neither header, and AVRO_WIRE_FORMAT is auto (raw and the framed formats were handled
+        # above): perhaps a bare Avro body, which is never guessed. Two bytes of the value at most.
+        raise DeserializationError(
+            f"unknown wire format: first bytes {value[:2].hex()}; if the producer writes bare Avro bodies, "
+            "set AVRO_WIRE_FORMAT=raw and AVRO_WRITER_SCHEMA"
+        )
 
     def _read_body(self, value: bytes, start: int, writer: Any) -> Order:
         """The order in `value[start:]` by fastavro, `writer` resolved to the reader schema."""

@@ -102,7 +102,7 @@ class Settings:
     registry_auto_register: bool = field(default=True, metadata={"env": "SCHEMA_REGISTRY_AUTO_REGISTER"})
     # Where /metrics and /healthz are served, as (host, port); None: not served (orderpipe.metrics_http).
     metrics_port: tuple[str, int] | None = field(default=None, metadata={"env": "METRICS_PORT"})
-    # auto, confluent, single-object or raw (orderpipe.wire); raw needs the writer schema's file.
+    # auto, confluent, single-object or raw (orderpipe.wire); raw and the writer schema's file go together.
     avro_wire_format: str = field(default=AUTO, metadata={"env": "AVRO_WIRE_FORMAT"})
     avro_writer_schema: str = field(default="", metadata={"env": "AVRO_WRITER_SCHEMA"})
     # The environment variable names given (not defaults): a given setting wins over the properties file.
@@ -426,6 +426,15 @@ def build_settings(raw: Mapping[str, str], client_properties: str | None = None)
         )
     if settings.avro_wire_format == RAW and not settings.avro_writer_schema:
         problems.append("AVRO_WIRE_FORMAT=raw needs AVRO_WRITER_SCHEMA: the schema file bare bodies are written with")
+    # Without raw a writer schema would be ignored, and every bare body dead-lettered as an
+    # unknown wire format. A bad AVRO_WIRE_FORMAT is named above already, not again here.
+    wire_format_ok = "AVRO_WIRE_FORMAT" not in raw or "avro_wire_format" in values
+    if settings.avro_writer_schema and settings.avro_wire_format != RAW and wire_format_ok:
+        problems.append(
+            f"AVRO_WRITER_SCHEMA needs AVRO_WIRE_FORMAT=raw, got AVRO_WIRE_FORMAT={settings.avro_wire_format}: "
+            "only bare bodies are read and written with it (set AVRO_WIRE_FORMAT=raw, "
+            "or leave AVRO_WRITER_SCHEMA empty)"
+        )
     if settings.avro_wire_format == CONFLUENT and not settings.schema_registry_url:
         problems.append(
             "AVRO_WIRE_FORMAT=confluent needs SCHEMA_REGISTRY_URL: that format names a registry's schema id"

@@ -98,13 +98,19 @@ def stats_keys(settings: Settings, existing: Mapping[str, int]) -> StatsKeys:
 
 
 def missing_sentence(missing: Sequence[TopicSpec]) -> str:
-    """Why the programs stop when topics are missing and they may not create them."""
-    names = ", ".join(spec.name for spec in missing)
+    """Why the programs stop when topics are missing and they may not create them.
+
+    One topic is "topic a"; several are "topics a, b and c", and the sentence is plural throughout.
+    """
+    names = [spec.name for spec in missing]
+    plural = len(names) > 1
+    topics = f"topics {', '.join(names[:-1])} and {names[-1]}" if plural else f"topic {names[0]}"
+    exist, they, them = ("do not exist", "they", "them") if plural else ("does not exist", "it", "it")
     return (
-        f"topic {names} does not exist, or this principal may not see it (any permission on a topic lets it see "
-        f"the topic), and it may not be created here (CREATE_TOPICS is false, or the principal lacks CREATE on it): "
-        f"create it with the partitions and settings the README's Topics section gives, or grant the permissions "
-        f"'scripts/acls.sh print' lists"
+        f"{topics} {exist}, or this principal may not see {them} (any permission on a topic lets it see "
+        f"the topic), and {they} may not be created here (CREATE_TOPICS is false, or the principal lacks CREATE on "
+        f"{them}): create {them} with the partitions and settings the README's Topics section gives, or grant the "
+        f"permissions 'scripts/acls.sh print' lists"
     )
 
 

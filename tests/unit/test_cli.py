@@ -1,5 +1,8 @@
 """Command-line handling that needs no broker: bad flags and settings exit 2, by name."""
 
+from collections.abc import Callable
+from pathlib import Path
+
 import pytest
 
 import consumer
@@ -49,5 +52,47 @@ def test_help_documents_every_contract_flag(main, capsys) -> None:
         if main is producer.main
         else ["--failure-rate", "--idle-exit", "--group"]
     )
-    for flag in [*flags, "--seed", "--quiet", "--verbose"]:
+    for flag in [*flags, "--seed", "--quiet", "--verbose", "--wire-format", "--writer-schema"]:
         assert flag in text
+    assert "(AVRO_WIRE_FORMAT, default auto)" in text
+    assert "(AVRO_WRITER_SCHEMA)" in text
+
+
+@pytest.fixture
+def nowhere(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """A directory with no developer's .env, and a broker address that would take seconds if anything connected."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("AVRO_WIRE_FORMAT", "AVRO_WRITER_SCHEMA"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:1")
+    return tmp_path
+
+
+def _args(main: Callable[[list[str]], int], *flags: str) -> list[str]:
+    return [*flags, "--count", "1"] if main is producer.main else [*flags, "--idle-exit", "1"]
+
+
+@pytest.mark.parametrize("main", [producer.main, consumer.main])
+def test_a_bad_wire_format_flag_is_named_by_its_setting_before_connecting(main, nowhere, capsys) -> None:
+    assert main(_args(main, "--wire-format", "bare")) == 2
+    err = capsys.readouterr().err
+    assert err == "error: AVRO_WIRE_FORMAT must be one of auto, confluent, single-object, raw, got 'bare'\n"
+
+
+@pytest.mark.parametrize("main", [producer.main, consumer.main])
+def test_a_writer_schema_flag_without_raw_is_refused_naming_both_settings(main, nowhere, capsys) -> None:
+    assert main(_args(main, "--writer-schema", "reference-order.avsc")) == 2
+    assert "error: AVRO_WRITER_SCHEMA needs AVRO_WIRE_FORMAT=raw, got AVRO_WIRE_FORMAT=auto" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("main", [producer.main, consumer.main])
+def test_the_wire_flags_beat_the_environment_which_beats_dotenv(main, nowhere, monkeypatch, capsys) -> None:
+    (nowhere / ".env").write_text("AVRO_WIRE_FORMAT=confluent\nAVRO_WRITER_SCHEMA=from-dotenv.avsc\n")
+    monkeypatch.setenv("AVRO_WIRE_FORMAT", "single-object")
+    # The environment's single-object over .env's confluent, and .env's writer schema: refused together.
+    assert main(_args(main)) == 2
+    assert "got AVRO_WIRE_FORMAT=single-object" in capsys.readouterr().err
+    # The flags over both: raw with the flag's writer schema, read (and found missing) before connecting.
+    assert main(_args(main, "--wire-format", "RAW", "--writer-schema", "from-flag.avsc")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: AVRO_WRITER_SCHEMA (from-flag.avsc) cannot be read"), err

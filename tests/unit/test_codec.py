@@ -292,6 +292,32 @@ def test_undecodable_bytes_raise_a_deserialization_error(value: bytes) -> None:
         OrderDecoder(SCHEMA, _unknown_id).decode(value)
 
 
+BARE_HINT = "if the producer writes bare Avro bodies, set AVRO_WIRE_FORMAT=raw and AVRO_WRITER_SCHEMA"
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        (b"\xde\xad\xbe\xef not avro", "dead"),
+        (b"\x0eO-7Q2M" + b"\x10Keyboard" + struct.pack("<d", 45.5), "0e4f"),  # a bare body, price a double
+        (b"\xc3\x02" + SCHEMA.encode_single_object(ORDER)[2:], "c302"),  # the single-object marker's first byte only
+        (b"\xc3", "c3"),
+        (b"\x7f" * 100_000, "7f7f"),
+    ],
+)
+def test_an_unknown_wire_format_hints_at_raw_with_two_bytes_of_the_value(value: bytes, shown: str) -> None:
+    with pytest.raises(DeserializationError) as caught:
+        OrderDecoder(SCHEMA).decode(value)
+    assert str(caught.value) == f"unknown wire format: first bytes {shown}; {BARE_HINT}"
+    assert len(str(caught.value).encode()) < 200, "well inside the 1 KiB of an error.message header"
+
+
+@pytest.mark.parametrize("wire_format", ["confluent", "single-object"])
+def test_a_framed_format_asked_for_names_itself_not_raw(wire_format: str) -> None:
+    with pytest.raises(DeserializationError, match=r"as AVRO_WIRE_FORMAT asks: first bytes dead$"):
+        OrderDecoder(SCHEMA, _unknown_id, wire_format=wire_format).decode(b"\xde\xad\xbe\xef")
+
+
 def test_confluent_records_without_a_registry_name_the_missing_setting() -> None:
     with pytest.raises(DeserializationError, match="SCHEMA_REGISTRY_URL"):
         OrderDecoder(SCHEMA).decode(confluent(1, SCHEMA.encode_body(ORDER)))

@@ -233,6 +233,20 @@ def test_settings_that_only_work_together_are_named(environ: dict[str, str], pro
     assert "s3cret" not in str(caught.value)
 
 
+def test_a_writer_schema_in_dotenv_without_raw_is_refused_and_a_flag_can_complete_it(tmp_path: Path) -> None:
+    dotenv = tmp_path / ".env"
+    dotenv.write_text("AVRO_WRITER_SCHEMA=reference-order.avsc\n")
+    with pytest.raises(ConfigError, match="AVRO_WRITER_SCHEMA needs AVRO_WIRE_FORMAT=raw, got AVRO_WIRE_FORMAT=auto"):
+        load_settings(environ={}, env_file=dotenv)
+    settings = load_settings(overrides={"AVRO_WIRE_FORMAT": "raw"}, environ={}, env_file=dotenv)
+    assert (settings.avro_wire_format, settings.avro_writer_schema) == ("raw", "reference-order.avsc")
+
+
+def test_the_example_env_file_loads_as_it_is() -> None:
+    settings = load_settings(environ={}, env_file=Path(__file__).parents[2] / ".env.example")
+    assert (settings.avro_wire_format, settings.avro_writer_schema) == ("auto", "")
+
+
 def test_min_insync_replicas_follows_the_replication_factor_unless_given() -> None:
     assert build_settings({}).min_isr == 1
     assert build_settings({"REPLICATION_FACTOR": "3"}).min_isr == 2

@@ -23,7 +23,7 @@ from orderpipe.routing import BatchPlan, DeadLetter, Deferred, Incoming, Process
 from orderpipe.settings import Settings
 from orderpipe.stats import Latest, StatsKeys, StatsTable
 from orderpipe.stats_view import CatchUp, StatsView
-from orderpipe.topics import STATS_TOPIC_CONFIG, missing_topics, weak_topics
+from orderpipe.topics import STATS_TOPIC_CONFIG, missing_sentence, missing_topics, weak_topics
 from orderpipe.twin_parts import VirtualClock
 
 TOPICS = OutputTopics("orders-retry", "orders-dlq", "orders-stats", "g")
@@ -123,6 +123,38 @@ def test_missing_topics_keep_the_partition_count_orders_really_has() -> None:
         TopicSpec("orders-stats", 1, 1, {**STATS_TOPIC_CONFIG, "min.insync.replicas": "1"}),
     ]
     assert [spec.partitions for spec in missing_topics(settings, {})] == [3, 3, 3, 1]
+
+
+def _specs(*names: str) -> list[TopicSpec]:
+    return [TopicSpec(name, 3, 1, {}) for name in names]
+
+
+def test_a_missing_topic_is_named_with_what_to_do_in_the_singular() -> None:
+    assert missing_sentence(_specs("orders")) == (
+        "topic orders does not exist, or this principal may not see it (any permission on a topic lets it see the "
+        "topic), and it may not be created here (CREATE_TOPICS is false, or the principal lacks CREATE on it): "
+        "create it with the partitions and settings the README's Topics section gives, or grant the permissions "
+        "'scripts/acls.sh print' lists"
+    )
+
+
+@pytest.mark.parametrize(
+    ("names", "listed"),
+    [
+        (("orders", "orders-dlq"), "topics orders and orders-dlq"),
+        (
+            ("orders", "orders-retry", "orders-dlq", "orders-stats"),
+            "topics orders, orders-retry, orders-dlq and orders-stats",
+        ),
+    ],
+)
+def test_several_missing_topics_are_named_in_the_plural(names: tuple[str, ...], listed: str) -> None:
+    assert missing_sentence(_specs(*names)) == (
+        f"{listed} do not exist, or this principal may not see them (any permission on a topic lets it see the "
+        "topic), and they may not be created here (CREATE_TOPICS is false, or the principal lacks CREATE on them): "
+        "create them with the partitions and settings the README's Topics section gives, or grant the permissions "
+        "'scripts/acls.sh print' lists"
+    )
 
 
 def stats_record(offset: int, key: bytes, value: bytes | None) -> Incoming:

@@ -255,6 +255,10 @@ def test_missing_topics_are_named_when_the_consumer_may_not_create_them() -> Non
     with pytest.raises(ConfigError, match=f"topic {settings.dlq_topic} does not exist, or this principal may not"):
         run(twin_consumer(cluster, settings=settings))
     assert settings.dlq_topic not in cluster.logs, "nothing was created"
+    del cluster.logs[settings.retry_topic]
+    names = f"topics {settings.retry_topic} and {settings.dlq_topic}"
+    with pytest.raises(ConfigError, match=f"{names} do not exist, or this principal may not see them"):
+        run(twin_consumer(cluster, settings=settings))
 
 
 V1 = load_order_schema(1)

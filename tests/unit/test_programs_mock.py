@@ -10,6 +10,7 @@ import re
 import threading
 import time
 from collections.abc import Mapping
+from pathlib import Path
 
 import pytest
 
@@ -138,3 +139,27 @@ def test_after_a_stop_signal_the_final_flush_keeps_to_its_timeout_even_below_min
     stop = threading.Event()
     stop.set()
     assert _publisher(mock_cluster, rounds=10**9, in_sync=1)._flush(stop) == 3
+
+
+REFERENCE = str(Path(__file__).parents[1] / "data" / "reference-order.avsc")
+
+
+def test_the_wire_flags_write_and_read_bare_bodies(
+    mock_cluster: MockCluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    load = loader(mock_cluster.env())
+    raw = ["--wire-format", "raw", "--writer-schema", REFERENCE]
+    assert producer_main(load, ["--count", "12", "--rate", "0", "--seed", "6", *raw]) == 0
+    assert "bare Avro bodies, reference-order.avsc" in capsys.readouterr().out
+
+    assert consumer_main(load, ["--idle-exit", "1", *raw]) == 0
+    processed, _, dead_lettered, *_ = map(int, CONSUMED.findall(capsys.readouterr().out)[0])
+    assert (processed, dead_lettered) == (12, 0)
+
+    # A consumer left at auto cannot recognise them: each is dead-lettered with a hint at raw.
+    assert consumer_main(load, ["--idle-exit", "1", "--group", "left-at-auto"]) == 0
+    out = capsys.readouterr().out
+    _, _, dead_lettered, deserialization, *_ = map(int, CONSUMED.findall(out)[0])
+    assert dead_lettered == deserialization == 12
+    hint = "if the producer writes bare Avro bodies, set AVRO_WIRE_FORMAT=raw and AVRO_WRITER_SCHEMA"
+    assert out.count(hint) == 12, out

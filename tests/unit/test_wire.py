@@ -140,6 +140,31 @@ def test_the_settings_name_what_each_format_needs() -> None:
     assert build_settings({"AVRO_WIRE_FORMAT": "Single-Object"}).avro_wire_format == "single-object"
 
 
+@pytest.mark.parametrize(
+    ("raw", "got"),
+    [
+        ({"AVRO_WRITER_SCHEMA": "reference-order.avsc"}, "auto"),
+        ({"AVRO_WRITER_SCHEMA": "reference-order.avsc", "AVRO_WIRE_FORMAT": "single-object"}, "single-object"),
+    ],
+)
+def test_a_writer_schema_without_raw_is_refused_naming_both_settings(raw: dict[str, str], got: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        build_settings(raw)
+    assert str(refused.value) == (
+        f"AVRO_WRITER_SCHEMA needs AVRO_WIRE_FORMAT=raw, got AVRO_WIRE_FORMAT={got}: only bare bodies are read and "
+        "written with it (set AVRO_WIRE_FORMAT=raw, or leave AVRO_WRITER_SCHEMA empty)"
+    )
+    assert refused.value.exit_code == 2
+
+
+def test_an_empty_writer_schema_needs_no_raw_and_a_bad_format_is_named_once() -> None:
+    assert build_settings({"AVRO_WRITER_SCHEMA": " "}).avro_writer_schema == ""
+    assert build_settings({"AVRO_WRITER_SCHEMA": "w.avsc", "AVRO_WIRE_FORMAT": "RAW"}).avro_wire_format == "raw"
+    with pytest.raises(ConfigError) as refused:
+        build_settings({"AVRO_WRITER_SCHEMA": "w.avsc", "AVRO_WIRE_FORMAT": "bare"})
+    assert str(refused.value) == "AVRO_WIRE_FORMAT must be one of auto, confluent, single-object, raw, got 'bare'"
+
+
 def test_a_framed_format_asked_for_is_the_only_one_read(tmp_path: Path) -> None:
     schema = load_order_schema()
     single = schema.encode_single_object(Order("O-3", "Lamp", 2.0))
