@@ -324,9 +324,12 @@ def replication_factors(admin: AdminClient, timeout_s: float = TOPIC_TIMEOUT_S) 
 
 
 def topic_configs(
-    admin: AdminClient, names: Sequence[str], timeout_s: float = TOPIC_TIMEOUT_S
+    admin: AdminClient, names: Sequence[str], timeout_s: float = TOPIC_TIMEOUT_S, *, warn_denied: bool = True
 ) -> dict[str, dict[str, str]]:
-    """Each named topic's configuration, defaults included (the ones that do not exist are left out)."""
+    """Each named topic's configuration, defaults included (the ones that do not exist are left out).
+
+    One this principal may not read is left out too, with a warning unless `warn_denied` is false.
+    """
     resources = [ConfigResource(ResourceType.TOPIC, name) for name in names]
     configs: dict[str, dict[str, str]] = {}
     if not resources:
@@ -343,7 +346,8 @@ def topic_configs(
             if error.code == "UNKNOWN_TOPIC_OR_PART":
                 continue
             if error.code in AUTHORIZATION_CODES:
-                log.warning("⚠ %s (DescribeConfigs is not allowed); its configuration is not checked", error)
+                if warn_denied:
+                    log.warning("⚠ %s (DescribeConfigs is not allowed); its configuration is not checked", error)
                 continue
             raise BrokerUnavailableError(str(error)) from exc
         configs[resource.name] = {name: entry.value or "" for name, entry in entries.items()}

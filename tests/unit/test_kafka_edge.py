@@ -172,7 +172,7 @@ def read_stats(edge: ConfluentEdge, count: int) -> list[Incoming]:
 
 def test_topics_that_exist_are_counted_and_left_alone(mock_cluster: MockCluster) -> None:
     settings = mock_cluster.settings()
-    with edge_of(settings) as edge:
+    with open_kafka_edge(settings, EdgeOptions()) as edge:
         counts = edge.partition_counts()
         edge.create_topics([])
     assert counts[settings.orders_topic] == counts[settings.stats_topic] == 4
