@@ -153,6 +153,25 @@ def test_a_transaction_shows_its_records_only_once_committed(mock_cluster: MockC
         assert tp[0] == settings.dlq_topic
 
 
+def test_a_renewed_producer_registers_the_same_id_and_the_old_transaction_never_shows(
+    mock_cluster: MockCluster,
+) -> None:
+    settings = mock_cluster.settings()
+    with edge_of(settings, f"{settings.consumer_group}.mock.renew") as edge:
+        edge.init_transactions()
+        edge.begin_transaction()
+        edge.produce([Outgoing(settings.dlq_topic, b"K", b"lost")])
+        edge.renew_producer()
+        edge.init_transactions()
+        edge.begin_transaction()
+        edge.produce([Outgoing(settings.dlq_topic, b"K", b"kept")])
+        edge.commit_transaction()
+        partition = next(p for p in range(4) if mock_cluster.end(settings.dlq_topic, p) > 0)
+        edge.assign({(settings.dlq_topic, partition): BEGINNING})
+        assert [r.value for r in read(edge, 1)] == [b"kept"]
+        assert all(not edge.poll(100, 0.05).records for _ in range(3))
+
+
 def test_the_stats_tail_reads_the_stats_topic_to_its_end(mock_cluster: MockCluster) -> None:
     settings = mock_cluster.settings()
     values = [encode_stats(RunningAverage(2, 300), 5), encode_stats(RunningAverage(3, 700), 9)]
