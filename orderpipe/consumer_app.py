@@ -40,7 +40,15 @@ from orderpipe.settings import Settings
 from orderpipe.stats import StatsKeys
 from orderpipe.stats_view import StatsView
 from orderpipe.text import Scrubber, printable, redact
-from orderpipe.topics import largest_record, missing_sentence, missing_topics, stats_keys, topic_problems, weak_topics
+from orderpipe.topics import (
+    largest_record,
+    missing_sentence,
+    missing_topics,
+    partition_warning,
+    stats_keys,
+    topic_problems,
+    weak_topics,
+)
 from orderpipe.watchdog import WATCHDOG
 from orderpipe.wire import CONFLUENT, RAW, SINGLE_OBJECT, order_decoder, raw_reader
 
@@ -238,6 +246,8 @@ class OrderConsumer:
             replication = {**edge.replication_factors(), **{s.name: s.replication_factor for s in missing}}
             for warning in weak_topics(settings, replication, configs):
                 log.warning("⚠ %s", warning)
+            if (partitions := partition_warning(settings, counts)) is not None:
+                log.warning("⚠ %s", partitions)
             edge.finish_setup()  # the admin client's work is done: no admin request runs on the running path
             lookup = None
             if settings.schema_registry_url:

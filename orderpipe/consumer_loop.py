@@ -150,15 +150,24 @@ class ConsumerLoop:
         return True
 
     def lags(self) -> dict[TP, int] | None:
-        """Each owned partition's records not yet processed: from its last commit to its end, paused ones too."""
+        """Each owned partition's records not yet processed, paused ones included.
+
+        A partition being read counts from the consumer's position (past the
+        transaction markers that follow the records it processed); a paused one, whose
+        position a seek back does not move, from its last commit to its end, as
+        kafka-consumer-groups.sh counts.
+        """
         marks = self._edge.watermarks()
         if marks is None:
             return None
+        paused = self._scheduler.paused.keys()
         lags = {}
-        for tp, (first, end) in marks.items():
+        for tp, (first, end, read) in marks.items():
             offset = self._ownership.offset(tp)
-            if offset is not None:  # owned (a partition being restored has no commit to count from yet)
-                lags[tp] = max(end - max(offset, first), 0)
+            if offset is None:  # not owned yet: being restored
+                continue
+            start = offset if tp in paused else max(offset, read)
+            lags[tp] = max(end - max(start, first), 0)
         return lags
 
     def _watch_replicas(self) -> None:

@@ -37,6 +37,7 @@ __all__ = [
     "Event",
     "InSync",
     "KafkaEdge",
+    "Marks",
     "Outgoing",
     "Pending",
     "Polled",
@@ -117,6 +118,21 @@ class InSync(NamedTuple):
     minimums: dict[str, int]
 
 
+class Marks(NamedTuple):
+    """Where a partition stands.
+
+    Attributes:
+        first: its first offset (the log start).
+        end: the offset its next record will take (the high watermark).
+        read: the consumer's position in it: past the records handed over, and past
+            transaction markers that follow them (not moved by a seek while paused).
+    """
+
+    first: int
+    end: int
+    read: int
+
+
 class Pending(Protocol[T_co]):
     """An answer that is on its way: the loop checks `done` while it keeps polling."""
 
@@ -194,8 +210,8 @@ class KafkaEdge(Protocol):
         """The group's stable committed offsets (None: nothing committed)."""
         ...
 
-    def watermarks(self) -> dict[TP, tuple[int, int]] | None:
-        """Each assigned partition's first and next offset as last fetched, where known; None when it cannot say."""
+    def watermarks(self) -> dict[TP, Marks] | None:
+        """Each assigned partition's offsets as last fetched, where known; None when the client cannot say."""
         ...
 
     # ... the producer: transactions (exactly-once) ...

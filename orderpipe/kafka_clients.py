@@ -29,7 +29,7 @@ from orderpipe.health import STATS_INTERVAL_MS
 from orderpipe.login import Credentials, LoginWatch
 from orderpipe.routing import UNREADABLE_HEADERS, Incoming
 from orderpipe.settings import Settings
-from orderpipe.topics import PRODUCER_MESSAGE_MAX_BYTES, missing_sentence, missing_topics
+from orderpipe.topics import PRODUCER_MESSAGE_MAX_BYTES, missing_sentence, missing_topics, partition_warning
 from orderpipe.watchdog import WATCHDOG, WATCHDOG_GRACE_S
 
 __all__ = [
@@ -443,7 +443,10 @@ def ensure_topics(admin: AdminClient, settings: Settings) -> None:
     Raises:
         ConfigError: the orders topic is missing and may not be created.
     """
-    missing = missing_topics(settings, partition_counts(admin))
+    counts = partition_counts(admin)
+    if (warning := partition_warning(settings, counts)) is not None:
+        log.warning("⚠ %s", warning)
+    missing = missing_topics(settings, counts)
     needed = [spec for spec in missing if spec.name == settings.orders_topic]
     if not settings.create_topics:
         if needed:

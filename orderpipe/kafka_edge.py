@@ -34,7 +34,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 from confluent_kafka.admin import AdminClient
 
 from orderpipe.acls import AUTHORIZATION_CODES, denied_sentence
-from orderpipe.edge import TP, Assigned, EdgeOptions, Event, InSync, Outgoing, Polled, Revoked, TopicSpec
+from orderpipe.edge import TP, Assigned, EdgeOptions, Event, InSync, Marks, Outgoing, Polled, Revoked, TopicSpec
 from orderpipe.errors import ConfigError, DeliveryError, FatalKafkaError
 from orderpipe.kafka_clients import (
     CONSUMER_FETCH_SETTINGS,
@@ -401,13 +401,13 @@ class ConfluentEdge(_ConfluentProducer):
             offsets[(tp.topic, tp.partition)] = tp.offset if tp.offset >= 0 else None
         return Answered(offsets)
 
-    def watermarks(self) -> dict[TP, tuple[int, int]] | None:
+    def watermarks(self) -> dict[TP, Marks] | None:
         marks = {}
         try:
-            for tp in self._consumer.assignment():
-                low, high = self._consumer.get_watermark_offsets(tp, cached=True)
-                if high >= 0:
-                    marks[(tp.topic, tp.partition)] = (max(low, 0), high)
+            for tp in self._consumer.position(self._consumer.assignment()):
+                first, end = self._consumer.get_watermark_offsets(tp, cached=True)
+                if end >= 0:
+                    marks[(tp.topic, tp.partition)] = Marks(max(first, 0), end, tp.offset)
         except KafkaException:
             return None
         return marks

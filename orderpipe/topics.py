@@ -32,6 +32,7 @@ __all__ = [
     "ledger_spec",
     "missing_sentence",
     "missing_topics",
+    "partition_warning",
     "stats_keys",
     "topic_problems",
     "weak_topics",
@@ -54,6 +55,25 @@ def missing_topics(settings: Settings, existing: Mapping[str, int]) -> list[Topi
     ]
     wanted.append(TopicSpec(settings.stats_topic, 1, settings.replication_factor, {**STATS_TOPIC_CONFIG, **durability}))
     return [spec for spec in wanted if spec.name not in existing]
+
+
+def partition_warning(settings: Settings, existing: Mapping[str, int]) -> str | None:
+    """A warning when the orders topic exists with another partition count than ORDERS_PARTITIONS.
+
+    Not an error: the pipeline follows the topic (its retry and DLQ topics are created
+    with the same count), and a topic made by hand may have its count on purpose. But a
+    broker that creates topics on first use (`auto.create.topics.enable`, Kafka's
+    default) gives them `num.partitions`, 1 by default, when any client names one first.
+    """
+    count = existing.get(settings.orders_topic)
+    if count is None or count == settings.orders_partitions:
+        return None
+    return (
+        f"topic {settings.orders_topic} has {count} partition{'s' if count != 1 else ''}, not ORDERS_PARTITIONS="
+        f"{settings.orders_partitions} (another client may have had the broker create it with its default "
+        f"num.partitions); the pipeline uses {count}: to have {settings.orders_partitions}, delete it while it is "
+        f"empty, or add partitions to it and to {settings.retry_topic} and {settings.dlq_topic} together"
+    )
 
 
 def ledger_spec(settings: Settings, name: str) -> TopicSpec:

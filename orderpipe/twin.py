@@ -22,7 +22,19 @@ import zlib
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
-from orderpipe.edge import BEGINNING, TP, Assigned, EdgeOptions, Event, InSync, Outgoing, Polled, Revoked, TopicSpec
+from orderpipe.edge import (
+    BEGINNING,
+    TP,
+    Assigned,
+    EdgeOptions,
+    Event,
+    InSync,
+    Marks,
+    Outgoing,
+    Polled,
+    Revoked,
+    TopicSpec,
+)
 from orderpipe.errors import DeliveryError, FatalKafkaError, KafkaCallError
 from orderpipe.routing import UNREADABLE_HEADERS, Headers, Incoming, record_bytes
 from orderpipe.settings import Settings
@@ -482,8 +494,8 @@ class TwinEdge(_TwinProducer):
 
         return Later(answer)
 
-    def watermarks(self) -> dict[TP, tuple[int, int]] | None:
-        return {(t, p): (0, len(self._cluster.logs[t][p])) for t, p in self._positions}
+    def watermarks(self) -> dict[TP, Marks] | None:
+        return {(t, p): Marks(0, len(self._cluster.logs[t][p]), read) for (t, p), read in self._positions.items()}
 
 
 class _TwinStatsTail:

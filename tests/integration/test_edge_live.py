@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import pytest
 
 from orderpipe.edge import BEGINNING, EdgeOptions, KafkaEdge, Outgoing
 from orderpipe.errors import KafkaCallError
 from orderpipe.kafka_clients import connect_admin, ensure_topics
-from orderpipe.kafka_edge import open_kafka_edge
+from orderpipe.kafka_edge import ConfluentEdge, open_kafka_edge
+from orderpipe.settings import Settings
 from tests.integration.helpers import Pipeline, wait_for
+
+
+@contextmanager
+def running_edge(settings: Settings, options: EdgeOptions) -> Iterator[ConfluentEdge]:
+    """An edge past its set-up, as the consumer runs it."""
+    with open_kafka_edge(settings, options) as edge:
+        edge.finish_setup()
+        yield edge
 
 
 def one_transaction(edge: KafkaEdge, topic: str) -> None:
@@ -21,9 +33,9 @@ def test_a_producer_fenced_by_a_newer_instance_gets_a_fatal_error(pipeline: Pipe
     settings = pipeline.settings
     ensure_topics(connect_admin(settings), settings)
     transactional_id = f"{settings.consumer_group}.fencing"
-    with open_kafka_edge(settings, EdgeOptions(transactional_id)) as old:
+    with running_edge(settings, EdgeOptions(transactional_id)) as old:
         old.init_transactions()
-        with open_kafka_edge(settings, EdgeOptions(transactional_id)) as newer:
+        with running_edge(settings, EdgeOptions(transactional_id)) as newer:
             newer.init_transactions()
             with pytest.raises(KafkaCallError) as fenced:
                 one_transaction(old, settings.dlq_topic)
@@ -37,16 +49,17 @@ def test_committed_offsets_are_held_back_while_a_transaction_holds_them(pipeline
     settings = pipeline.settings
     ensure_topics(connect_admin(settings), settings)
     tp = (settings.orders_topic, 0)
-    with open_kafka_edge(settings, EdgeOptions(f"{settings.consumer_group}.held")) as edge:
+    with running_edge(settings, EdgeOptions(f"{settings.consumer_group}.held")) as edge:
         edge.init_transactions()
         edge.assign({tp: BEGINNING})
         edge.begin_transaction()
         edge.produce([Outgoing(settings.dlq_topic, b"K", b"value")])
         edge.send_offsets({tp: 5})
-        held = edge.committed([tp])
+        held = edge.committed([tp])  # read_committed: librdkafka asks for stable offsets, and waits for them
         wait_for(held.done, what="the committed offsets to be answered")
-        with pytest.raises(KafkaCallError, match="unstable offsets"):
+        with pytest.raises(KafkaCallError, match="could not read the committed offset") as unstable:
             held.result()
+        print(f"while the transaction is open: {unstable.value} ({unstable.value.code})")
         edge.commit_transaction()
 
         def committed() -> dict[tuple[str, int], int | None] | None:

@@ -20,10 +20,10 @@ from orderpipe.order import ValidOrder
 from orderpipe.ownership import Ownership
 from orderpipe.retry_scheduler import RetryScheduler
 from orderpipe.routing import BatchPlan, DeadLetter, Deferred, Incoming, Processed, Retry
-from orderpipe.settings import Settings
+from orderpipe.settings import Settings, build_settings
 from orderpipe.stats import Latest, StatsKeys, StatsTable
 from orderpipe.stats_view import CatchUp, StatsView
-from orderpipe.topics import STATS_TOPIC_CONFIG, missing_sentence, missing_topics, weak_topics
+from orderpipe.topics import STATS_TOPIC_CONFIG, missing_sentence, missing_topics, partition_warning, weak_topics
 from orderpipe.twin_parts import VirtualClock
 
 TOPICS = OutputTopics("orders-retry", "orders-dlq", "orders-stats", "g")
@@ -371,3 +371,16 @@ def test_the_stats_view_asks_again_for_an_end_that_could_not_be_found_until_its_
     assert kafka_stats._reached(catch_up, far)
     with pytest.raises(BrokerUnavailableError, match="no leader"):
         kafka_stats._reached(CatchUp(view, Failing(), Failing), time.monotonic() - 1)
+
+
+def test_an_orders_topic_with_another_partition_count_is_followed_with_a_warning_naming_both() -> None:
+    settings = build_settings({"ORDERS_PARTITIONS": "3"})
+    assert partition_warning(settings, {}) is None
+    assert partition_warning(settings, {settings.orders_topic: 3}) is None
+    warning = partition_warning(settings, {settings.orders_topic: 1})
+    assert warning is not None
+    assert f"topic {settings.orders_topic} has 1 partition, not ORDERS_PARTITIONS=3" in warning
+    assert settings.retry_topic in warning
+    assert settings.dlq_topic in warning
+    specs = {spec.name: spec.partitions for spec in missing_topics(settings, {settings.orders_topic: 1})}
+    assert specs == {settings.retry_topic: 1, settings.dlq_topic: 1, settings.stats_topic: 1}

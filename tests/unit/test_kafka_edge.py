@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import pytest
 from confluent_kafka import KafkaError, KafkaException, Producer
 
-from orderpipe.edge import BEGINNING, Assigned, EdgeOptions, InSync, Outgoing, Pending, TopicSpec
+from orderpipe.edge import BEGINNING, Assigned, EdgeOptions, InSync, Marks, Outgoing, Pending, TopicSpec
 from orderpipe.errors import BrokerUnavailableError, ConfigError, DeliveryError, FatalKafkaError, KafkaCallError
 from orderpipe.kafka_clients import (
     call_error,
@@ -115,7 +115,7 @@ def test_a_paused_partition_delivers_nothing_until_resumed_and_seek_reads_again(
         mock_cluster.produce(settings.orders_topic, 0, [f"v{n}".encode() for n in range(5)])
         edge.assign({tp: BEGINNING})
         assert [r.value for r in read(edge, 5)] == [b"v0", b"v1", b"v2", b"v3", b"v4"]
-        assert edge.watermarks() == {tp: (0, 5)}
+        assert edge.watermarks() == {tp: Marks(0, 5, 5)}
         edge.pause([tp])
         edge.seek({tp: 3})
         mock_cluster.produce(settings.orders_topic, 0, [b"v5"])
