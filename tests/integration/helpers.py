@@ -30,6 +30,7 @@ from orderpipe.kafka_clients import incoming
 from orderpipe.order import ValidOrder
 from orderpipe.routing import Decision
 from tests.audit import Audit, audit_topics, pipeline_env
+from tests.clients import client_config
 
 ROOT = Path(__file__).resolve().parents[2]
 BOOTSTRAP = os.environ.get("TEST_KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
@@ -96,7 +97,7 @@ class Pipeline:
 
     def produce(self, records: list[tuple[bytes | None, bytes, list[tuple[str, str | bytes | None]]]]) -> list[Message]:
         """Produces (key, value, headers) records to the orders topic; returns the acknowledged messages."""
-        producer = Producer({"bootstrap.servers": self.settings.bootstrap_servers, "acks": "all"})
+        producer = Producer(client_config(self.settings.bootstrap_servers, {"acks": "all"}))
         acked: list[Message] = []
         errors: list[KafkaError] = []
 
@@ -114,9 +115,7 @@ class Pipeline:
 
     def committed(self) -> int:
         """The offsets the consumer group committed on the orders topic, summed over partitions."""
-        reader = Consumer(
-            {"bootstrap.servers": self.settings.bootstrap_servers, "group.id": self.settings.consumer_group}
-        )
+        reader = Consumer(client_config(self.settings.bootstrap_servers, {"group.id": self.settings.consumer_group}))
         try:
             topic = self.settings.orders_topic
             partitions = reader.list_topics(topic, timeout=10).topics[topic].partitions
@@ -146,13 +145,15 @@ def read_topic(bootstrap: str, topic: str, login: dict[str, Any] | None = None) 
     client settings a secured broker needs.
     """
     reader = Consumer(
-        {
-            **(login or {}),
-            "bootstrap.servers": bootstrap,
-            "group.id": f"reader-{uuid.uuid4().hex}",
-            "enable.auto.commit": False,
-            "isolation.level": "read_committed",
-        }
+        client_config(
+            bootstrap,
+            {
+                **(login or {}),
+                "group.id": f"reader-{uuid.uuid4().hex}",
+                "enable.auto.commit": False,
+                "isolation.level": "read_committed",
+            },
+        )
     )
     try:
         metadata = reader.list_topics(topic, timeout=10).topics[topic]
