@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from config import Settings, load_settings
 from orderpipe.console import QUIET, Console
@@ -327,3 +328,56 @@ def summary(pattern: re.Pattern[str], output: str) -> dict[str, str]:
 def audit(pipeline: Pipeline) -> Audit:
     """The independent account of the pipeline's topics (tests/audit.py)."""
     return audit_topics(pipeline.read, pipeline.settings)
+
+
+# The wire formats of DESIGN section 4, as a user chooses each: with a registry, without
+# one, and bare bodies (which need the writer schema named).
+WIRE_FORMATS = ("single-object", "confluent", "raw")
+RAW_WRITER_SCHEMA = "schemas/order-v2.avsc"
+
+
+def wire_format_env(wire: str, registry_url: str) -> dict[str, str]:
+    """The settings a user gives for one of WIRE_FORMATS."""
+    return {
+        "single-object": {},
+        "confluent": {"SCHEMA_REGISTRY_URL": registry_url},
+        "raw": {"AVRO_WIRE_FORMAT": "raw", "AVRO_WRITER_SCHEMA": RAW_WRITER_SCHEMA},
+    }[wire]
+
+
+def written_in(wire: str, value: bytes | None) -> bool:
+    """Whether a record's value starts as the wire format says (bare bodies have no header)."""
+    head = (value or b"")[:2]
+    if wire == "single-object":
+        return head == b"\xc3\x01"
+    if wire == "confluent":
+        return head[:1] == b"\x00"
+    return head != b"\xc3\x01" and head[:1] != b"\x00"
+
+
+def partition_counts(bootstrap: str, names: Collection[str]) -> dict[str, int]:
+    """The partition counts of those of `names` that exist, from metadata that names no topic (so creates none)."""
+    client = AdminClient(client_config(bootstrap))
+    topics = client.list_topics(timeout=10).topics
+    return {name: len(topics[name].partitions) for name in names if name in topics}
+
+
+@dataclass(frozen=True)
+class Drained:
+    """A producer run and then a consumer run to idle, as a user runs them, and the audit after."""
+
+    produced: dict[str, str]
+    consumed: dict[str, str]
+    audit: Audit
+
+
+def produce_then_consume(pipeline: Pipeline, count: int, idle_exit_s: int, timeout: float = 180) -> Drained:
+    """`producer.py --count N --rate 0`, then `consumer.py --idle-exit S`; both must exit 0 and deliver everything."""
+    sent = pipeline.run("producer.py", "--count", str(count), "--rate", "0", "--quiet", timeout=timeout)
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    produced = summary(PRODUCER_SUMMARY, sent.stdout)
+    assert (produced["delivered"], produced["failed"]) == (str(count), "0"), sent.stdout
+    drained = pipeline.run("consumer.py", "--idle-exit", str(idle_exit_s), "--quiet", timeout=timeout)
+    assert drained.returncode == 0, drained.stdout + drained.stderr
+    assert "Traceback" not in drained.stderr, drained.stderr
+    return Drained(produced, summary(CONSUMER_SUMMARY, drained.stdout), audit(pipeline))
