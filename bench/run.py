@@ -38,6 +38,7 @@ from confluent_kafka.cimpl import NewTopic
 
 from orderpipe.codec import load_order_schema
 from orderpipe.generator import OrderFactory
+from tests.clients import NO_AUTO_CREATE, client_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -146,7 +147,7 @@ def throughput(result: Run) -> float:
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.admin = AdminClient({"bootstrap.servers": BOOTSTRAP})
+        self.admin = AdminClient(client_config(BOOTSTRAP))
         self.run_id = uuid.uuid4().hex[:6]
         factory = OrderFactory(random.Random(7), "SIZE")
         sample = [factory.make(load_order_schema().encode_single_object) for _ in range(1000)]
@@ -191,7 +192,9 @@ class Bench:
         return ["java", "-Xmx512m", "-cp", f"{JAVA_LIBS}/*", f"org.apache.kafka.tools.{main}", *args]
 
     def kcat_settings(self) -> list[str]:
-        return [arg for key, value in PRODUCER_SETTINGS.items() for arg in ("-X", f"{key}={value}")]
+        # The topic is made beforehand (self.topic); like every client here, kcat asks no broker to make one.
+        settings = {**PRODUCER_SETTINGS, NO_AUTO_CREATE: "false"}
+        return [arg for key, value in settings.items() for arg in ("-X", f"{key}={value}")]
 
     # -- producer tiers ------------------------------------------------------------------
     def produce_c(self) -> tuple[str, Run]:
@@ -360,7 +363,7 @@ def java_consumer_rate(result: Run) -> float:
 
 def timestamps(topic: str, *, first_only: bool) -> list[int]:
     """Record timestamps (epoch ms) of a topic: the first of each partition, or all of them."""
-    consumer = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": "bench-reader", "enable.auto.commit": False})
+    consumer = Consumer(client_config(BOOTSTRAP, {"group.id": "bench-reader", "enable.auto.commit": False}))
     partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
     found: list[int] = []
     for partition in partitions:
@@ -392,7 +395,7 @@ def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 60) 
 
 def wait_for_group_member(topic: str, group: str | None = None) -> None:
     """Waits until a consumer of `topic` (in `group`, or any bench group) holds partitions."""
-    admin = AdminClient({"bootstrap.servers": BOOTSTRAP})
+    admin = AdminClient(client_config(BOOTSTRAP))
 
     def assigned() -> bool:
         groups = [group] if group else [g.group_id for g in admin.list_consumer_groups().result().valid]
@@ -409,7 +412,7 @@ def wait_for_group_member(topic: str, group: str | None = None) -> None:
 
 def wait_for_partitions(topic: str) -> None:
     """kcat -C assigns partitions without a group; give it until it has fetched metadata."""
-    probe = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": "bench-probe"})
+    probe = Consumer(client_config(BOOTSTRAP, {"group.id": "bench-probe"}))
     wait_until(lambda: len(probe.list_topics(topic, timeout=5).topics[topic].partitions) == PARTITIONS, topic)
     probe.close()
 

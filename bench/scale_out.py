@@ -29,6 +29,7 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
 from tests.audit import pipeline_env
+from tests.clients import client_config
 
 ROOT = Path(__file__).resolve().parents[1]
 BOOTSTRAP = "127.0.0.1:29091,127.0.0.1:29092,127.0.0.1:29093"
@@ -71,7 +72,7 @@ def group_rate(orders: int, consumers: int) -> tuple[int, float]:
 
 
 def _wait_for_stable_group(group: str, members: int, timeout_s: float = 120.0) -> None:
-    admin = AdminClient({"bootstrap.servers": BOOTSTRAP})
+    admin = AdminClient(client_config(BOOTSTRAP))
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:

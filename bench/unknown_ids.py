@@ -21,13 +21,14 @@ from confluent_kafka import Producer
 
 from bench.compare import env
 from bench.run import BOOTSTRAP, run
+from tests.clients import client_config
 
 REGISTRY = "http://127.0.0.1:8081/apis/ccompat/v7"
 
 
 def fill(topic: str, records: int, seed: int) -> None:
     rng = random.Random(seed)
-    producer = Producer({"bootstrap.servers": BOOTSTRAP, "linger.ms": 20})
+    producer = Producer(client_config(BOOTSTRAP, {"linger.ms": 20}))
     for index in range(records):
         schema_id = rng.randrange(10**6, 2**31)
         value = b"\x00" + schema_id.to_bytes(4, "big") + b"\x02x\x02y\x00\x00\x80?"

@@ -19,6 +19,11 @@ registries may hold version 1, version 2 or a newer version than the files (a fi
 added with a default), and guessing the writer from the files could not read the
 newer one. Without a registry in the settings such a record is poison, since the
 consumer cannot read it either.
+
+With AVRO_WIRE_FORMAT=raw every record is a bare Avro body (nothing tells one apart),
+read with the writer schema AVRO_WRITER_SCHEMA names alone and taken field by field
+as an order, as DESIGN section 4 describes; a body that does not decode cleanly, or
+lacks a field an order needs, is poison.
 """
 
 from __future__ import annotations
@@ -40,9 +45,17 @@ from fastavro.schema import fingerprint, to_parsing_canonical_form
 from orderpipe.errors import ValidationError
 from orderpipe.money import RunningAverage
 from orderpipe.order import Order, validate
-from orderpipe.settings import Settings
+from orderpipe.settings import RAW, Settings
 
-__all__ = ["Audit", "audit_records", "audit_topics", "pipeline_env", "published_total", "registry_writer_schemas"]
+__all__ = [
+    "Audit",
+    "audit_records",
+    "audit_topics",
+    "pipeline_env",
+    "published_total",
+    "raw_writer_schema",
+    "registry_writer_schemas",
+]
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA: Any = fastavro.parse_schema(json.loads((ROOT / "order.avsc").read_text()))
@@ -75,15 +88,17 @@ class TopicRecord(Protocol):
     def header(self, name: str) -> str | None: ...
 
 
-def _decode(value: bytes | None, registry: WriterSchemas | None) -> Order | None:
+def _decode(value: bytes | None, registry: WriterSchemas | None, raw: Any = None) -> Order | None:
     """The order in an Avro record, resolved to the newest schema, or None when it is not one.
 
     Single-object records must carry the fingerprint of a file in schemas/; a
     Confluent-framed record (magic byte 0, 4-byte schema id) needs a registry that
-    knows its id.
+    knows its id. With `raw` (a parsed writer schema) every record is a bare body.
     """
     if value is None:
         return None
+    if raw is not None:
+        return _decode_bare(value, raw)
     if value[:2] == b"\xc3\x01" and len(value) >= 10:
         writer = WRITERS.get(value[2:10])
         body = io.BytesIO(value[10:])
@@ -101,6 +116,29 @@ def _decode(value: bytes | None, registry: WriterSchemas | None) -> Order | None
     if body.read():
         return None
     return Order.from_record(record)  # type: ignore[arg-type]
+
+
+def _decode_bare(value: bytes, writer: Any) -> Order | None:
+    """A bare body read with its writer schema alone, its fields taken by name (the price may be a double)."""
+    body = io.BytesIO(value)
+    try:
+        record = fastavro.schemaless_reader(body, writer, None)
+        if body.read() or not isinstance(record, dict):
+            return None
+        return Order.from_record(record)
+    except Exception:  # any decoding failure, or a field the order needs missing: poison
+        return None
+
+
+def raw_writer_schema(settings: Settings) -> Any:
+    """The parsed AVRO_WRITER_SCHEMA when the settings say AVRO_WIRE_FORMAT=raw, else None.
+
+    A relative path is taken from the repository, where the tests run the programs.
+    """
+    if settings.avro_wire_format != RAW:
+        return None
+    path = Path(settings.avro_writer_schema)
+    return fastavro.parse_schema(json.loads((path if path.is_absolute() else ROOT / path).read_text()))
 
 
 def registry_writer_schemas(settings: Settings) -> WriterSchemas | None:
@@ -170,12 +208,18 @@ def audit_records(
     *,
     group: str | None = None,
     registry: WriterSchemas | None = None,
+    raw: Any = None,
 ) -> Audit:
-    """The account of the records; `registry` gives Confluent-framed records their writer schemas."""
+    """The account of the records.
+
+    Args:
+        registry: gives Confluent-framed records their writer schemas.
+        raw: the parsed writer schema of bare bodies (AVRO_WIRE_FORMAT=raw): every record is one.
+    """
     prices: dict[bytes | None, int] = {}
     poison = invalid = 0
     for record in orders:
-        order = _decode(record.value, registry)
+        order = _decode(record.value, registry, raw)
         if order is None:
             poison += 1
             continue
@@ -240,6 +284,7 @@ def audit_topics(read: Callable[[str], Sequence[TopicRecord]], settings: Setting
         settings.max_order_price_cents,
         group=settings.consumer_group,
         registry=registry_writer_schemas(settings),
+        raw=raw_writer_schema(settings),
     )
 
 

@@ -26,6 +26,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
 )
 
 from orderpipe.settings import Settings
+from tests.clients import client_config
 from tests.integration.helpers import read_topic
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -56,7 +57,7 @@ def set_min_isr(topics: list[str], value: int) -> None:
 
 
 def admin() -> AdminClient:
-    return AdminClient({"bootstrap.servers": BOOTSTRAP})
+    return AdminClient(client_config(BOOTSTRAP))
 
 
 def leaders(topic: str) -> Counter[int]:

@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from config import Settings, load_settings
 from orderpipe.console import QUIET, Console
@@ -30,6 +31,7 @@ from orderpipe.kafka_clients import incoming
 from orderpipe.order import ValidOrder
 from orderpipe.routing import Decision
 from tests.audit import Audit, audit_topics, pipeline_env
+from tests.clients import client_config
 
 ROOT = Path(__file__).resolve().parents[2]
 BOOTSTRAP = os.environ.get("TEST_KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
@@ -96,7 +98,7 @@ class Pipeline:
 
     def produce(self, records: list[tuple[bytes | None, bytes, list[tuple[str, str | bytes | None]]]]) -> list[Message]:
         """Produces (key, value, headers) records to the orders topic; returns the acknowledged messages."""
-        producer = Producer({"bootstrap.servers": self.settings.bootstrap_servers, "acks": "all"})
+        producer = Producer(client_config(self.settings.bootstrap_servers, {"acks": "all"}))
         acked: list[Message] = []
         errors: list[KafkaError] = []
 
@@ -114,9 +116,7 @@ class Pipeline:
 
     def committed(self) -> int:
         """The offsets the consumer group committed on the orders topic, summed over partitions."""
-        reader = Consumer(
-            {"bootstrap.servers": self.settings.bootstrap_servers, "group.id": self.settings.consumer_group}
-        )
+        reader = Consumer(client_config(self.settings.bootstrap_servers, {"group.id": self.settings.consumer_group}))
         try:
             topic = self.settings.orders_topic
             partitions = reader.list_topics(topic, timeout=10).topics[topic].partitions
@@ -146,13 +146,15 @@ def read_topic(bootstrap: str, topic: str, login: dict[str, Any] | None = None) 
     client settings a secured broker needs.
     """
     reader = Consumer(
-        {
-            **(login or {}),
-            "bootstrap.servers": bootstrap,
-            "group.id": f"reader-{uuid.uuid4().hex}",
-            "enable.auto.commit": False,
-            "isolation.level": "read_committed",
-        }
+        client_config(
+            bootstrap,
+            {
+                **(login or {}),
+                "group.id": f"reader-{uuid.uuid4().hex}",
+                "enable.auto.commit": False,
+                "isolation.level": "read_committed",
+            },
+        )
     )
     try:
         metadata = reader.list_topics(topic, timeout=10).topics[topic]
@@ -326,3 +328,56 @@ def summary(pattern: re.Pattern[str], output: str) -> dict[str, str]:
 def audit(pipeline: Pipeline) -> Audit:
     """The independent account of the pipeline's topics (tests/audit.py)."""
     return audit_topics(pipeline.read, pipeline.settings)
+
+
+# The wire formats of DESIGN section 4, as a user chooses each: with a registry, without
+# one, and bare bodies (which need the writer schema named).
+WIRE_FORMATS = ("single-object", "confluent", "raw")
+RAW_WRITER_SCHEMA = "schemas/order-v2.avsc"
+
+
+def wire_format_env(wire: str, registry_url: str) -> dict[str, str]:
+    """The settings a user gives for one of WIRE_FORMATS."""
+    return {
+        "single-object": {},
+        "confluent": {"SCHEMA_REGISTRY_URL": registry_url},
+        "raw": {"AVRO_WIRE_FORMAT": "raw", "AVRO_WRITER_SCHEMA": RAW_WRITER_SCHEMA},
+    }[wire]
+
+
+def written_in(wire: str, value: bytes | None) -> bool:
+    """Whether a record's value starts as the wire format says (bare bodies have no header)."""
+    head = (value or b"")[:2]
+    if wire == "single-object":
+        return head == b"\xc3\x01"
+    if wire == "confluent":
+        return head[:1] == b"\x00"
+    return head != b"\xc3\x01" and head[:1] != b"\x00"
+
+
+def partition_counts(bootstrap: str, names: Collection[str]) -> dict[str, int]:
+    """The partition counts of those of `names` that exist, from metadata that names no topic (so creates none)."""
+    client = AdminClient(client_config(bootstrap))
+    topics = client.list_topics(timeout=10).topics
+    return {name: len(topics[name].partitions) for name in names if name in topics}
+
+
+@dataclass(frozen=True)
+class Drained:
+    """A producer run and then a consumer run to idle, as a user runs them, and the audit after."""
+
+    produced: dict[str, str]
+    consumed: dict[str, str]
+    audit: Audit
+
+
+def produce_then_consume(pipeline: Pipeline, count: int, idle_exit_s: int, timeout: float = 180) -> Drained:
+    """`producer.py --count N --rate 0`, then `consumer.py --idle-exit S`; both must exit 0 and deliver everything."""
+    sent = pipeline.run("producer.py", "--count", str(count), "--rate", "0", "--quiet", timeout=timeout)
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    produced = summary(PRODUCER_SUMMARY, sent.stdout)
+    assert (produced["delivered"], produced["failed"]) == (str(count), "0"), sent.stdout
+    drained = pipeline.run("consumer.py", "--idle-exit", str(idle_exit_s), "--quiet", timeout=timeout)
+    assert drained.returncode == 0, drained.stdout + drained.stderr
+    assert "Traceback" not in drained.stderr, drained.stderr
+    return Drained(produced, summary(CONSUMER_SUMMARY, drained.stdout), audit(pipeline))

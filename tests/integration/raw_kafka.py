@@ -16,6 +16,7 @@ import time
 from confluent_kafka.admin import AdminClient
 
 from orderpipe.codec import zigzag_varint
+from tests.clients import client_config
 
 __all__ = ["produce_raw"]
 
@@ -77,7 +78,7 @@ def produce_raw(
         AssertionError: the broker answered with an error code.
     """
     key, value, headers = record
-    metadata = AdminClient({"bootstrap.servers": bootstrap}).list_topics(topic, timeout=10)
+    metadata = AdminClient(client_config(bootstrap)).list_topics(topic, timeout=10)
     leader = metadata.topics[topic].partitions[partition].leader
     broker = metadata.brokers[leader]
     batch = _batch(key, value, headers, int(time.time() * 1000))

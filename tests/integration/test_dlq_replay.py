@@ -9,6 +9,7 @@ from confluent_kafka import Producer
 
 from orderpipe.kafka_clients import connect_admin
 from orderpipe.replay import ledger_topic
+from tests.clients import client_config
 from tests.integration.helpers import Output, Pipeline, audit
 
 REPLAYED = "dlq.replayed-from"
@@ -102,7 +103,7 @@ def test_replays_with_two_filters_in_sequence_and_a_record_that_fails_again(pipe
     assert set(by_reason) == {"validation", "deserialization", "retries-exhausted"}
     # A dead letter with the producer's own header and a stale provenance, written by hand.
     model = next(r for r in dlq if r.header("dlq.reason") == "validation")
-    producer = Producer({"bootstrap.servers": pipeline.settings.bootstrap_servers})
+    producer = Producer(client_config(pipeline.settings.bootstrap_servers))
     forged: list[tuple[str, str | bytes | None]] = [
         *model.headers.items(),
         ("trace-id", "t-1"),
@@ -149,7 +150,7 @@ def test_a_forged_ledger_never_makes_a_record_replayed_twice(pipeline: Pipeline)
     first = pipeline.run("dlq.py", "replay", "--order-id", "nobody")  # creates the ledger, replays nothing
     assert last_line(first.stdout) == "replayed 0 records", first.stderr
     # (A record without a key is refused by the broker: the ledger is compacted.)
-    producer = Producer({"bootstrap.servers": pipeline.settings.bootstrap_servers})
+    producer = Producer(client_config(pipeline.settings.bootstrap_servers))
     for key, value in [
         (f"{dlq}:0:0".encode(), b"not a time"),  # unreadable: counts as replayed
         (f"{dlq}:0:1".encode(), b"1"),  # another record's time: not this one
@@ -174,7 +175,7 @@ def test_the_worst_dead_letters_a_client_could_write_are_replayed_or_skipped_saf
     created = pipeline.run("consumer.py", "--idle-exit", "1")  # creates the topics (3 partitions each)
     assert created.returncode == 0, created.stderr
     dlq, orders = pipeline.settings.dlq_topic, pipeline.settings.orders_topic
-    producer = Producer({"bootstrap.servers": pipeline.settings.bootstrap_servers, "message.max.bytes": 1_048_576})
+    producer = Producer(client_config(pipeline.settings.bootstrap_servers, {"message.max.bytes": 1_048_576}))
     forged_partitions = [b"-1", "４".encode(), b"9" * 30, b"3", b"\xff", b"1"]
     for n, partition in enumerate(forged_partitions):
         headers: list[tuple[str, str | bytes | None]] = [("original.partition", partition), ("retry.attempt", b"3")]

@@ -7,6 +7,7 @@ from collections import Counter
 
 from confluent_kafka import Producer
 
+from tests.clients import client_config
 from tests.integration.helpers import Pipeline
 from tests.integration.raw_kafka import produce_raw
 
@@ -64,7 +65,7 @@ def test_dlq_list_shows_the_worst_records_any_client_could_write_safely(pipeline
     created = pipeline.run("consumer.py", "--idle-exit", "1")  # creates the topics
     assert created.returncode == 0, created.stderr
     dlq = pipeline.settings.dlq_topic
-    producer = Producer({"bootstrap.servers": pipeline.settings.bootstrap_servers})
+    producer = Producer(client_config(pipeline.settings.bootstrap_servers))
     forged: list[tuple[str, str | bytes | None]] = [
         ("dlq.reason", b"\x1b[2J\x1b[31mvalidation\xff"),
         ("error.message", b"\xe2\x80\xae" + b"x" * 200_000),

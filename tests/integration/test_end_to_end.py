@@ -7,6 +7,7 @@ from confluent_kafka.admin import AdminClient
 
 from orderpipe.codec import OrderDecoder, load_order_schema
 from orderpipe.money import RunningAverage, format_cents, to_cents
+from tests.clients import client_config
 from tests.integration.helpers import CONSUMER_SUMMARY, PRODUCER_SUMMARY, Pipeline, audit, read_until, summary
 
 
@@ -52,7 +53,7 @@ def test_every_order_is_processed_or_dead_lettered_exactly_once(pipeline: Pipeli
     assert f"Running Average: {format_cents(expected.average_cents or 0)}" in consumed.stdout
 
     # The programs created the topics with the configured partition count.
-    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+    admin = AdminClient(client_config(settings.bootstrap_servers))
     topics = admin.list_topics(timeout=10).topics
     for name in (settings.orders_topic, settings.retry_topic, settings.dlq_topic):
         assert len(topics[name].partitions) == 2

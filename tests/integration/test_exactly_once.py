@@ -20,6 +20,7 @@ from orderpipe.order import ValidOrder
 from orderpipe.routing import Processed
 from orderpipe.stats import stats_key
 from tests.audit import Audit
+from tests.clients import client_config
 from tests.integration.helpers import (
     CONSUMER_SUMMARY,
     PRODUCER_SUMMARY,
@@ -113,7 +114,7 @@ def test_consumer_killed_at_five_random_moments_counts_every_order_exactly_once(
         *("--count", "20000", "--rate", "200", "--invalid-rate", "0.05", "--poison-rate", "0.01", "--seed", "11"),
         "--quiet",
     )
-    admin = AdminClient({"bootstrap.servers": pipeline.settings.bootstrap_servers})
+    admin = AdminClient(client_config(pipeline.settings.bootstrap_servers))
     written = [pipeline.settings.retry_topic, pipeline.settings.stats_topic]
     moments = random.Random(2026)
     output = Output(pipeline.popen("consumer.py", "--failure-rate", "0.2", "--seed", "0"))
@@ -257,7 +258,7 @@ def test_a_restarted_consumer_shows_the_same_running_average(pipeline: Pipeline)
     assert (view["average"], view["count"]) == (before["average"], before["count"])
 
     # Committed offsets can expire or be deleted; the state then still says where it ends.
-    admin = AdminClient({"bootstrap.servers": pipeline.settings.bootstrap_servers})
+    admin = AdminClient(client_config(pipeline.settings.bootstrap_servers))
     admin.delete_consumer_groups([pipeline.settings.consumer_group])[pipeline.settings.consumer_group].result(10)
     once_more = pipeline.run("consumer.py", "--idle-exit", "3")
     assert once_more.returncode == 0, once_more.stderr
@@ -283,7 +284,7 @@ def test_stats_values_no_reader_can_take_are_ignored_and_the_count_stays_exact(p
     # The worst a client could write to the stats topic, under the keys of the orders partitions:
     # an integer Python refuses to convert, nesting deep enough to recurse out of json.loads, not UTF-8.
     poison = [b'{"count": ' + b"9" * 5000 + b', "sum_cents": 0}', b"[" * 100_000 + b"]" * 100_000, b"\xff\xfe"]
-    producer = Producer({"bootstrap.servers": settings.bootstrap_servers})
+    producer = Producer(client_config(settings.bootstrap_servers))
     for partition, value in enumerate(poison):
         key = stats_key(settings.consumer_group, settings.orders_topic, partition)
         producer.produce(settings.stats_topic, key=key.encode(), value=value)

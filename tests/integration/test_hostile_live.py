@@ -21,6 +21,7 @@ from orderpipe.codec import CONFLUENT_MAGIC, load_order_schema
 from orderpipe.money import RunningAverage
 from orderpipe.order import Order
 from orderpipe.stats import encode_stats, stats_key
+from tests.clients import client_config
 from tests.integration.helpers import CONSUMER_SUMMARY, PRODUCER_SUMMARY, Pipeline, audit, summary
 from tests.integration.raw_kafka import produce_raw
 
@@ -47,7 +48,7 @@ def assert_exact(pipeline: Pipeline) -> None:
 
 
 def producer_of(pipeline: Pipeline, **conf: object) -> Producer:
-    return Producer({"bootstrap.servers": pipeline.settings.bootstrap_servers, **conf})
+    return Producer(client_config(pipeline.settings.bootstrap_servers, conf))
 
 
 def test_a_retry_due_far_in_the_future_is_processed_at_once_and_holds_nothing_up(pipeline: Pipeline) -> None:
@@ -187,7 +188,7 @@ def test_existing_topics_that_will_not_do_stop_the_consumer_with_what_to_fix(
     pipeline: Pipeline, topic: str, partitions: int, config: dict[str, str], message: str
 ) -> None:
     name = pipeline.env[topic]
-    admin = AdminClient({"bootstrap.servers": pipeline.settings.bootstrap_servers})
+    admin = AdminClient(client_config(pipeline.settings.bootstrap_servers))
     for future in admin.create_topics([NewTopic(name, partitions, 1, config=config)]).values():
         future.result(30)
     run = pipeline.run("consumer.py", "--idle-exit", "3")
@@ -236,7 +237,7 @@ def test_without_create_topics_a_missing_topic_is_named_and_nothing_is_created(p
         run = locked.run(script, "--count", "1") if script == "producer.py" else locked.run(script)
         assert run.returncode == 2, run.stdout + run.stderr
         assert expected[script] in run.stderr
-    admin = AdminClient({"bootstrap.servers": pipeline.settings.bootstrap_servers})
+    admin = AdminClient(client_config(pipeline.settings.bootstrap_servers))
     assert pipeline.settings.orders_topic not in admin.list_topics(timeout=10).topics
 
 

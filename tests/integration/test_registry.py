@@ -10,6 +10,7 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 from orderpipe.codec import load_order_schema
 from orderpipe.routing import Processed
 from tests.audit import published_total
+from tests.clients import client_config
 from tests.integration.helpers import CONSUMER_SUMMARY, PRODUCER_SUMMARY, Pipeline, running_consumer, summary, wait_for
 
 
@@ -46,7 +47,7 @@ def test_an_order_from_confluent_kafkas_own_avro_serializer_is_read(pipeline: Pi
     assert value[:1] == b"\x00"
 
     with running_consumer(settings) as running:
-        producer = Producer({"bootstrap.servers": settings.bootstrap_servers})
+        producer = Producer(client_config(settings.bootstrap_servers))
         producer.produce(settings.orders_topic, key=b"O-CONFLUENT-1", value=value)
         assert producer.flush(30) == 0
         _, decision = wait_for(lambda: next(iter(running.decisions), None), what="a decision on the order")

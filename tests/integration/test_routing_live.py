@@ -8,6 +8,7 @@ from confluent_kafka.admin import AdminClient
 from orderpipe.codec import load_order_schema
 from orderpipe.order import Order, ValidOrder
 from orderpipe.routing import Decision, Processed, Retry
+from tests.clients import client_config
 from tests.integration.helpers import Pipeline, running_consumer, wait_for
 
 SCHEMA = load_order_schema()
@@ -135,7 +136,7 @@ def test_a_paused_retry_partition_is_resumed_after_a_rebalance(pipeline: Pipelin
             failed_once.add(order.order_id)
             raise TimeoutError("inventory service timed out")
 
-    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+    admin = AdminClient(client_config(settings.bootstrap_servers))
 
     def members() -> int:
         groups = admin.describe_consumer_groups([settings.consumer_group], request_timeout=10)

@@ -14,6 +14,7 @@ from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 
 from orderpipe.codec import load_order_schema, parse_schema_text
 from orderpipe.order import Order
+from tests.clients import client_config
 from tests.integration.helpers import CONSUMER_SUMMARY, Pipeline, audit, summary
 
 
@@ -50,7 +51,7 @@ def test_a_mixed_stream_of_versions_and_wire_formats_is_counted_exactly(pipeline
     client = SchemaRegistryClient({"url": registry_url})
     v3_id = client.register_schema(subject_of(pipeline), Schema(json.dumps(v3), "AVRO"))
     v3_schema = parse_schema_text(json.dumps(v3))
-    producer = Producer({"bootstrap.servers": pipeline.settings.bootstrap_servers})
+    producer = Producer(client_config(pipeline.settings.bootstrap_servers))
     for n in range(20):
         order = Order(f"O-V3-{n}", "Desk", 10.0 + n, quantity=2, customer_id=f"C-{n}")
         body = _fastavro_body(v3_schema, {**order.to_record(), "channel": "app"})
