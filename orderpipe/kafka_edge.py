@@ -26,6 +26,7 @@ timeout: librdkafka does not always keep to it.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from typing import Any
@@ -35,7 +36,7 @@ from confluent_kafka.admin import AdminClient
 
 from orderpipe.acls import AUTHORIZATION_CODES, denied_sentence
 from orderpipe.edge import TP, Assigned, EdgeOptions, Event, InSync, Marks, Outgoing, Polled, Revoked, TopicSpec
-from orderpipe.errors import ConfigError, DeliveryError, FatalKafkaError
+from orderpipe.errors import ConfigError, DeliveryError, FatalKafkaError, KafkaCallError
 from orderpipe.kafka_clients import (
     CONSUMER_FETCH_SETTINGS,
     Answered,
@@ -66,6 +67,7 @@ TRANSACTION_CALL_TIMEOUT_S = 5.0
 # Sending offsets takes two coordinators: a timeout in its second step makes librdkafka
 # abort the transaction, so it gets as long as a transaction may stay open.
 SEND_OFFSETS_TIMEOUT_S = 10.0
+SEND_OFFSETS_LIMIT_S = SEND_OFFSETS_TIMEOUT_S + WATCHDOG_GRACE_S
 # Registering the transactional id: at start-up, before the consumer joins its group.
 INIT_TIMEOUT_S = 60.0
 # Reading the committed offsets: a longer wait (a coordinator away) is asked again by the restorer.
@@ -153,6 +155,8 @@ class _ConfluentProducer:
         self._group_metadata: Any = None
         self._delivery_errors: list[str] = []
         self._transactional_id = ""
+        # A thread still inside a call of the current producer that librdkafka never returned from.
+        self._stuck: threading.Thread | None = None
 
     def init_transactions(self) -> None:
         # librdkafka retries within the call (a coordinator still loading, say).
@@ -185,13 +189,37 @@ class _ConfluentProducer:
             )
 
     def send_offsets(self, offsets: Mapping[TP, int]) -> None:
-        """Sends the batch's offsets with the generation it was read in: after a rebalance they are refused."""
-        metadata = self._group_metadata
-        _call(
-            "send the offsets",
-            lambda: self._producer.send_offsets_to_transaction(_offsets(offsets), metadata, SEND_OFFSETS_TIMEOUT_S),
-            limit_s=SEND_OFFSETS_TIMEOUT_S + WATCHDOG_GRACE_S,
-        )
+        """Sends the batch's offsets with the generation it was read in: after a rebalance they are refused.
+
+        librdkafka 2.16 does not keep to this call's timeout while the group
+        coordinator's broker is gone (its issues 5456 and 5511): it may block for
+        minutes. So the call runs on a thread of its own, and one still running
+        SEND_OFFSETS_LIMIT_S later loses the transaction: the producer is left to that
+        thread (never closed under it) and the consumer goes on with a new one
+        (`renew_producer`), instead of the watchdog ending the process.
+        """
+        producer, metadata, what = self._producer, self._group_metadata, "send the offsets"
+        failure: list[KafkaException] = []
+
+        def send() -> None:
+            try:
+                producer.send_offsets_to_transaction(_offsets(offsets), metadata, SEND_OFFSETS_TIMEOUT_S)
+            except KafkaException as exc:
+                failure.append(exc)
+
+        sending = threading.Thread(target=send, name="send-offsets", daemon=True)
+        sending.start()
+        sending.join(SEND_OFFSETS_LIMIT_S)
+        if sending.is_alive():
+            self._stuck = sending
+            raise KafkaCallError(
+                f"could not {what}: librdkafka did not return within {SEND_OFFSETS_LIMIT_S:g}s", "_STUCK", fatal=True
+            )
+        if failure:
+            error = call_error(failure[0], what)
+            if error.code in AUTHORIZATION_CODES:
+                raise ConfigError(denied_sentence(what, "a permission")) from failure[0]
+            raise error from failure[0]
 
     def commit_transaction(self) -> None:
         _call(
@@ -317,12 +345,19 @@ class ConfluentEdge(_ConfluentProducer):
         Nothing of the old one is kept: its open transaction is fenced by the new one's
         registration, and a read_committed reader never sees its records.
         """
-        with WATCHDOG.guard("close the failed producer", UNTIMED_CALL_LIMIT_S):
-            try:
-                self._producer.purge()
-            except KafkaException as exc:
-                log.debug("purging the failed producer: %s", call_error(exc, "purge"))
-            del self._producer  # its last reference: librdkafka destroys it here, under the watchdog
+        if self._stuck is not None and self._stuck.is_alive():
+            # A thread is still inside it: destroying it now would pull it from under that call.
+            # The thread holds it, and drops it (librdkafka destroys it there) once the call returns.
+            log.debug("leaving the failed producer to the thread stuck in it")
+            del self._producer
+        else:
+            with WATCHDOG.guard("close the failed producer", UNTIMED_CALL_LIMIT_S):
+                try:
+                    self._producer.purge()
+                except KafkaException as exc:
+                    log.debug("purging the failed producer: %s", call_error(exc, "purge"))
+                del self._producer  # its last reference: librdkafka destroys it here, under the watchdog
+        self._stuck = None
         self._producer = create_client(Producer, self._producer_conf())
         self._in_transaction = False
         self._delivery_errors.clear()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -11,6 +12,7 @@ from typing import Any, TypeVar
 import pytest
 from confluent_kafka import KafkaError, KafkaException, Producer
 
+from orderpipe import kafka_edge
 from orderpipe.edge import BEGINNING, Assigned, EdgeOptions, InSync, Marks, Outgoing, Pending, TopicSpec
 from orderpipe.errors import BrokerUnavailableError, ConfigError, DeliveryError, FatalKafkaError, KafkaCallError
 from orderpipe.kafka_clients import (
@@ -341,3 +343,38 @@ def test_headers_are_read_or_the_record_is_marked_unreadable() -> None:
     # What confluent-kafka raises for a header name that is not UTF-8.
     broken = incoming(FakeMessage(SystemError("returned a result with an exception set")))  # type: ignore[arg-type]
     assert (broken.headers, broken.unreadable) == ((), UNREADABLE_HEADERS)
+
+
+def test_a_send_offsets_librdkafka_never_returns_from_loses_the_transaction_and_the_producer_is_left_to_it(
+    mock_cluster: MockCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Stuck:
+        """A producer whose send_offsets_to_transaction blocks until released, as librdkafka's can (issue 5456)."""
+
+        def __init__(self) -> None:
+            self.release = threading.Event()
+            self.purged = False
+
+        def send_offsets_to_transaction(self, *_: Any) -> None:
+            self.release.wait(30)
+
+        def purge(self) -> None:
+            self.purged = True
+
+    monkeypatch.setattr(kafka_edge, "SEND_OFFSETS_LIMIT_S", 0.2)
+    settings = mock_cluster.settings()
+    with edge_of(settings, f"{settings.consumer_group}.mock.stuck") as edge:
+        stuck = Stuck()
+        edge._producer = stuck  # type: ignore[assignment]
+        with pytest.raises(KafkaCallError, match=r"did not return within 0\.2s") as lost:
+            edge.send_offsets({(settings.orders_topic, 0): 1})
+        assert lost.value.fatal
+        thread = edge._stuck
+        assert thread is not None
+        edge.renew_producer()
+        assert not stuck.purged, "a producer a thread is inside is left alone"
+        assert thread.is_alive()
+        stuck.release.set()
+        thread.join(5)
+        assert not thread.is_alive()
+        edge.init_transactions()  # the new producer works
