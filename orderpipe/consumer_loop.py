@@ -340,7 +340,16 @@ class ConsumerLoop:
             if self._refetching:
                 return False
         grace = 0.0 if self._assigned_once else JOIN_GRACE_S
-        return self._clock.monotonic() - self._last_activity >= limit + grace
+        if self._clock.monotonic() - self._last_activity < limit + grace:
+            return False
+        # Nothing arrived, but a broker failure stops records arriving too: idle only once
+        # the partitions' leaders say nothing is left to read.
+        owned = list(self._ownership.states)
+        unread = self._edge.unread(owned) if owned else {}
+        if unread is None or any(unread.get(tp, 1) for tp in owned):
+            self._last_activity = self._clock.monotonic()
+            return False
+        return True
 
 
 def _at_or_past_zero(offset: int | None) -> bool:

@@ -24,9 +24,10 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
 
 from orderpipe.acls import AUTHORIZATION_CODES, require
 from orderpipe.edge import InSync, TopicSpec
-from orderpipe.errors import BrokerUnavailableError, ConfigError, DeliveryError, KafkaCallError
+from orderpipe.errors import BrokerUnavailableError, ConfigError, DeliveryError, KafkaCallError, OrderPipeError
 from orderpipe.health import STATS_INTERVAL_MS
 from orderpipe.login import Credentials, LoginWatch
+from orderpipe.replicas import parse_min_isr
 from orderpipe.routing import UNREADABLE_HEADERS, Incoming
 from orderpipe.settings import Settings
 from orderpipe.topics import PRODUCER_MESSAGE_MAX_BYTES, missing_sentence, missing_topics, partition_warning
@@ -212,13 +213,17 @@ class Answered(Generic[T]):
         return self._value
 
 
-def in_sync_replicas(client: Any, topics: Sequence[str], timeout_s: float = METADATA_TIMEOUT_S) -> Answered[InSync]:
+def in_sync_replicas(
+    client: Any, topics: Sequence[str], timeout_s: float = METADATA_TIMEOUT_S, *, admin: AdminClient | None = None
+) -> Answered[InSync]:
     """Each partition of `topics` with its in-sync and all replicas, from a client's metadata.
 
-    `client` is a running producer or consumer, not the admin client: while the
-    cluster fails over, this is asked every ReplicaWatch.ASK_EVERY_S, and a metadata
-    request (answered by any broker) is the one question that needs no coordinator.
-    Topics' min.insync.replicas are those read at start (`InSync.minimums` is empty).
+    `client` is a running producer or consumer: while the cluster fails over, this is
+    asked every ReplicaWatch.ASK_EVERY_S, and a metadata request (answered by any
+    broker) needs no coordinator. With `admin` (the producer's), each topic's
+    min.insync.replicas is read afresh too (DescribeConfigs, answered by any broker;
+    left out where denied); without it `InSync.minimums` is empty and the minimums
+    read at start stand (the consumer keeps no admin client while it runs).
     """
     counts, replicas = {}, {}
     for topic in topics:
@@ -233,7 +238,17 @@ def in_sync_replicas(client: Any, topics: Sequence[str], timeout_s: float = META
         for partition in metadata.partitions.values():
             counts[(topic, int(partition.id))] = len(partition.isrs)
             replicas[(topic, int(partition.id))] = len(partition.replicas)
-    return Answered(InSync(counts, replicas, {}))
+    minimums: dict[str, int] = {}
+    if admin is not None:
+        try:
+            configs = topic_configs(admin, topics, timeout_s, warn_denied=False)
+        except OrderPipeError as exc:  # no answer while the cluster fails over: the known minimums stand
+            log.debug("could not read min.insync.replicas: %s", exc)
+            configs = {}
+        for topic, config in configs.items():
+            if (value := parse_min_isr(config.get("min.insync.replicas"))) is not None:
+                minimums[topic] = value
+    return Answered(InSync(counts, replicas, minimums))
 
 
 def create_client(factory: Callable[[dict[str, Any]], Client], conf: dict[str, Any]) -> Client:

@@ -70,6 +70,8 @@ SEND_OFFSETS_TIMEOUT_S = 10.0
 SEND_OFFSETS_LIMIT_S = SEND_OFFSETS_TIMEOUT_S + WATCHDOG_GRACE_S
 # Registering the transactional id: at start-up, before the consumer joins its group.
 INIT_TIMEOUT_S = 60.0
+# Asking a partition's leader for its end (before --idle-exit ends the run).
+UNREAD_TIMEOUT_S = 2.0
 # Reading the committed offsets: a longer wait (a coordinator away) is asked again by the restorer.
 COMMITTED_TIMEOUT_S = 5.0
 FLUSH_TIMEOUT_S = 30.0
@@ -436,6 +438,9 @@ class ConfluentEdge(_ConfluentProducer):
             offsets[(tp.topic, tp.partition)] = tp.offset if tp.offset >= 0 else None
         return Answered(offsets)
 
+    def unread(self, partitions: Collection[TP]) -> dict[TP, int] | None:
+        return _unread(self._consumer, partitions)
+
     def watermarks(self) -> dict[TP, Marks] | None:
         marks = {}
         try:
@@ -446,6 +451,20 @@ class ConfluentEdge(_ConfluentProducer):
         except KafkaException:
             return None
         return marks
+
+
+def _unread(consumer: Consumer, partitions: Collection[TP]) -> dict[TP, int] | None:
+    """ConfluentEdge.unread: the consumer's positions, and each partition's end asked of its leader."""
+    unread = {}
+    try:
+        for tp in consumer.position(_tps(partitions)):
+            with WATCHDOG.guard("ask for the end of a partition", UNREAD_TIMEOUT_S + WATCHDOG_GRACE_S):
+                first, end = consumer.get_watermark_offsets(tp, timeout=UNREAD_TIMEOUT_S, cached=False)
+            unread[(tp.topic, tp.partition)] = max(end - (tp.offset if tp.offset >= 0 else first), 0)
+    except KafkaException as exc:
+        log.debug("could not tell what is left to read: %s", call_error(exc, "ask for the ends"))
+        return None
+    return unread
 
 
 def _flush_producer(producer: Producer) -> None:

@@ -13,6 +13,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka.admin import AdminClient
 
 from orderpipe.codec import CONFLUENT_MAGIC, OrderSchema, load_order_schema
 from orderpipe.console import Console, throughput_line
@@ -28,14 +29,13 @@ from orderpipe.kafka_clients import (
     producer_config,
     require_grants,
     statistics_config,
-    topic_configs,
 )
 from orderpipe.metrics import ProducerMetrics
 from orderpipe.metrics_http import serving
 from orderpipe.money import RunningAverage, format_cents
 from orderpipe.order import Order
 from orderpipe.registry import START_REGISTRY_HINT, connect_registry, registered_id, registry_login_problem
-from orderpipe.replicas import ReplicaWatch, min_isr_of
+from orderpipe.replicas import ReplicaWatch
 from orderpipe.settings import Settings
 from orderpipe.text import redact
 from orderpipe.wire import RAW, SINGLE_OBJECT, RawSchema, load_raw_schema
@@ -183,22 +183,11 @@ def run_producer(
             metrics = ProducerMetrics(Health(settings.bootstrap_servers, time.monotonic))
             url = stack.enter_context(serving(settings.metrics_port, metrics.registry, metrics.health))
             console.info(f"Metrics on {url}/metrics (health: /healthz)")
-        minimums = _set_up_topics(settings)
+        admin = connect_admin(settings)
+        require_grants(admin, settings, "producer")  # first: a topic it may not use looks absent
+        ensure_topics(admin, settings)
         encode = _encoder(settings, schema, stack)
-        return _publish(settings, options, console, stop, encode, minimums=minimums, metrics=metrics, schema=schema)
-
-
-def _set_up_topics(settings: Settings) -> dict[str, int]:
-    """The start-up checks and topic creation, on an admin client dropped before anything is sent.
-
-    Returns the orders topic's min.insync.replicas, for the replica watch.
-    """
-    admin = connect_admin(settings)
-    require_grants(admin, settings, "producer")  # first: a topic it may not use looks absent
-    ensure_topics(admin, settings)
-    # Not one of the producer's grants (orderpipe.acls): where it is denied, MIN_INSYNC_REPLICAS stands.
-    configs = topic_configs(admin, [settings.orders_topic], warn_denied=False)
-    return min_isr_of(configs, settings.min_isr)
+        return _publish(settings, options, console, stop, encode, admin=admin, metrics=metrics, schema=schema)
 
 
 def _publish(
@@ -208,7 +197,7 @@ def _publish(
     stop: threading.Event,
     encode: OrderEncoder,
     *,
-    minimums: dict[str, int],
+    admin: AdminClient,
     metrics: ProducerMetrics | None,
     schema: OrderSchema | RawSchema,
 ) -> ProducerSummary:
@@ -233,7 +222,7 @@ def _publish(
         f"Producing to {settings.orders_topic} on {settings.bootstrap_servers} ({wire}); "
         f"rate {'unlimited' if options.rate == 0 else f'{options.rate:g}/s'}. Ctrl-C to stop."
     )
-    return _Publisher(settings, console, minimums, metrics).run(factory, encode, options, stop)
+    return _Publisher(settings, console, admin, metrics).run(factory, encode, options, stop)
 
 
 class _Publisher:
@@ -243,7 +232,7 @@ class _Publisher:
         self,
         settings: Settings,
         console: Console,
-        minimums: dict[str, int] | None = None,
+        admin: AdminClient | None = None,
         metrics: ProducerMetrics | None = None,
     ) -> None:
         self._topic = settings.orders_topic
@@ -258,10 +247,12 @@ class _Publisher:
                 **statistics_config(None if metrics is None else metrics.health.on_stats),
             },
         )
-        # The topic's minimum as read at start (where DescribeConfigs is allowed), else MIN_INSYNC_REPLICAS.
+        # In-sync replicas from the producer's metadata; the topic's minimum read afresh with each answer
+        # where DescribeConfigs is allowed (an operator may raise it), else MIN_INSYNC_REPLICAS. The producer
+        # asks its admin client nothing that needs a coordinator.
         self._replicas = ReplicaWatch(
-            lambda: in_sync_replicas(self._producer, [settings.orders_topic]),
-            minimums or {},
+            lambda: in_sync_replicas(self._producer, [settings.orders_topic], admin=admin),
+            {},
             settings.min_isr,
             doing="the producer keeps its orders and waits",
             report=lambda line: log.warning("⚠ %s", line),

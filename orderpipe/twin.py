@@ -135,7 +135,7 @@ class TwinCluster:
     def read(self, tp: TP, position: int, limit: int, retry_topic: str) -> tuple[list[Incoming], int]:
         """Up to `limit` readable records from `position`, up to the last stable offset; and the new position."""
         topic, partition = tp
-        log, end = self.logs[topic][partition], self._stable_end(tp)
+        log, end = self.logs[topic][partition], self.stable_end(tp)
         records: list[Incoming] = []
         while position < end and len(records) < limit:
             entry = log[position]
@@ -144,7 +144,7 @@ class TwinCluster:
             position += 1
         return records, position
 
-    def _stable_end(self, tp: TP) -> int:
+    def stable_end(self, tp: TP) -> int:
         """The first record of a transaction still open, else the end."""
         self.transactions.time_out()
         log = self.logs[tp[0]][tp[1]]
@@ -493,6 +493,14 @@ class TwinEdge(_TwinProducer):
             return {tp: committed.get(tp) for tp in partitions}
 
         return Later(answer)
+
+    def unread(self, partitions: Collection[TP]) -> dict[TP, int] | None:
+        try:
+            self._check("unread")
+        except KafkaCallError:  # a leader away: the confluent edge cannot say either
+            return None
+        cluster = self._cluster
+        return {tp: max(cluster.stable_end(tp) - self._positions.get(tp, 0), 0) for tp in partitions}
 
     def watermarks(self) -> dict[TP, Marks] | None:
         return {(t, p): Marks(0, len(self._cluster.logs[t][p]), read) for (t, p), read in self._positions.items()}

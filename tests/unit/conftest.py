@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from orderpipe import consumer_app, dlq_app, kafka_clients, kafka_edge, producer_app
+from orderpipe import consumer_app, dlq_app, kafka_clients, kafka_edge
 from tests.unit.mock_cluster import MockCluster
 
 
@@ -21,7 +21,7 @@ def _no_topic_checks_on_the_mock(request: pytest.FixtureRequest, monkeypatch: py
     tests/integration and tests/secured check them on real brokers.
     """
     if "mock_cluster" in request.fixturenames:
-        for module in (kafka_edge, dlq_app, producer_app):
+        for module in (kafka_edge, dlq_app):
             monkeypatch.setattr(module, "topic_configs", lambda _admin, _names, **_: {})
         for module in (kafka_clients, kafka_edge):
             monkeypatch.setattr(module, "permissions", lambda _admin, _topics, _group="": {})

@@ -617,3 +617,41 @@ def test_lag_counts_the_records_waiting_on_paused_retry_partitions() -> None:
             end = len(cluster.logs[tp[0]][tp[1]])
             assert lags[tp] == end - max(offset, 0) > 0, (tp, lags)
         assert sum(lag for (topic, _), lag in lags.items() if topic == SETTINGS.retry_topic) > 0
+
+
+def test_idle_exit_waits_while_the_leaders_cannot_say_that_nothing_is_left_to_read() -> None:
+    cluster = new_cluster()
+    produce_orders(cluster, 20, seed=25)
+    cluster.faults.fail("unread", "retriable", times=3)  # leaders away: no answer
+    twin = twin_consumer(cluster, seed=25)
+    started = cluster.clock.monotonic()
+    run(twin)
+    asked = cluster.faults.calls.count("unread")
+    assert asked == 4, "asked again after each unanswered question, then idle once the answer is 'nothing'"
+    assert cluster.clock.monotonic() - started >= 4 * 5.0  # each unanswered question restarts the 5 s idle limit
+    assert_exact(cluster)
+
+
+def test_idle_exit_waits_for_records_a_leader_reports_that_have_not_arrived() -> None:
+    cluster = new_cluster()
+    produce_orders(cluster, 10, seed=26, invalid_rate=0, poison_rate=0)
+    twin = twin_consumer(cluster, seed=26)
+    with twin.consumer.open() as loop:
+        turn_until(loop, lambda: twin.consumer.summary.processed == 10)
+        edge = cluster.groups[SETTINGS.consumer_group].members[0]
+
+        # The fetches stop (a broker failing), while the leader knows of more records.
+        def more() -> None:
+            produce_orders(cluster, 5, seed=27, invalid_rate=0, poison_rate=0)
+
+        cluster.faults.when("unread", more)
+        edge.pause(list(edge.assignment))
+        for _ in range(200):
+            assert loop.turn(), "not idle while records wait to be read"
+            if "unread" in cluster.faults.calls:
+                break
+        edge.resume(list(edge.assignment))
+        while loop.turn():
+            pass
+    assert twin.consumer.summary.processed == 15
+    assert_exact(cluster)

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import pytest
 from confluent_kafka import KafkaError, KafkaException, Producer
 
-from orderpipe import kafka_edge
+from orderpipe import kafka_clients, kafka_edge
 from orderpipe.edge import BEGINNING, Assigned, EdgeOptions, InSync, Marks, Outgoing, Pending, TopicSpec
 from orderpipe.errors import BrokerUnavailableError, ConfigError, DeliveryError, FatalKafkaError, KafkaCallError
 from orderpipe.kafka_clients import (
@@ -378,3 +378,25 @@ def test_a_send_offsets_librdkafka_never_returns_from_loses_the_transaction_and_
         thread.join(5)
         assert not thread.is_alive()
         edge.init_transactions()  # the new producer works
+
+
+def test_the_producers_in_sync_answer_reads_each_minimum_afresh_and_keeps_none_it_cannot_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class Client:
+        def list_topics(self, topic: str, timeout: float) -> Any:
+            partition = SimpleNamespace(id=0, isrs=[1, 2], replicas=[1, 2, 3])
+            return SimpleNamespace(topics={topic: SimpleNamespace(error=None, partitions={0: partition})})
+
+    answers: list[Any] = [{"orders": {"min.insync.replicas": "3"}, "other": {"min.insync.replicas": "9" * 5000}}]
+
+    def configs(_admin: Any, _names: Any, _timeout: float, **_: Any) -> Any:
+        if isinstance(answers[0], Exception):
+            raise answers[0]
+        return answers[0]
+
+    monkeypatch.setattr(kafka_clients, "topic_configs", configs)
+    admin: Any = object()
+    assert in_sync_replicas(Client(), ["orders", "other"], admin=admin).result().minimums == {"orders": 3}
+    answers[0] = BrokerUnavailableError("could not read the configuration of orders within 5s")
+    assert in_sync_replicas(Client(), ["orders"], admin=admin).result().minimums == {}
