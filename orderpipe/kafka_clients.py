@@ -40,6 +40,7 @@ __all__ = [
     "AdminAnswer",
     "Answered",
     "call_error",
+    "close_producer",
     "connect_admin",
     "create_client",
     "create_topics",
@@ -472,6 +473,18 @@ def ensure_topics(admin: AdminClient, settings: Settings) -> None:
         create_topics(admin, [spec for spec in missing if spec.name != settings.orders_topic])
     except ConfigError as exc:  # refused: the consumer's own set-up names what it needs
         log.debug("not creating the consumer's topics: %s", exc)
+
+
+def close_producer(producer: Producer) -> None:
+    """Closes a producer whose last flush is done: what it still holds is dropped, not waited for again.
+
+    (`Producer.close` would flush once more, for up to 30 s, records the flush already gave up on.)
+    """
+    try:
+        producer.purge()
+        producer.close()
+    except (KafkaException, RuntimeError) as exc:  # RuntimeError: closed already
+        log.debug("closing the producer: %s", exc)
 
 
 def produce(

@@ -41,6 +41,7 @@ from orderpipe.kafka_clients import (
     CONSUMER_FETCH_SETTINGS,
     Answered,
     call_error,
+    close_producer,
     connect_admin,
     create_client,
     create_topics,
@@ -312,7 +313,7 @@ class ConfluentEdge(_ConfluentProducer):
         self._stats = KafkaStatsTail(settings)
         closing.callback(self._stats.close)
         self._producer = create_client(Producer, self._producer_conf())
-        closing.callback(lambda: _flush_producer(self._producer))
+        closing.callback(lambda: _flush_and_close(self._producer))
         self._consumer = create_client(
             Consumer,
             {
@@ -354,11 +355,8 @@ class ConfluentEdge(_ConfluentProducer):
             del self._producer
         else:
             with WATCHDOG.guard("close the failed producer", UNTIMED_CALL_LIMIT_S):
-                try:
-                    self._producer.purge()
-                except KafkaException as exc:
-                    log.debug("purging the failed producer: %s", call_error(exc, "purge"))
-                del self._producer  # its last reference: librdkafka destroys it here, under the watchdog
+                close_producer(self._producer)
+            del self._producer
         self._stuck = None
         self._producer = create_client(Producer, self._producer_conf())
         self._in_transaction = False
@@ -467,13 +465,15 @@ def _unread(consumer: Consumer, partitions: Collection[TP]) -> dict[TP, int] | N
     return unread
 
 
-def _flush_producer(producer: Producer) -> None:
-    """The last flush as the edge closes; a failure here adds nothing to the error that ended the run."""
+def _flush_and_close(producer: Producer) -> None:
+    """The last flush as the edge closes, then the close; a failure adds nothing to the error that ended the run."""
     try:
         with WATCHDOG.guard("flush the producer", FLUSH_TIMEOUT_S + WATCHDOG_GRACE_S):
             producer.flush(FLUSH_TIMEOUT_S)
     except KafkaException as exc:
         log.debug("flushing the producer at close failed: %s", call_error(exc, "flush"))
+    with WATCHDOG.guard("close the producer", UNTIMED_CALL_LIMIT_S):
+        close_producer(producer)
 
 
 def _close_consumer(consumer: Consumer) -> None:

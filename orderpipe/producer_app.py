@@ -21,6 +21,7 @@ from orderpipe.errors import ConfigError, OrderPipeError, RegistryUnavailableErr
 from orderpipe.generator import Generated, Kind, OrderEncoder, OrderFactory, base36
 from orderpipe.health import Health
 from orderpipe.kafka_clients import (
+    close_producer,
     connect_admin,
     create_client,
     ensure_topics,
@@ -222,7 +223,11 @@ def _publish(
         f"Producing to {settings.orders_topic} on {settings.bootstrap_servers} ({wire}); "
         f"rate {'unlimited' if options.rate == 0 else f'{options.rate:g}/s'}. Ctrl-C to stop."
     )
-    return _Publisher(settings, console, admin, metrics).run(factory, encode, options, stop)
+    publisher = _Publisher(settings, console, admin, metrics)
+    try:
+        return publisher.run(factory, encode, options, stop)
+    finally:
+        publisher.close()
 
 
 class _Publisher:
@@ -335,6 +340,10 @@ class _Publisher:
         console.info(summary.describe())
         console.info(summary.describe_throughput())
         return summary
+
+    def close(self) -> None:
+        """Closes the producer, on every way out of `run` (what the final flush left is dropped)."""
+        close_producer(self._producer)
 
     def _flush(self, stop: threading.Event) -> int:
         """Waits for the last acknowledgements: FLUSH_TIMEOUT_S, or on while the cluster is below min ISR.
