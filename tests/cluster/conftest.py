@@ -12,12 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from config import load_settings
-from orderpipe.errors import OrderPipeError
-from orderpipe.registry import connect_registry
 from tests.cluster.helpers import BOOTSTRAP, START_HINT, admin
 from tests.cluster.programs import core_dumps_in
-from tests.integration.helpers import REGISTRY_URL
+from tests.integration.helpers import require_registry
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -51,9 +48,4 @@ def cluster(core_dumps: str) -> str:
 @pytest.fixture(scope="session")
 def registry_url() -> str:
     """The schema registry of scripts/broker.sh up (the cluster has none of its own)."""
-    try:
-        with connect_registry(load_settings({"SCHEMA_REGISTRY_URL": REGISTRY_URL}, environ={}, env_file=None)):
-            pass
-    except OrderPipeError as exc:
-        pytest.fail(f"{exc} The Confluent wire format needs the registry: start it with 'scripts/broker.sh up'.")
-    return REGISTRY_URL
+    return require_registry("The Confluent wire format needs the registry")

@@ -13,8 +13,7 @@ import pytest
 from config import load_settings
 from orderpipe.errors import OrderPipeError
 from orderpipe.kafka_clients import connect_admin
-from orderpipe.registry import connect_registry
-from tests.integration.helpers import BOOTSTRAP, REGISTRY_URL, START_HINT, Pipeline, new_pipeline
+from tests.integration.helpers import BOOTSTRAP, START_HINT, Pipeline, new_pipeline, require_registry
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -34,12 +33,7 @@ def broker() -> str:
 
 @pytest.fixture(scope="session")
 def registry_url() -> str:
-    try:
-        with connect_registry(load_settings({"SCHEMA_REGISTRY_URL": REGISTRY_URL}, environ={}, env_file=None)):
-            pass
-    except OrderPipeError as exc:
-        pytest.fail(f"{exc} Integration tests need the real registry: {START_HINT}.")
-    return REGISTRY_URL
+    return require_registry("Integration tests need the real registry")
 
 
 @pytest.fixture

@@ -27,8 +27,10 @@ from confluent_kafka.admin import AdminClient
 from config import Settings, load_settings
 from orderpipe.console import QUIET, Console
 from orderpipe.consumer_app import ConsumerOptions, OrderConsumer
+from orderpipe.errors import OrderPipeError
 from orderpipe.kafka_clients import incoming
 from orderpipe.order import ValidOrder
+from orderpipe.registry import connect_registry
 from orderpipe.routing import Decision
 from tests.audit import Audit, audit_topics, pipeline_env
 from tests.clients import client_config
@@ -381,3 +383,13 @@ def produce_then_consume(pipeline: Pipeline, count: int, idle_exit_s: int, timeo
     assert drained.returncode == 0, drained.stdout + drained.stderr
     assert "Traceback" not in drained.stderr, drained.stderr
     return Drained(produced, summary(CONSUMER_SUMMARY, drained.stdout), audit(pipeline))
+
+
+def require_registry(why: str) -> str:
+    """The schema registry of scripts/broker.sh up, or the test fails saying `why` it is needed."""
+    try:
+        with connect_registry(load_settings({"SCHEMA_REGISTRY_URL": REGISTRY_URL}, environ={}, env_file=None)):
+            pass
+    except OrderPipeError as exc:
+        pytest.fail(f"{exc} {why}: start it with 'scripts/broker.sh up'.")
+    return REGISTRY_URL
