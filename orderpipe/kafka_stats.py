@@ -51,7 +51,8 @@ class KafkaStatsTail:
         }
         self._consumer = create_client(Consumer, {**conf, "isolation.level": "read_committed"})
         self._consumer.assign([TopicPartition(settings.stats_topic, 0, OFFSET_BEGINNING)])
-        self._ends = create_client(Consumer, {**conf, "isolation.level": "read_uncommitted"})
+        self._ends_conf = {**conf, "isolation.level": "read_uncommitted"}
+        self._ends: Consumer | None = None
 
     def poll(self, max_records: int, timeout_s: float = 0.0) -> list[Incoming]:
         try:
@@ -71,10 +72,16 @@ class KafkaStatsTail:
     def end_offset(self) -> Answered[int]:
         """Asked of the partition's leader, waiting at most END_TIMEOUT_S; a failure is in the answer."""
         what = f"find the end of {self._tp.topic}"
+        if self._ends is None:
+            # A new client after a failed question: one that reads nothing does not refresh its
+            # view of the partition's leader by itself, and after a leader moved it kept
+            # answering "Unknown partition" for the whole restore limit (60 s).
+            self._ends = create_client(Consumer, self._ends_conf)
         try:
             with WATCHDOG.guard(what, END_TIMEOUT_S + WATCHDOG_GRACE_S):
                 _, high = self._ends.get_watermark_offsets(self._tp, timeout=END_TIMEOUT_S, cached=False)
         except KafkaException as exc:
+            self._close_ends()
             return Answered(error=call_error(exc, what))
         if high < 0:
             return Answered(
@@ -88,11 +95,17 @@ class KafkaStatsTail:
         except KafkaException as exc:
             raise call_error(exc, f"read the position in {self._tp.topic}") from exc
 
+    def _close_ends(self) -> None:
+        ends, self._ends = self._ends, None
+        if ends is not None:
+            with WATCHDOG.guard(f"close the end reader of {self._tp.topic}", UNTIMED_CALL_LIMIT_S):
+                ends.close()
+
     def close(self) -> None:
         try:
             with WATCHDOG.guard(f"close the readers of {self._tp.topic}", UNTIMED_CALL_LIMIT_S):
                 self._consumer.close()
-                self._ends.close()
+                self._close_ends()
         except KafkaException as exc:
             raise call_error(exc, f"close the readers of {self._tp.topic}") from exc
 

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import pytest
 from confluent_kafka import KafkaError, KafkaException, Producer
 
-from orderpipe import kafka_clients, kafka_edge
+from orderpipe import kafka_clients, kafka_edge, kafka_stats
 from orderpipe.edge import BEGINNING, Assigned, EdgeOptions, InSync, Marks, Outgoing, Pending, TopicSpec
 from orderpipe.errors import BrokerUnavailableError, ConfigError, DeliveryError, FatalKafkaError, KafkaCallError
 from orderpipe.kafka_clients import (
@@ -400,3 +400,44 @@ def test_the_producers_in_sync_answer_reads_each_minimum_afresh_and_keeps_none_i
     assert in_sync_replicas(Client(), ["orders", "other"], admin=admin).result().minimums == {"orders": 3}
     answers[0] = BrokerUnavailableError("could not read the configuration of orders within 5s")
     assert in_sync_replicas(Client(), ["orders"], admin=admin).result().minimums == {}
+
+
+def test_the_stats_topics_end_is_asked_of_a_new_client_after_a_failed_question(
+    mock_cluster: MockCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Ends:
+        """A reader of ends that cannot answer (its leader moved) or answers 7."""
+
+        def __init__(self, answers: bool) -> None:
+            self.answers, self.closed = answers, False
+
+        def get_watermark_offsets(self, *_: Any, **__: Any) -> tuple[int, int]:
+            if not self.answers:
+                raise KafkaException(KafkaError(KafkaError._UNKNOWN_PARTITION))
+            return 0, 7
+
+        def close(self) -> None:
+            self.closed = True
+
+    made: list[Ends] = []
+    real = kafka_clients.create_client
+
+    def create(factory: Any, conf: dict[str, Any]) -> Any:
+        if conf.get("isolation.level") != "read_uncommitted":
+            return real(factory, conf)
+        made.append(Ends(answers=len(made) > 0))
+        return made[-1]
+
+    monkeypatch.setattr(kafka_stats, "create_client", create)
+    tail = kafka_stats.KafkaStatsTail(mock_cluster.settings())
+    try:
+        with pytest.raises(KafkaCallError, match="Unknown partition"):
+            tail.end_offset().result()
+        assert made[0].closed
+        assert tail.end_offset().result() == 7
+        assert len(made) == 2
+        assert tail.end_offset().result() == 7
+        assert len(made) == 2, "a client that answers is kept"
+    finally:
+        tail.close()
+    assert made[1].closed
