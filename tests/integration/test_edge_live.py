@@ -77,3 +77,31 @@ def test_topics_that_cannot_be_created_as_asked_name_the_setting(pipeline: Pipel
     result = pipeline.with_env(REPLICATION_FACTOR="3").run("consumer.py", "--idle-exit", "1", timeout=60)
     assert result.returncode == 2, result.stderr
     assert "check ORDERS_PARTITIONS and REPLICATION_FACTOR" in result.stderr.strip().splitlines()[-1]
+
+
+def test_records_of_an_aborted_transaction_at_a_partitions_end_are_not_left_to_read(pipeline: Pipeline) -> None:
+    # They are fetched and skipped, and librdkafka moves the position past them: --idle-exit,
+    # which asks what is left to read, does not wait for them.
+    settings = pipeline.settings
+    ensure_topics(connect_admin(settings), settings)
+    with running_edge(settings, EdgeOptions(f"{settings.consumer_group}.aborts")) as edge:
+        edge.init_transactions()
+        one_transaction(edge, settings.dlq_topic)
+        edge.begin_transaction()
+        edge.produce([Outgoing(settings.dlq_topic, b"K", b"aborted")] * 3)
+        edge.abort_transaction()
+        tps = [(settings.dlq_topic, p) for p in range(settings.orders_partitions)]
+        edge.assign(dict.fromkeys(tps, BEGINNING))
+        before = edge.unread(tps)
+        assert before is not None
+        # The key's partition: a committed record and its marker, then the aborted records.
+        assert sorted(before.values())[:-1] == [0] * (len(tps) - 1), before
+        assert sorted(before.values())[-1] >= 2, before
+        read: list[bytes | None] = []
+
+        def caught_up() -> bool:
+            read.extend(record.value for record in edge.poll(100, 0.1).records)
+            return edge.unread(tps) == dict.fromkeys(tps, 0)
+
+        wait_for(caught_up, 30, "nothing left to read past the aborted transaction")
+        assert read == [b"value"]
