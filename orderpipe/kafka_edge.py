@@ -278,6 +278,8 @@ class ConfluentEdge(_ConfluentProducer):
         # Without transactions, each produced record reports its delivery.
         self._on_delivery = None if options.transactional_id else self._delivered
         self._events: list[Event] = []
+        # Where each assigned partition's reading started (assign) or was moved to (seek).
+        self._starts: dict[TP, int] = {}
         self._errors = _ErrorLog(settings.bootstrap_servers, settings.consumer_group)
         self._stats: KafkaStatsTail | None = None
 
@@ -406,6 +408,7 @@ class ConfluentEdge(_ConfluentProducer):
 
     def assign(self, starts: Mapping[TP, int]) -> None:
         _call("assign partitions", lambda: self._consumer.assign(_offsets(starts)))
+        self._starts = dict(starts)
 
     def pause(self, partitions: Collection[TP]) -> None:
         _call("pause partitions", lambda: self._consumer.pause(_tps(partitions)))
@@ -414,6 +417,7 @@ class ConfluentEdge(_ConfluentProducer):
         _call("resume partitions", lambda: self._consumer.resume(_tps(partitions)))
 
     def seek(self, offsets: Mapping[TP, int]) -> None:
+        self._starts.update(offsets)
         for tp in _offsets(offsets):
             try:
                 with WATCHDOG.guard("seek", UNTIMED_CALL_LIMIT_S):
@@ -437,7 +441,7 @@ class ConfluentEdge(_ConfluentProducer):
         return Answered(offsets)
 
     def unread(self, partitions: Collection[TP]) -> dict[TP, int] | None:
-        return _unread(self._consumer, partitions)
+        return _unread(self._consumer, partitions, self._starts)
 
     def watermarks(self) -> dict[TP, Marks] | None:
         marks = {}
@@ -451,14 +455,22 @@ class ConfluentEdge(_ConfluentProducer):
         return marks
 
 
-def _unread(consumer: Consumer, partitions: Collection[TP]) -> dict[TP, int] | None:
-    """ConfluentEdge.unread: the consumer's positions, and each partition's end asked of its leader."""
+def _unread(consumer: Consumer, partitions: Collection[TP], starts: Mapping[TP, int]) -> dict[TP, int] | None:
+    """ConfluentEdge.unread: each partition's end asked of its leader, past the consumer's position.
+
+    librdkafka reports no position (OFFSET_INVALID) for a partition nothing was read
+    from since it was assigned or sought: there, the offset it was given (`starts`)
+    is where reading stands, else it would count the whole partition as unread and
+    --idle-exit would never end the run.
+    """
     unread = {}
     try:
         for tp in consumer.position(_tps(partitions)):
             with WATCHDOG.guard("ask for the end of a partition", UNREAD_TIMEOUT_S + WATCHDOG_GRACE_S):
                 first, end = consumer.get_watermark_offsets(tp, timeout=UNREAD_TIMEOUT_S, cached=False)
-            unread[(tp.topic, tp.partition)] = max(end - (tp.offset if tp.offset >= 0 else first), 0)
+            key = (tp.topic, tp.partition)
+            position = tp.offset if tp.offset >= 0 else starts.get(key, first)
+            unread[key] = max(end - max(position, first), 0)
     except KafkaException as exc:
         log.debug("could not tell what is left to read: %s", call_error(exc, "ask for the ends"))
         return None

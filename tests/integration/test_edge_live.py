@@ -105,3 +105,21 @@ def test_records_of_an_aborted_transaction_at_a_partitions_end_are_not_left_to_r
 
         wait_for(caught_up, 30, "nothing left to read past the aborted transaction")
         assert read == [b"value"]
+
+
+def test_a_partition_assigned_at_its_end_has_nothing_left_to_read(pipeline: Pipeline) -> None:
+    # librdkafka reports no position until something is read; a consumer restored at the end
+    # of a partition must not count the whole partition as unread (--idle-exit waited for ever).
+    settings = pipeline.settings
+    ensure_topics(connect_admin(settings), settings)
+    with running_edge(settings, EdgeOptions(f"{settings.consumer_group}.at-end")) as edge:
+        edge.init_transactions()
+        for _ in range(3):
+            one_transaction(edge, settings.dlq_topic)
+        tps = [(settings.dlq_topic, p) for p in range(settings.orders_partitions)]
+        edge.assign(dict.fromkeys(tps, BEGINNING))
+        ends = wait_for(lambda: edge.unread(tps), 30, "the partitions' ends")
+        assert sum(ends.values()) == 6, ends  # three records and their markers
+        edge.assign(ends)  # from offset 0, what is unread is each end: every partition assigned at its end
+        edge.poll(100, 0.2)
+        assert edge.unread(tps) == dict.fromkeys(tps, 0)
