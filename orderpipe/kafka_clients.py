@@ -37,7 +37,6 @@ __all__ = [
     "CONNECT_TIMEOUT_S",
     "CONSUMER_FETCH_SETTINGS",
     "START_BROKER_HINT",
-    "AdminAnswer",
     "Answered",
     "call_error",
     "close_producer",
@@ -76,7 +75,6 @@ METADATA_TIMEOUT_S = 5.0
 CONNECT_STEP_S, CONNECT_STEP_MAX_S = 0.5, 4.0
 Client = TypeVar("Client")
 T = TypeVar("T")
-Answer = TypeVar("Answer")
 
 
 def librdkafka_logger() -> logging.Logger:
@@ -180,22 +178,6 @@ def _filled(pair: Any) -> bool:
     """Whether every slot of a tuple holds an object (read as addresses, without touching them)."""
     start = id(pair) + _SLOTS_AT
     return all(ctypes.c_void_p.from_address(start + i * _SLOT_SIZE).value for i in range(len(pair)))
-
-
-class AdminAnswer(Generic[T, Answer]):
-    """An admin client's future as a `Pending`: its answer mapped, its error translated."""
-
-    def __init__(self, future: Future[T], what: str, mapping: Callable[[T], Answer]) -> None:
-        self._future, self._what, self._mapping = future, what, mapping
-
-    def done(self) -> bool:
-        return self._future.done()
-
-    def result(self) -> Answer:
-        try:
-            return self._mapping(self._future.result())
-        except KafkaException as exc:
-            raise call_error(exc, self._what) from exc
 
 
 class Answered(Generic[T]):
