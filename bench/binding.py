@@ -1,6 +1,6 @@
 """The binding tier of the benchmark: confluent-kafka alone, with none of our code in the loop.
 
-    python -m bench.binding produce TOPIC N   produces N pre-encoded Avro orders (made before timing)
+    python -m bench.binding produce TOPIC N   produces N pre-encoded Avro orders (made in bulk before timing)
     python -m bench.binding consume TOPIC N   consumes N records as a group member, without decoding
 
 Both use the producer and consumer settings of the pipeline (acks=all, idempotence,
@@ -19,7 +19,7 @@ import uuid
 from confluent_kafka import Consumer, Producer
 
 from config import load_settings
-from orderpipe.codec import load_order_schema
+from orderpipe.codec import SINGLE_OBJECT_MAGIC, load_order_schema
 from orderpipe.generator import OrderFactory
 from orderpipe.kafka_clients import CONSUMER_FETCH_SETTINGS, producer_config
 
@@ -28,7 +28,7 @@ def produce(topic: str, count: int) -> None:
     settings = load_settings({})
     schema = load_order_schema()
     factory = OrderFactory(random.Random(1), "BIND")
-    records = [(g.key.encode(), g.value) for g in (factory.make(schema.encode_single_object) for _ in range(count))]
+    records = factory.fill(count, schema.encode_single_object, SINGLE_OBJECT_MAGIC + schema.fingerprint).records
     producer = Producer(producer_config(settings))
     started = time.monotonic()
     for key, value in records:

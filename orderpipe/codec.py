@@ -339,6 +339,11 @@ class OrderSchema:
         raw = bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO"))
         return cls(text, parsed, raw, canonical, _DIRECT.get(canonical), version, source)
 
+    @property
+    def has_order_layout(self) -> bool:
+        """Whether its records are laid out as `Order` is (the newest layout): a bulk writer may then build them."""
+        return self.canonical == _ORDER_CANONICAL
+
     def encode_body(self, order: Order) -> bytes:
         """The plain Avro body of an order under this version, with no header (fields it lacks are left out)."""
         if self.direct is not None:
@@ -458,6 +463,18 @@ class OrderDecoder:
         }
         # Per Confluent schema id: the writer schema the lookup returned, and its direct reader.
         self._by_schema_id: dict[int, tuple[Any, DirectRead | None]] = {}
+
+    def order_layout_headers(self) -> frozenset[bytes]:
+        """The single-object headers this decoder reads whose body has `Order`'s layout, for orderpipe.intake.
+
+        Empty when such records are not read as single-object (AVRO_WIRE_FORMAT
+        confluent or raw) or the reader schema is not `Order`'s.
+        """
+        if self._raw is not None or self._only == CONFLUENT_MAGIC or not self._resolves_to_order:
+            return frozenset()
+        return frozenset(
+            SINGLE_OBJECT_MAGIC + fp for fp, direct in self._direct_by_fingerprint.items() if direct is _read_v2
+        )
 
     def _direct_reader(self, writer: Any) -> DirectRead | None:
         """The direct reader of a writer schema's layout, if it has one and the reader schema is `Order`'s."""

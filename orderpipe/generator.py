@@ -6,11 +6,12 @@ OrderIds carry a per-run prefix chosen by the caller, so they stay unique across
 
 from __future__ import annotations
 
+import struct
 from typing import NamedTuple, Protocol, TypeVar
 
 from orderpipe.order import MAX_PRODUCT_LENGTH, MAX_QUANTITY, Order
 
-__all__ = ["PRODUCTS", "Generated", "Kind", "OrderEncoder", "OrderFactory", "Rng", "base36"]
+__all__ = ["PRODUCTS", "Filled", "Generated", "Kind", "OrderEncoder", "OrderFactory", "Rng", "base36"]
 
 T = TypeVar("T")
 
@@ -58,6 +59,19 @@ class Kind:
     POISON = "poison"
 
 
+class Filled(NamedTuple):
+    """A slice of records made in bulk: (key, value) pairs, how many of each kind, and the valid orders' total."""
+
+    records: list[tuple[bytes, bytes | None]]
+    invalid: int
+    poison: int
+    valid_sum_cents: int
+
+    @property
+    def valid(self) -> int:
+        return len(self.records) - self.invalid - self.poison
+
+
 class Generated(NamedTuple):
     """One record to publish: key, value bytes, what kind it is and the order behind it."""
 
@@ -68,15 +82,30 @@ class Generated(NamedTuple):
     price_cents: int | None  # set for valid orders: what the consumer should count
 
 
+_BASE36_DIGITS = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
 def base36(number: int) -> str:
     """Writes a non-negative number in digits and upper-case letters (short, id-safe)."""
-    digits = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
     text = ""
     while True:
         number, rest = divmod(number, 36)
-        text = digits[rest] + text
+        text = _BASE36_DIGITS[rest] + text
         if number == 0:
             return text
+
+
+# Every number below 36**2 as two base-36 digits, and 36**2 itself as three: two of them
+# write any customer number up to 36**4 (leading zeros are then stripped).
+_BASE36_PAIRS = (*(a + b for a in _BASE36_DIGITS for b in _BASE36_DIGITS), "100")
+# Avro's zigzag varint of 0 to 63 is one byte: twice the number.
+_SHORT_LENGTHS = tuple(bytes((2 * n,)) for n in range(64))
+_FLOAT = struct.Struct("<f")
+
+
+def _customer_number(number: int) -> str:
+    """base36(number) for 1 <= number <= 36**4, by two table lookups."""
+    return (_BASE36_PAIRS[number // 1296] + _BASE36_PAIRS[number % 1296]).lstrip("0")
 
 
 # The ways `_invalid` breaks an order; the quantity ones need schema version 2 on the wire.
@@ -125,25 +154,111 @@ class OrderFactory:
 
     def next_order_id(self) -> str:
         self._sequence += 1
-        return f"O-{self._run_id}-{self._sequence:X}"
+        return self._order_id(self._sequence)
+
+    def _order_id(self, sequence: int) -> str:
+        return f"O-{self._run_id}-{sequence:X}"
 
     def make(self, encode: OrderEncoder) -> Generated:
         """The next record; `encode` turns an order into value bytes (either wire format)."""
+        return self._make(self.next_order_id(), encode)
+
+    def _make(self, order_id: str, encode: OrderEncoder, roll: float | None = None) -> Generated:
+        """The record of `order_id`; `roll` (drawn after the order's fields when not given) picks its kind."""
         rng = self._rng
-        order_id = self.next_order_id()
         product, low, high = rng.choice(PRODUCTS)
         cents = rng.randint(low, high)
         order = Order(order_id, product, cents / 100)
         if self._version_2_fields:
             customer_id = f"C-{base36(rng.randint(1, 36**4))}" if rng.random() < CUSTOMER_RATE else None
             order = order._replace(quantity=rng.randint(1, MAX_GENERATED_QUANTITY), customer_id=customer_id)
-        roll = rng.random()
+        if roll is None:
+            roll = rng.random()
         if roll < self._poison_rate:
             return Generated(order_id, self._poison(encode(order)), Kind.POISON, order, None)
         if roll < self._poison_rate + self._invalid_rate:
             bad = self._invalid(order)
             return Generated(bad.order_id, encode(bad), Kind.INVALID, bad, None)
         return Generated(order_id, encode(order), Kind.VALID, order, cents)
+
+    def fill(self, count: int, encode: OrderEncoder, prefix: bytes | None) -> Filled:
+        """The next `count` records, made in bulk.
+
+        `prefix` is given when `encode` writes the order schema's version 2 layout
+        (orderId, product, price, quantity, customerId) after a fixed header: then a
+        valid order's value is put together from ready-made pieces, byte for byte what
+        `encode` writes, with no Order made. Invalid and poison records, and every
+        record without a prefix, are made one at a time by `make`. Valid orders come
+        from the same distribution either way (a seed reproduces the slice).
+        """
+        if prefix is None or not self._version_2_fields:
+            return self._fill_slowly(count, encode)
+        rng = self._rng
+        random = rng.random
+        bad_rate = self._poison_rate + self._invalid_rate
+        products = [(_SHORT_LENGTHS[len(name)] + name.encode(), low, high - low + 1) for name, low, high in PRODUCTS]
+        product_count = len(products)
+        quantities = [_SHORT_LENGTHS[n] for n in range(MAX_GENERATED_QUANTITY + 1)]
+        pack, join = _FLOAT.pack, b"".join
+        records: list[tuple[bytes, bytes | None]] = []
+        append = records.append
+        head = f"O-{self._run_id}-".encode()
+        invalid = poison = valid_sum = 0
+        for _ in range(count):
+            self._sequence += 1
+            roll = random()
+            if roll < bad_rate:
+                generated = self._make(self._order_id(self._sequence), encode, roll)
+                append((generated.key.encode(), generated.value))
+                if generated.kind == Kind.POISON:
+                    poison += 1
+                else:
+                    invalid += 1
+                continue
+            key = b"%s%X" % (head, self._sequence)
+            name, low, span = products[int(random() * product_count)]
+            cents = low + int(random() * span)
+            quantity = quantities[1 + int(random() * MAX_GENERATED_QUANTITY)]
+            if random() < CUSTOMER_RATE:
+                number = 1 + int(random() * 36**4)
+                customer = _customer_number(number).encode()
+                append(
+                    (
+                        key,
+                        join(
+                            (
+                                prefix,
+                                _SHORT_LENGTHS[len(key)],
+                                key,
+                                name,
+                                pack(cents / 100),
+                                quantity,
+                                b"\x02",
+                                _SHORT_LENGTHS[len(customer) + 2],
+                                b"C-",
+                                customer,
+                            )
+                        ),
+                    )
+                )
+            else:
+                append((key, join((prefix, _SHORT_LENGTHS[len(key)], key, name, pack(cents / 100), quantity, b"\x00"))))
+            valid_sum += cents
+        return Filled(records, invalid, poison, valid_sum)
+
+    def _fill_slowly(self, count: int, encode: OrderEncoder) -> Filled:
+        records: list[tuple[bytes, bytes | None]] = []
+        invalid = poison = valid_sum = 0
+        for _ in range(count):
+            generated = self.make(encode)
+            records.append((generated.key.encode(), generated.value))
+            if generated.kind == Kind.POISON:
+                poison += 1
+            elif generated.kind == Kind.INVALID:
+                invalid += 1
+            else:
+                valid_sum += generated.price_cents or 0
+        return Filled(records, invalid, poison, valid_sum)
 
     def _invalid(self, order: Order) -> Order:
         """The order with one rule of DESIGN section 2 broken, chosen at random."""

@@ -9,13 +9,15 @@ import secrets
 import struct
 import threading
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient
 
-from orderpipe.codec import CONFLUENT_MAGIC, OrderSchema, load_order_schema
+from orderpipe.codec import CONFLUENT_MAGIC, SINGLE_OBJECT_MAGIC, OrderSchema, load_order_schema
 from orderpipe.console import Console, throughput_line
 from orderpipe.errors import ConfigError, OrderPipeError, RegistryUnavailableError
 from orderpipe.generator import Generated, Kind, OrderEncoder, OrderFactory, base36
@@ -90,7 +92,15 @@ class ProducerSummary:
         )
 
 
-def _encoder(settings: Settings, schema: OrderSchema | RawSchema, stack: ExitStack) -> OrderEncoder:
+class _Encoding(NamedTuple):
+    """How values are written: `encode` turns one order into value bytes; `prefix`, when set, is the
+    header before the body of every value, whose body has Order's layout (OrderFactory.fill builds those)."""
+
+    encode: OrderEncoder
+    prefix: bytes | None
+
+
+def _encoder(settings: Settings, schema: OrderSchema | RawSchema, stack: ExitStack) -> _Encoding:
     """The value encoder of the wire format (orderpipe.wire): bare bodies, single-object, or Confluent framing.
 
     With a registry the schema is registered (or looked up) once, as one canonical
@@ -98,9 +108,10 @@ def _encoder(settings: Settings, schema: OrderSchema | RawSchema, stack: ExitSta
     the schema id: no serializer call per record.
     """
     if isinstance(schema, RawSchema):
-        return schema.encode
+        return _Encoding(schema.encode, None)
     if _single_object(settings):
-        return schema.encode_single_object
+        header = SINGLE_OBJECT_MAGIC + schema.fingerprint
+        return _Encoding(schema.encode_single_object, header if schema.has_order_layout else None)
     client = stack.enter_context(connect_registry(settings))
     subject = f"{settings.orders_topic}-value"
     try:
@@ -117,7 +128,7 @@ def _encoder(settings: Settings, schema: OrderSchema | RawSchema, stack: ExitSta
     def encode(order: Order) -> bytes:
         return header + body(order)
 
-    return encode
+    return _Encoding(encode, header if schema.has_order_layout else None)
 
 
 def _single_object(settings: Settings) -> bool:
@@ -187,8 +198,8 @@ def run_producer(
         admin = connect_admin(settings)
         require_grants(admin, settings, "producer")  # first: a topic it may not use looks absent
         ensure_topics(admin, settings)
-        encode = _encoder(settings, schema, stack)
-        return _publish(settings, options, console, stop, encode, admin=admin, metrics=metrics, schema=schema)
+        encoding = _encoder(settings, schema, stack)
+        return _publish(settings, options, console, stop, encoding, admin=admin, metrics=metrics, schema=schema)
 
 
 def _publish(
@@ -196,7 +207,7 @@ def _publish(
     options: ProducerOptions,
     console: Console,
     stop: threading.Event,
-    encode: OrderEncoder,
+    encoding: _Encoding,
     *,
     admin: AdminClient,
     metrics: ProducerMetrics | None,
@@ -225,7 +236,7 @@ def _publish(
     )
     publisher = _Publisher(settings, console, admin, metrics)
     try:
-        return publisher.run(factory, encode, options, stop)
+        return publisher.run(factory, encoding, options, stop)
     finally:
         publisher.close()
 
@@ -294,7 +305,7 @@ class _Publisher:
             )
 
     def run(
-        self, factory: OrderFactory, encode: OrderEncoder, options: ProducerOptions, stop: threading.Event
+        self, factory: OrderFactory, encoding: _Encoding, options: ProducerOptions, stop: threading.Event
     ) -> ProducerSummary:
         """Publishes until `count` is reached or `stop` is set, then flushes.
 
@@ -318,7 +329,7 @@ class _Publisher:
                 # small slices instead of a busy loop.
                 producer.poll(min(max(started + summary.sent / options.rate - now, PACING_S), 0.2))
                 continue
-            self._produce_slice(factory, encode, wanted)
+            self._produce_slice(factory, encoding, wanted)
             producer.poll(0)
             self._watch_replicas(now)
             if console.summary_due(now):
@@ -363,27 +374,42 @@ class _Publisher:
             if now >= deadline:
                 return int(undelivered)
 
-    def _produce_slice(self, factory: OrderFactory, encode: OrderEncoder, count: int) -> None:
-        """The hot loop: make, encode and produce `count` records."""
-        producer, topic, wants_event = self._producer, self._topic, self._console.wants_event
-        by_kind, make = self.summary.by_kind, factory.make
-        valid_count = valid_sum_cents = 0
-        for _ in range(count):
-            generated = make(encode)
-            key = generated.key.encode("utf-8")
-            callback = functools.partial(self._delivered_shown, generated) if wants_event() else None
-            try:
-                if callback is None:
-                    producer.produce(topic, generated.value, key)
-                else:
-                    producer.produce(topic, generated.value, key, on_delivery=callback)
-            except (BufferError, KafkaException):
-                # The local queue is full (wait for room) or the record was refused (named).
-                produce(producer, topic, key, generated.value, on_delivery=callback)
-            by_kind[generated.kind] += 1
+    def _produce_slice(self, factory: OrderFactory, encoding: _Encoding, count: int) -> None:
+        """The hot loop: make, encode and produce `count` records.
+
+        The records whose lines are printed come first, one at a time with a delivery
+        callback of their own; the rest are made in bulk and reported to `_delivered`.
+        """
+        producer, topic, summary = self._producer, self._topic, self.summary
+        shown = self._console.claim_events(count)
+        for _ in range(shown):
+            generated = factory.make(encoding.encode)
+            callback = functools.partial(self._delivered_shown, generated)
+            self._send(generated.key.encode("utf-8"), generated.value, callback)
+            summary.by_kind[generated.kind] += 1
             if generated.price_cents is not None:
-                valid_count += 1
-                valid_sum_cents += generated.price_cents
-        summary = self.summary
+                summary.valid += RunningAverage(1, generated.price_cents)
+        filled = factory.fill(count - shown, encoding.encode, encoding.prefix)
+        send = producer.produce
+        for key, value in filled.records:
+            try:
+                send(topic, value, key)
+            except (BufferError, KafkaException):
+                self._send(key, value, None)
         summary.sent += count
-        summary.valid += RunningAverage(valid_count, valid_sum_cents)
+        summary.by_kind[Kind.VALID] += filled.valid
+        summary.by_kind[Kind.INVALID] += filled.invalid
+        summary.by_kind[Kind.POISON] += filled.poison
+        summary.valid += RunningAverage(filled.valid, filled.valid_sum_cents)
+
+    def _send(
+        self, key: bytes, value: bytes | None, callback: Callable[[KafkaError | None, Message], None] | None
+    ) -> None:
+        """Produces one record; a full local queue is waited out, a refused record named (kafka_clients.produce)."""
+        try:
+            if callback is None:
+                self._producer.produce(self._topic, value, key)
+            else:
+                self._producer.produce(self._topic, value, key, on_delivery=callback)
+        except (BufferError, KafkaException):
+            produce(self._producer, self._topic, key, value, on_delivery=callback)

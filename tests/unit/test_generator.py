@@ -4,9 +4,9 @@ import random
 
 import pytest
 
-from orderpipe.codec import OrderDecoder, load_order_schema
+from orderpipe.codec import SINGLE_OBJECT_MAGIC, OrderDecoder, OrderSchema, load_order_schema
 from orderpipe.errors import DeserializationError, ValidationError
-from orderpipe.generator import Generated, Kind, OrderFactory
+from orderpipe.generator import PRODUCTS, Filled, Generated, Kind, OrderFactory, _customer_number, base36
 from orderpipe.order import validate
 
 SCHEMA = load_order_schema()
@@ -73,3 +73,70 @@ def test_orders_for_schema_version_1_have_the_defaults_and_read_back_as_generate
                 validate(order, MAX)
         else:
             assert validate(order, MAX).price_cents == g.price_cents
+
+
+def fill(seed: int, n: int, prefix: bytes | None, schema: OrderSchema = SCHEMA) -> Filled:
+    factory = OrderFactory(random.Random(seed), "BULK", invalid_rate=0.2, poison_rate=0.1, max_price_cents=MAX)
+    return factory.fill(n, schema.encode_single_object, prefix)
+
+
+def test_orders_made_in_bulk_are_byte_for_byte_what_the_encoder_writes() -> None:
+    prefix = SINGLE_OBJECT_MAGIC + SCHEMA.fingerprint
+    filled = fill(17, 5000, prefix)
+    decoder = OrderDecoder(SCHEMA)
+    kinds = {Kind.VALID: 0, Kind.INVALID: 0, Kind.POISON: 0}
+    total = 0
+    valid = []
+    for key, value in filled.records:
+        try:
+            order = decoder.decode(value)
+        except DeserializationError:
+            kinds[Kind.POISON] += 1
+            continue
+        assert key == order.order_id.encode()
+        assert SCHEMA.encode_single_object(order) == value  # the same bytes, field by field
+        try:
+            total += validate(order, MAX).price_cents
+        except ValidationError:
+            kinds[Kind.INVALID] += 1
+        else:
+            kinds[Kind.VALID] += 1
+            valid.append(order)
+    assert (filled.valid, filled.invalid, filled.poison) == (kinds[Kind.VALID], kinds[Kind.INVALID], kinds[Kind.POISON])
+    assert filled.valid_sum_cents == total
+    assert filled.poison > 300
+    assert filled.invalid > 700
+    assert {o.product for o in valid} == {name for name, _, _ in PRODUCTS}
+    assert {o.quantity for o in valid} >= {1, 2, 3, 4, 5}
+    assert 0.3 < sum(o.customer_id is not None for o in valid) / len(valid) < 0.7
+
+
+def test_bulk_orders_are_reproduced_by_a_seed_and_keep_numbering_after_single_ones() -> None:
+    prefix = SINGLE_OBJECT_MAGIC + SCHEMA.fingerprint
+    assert fill(3, 300, prefix) == fill(3, 300, prefix)
+    factory = OrderFactory(random.Random(1), "SEQ")
+    first = factory.make(SCHEMA.encode_single_object)
+    filled = factory.fill(3, SCHEMA.encode_single_object, prefix)
+    assert [first.key.encode(), *(key for key, _ in filled.records)] == [b"O-SEQ-1", b"O-SEQ-2", b"O-SEQ-3", b"O-SEQ-4"]
+
+
+def test_without_a_prefix_or_with_version_1_orders_bulk_filling_makes_them_one_at_a_time() -> None:
+    one_at_a_time = make(4, 1000, "BULK")
+    filled = fill(4, 1000, None)
+    assert filled.records == [(g.key.encode(), g.value) for g in one_at_a_time]
+    assert filled.valid_sum_cents == sum(g.price_cents or 0 for g in one_at_a_time)
+    assert filled.poison == sum(g.kind == Kind.POISON for g in one_at_a_time)
+    v1 = load_order_schema(1)
+    factory = OrderFactory(random.Random(2), "V1", max_price_cents=MAX, version_2_fields=False)
+    again = OrderFactory(random.Random(2), "V1", max_price_cents=MAX, version_2_fields=False)
+    filled = factory.fill(200, v1.encode_single_object, SINGLE_OBJECT_MAGIC + v1.fingerprint)
+    assert filled.records == [
+        (g.key.encode(), g.value) for g in (again.make(v1.encode_single_object) for _ in range(200))
+    ]
+
+
+@pytest.mark.parametrize(
+    "number", [1, 35, 36, 1295, 1296, 1297, 46655, 46656, 36**4 - 1, 36**4, *range(1, 36**4, 9973)]
+)
+def test_customer_numbers_written_by_table_match_base36(number: int) -> None:
+    assert _customer_number(number) == base36(number)
