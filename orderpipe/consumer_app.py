@@ -27,6 +27,7 @@ from orderpipe.effects import OutputTopics
 from orderpipe.errors import ConfigError, FatalKafkaError
 from orderpipe.health import Health
 from orderpipe.instance import claim_slot
+from orderpipe.intake import Intake
 from orderpipe.kafka_edge import open_kafka_edge
 from orderpipe.latency import LatencyHistogram
 from orderpipe.metrics import ConsumerMetrics
@@ -288,8 +289,11 @@ class OrderConsumer:
         policy = RetryPolicy(settings.max_retries, settings.retry_backoff_ms, settings.retry_backoff_max_ms)
         max_price_cents, downstream = settings.max_order_price_cents, self._downstream
 
+        intake = Intake(decoder, max_price_cents)
+
         def process(record: Incoming) -> ValidOrder:
-            order = validate(decoder.decode(record.value), max_price_cents)
+            # The common record in one pass; anything else decoded and validated in full.
+            order = intake(record.value) or validate(decoder.decode(record.value), max_price_cents)
             downstream(order)
             return order
 

@@ -131,21 +131,28 @@ def incoming(message: Message, retry_topic: str | None = None) -> Incoming:
     """A consumed message as plain data for the core (header values as bytes).
 
     A record whose header names are not all UTF-8 comes without headers, marked
-    unreadable (see `_read_headers`).
+    unreadable (see `_read_headers`). Called for every record: the tuple is made
+    without Incoming's keyword-handling constructor.
     """
     headers, unreadable = _read_headers(message)
     topic = message.topic() or ""
-    return Incoming(
-        topic,
-        message.partition() or 0,
-        message.offset() or 0,
-        message.timestamp()[1],
-        message.key(),
-        message.value(),
-        headers,
-        topic == retry_topic,
-        unreadable,
+    return _new_tuple(
+        Incoming,
+        (
+            topic,
+            message.partition() or 0,
+            message.offset() or 0,
+            message.timestamp()[1],
+            message.key(),
+            message.value(),
+            headers,
+            topic == retry_topic,
+            unreadable,
+        ),
     )
+
+
+_new_tuple = tuple.__new__
 
 
 def _read_headers(message: Message) -> tuple[tuple[tuple[str, bytes], ...], str]:

@@ -8,13 +8,14 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from orderpipe.errors import ValidationError
-from orderpipe.money import format_cents, to_cents
+from orderpipe.money import format_cents
 
 __all__ = [
     "MAX_CUSTOMER_ID_LENGTH",
     "MAX_ORDER_ID_LENGTH",
     "MAX_PRODUCT_LENGTH",
     "MAX_QUANTITY",
+    "ORDER_ID_PATTERN",
     "Order",
     "ValidOrder",
     "validate",
@@ -24,7 +25,7 @@ MAX_ORDER_ID_LENGTH = 64
 MAX_PRODUCT_LENGTH = 200
 MAX_QUANTITY = 1000
 MAX_CUSTOMER_ID_LENGTH = 64
-_ORDER_ID = re.compile(r"[A-Za-z0-9_-]+")
+ORDER_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]+")
 
 
 class Order(NamedTuple):
@@ -95,7 +96,7 @@ def validate(order: Order, max_price_cents: int) -> ValidOrder:
         raise ValidationError("orderId must not be empty")
     if len(order_id) > MAX_ORDER_ID_LENGTH:
         raise ValidationError(f"orderId must be at most {MAX_ORDER_ID_LENGTH} characters, got {len(order_id)}")
-    if not _ORDER_ID.fullmatch(order_id):
+    if not ORDER_ID_PATTERN.fullmatch(order_id):
         raise ValidationError("orderId may only contain A-Z, a-z, 0-9, '_' and '-'")
     if not product.strip():
         raise ValidationError("product must not be blank")
@@ -105,11 +106,15 @@ def validate(order: Order, max_price_cents: int) -> ValidOrder:
         raise ValidationError(f"price must be a finite number, got {price}")
     if price <= 0:
         raise ValidationError("price must be > 0")
-    # Exact: the float as a ratio of integers, compared without a decimal repr in between.
+    # Exact: the float as a ratio of integers, compared without a decimal repr in between,
+    # and rounded to cents half to even (money.to_cents, written out: this runs per record).
     numerator, denominator = price.as_integer_ratio()
-    if numerator * 100 > max_price_cents * denominator:
+    numerator *= 100
+    if numerator > max_price_cents * denominator:
         raise ValidationError(f"price must be at most {format_cents(max_price_cents)}, got {price:.2f}")
-    cents = to_cents(price)
+    cents, remainder = divmod(numerator, denominator)
+    if 2 * remainder > denominator or (2 * remainder == denominator and cents % 2 == 1):
+        cents += 1
     if cents == 0:
         raise ValidationError(f"price must be at least $0.01 once rounded to cents, got {price}")
     quantity, customer_id = order.quantity, order.customer_id

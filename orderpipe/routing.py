@@ -391,9 +391,15 @@ def plan_batch(
             deferred.append(Deferred(record.topic, record.partition, record.offset, due))
             commits[tp] = record.offset
             continue
-        decisions.append(decide(record, outcome, now_ms, policy, max_record_bytes))
+        if type(outcome) is ValidOrder:  # the common case, as `decide` would route it
+            decisions.append(_new_tuple(Processed, (record, outcome)))
+        else:
+            decisions.append(decide(record, outcome, now_ms, policy, max_record_bytes))
         commits[tp] = record.offset + 1
     return BatchPlan(tuple(decisions), commits, tuple(deferred))
+
+
+_new_tuple = tuple.__new__
 
 
 def _due(record: Incoming, now_ms: int, policy: RetryPolicy) -> int | None:

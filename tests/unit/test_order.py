@@ -4,8 +4,11 @@ import math
 import re
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from orderpipe.errors import ValidationError
+from orderpipe.money import to_cents
 from orderpipe.order import Order, ValidOrder, validate
 
 MAX = 10_000_000  # $100,000.00
@@ -75,3 +78,19 @@ def test_the_price_limit_is_a_setting() -> None:
     with pytest.raises(ValidationError):
         validate(Order("O-1", "Keyboard", 50.01), 5000)
     assert validate(Order("O-1", "Keyboard", 50.0), 5000).price_cents == 5000
+
+
+@given(st.floats(min_value=0.0, max_value=100_000.0, width=32, exclude_min=True))
+def test_a_valid_price_rounds_to_cents_as_money_to_cents_does(price: float) -> None:
+    try:
+        cents = validate(Order("O-1", "Keyboard", price), 10_000_000).price_cents
+    except ValidationError:  # below half a cent
+        assert to_cents(price) == 0
+    else:
+        assert cents == to_cents(price)
+
+
+def test_a_price_exactly_half_a_cent_away_rounds_to_even() -> None:
+    # 0.125 and 0.375 are exact in binary: 12.5 and 37.5 cents round to 12 and 38.
+    assert validate(Order("O-1", "Keyboard", 0.125), 10_000_000).price_cents == 12
+    assert validate(Order("O-1", "Keyboard", 0.375), 10_000_000).price_cents == 38
