@@ -16,7 +16,7 @@ import math
 import struct
 
 from orderpipe.codec import OrderDecoder
-from orderpipe.order import MAX_QUANTITY, ORDER_ID_PATTERN, ValidOrder
+from orderpipe.order import MAX_QUANTITY, ValidOrder
 
 __all__ = ["Intake"]
 
@@ -37,7 +37,6 @@ class Intake:
     def __init__(self, decoder: OrderDecoder, max_price_cents: int) -> None:
         self._headers = decoder.order_layout_headers()
         self._max_price_cents = max_price_cents
-        self._order_id = ORDER_ID_PATTERN.fullmatch
 
     def __call__(self, value: bytes | None) -> ValidOrder | None:
         if value is None or value[:_HEADER] not in self._headers:
@@ -69,12 +68,16 @@ class Intake:
                 # At most 63 bytes, so within MAX_CUSTOMER_ID_LENGTH characters.
                 if not customer_id.strip() or not customer_id.isprintable():
                     return None
-            order_id = value[_HEADER + 1 : id_end].decode("utf-8")
+            order_id = value[_HEADER + 1 : id_end]
+            # ORDER_ID_PATTERN's letters, digits, '_' and '-', checked on the bytes (bytes.isalnum is ASCII
+            # only); an id of '_' and '-' alone is left to the general path.
+            if not order_id.translate(None, b"_-").isalnum():
+                return None
             product = value[product_start:product_end].decode("utf-8")
         except (IndexError, UnicodeDecodeError):
             return None
         # Both at most 63 bytes: within their length limits.
-        if not self._order_id(order_id) or not product.strip():
+        if not product.strip():
             return None
         price = _FLOAT.unpack_from(value, product_end)[0]
         if not 0.0 < price < math.inf:  # NaN, negative, zero and infinite prices take the general path
@@ -88,4 +91,4 @@ class Intake:
             cents += 1
         if cents == 0:
             return None
-        return _new_tuple(ValidOrder, (order_id, product, cents, quantity >> 1, customer_id))
+        return _new_tuple(ValidOrder, (order_id.decode("ascii"), product, cents, quantity >> 1, customer_id))

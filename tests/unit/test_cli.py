@@ -1,5 +1,6 @@
 """Command-line handling that needs no broker: bad flags and settings exit 2, by name."""
 
+import gc
 from collections.abc import Callable
 from pathlib import Path
 
@@ -7,6 +8,7 @@ import pytest
 
 import consumer
 import producer
+from orderpipe.cli import GC_YOUNG_THRESHOLD, _gc_tuned_for_throughput
 
 
 @pytest.mark.parametrize(
@@ -96,3 +98,12 @@ def test_the_wire_flags_beat_the_environment_which_beats_dotenv(main, nowhere, m
     assert main(_args(main, "--wire-format", "RAW", "--writer-schema", "from-flag.avsc")) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: AVRO_WRITER_SCHEMA (from-flag.avsc) cannot be read"), err
+
+
+def test_the_programs_collect_garbage_less_often_while_they_run_and_leave_the_collector_as_it_was() -> None:
+    before = gc.get_threshold()
+    with _gc_tuned_for_throughput():
+        assert gc.get_threshold()[0] == GC_YOUNG_THRESHOLD
+        assert gc.get_freeze_count() > 0  # the start-up's objects are set aside
+    assert gc.get_threshold() == before
+    assert gc.get_freeze_count() == 0
