@@ -25,7 +25,7 @@ mkdir -p .cache
   --cov-fail-under=85
 .venv/bin/python scripts/coverage_floor.py .cache/coverage.json 80
 scripts/broker.sh up
-.venv/bin/python -m pytest tests/integration
+.venv/bin/python -m pytest tests/integration -m integration
 scripts/broker.sh secure up
 .venv/bin/python -m pytest tests/secured -m secured
 scripts/broker.sh secure down # its CPU goes to the cluster
