@@ -344,7 +344,7 @@ def topic_configs(
             entries = future.result(timeout=timeout_s)
         except TimeoutError as exc:
             raise BrokerUnavailableError(
-                f"could not read the configuration of {resource.name} within {timeout_s:g}s"
+                f"could not read the configuration of topic {resource.name} within {timeout_s:g}s"
             ) from exc
         except KafkaException as exc:
             error = call_error(exc, f"read the configuration of topic {resource.name}")

@@ -312,7 +312,7 @@ def test_topic_configurations_that_do_not_come_are_named(mock_cluster: MockClust
     # The mock cluster does not answer DescribeConfigs: the request times out.
     admin = connect_admin(mock_cluster.settings())
     assert topic_configs(admin, []) == {}
-    with pytest.raises(BrokerUnavailableError, match="could not read the configuration of some-topic"):
+    with pytest.raises(BrokerUnavailableError, match="could not read the configuration of topic some-topic"):
         topic_configs(admin, ["some-topic"], timeout_s=0.5)
 
 
@@ -398,7 +398,7 @@ def test_the_producers_in_sync_answer_reads_each_minimum_afresh_and_keeps_none_i
     monkeypatch.setattr(kafka_clients, "topic_configs", configs)
     admin: Any = object()
     assert in_sync_replicas(Client(), ["orders", "other"], admin=admin).result().minimums == {"orders": 3}
-    answers[0] = BrokerUnavailableError("could not read the configuration of orders within 5s")
+    answers[0] = BrokerUnavailableError("could not read the configuration of topic orders within 5s")
     assert in_sync_replicas(Client(), ["orders"], admin=admin).result().minimums == {}
 
 
