@@ -145,7 +145,7 @@ class OrderConsumer:
     """The consumer: construct it, then `run` it until stopped or idle.
 
     Args:
-        downstream: called for every valid order; an exception is a transient failure.
+        downstream: called for every valid order; an exception is a transient failure (None: no call).
         on_decision: called with each decision after its batch was committed.
         clock: the time (SYSTEM_CLOCK); the twin's virtual clock in unit tests.
         open_edge: connects to Kafka (confluent-kafka by default).
@@ -158,7 +158,7 @@ class OrderConsumer:
         settings: Settings,
         options: ConsumerOptions,
         console: Console,
-        downstream: Downstream,
+        downstream: Downstream | None,
         *,
         on_decision: Callable[[Decision], None] | None = None,
         clock: Clock = SYSTEM_CLOCK,
@@ -291,11 +291,11 @@ class OrderConsumer:
 
         intake = Intake(decoder, max_price_cents)
 
-        def process(record: Incoming) -> ValidOrder:
+        def decode_and_validate(record: Incoming) -> ValidOrder:
             # The common record in one pass; anything else decoded and validated in full.
-            order = intake(record.value) or validate(decoder.decode(record.value), max_price_cents)
-            downstream(order)
-            return order
+            return intake(record.value) or validate(decoder.decode(record.value), max_price_cents)
+
+        process = decode_and_validate if downstream is None else _then_call(decode_and_validate, downstream)
 
         def decide(records: Sequence[Incoming], now_ms: int) -> BatchPlan:
             if lookup is not None:
@@ -345,11 +345,24 @@ def _wire_label(settings: Settings) -> str:
     return "single-object Avro, no schema registry"
 
 
-def simulated_outage(rng: Any, rate: float) -> Downstream:
-    """A downstream call that times out with probability `rate` (for `--failure-rate`)."""
+def _then_call(process: Callable[[Incoming], ValidOrder], downstream: Downstream) -> Callable[[Incoming], ValidOrder]:
+    """`process`, then the downstream call with the valid order it returned."""
+
+    def process_and_call(record: Incoming) -> ValidOrder:
+        order = process(record)
+        downstream(order)
+        return order
+
+    return process_and_call
+
+
+def simulated_outage(rng: Any, rate: float) -> Downstream | None:
+    """A downstream call that times out with probability `rate` (for `--failure-rate`); None when it never fails."""
+    if rate <= 0:
+        return None
 
     def call(_order: ValidOrder) -> None:
-        if rate > 0 and rng.random() < rate:
+        if rng.random() < rate:
             raise TimeoutError("inventory service timed out")
 
     return call

@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 from orderpipe.edge import TP, Outgoing
 from orderpipe.money import RunningAverage
-from orderpipe.routing import BatchPlan, Decision, Deferred, Processed, Retry
+from orderpipe.routing import BatchPlan, Decision, Deferred, Retry
 from orderpipe.stats import encode_stats, stats_key
 
 __all__ = ["BatchEffects", "OutputTopics", "batch_effects"]
@@ -52,23 +52,14 @@ def batch_effects(plan: BatchPlan, states: Mapping[TP, RunningAverage], topics: 
         states: the committed state of each partition the consumer owns.
         topics: where retry, DLQ and stats records go.
     """
-    outgoing: list[Outgoing] = []
-    added: dict[TP, list[int]] = {}  # per partition: [orders, cents] processed in this batch
-    for decision in plan.decisions:
-        record = decision.record
-        if isinstance(decision, Processed):
-            tp = (record.topic, record.partition)
-            totals = added.get(tp)
-            if totals is None:
-                totals = added[tp] = [0, 0]
-            totals[0] += 1
-            totals[1] += decision.order.price_cents
-        elif isinstance(decision, Retry):
-            outgoing.append(Outgoing(topics.retry, record.key, record.value, decision.headers))
-        else:
-            outgoing.append(Outgoing(topics.dlq, decision.key, decision.value, decision.headers))
+    outgoing = [
+        Outgoing(topics.retry, decision.record.key, decision.record.value, decision.headers)
+        if isinstance(decision, Retry)
+        else Outgoing(topics.dlq, decision.key, decision.value, decision.headers)
+        for decision in plan.routed
+    ]
     after = {tp: states.get(tp, RunningAverage()) for tp in plan.commits}
-    for tp, (count, cents) in added.items():
+    for tp, (count, cents) in plan.totals.items():
         after[tp] += RunningAverage(count, cents)
     # Every partition of the batch gets its stats value, so the offset in it always
     # equals the committed one. The stats topic is read from its partition 0 alone.
@@ -76,5 +67,5 @@ def batch_effects(plan: BatchPlan, states: Mapping[TP, RunningAverage], topics: 
         Outgoing(topics.stats, stats_key(topics.group, *tp).encode(), encode_stats(after[tp], offset), partition=0)
         for tp, offset in plan.commits.items()
     )
-    processed = sum(count for count, _ in added.values())
+    processed = sum(count for count, _ in plan.totals.values())
     return BatchEffects(tuple(outgoing), dict(plan.commits), after, plan.deferred, plan.decisions, processed)

@@ -217,10 +217,37 @@ class Deferred:
 
 @dataclass(frozen=True)
 class BatchPlan:
-    decisions: tuple[Decision, ...]
+    """A batch's decisions, in order, and what the effects need of them without going over each again.
+
+    `routed` holds the retries and dead letters among the decisions, in order, and
+    `totals` the orders processed and their cents per partition. `plan_batch` adds
+    them up as it decides; `BatchPlan.of` does it for decisions made elsewhere.
+    """
+
+    decisions: tuple[Decision, ...] = ()
     # Next offset to commit per (topic, partition): just past the last record decided.
     commits: dict[tuple[str, int], int] = field(default_factory=dict)
     deferred: tuple[Deferred, ...] = ()
+    routed: tuple[Retry | DeadLetter, ...] = ()
+    totals: dict[tuple[str, int], list[int]] = field(default_factory=dict)  # [orders, cents]
+
+    @classmethod
+    def of(
+        cls,
+        decisions: tuple[Decision, ...],
+        commits: dict[tuple[str, int], int] | None = None,
+        deferred: tuple[Deferred, ...] = (),
+    ) -> BatchPlan:
+        routed: list[Retry | DeadLetter] = []
+        totals: dict[tuple[str, int], list[int]] = {}
+        for decision in decisions:
+            if isinstance(decision, Processed):
+                added = totals.setdefault((decision.record.topic, decision.record.partition), [0, 0])
+                added[0] += 1
+                added[1] += decision.order.price_cents
+            else:
+                routed.append(decision)
+        return cls(decisions, commits or {}, deferred, tuple(routed), totals)
 
 
 def backoff_ms(attempt: int, policy: RetryPolicy) -> int:
@@ -366,12 +393,14 @@ def plan_batch(
         max_record_bytes: see `decide`.
     """
     decisions: list[Decision] = []
+    routed: list[Retry | DeadLetter] = []
+    totals: dict[tuple[str, int], list[int]] = {}
     commits: dict[tuple[str, int], int] = {}
     deferred: list[Deferred] = []
     stopped: set[tuple[str, int]] = set()
     for record in records:
         tp = (record.topic, record.partition)
-        if tp in stopped:
+        if stopped and tp in stopped:
             continue  # refetched after the seek back to the deferred record
         # Only records of the retry topic carry a due time.
         due = _due(record, now_ms, policy) if record.from_retry_topic else None
@@ -393,10 +422,22 @@ def plan_batch(
             continue
         if type(outcome) is ValidOrder:  # the common case, as `decide` would route it
             decisions.append(_new_tuple(Processed, (record, outcome)))
+            added = totals.get(tp)
+            if added is None:
+                added = totals[tp] = [0, 0]
+            added[0] += 1
+            added[1] += outcome.price_cents
         else:
-            decisions.append(decide(record, outcome, now_ms, policy, max_record_bytes))
+            decision = decide(record, outcome, now_ms, policy, max_record_bytes)
+            decisions.append(decision)
+            if isinstance(decision, Processed):
+                added = totals.setdefault(tp, [0, 0])
+                added[0] += 1
+                added[1] += decision.order.price_cents
+            else:
+                routed.append(decision)
         commits[tp] = record.offset + 1
-    return BatchPlan(tuple(decisions), commits, tuple(deferred))
+    return BatchPlan(tuple(decisions), commits, tuple(deferred), tuple(routed), totals)
 
 
 _new_tuple = tuple.__new__

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import time
 from types import SimpleNamespace
 from typing import cast
@@ -11,6 +12,7 @@ import pytest
 
 from orderpipe import kafka_stats
 from orderpipe.assignment import Restorer
+from orderpipe.consumer_app import simulated_outage
 from orderpipe.edge import BEGINNING, Outgoing, TopicSpec
 from orderpipe.effects import OutputTopics, batch_effects
 from orderpipe.errors import BrokerUnavailableError, DeserializationError, KafkaCallError
@@ -36,7 +38,7 @@ def record(tp: tuple[str, int], offset: int, key: bytes = b"K") -> Incoming:
 
 def test_a_batch_becomes_records_offsets_and_states_to_apply_after_its_commit() -> None:
     error = TimeoutError("down")
-    plan = BatchPlan(
+    plan = BatchPlan.of(
         (
             Processed(record(A, 4), ValidOrder("O-1", "Mouse", 1000)),
             Retry(record(A, 5, b"O-2"), 1, 99, error, (("retry.attempt", b"1"),)),
@@ -384,3 +386,11 @@ def test_an_orders_topic_with_another_partition_count_is_followed_with_a_warning
     assert settings.dlq_topic in warning
     specs = {spec.name: spec.partitions for spec in missing_topics(settings, {settings.orders_topic: 1})}
     assert specs == {settings.retry_topic: 1, settings.dlq_topic: 1, settings.stats_topic: 1}
+
+
+def test_the_simulated_downstream_is_no_call_at_all_when_it_never_fails() -> None:
+    assert simulated_outage(random.Random(1), 0.0) is None
+    failing = simulated_outage(random.Random(1), 1.0)
+    assert failing is not None
+    with pytest.raises(TimeoutError):
+        failing(ValidOrder("O-1", "Mouse", 1000))

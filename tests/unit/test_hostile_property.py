@@ -18,6 +18,7 @@ from orderpipe.routing import (
     CLOCK_SKEW_MS,
     PIPELINE_HEADERS,
     UNREADABLE_HEADERS,
+    BatchPlan,
     DeadLetter,
     Incoming,
     Processed,
@@ -110,6 +111,8 @@ def in_order(batch: list[Incoming]) -> list[Incoming]:
 @given(st.lists(records, max_size=12).map(in_order))
 def test_every_record_is_decided_or_deferred_and_nothing_raises(batch: list[Incoming]) -> None:
     plan = plan_batch(batch, NOW, process, POLICY, LIMIT)
+    # What it adds up while deciding (retries and dead letters, totals) is what its decisions add up to.
+    assert plan == BatchPlan.of(plan.decisions, plan.commits, plan.deferred)
     decided = [(d.record.topic, d.record.partition, d.record.offset) for d in plan.decisions]
     stopped = {(d.topic, d.partition): d.offset for d in plan.deferred}
     for record in batch:
