@@ -1,6 +1,6 @@
 """Avro wire formats for orders: schema versions, encoding, format detection and decoding.
 
-Two formats share the `orders` topic (DESIGN section 4):
+Two formats share the `orders` topic (the README's "Topics, wire formats and headers"):
 
 * Avro single-object encoding: 0xC3 0x01, the writer schema's 8-byte little-endian
   CRC-64-AVRO fingerprint, then the Avro body. Used when there is no registry. The

@@ -261,7 +261,7 @@ class OrderFactory:
         return Filled(records, invalid, poison, valid_sum)
 
     def _invalid(self, order: Order) -> Order:
-        """The order with one rule of DESIGN section 2 broken, chosen at random."""
+        """The order with one validation rule broken, chosen at random (the rules: orderpipe/order.py, `validate`)."""
         mutations = _MUTATIONS + _QUANTITY_MUTATIONS if self._version_2_fields else _MUTATIONS
         mutation = self._rng.choice(mutations)
         oid, product, price = order.order_id, order.product, order.price

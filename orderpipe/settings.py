@@ -1,4 +1,4 @@
-"""The pipeline's settings as one frozen, validated object (DESIGN section 7).
+"""The pipeline's settings as one frozen, validated object (the README's "Settings").
 
 This module knows every setting: its environment variable, its default and what a
 good value looks like. It never reads the environment itself: the top-level

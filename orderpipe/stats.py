@@ -1,4 +1,4 @@
-"""The running-average state as it is kept in `orders-stats` (DESIGN section 3), free of Kafka.
+"""The running-average state as it is kept in `orders-stats`, free of Kafka.
 
 Each input partition a consumer group reads (of `orders` and of `orders-retry`) has
 one record in the compacted stats topic: key `<group>/<topic>-<partition>`, value

@@ -1,4 +1,4 @@
-"""The pipeline's topics: which to create and how, and whether existing ones will do (DESIGN section 3), free of Kafka.
+"""The pipeline's topics: which to create and how, and whether existing ones will do, free of Kafka.
 
 `orders` gets ORDERS_PARTITIONS partitions; `orders-retry` and `orders-dlq` get as
 many as `orders` really has, so an order's records keep the same partition number on

@@ -10,8 +10,8 @@ process's `KafkaEdge` on it. Time is virtual (`VirtualClock`): a poll that finds
 nothing moves it on by its timeout, so backoffs and idle limits take no real time.
 
 Tests steer it: `produce` writes input records, `rebalance` and `expire` move
-partitions, and `faults` makes calls fail (`fail`: the kinds of DESIGN's failure
-handling, retriable, abortable, fatal, fenced), run an action first (`when`), or kill
+partitions, and `faults` makes calls fail (`fail`: the kinds of failure Kafka
+reports, retriable, abortable, fatal, fenced), run an action first (`when`), or kill
 a consumer at a call (`kill_at`), as SIGKILL would: it raises `Killed`, and the
 process's open transaction and group membership are left behind for the next one.
 """

@@ -1,4 +1,4 @@
-"""Exactly-once under crashes, scale-out, zombies and restarts (DESIGN section 6), on the real broker."""
+"""Exactly-once under crashes, scale-out, zombies and restarts, on the real broker (README: "Delivery guarantees")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""DESIGN section 5 on the real broker: DLQ headers, poison bytes, retries, non-blocking."""
+"""Routing on the real broker: DLQ headers, poison bytes, retries, non-blocking."""
 
 import time
 from collections import defaultdict

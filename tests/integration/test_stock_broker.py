@@ -1,4 +1,4 @@
-"""The programs on a broker as it comes: `auto.create.topics.enable=true` and `num.partitions=1` (DESIGN section 3).
+"""The programs on a broker as it comes: `auto.create.topics.enable=true` and `num.partitions=1`.
 
 The single-node broker of scripts/broker.sh keeps Kafka's defaults, so a metadata
 request or a first send that names a missing topic would create it with one

@@ -1,4 +1,4 @@
-"""DESIGN section 5: one test per row of the routing table, the headers and the backoff."""
+"""Routing: one test per row of the routing table, the headers and the backoff."""
 
 import pytest
 
