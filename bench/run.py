@@ -47,7 +47,12 @@ KAFKA_VERSION = "4.1.1"
 JAVA_LIBS = ROOT / ".cache" / "bench" / f"kafka-tools-{KAFKA_VERSION}"
 PARTITIONS = 3
 # The pipeline's producer settings (orderpipe.kafka_clients.producer_config), for kcat and Java.
-PRODUCER_SETTINGS = {"acks": "all", "enable.idempotence": "true", "linger.ms": "5"}
+PRODUCER_SETTINGS = {
+    "acks": "all",
+    "enable.idempotence": "true",
+    "max.in.flight.requests.per.connection": "1",
+    "linger.ms": "5",
+}
 # kcat's librdkafka (2.0.2) stops fetching a partition for a second whenever its local
 # queue holds queued.min.messages; a ceiling should not wait, so the limit is set out of reach.
 KCAT_CONSUMER_SETTINGS = ["-X", "queued.min.messages=10000000"]

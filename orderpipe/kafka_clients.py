@@ -264,11 +264,25 @@ def statistics_config(stats_cb: Callable[[str], None] | None) -> dict[str, Any]:
 
 
 def producer_config(settings: Settings) -> dict[str, Any]:
-    """Durable producer settings: every record acknowledged by all in-sync replicas, no duplicates."""
+    """Durable producer settings: every record acknowledged by all in-sync replicas, no duplicates.
+
+    One request in flight per broker connection. With more, librdkafka 2.16's
+    idempotent producer answers a request refused because a failed request before it
+    left a gap in the sequence numbers (a leader change does that) by bumping its
+    epoch, and then resends batches that may have been written already as new
+    records under the new epoch: its issue 4953, whose fix (PR 4972) is in no
+    release. It is the path in its source that writes an acknowledged record twice
+    with no error reported, and the cluster tests' rolling restart once wrote 11
+    orders twice with five requests in flight. With one, no request follows a failed
+    one. The consumer's transactional producer (kafka_edge.py) keeps librdkafka's
+    default: an epoch bump there aborts the transaction, and read_committed readers
+    never see what it wrote.
+    """
     return {
         **settings.kafka_client_config(),
         "acks": "all",
         "enable.idempotence": True,
+        "max.in.flight.requests.per.connection": 1,
         "linger.ms": 5,
         "message.max.bytes": PRODUCER_MESSAGE_MAX_BYTES,
     }

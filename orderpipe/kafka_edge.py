@@ -81,6 +81,8 @@ FLUSH_TIMEOUT_S = 30.0
 # two). librdkafka retries after retry.backoff.ms, 100 ms by default, which made every
 # transaction wait about that long.
 TRANSACTION_RETRY_BACKOFF_MS = 10
+# librdkafka's default: the five requests in flight an idempotent producer may have.
+TRANSACTIONAL_IN_FLIGHT = 5
 
 
 def _tps(partitions: Collection[TP]) -> list[TopicPartition]:
@@ -340,6 +342,8 @@ class ConfluentEdge(_ConfluentProducer):
             conf |= {
                 "transactional.id": options.transactional_id,
                 "transaction.timeout.ms": options.transaction_timeout_ms,
+                # A transaction aborts what an epoch bump would duplicate (see producer_config).
+                "max.in.flight.requests.per.connection": TRANSACTIONAL_IN_FLIGHT,
                 "retry.backoff.ms": TRANSACTION_RETRY_BACKOFF_MS,
             }
         return conf

@@ -89,6 +89,18 @@ def test_the_admin_client_serves_the_set_up_only(mock_cluster: MockCluster) -> N
         assert edge.in_sync_replicas([settings.orders_topic]).result().counts[(settings.orders_topic, 0)] >= 1
 
 
+def test_the_orders_producer_has_one_request_in_flight_and_the_transactional_one_the_default(
+    mock_cluster: MockCluster,
+) -> None:
+    # More than one lets librdkafka 2.16 bump an idempotent producer's epoch and write records twice
+    # (see producer_config); a transaction aborts what that would duplicate.
+    settings = mock_cluster.settings()
+    assert kafka_clients.producer_config(settings)["max.in.flight.requests.per.connection"] == 1
+    with open_kafka_edge(settings, EdgeOptions("t-1")) as edge:
+        assert edge._producer_conf()["max.in.flight.requests.per.connection"] == 5
+        assert edge._producer_conf()["transactional.id"] == "t-1"
+
+
 def test_records_go_out_and_come_back_with_keys_headers_and_their_topic(mock_cluster: MockCluster) -> None:
     settings = mock_cluster.settings()
     with edge_of(settings) as edge:
