@@ -180,6 +180,8 @@ class Audit:
     missing: int  # orders neither countable (valid) nor dead-lettered
     expected: RunningAverage  # valid orders not dead-lettered
     stats: RunningAverage  # summed over the stats topic's latest values
+    # Records on `orders` whose key an earlier one had: a producer wrote an order twice.
+    order_duplicates: int = 0
 
     @property
     def counted_exactly(self) -> bool:
@@ -188,14 +190,18 @@ class Audit:
     @property
     def exact(self) -> bool:
         """Every order counted or dead-lettered once, nothing written twice, the stats to the cent."""
-        return self.counted_exactly and self.missing == self.dlq_duplicates == self.retry_duplicates == 0
+        return (
+            self.counted_exactly
+            and self.missing == self.dlq_duplicates == self.retry_duplicates == self.order_duplicates == 0
+        )
 
     def describe(self) -> str:
         return (
             f"orders {self.orders} (valid {self.valid}, invalid {self.invalid}, poison {self.poison}); "
             f"dead-lettered {self.dlq_by_reason}; counted {self.stats.count} (expected {self.expected.count}), "
             f"sum_cents {self.stats.sum_cents} (expected {self.expected.sum_cents}); "
-            f"duplicates: dlq {self.dlq_duplicates}, retry {self.retry_duplicates}; missing {self.missing}"
+            f"duplicates: orders {self.order_duplicates}, dlq {self.dlq_duplicates}, retry {self.retry_duplicates}; "
+            f"missing {self.missing}"
         )
 
 
@@ -245,6 +251,7 @@ def audit_records(
         missing=len({r.key for r in orders} - set(counted) - set(dlq_keys)),
         expected=RunningAverage(len(counted), sum(counted.values())),
         stats=stats,
+        order_duplicates=len(orders) - len({r.key for r in orders}),
     )
 
 

@@ -143,14 +143,14 @@ class FailoverRun:
 
     @property
     def duplicated(self) -> int:
-        """Orders counted, dead-lettered, retried or written more than once."""
-        extra = self.audit.stats.count - self.audit.expected.count
-        return (
-            self.audit.dlq_duplicates
-            + self.audit.retry_duplicates
-            + max(extra, 0)
-            + max(self.audit.orders - self.delivered, 0)
-        )
+        """Orders written to `orders`, dead-lettered, retried or counted more than once.
+
+        The consumer counts each record, so an order the producer wrote twice is counted
+        twice too: that is one duplicate, the producer's, not two.
+        """
+        written_twice = self.audit.order_duplicates
+        counted_twice = self.audit.stats.count - self.audit.expected.count - written_twice
+        return self.audit.dlq_duplicates + self.audit.retry_duplicates + written_twice + max(counted_twice, 0)
 
     @property
     def longest_wait_ms(self) -> int | None:

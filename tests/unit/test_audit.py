@@ -1,4 +1,4 @@
-"""The independent audit (tests/audit.py) reads bare Avro bodies when the settings say AVRO_WIRE_FORMAT=raw."""
+"""The independent audit (tests/audit.py): bare Avro bodies under AVRO_WIRE_FORMAT=raw, orders written twice."""
 
 from __future__ import annotations
 
@@ -62,3 +62,19 @@ def test_a_relative_writer_schema_is_read_from_the_repository() -> None:
     settings = build_settings({"AVRO_WIRE_FORMAT": "raw", "AVRO_WRITER_SCHEMA": "schemas/order-v2.avsc"})
     assert raw_writer_schema(settings)["name"] == "Order"
     assert raw_writer_schema(build_settings({})) is None
+
+
+def test_an_order_written_twice_is_a_duplicate_even_when_the_consumer_counted_both_records(tmp_path: Path) -> None:
+    path = tmp_path / "reference.avsc"
+    path.write_text(json.dumps(REFERENCE))
+    settings = build_settings({"AVRO_WIRE_FORMAT": "raw", "AVRO_WRITER_SCHEMA": str(path)})
+    good = bare({"orderId": "O-1", "product": "Lamp", "price": 19.99})
+    orders = [Rec("orders", 0, 0, b"O-1", good), Rec("orders", 0, 1, b"O-1", good)]
+    state = encode_stats(RunningAverage(2, 2 * 1999), 2)
+    stats = [Rec("stats", 0, 0, stats_key("g", "orders", 0).encode(), state)]
+
+    result = audit_records(orders, [], [], stats, 10_000_000, group="g", raw=raw_writer_schema(settings))
+
+    assert result.order_duplicates == 1
+    assert not result.exact
+    assert "duplicates: orders 1," in result.describe()
