@@ -16,7 +16,6 @@ here to save; both are held to fastavro by the tests.
 
 from __future__ import annotations
 
-import math
 import struct
 
 from orderpipe.codec import OrderDecoder
@@ -39,11 +38,12 @@ class Intake:
     """
 
     def __init__(self, decoder: OrderDecoder, max_price_cents: int) -> None:
-        self._headers = decoder.order_layout_headers()
+        # A tuple for bytes.startswith, which compares in place (a slice would be a new object to hash).
+        self._headers = tuple(decoder.order_layout_headers())
         self._max_price_cents = max_price_cents
 
     def __call__(self, value: bytes | None) -> ValidOrder | None:
-        if value is None or value[:_HEADER] not in self._headers:
+        if value is None or not value.startswith(self._headers):
             return None
         try:
             # Each length is one zigzag varint byte: even (not negative) and below 0x80.
@@ -83,16 +83,13 @@ class Intake:
         # Both at most 63 bytes: within their length limits.
         if not product.strip():
             return None
-        price = _FLOAT.unpack_from(value, product_end)[0]
-        if not 0.0 < price < math.inf:  # NaN, negative, zero and infinite prices take the general path
+        # A float32's 24-bit significand times 100 (5 bits) fits a double's 53: the
+        # product is exact, and round() takes it half to even, as money.to_cents does.
+        hundredfold = _FLOAT.unpack_from(value, product_end)[0] * 100.0
+        # NaN, negative, zero, infinite and too high prices take the general path.
+        if not 0.0 < hundredfold <= self._max_price_cents:
             return None
-        numerator, denominator = price.as_integer_ratio()
-        numerator *= 100
-        if numerator > self._max_price_cents * denominator:
-            return None
-        cents, remainder = divmod(numerator, denominator)
-        if 2 * remainder > denominator or (2 * remainder == denominator and cents % 2 == 1):
-            cents += 1
+        cents = round(hundredfold)
         if cents == 0:
             return None
         return _new_tuple(ValidOrder, (order_id.decode("ascii"), product, cents, quantity >> 1, customer_id))

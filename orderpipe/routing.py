@@ -380,6 +380,8 @@ def plan_batch(
     process: Callable[[Incoming], ValidOrder],
     policy: RetryPolicy,
     max_record_bytes: int | None = None,
+    *,
+    fast: Callable[[bytes | None], ValidOrder | None] | None = None,
 ) -> BatchPlan:
     """Decides a batch in order, stopping a partition at its first record not yet due or not yet readable.
 
@@ -391,6 +393,9 @@ def plan_batch(
             which defers the record (its partition waits, the others go on).
         policy: retry limits and backoff.
         max_record_bytes: see `decide`.
+        fast: reads the common record's value (of the orders topic, readable) as the
+            valid order `process` would return, or answers None, and then `process`
+            decides. Only for a `process` that does nothing more than read the order.
     """
     decisions: list[Decision] = []
     routed: list[Retry | DeadLetter] = []
@@ -398,49 +403,63 @@ def plan_batch(
     commits: dict[tuple[str, int], int] = {}
     deferred: list[Deferred] = []
     stopped: set[tuple[str, int]] = set()
+    append = decisions.append
     for record in records:
         tp = (record.topic, record.partition)
         if stopped and tp in stopped:
             continue  # refetched after the seek back to the deferred record
-        # Only records of the retry topic carry a due time.
-        due = _due(record, now_ms, policy) if record.from_retry_topic else None
-        outcome: ValidOrder | BaseException
-        if due is None:
-            if record.unreadable:
-                outcome = DeserializationError(record.unreadable)
-            else:
-                try:
-                    outcome = process(record)
-                except NotReady as exc:
-                    due = now_ms + exc.retry_after_ms
-                except Exception as exc:  # routing every failure is the point of this function
-                    outcome = exc
-        if due is not None:
+        if fast is not None and not record.from_retry_topic and not record.unreadable:
+            order = fast(record.value)
+            if order is not None:
+                append(_new_tuple(Processed, (record, order)))
+                added = totals.get(tp)
+                if added is None:
+                    added = totals[tp] = [0, 0]
+                added[0] += 1
+                added[1] += order.price_cents
+                commits[tp] = record.offset + 1
+                continue
+        due, outcome = _attempt(record, now_ms, process, policy)
+        if outcome is None:  # not due yet, or not ready
             stopped.add(tp)
-            deferred.append(Deferred(record.topic, record.partition, record.offset, due))
+            deferred.append(Deferred(record.topic, record.partition, record.offset, due or now_ms))
             commits[tp] = record.offset
             continue
-        if type(outcome) is ValidOrder:  # the common case, as `decide` would route it
-            decisions.append(_new_tuple(Processed, (record, outcome)))
-            added = totals.get(tp)
-            if added is None:
-                added = totals[tp] = [0, 0]
+        decision = (
+            _new_tuple(Processed, (record, outcome))  # the common case, as `decide` would route it
+            if type(outcome) is ValidOrder
+            else decide(record, outcome, now_ms, policy, max_record_bytes)
+        )
+        append(decision)
+        if isinstance(decision, Processed):
+            added = totals.setdefault(tp, [0, 0])
             added[0] += 1
-            added[1] += outcome.price_cents
+            added[1] += decision.order.price_cents
         else:
-            decision = decide(record, outcome, now_ms, policy, max_record_bytes)
-            decisions.append(decision)
-            if isinstance(decision, Processed):
-                added = totals.setdefault(tp, [0, 0])
-                added[0] += 1
-                added[1] += decision.order.price_cents
-            else:
-                routed.append(decision)
+            routed.append(decision)
         commits[tp] = record.offset + 1
     return BatchPlan(tuple(decisions), commits, tuple(deferred), tuple(routed), totals)
 
 
 _new_tuple = tuple.__new__
+
+
+def _attempt(
+    record: Incoming, now_ms: int, process: Callable[[Incoming], ValidOrder], policy: RetryPolicy
+) -> tuple[int | None, ValidOrder | BaseException | None]:
+    """What processing the record gave (its order or its failure), or when it is due: (due, None)."""
+    # Only records of the retry topic carry a due time.
+    due = _due(record, now_ms, policy) if record.from_retry_topic else None
+    if due is not None:
+        return due, None
+    if record.unreadable:
+        return None, DeserializationError(record.unreadable)
+    try:
+        return None, process(record)
+    except NotReady as exc:
+        return now_ms + exc.retry_after_ms, None
+    except Exception as exc:  # routing every failure is the point of plan_batch
+        return None, exc
 
 
 def _due(record: Incoming, now_ms: int, policy: RetryPolicy) -> int | None:

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from orderpipe.codec import CONFLUENT_MAGIC, SINGLE_OBJECT_MAGIC, OrderDecoder, load_order_schema
 from orderpipe.errors import DeserializationError, NotReady
+from orderpipe.intake import Intake
 from orderpipe.order import Order, ValidOrder, validate
 from orderpipe.routing import (
     CLOCK_SKEW_MS,
@@ -131,3 +132,31 @@ def test_every_record_is_decided_or_deferred_and_nothing_raises(batch: list[Inco
         else:
             assert isinstance(decision, Processed)
             assert not decision.record.unreadable
+
+
+def read_only(record: Incoming) -> ValidOrder:
+    return validate(DECODER.decode(record.value), 10_000_000)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(records, max_size=12).map(in_order))
+def test_the_intakes_fast_lane_plans_a_batch_as_processing_each_record_does(batch: list[Incoming]) -> None:
+    fast = plan_batch(batch, NOW, read_only, POLICY, LIMIT, fast=Intake(DECODER, 10_000_000))
+    general = plan_batch(batch, NOW, read_only, POLICY, LIMIT)
+    assert comparable(fast) == comparable(general)
+
+
+def comparable(plan: BatchPlan) -> tuple[Any, ...]:
+    """A plan with each exception as its class and message (two runs raise equal ones, not the same)."""
+
+    def plain(decision: Any) -> Any:
+        error = getattr(decision, "error", None)
+        return decision if error is None else decision._replace(error=(type(error), str(error)))
+
+    return (
+        tuple(plain(d) for d in plan.decisions),
+        plan.commits,
+        plan.deferred,
+        tuple(plain(d) for d in plan.routed),
+        plan.totals,
+    )
