@@ -46,6 +46,7 @@ __all__ = [
     "ensure_topics",
     "in_sync_replicas",
     "incoming",
+    "incoming_records",
     "librdkafka_logger",
     "partition_counts",
     "permissions",
@@ -128,28 +129,60 @@ def call_error(failure: KafkaException | KafkaError, what: str) -> KafkaCallErro
 
 
 def incoming(message: Message, retry_topic: str | None = None) -> Incoming:
-    """A consumed message as plain data for the core (header values as bytes).
+    """A consumed message as plain data for the core (header values as bytes); see `incoming_records`.
 
     A record whose header names are not all UTF-8 comes without headers, marked
-    unreadable (see `_read_headers`). Called for every record: the tuple is made
-    without Incoming's keyword-handling constructor.
+    unreadable (see `_read_headers`).
+
+    Raises:
+        KafkaCallError: the message carries an error instead of a record.
     """
-    headers, unreadable = _read_headers(message)
-    topic = message.topic() or ""
-    return _new_tuple(
-        Incoming,
-        (
-            topic,
-            message.partition() or 0,
-            message.offset() or 0,
-            message.timestamp()[1],
-            message.key(),
-            message.value(),
-            headers,
-            topic == retry_topic,
-            unreadable,
-        ),
-    )
+    records = incoming_records([message], retry_topic, _message_error)
+    return records[0]
+
+
+def _message_error(error: KafkaError, topic: str | None) -> None:
+    raise call_error(KafkaException(error), f"read {topic or 'a topic'}")
+
+
+def incoming_records(
+    messages: list[Message], retry_topic: str | None, on_error: Callable[[KafkaError, str | None], None]
+) -> list[Incoming]:
+    """`incoming` of each consumed message, in one loop (the consumer's every record comes through here).
+
+    A message that carries an error instead of a record goes to `on_error` with its topic.
+    """
+    records: list[Incoming] = []
+    append = records.append
+    for message in messages:
+        error = message.error()
+        if error is not None:
+            on_error(error, message.topic())
+            continue
+        # Headers are rare on `orders`: a record without them takes no call of its own.
+        try:
+            some = bool(message.headers())
+        except Exception:  # a header name that is not UTF-8: _read_headers says so
+            some = True
+        headers, unreadable = _read_headers(message) if some else ((), "")
+        topic = message.topic() or ""
+        append(
+            _new_tuple(
+                Incoming,
+                (
+                    topic,
+                    message.partition() or 0,
+                    message.offset() or 0,
+                    message.timestamp()[1],
+                    message.key(),
+                    message.value(),
+                    headers,
+                    topic == retry_topic,
+                    unreadable,
+                ),
+            )
+        )
+    return records
 
 
 _new_tuple = tuple.__new__

@@ -46,7 +46,7 @@ from orderpipe.kafka_clients import (
     create_client,
     create_topics,
     in_sync_replicas,
-    incoming,
+    incoming_records,
     partition_counts,
     permissions,
     produce,
@@ -399,14 +399,7 @@ class ConfluentEdge(_ConfluentProducer):
             raise FatalKafkaError(f"Kafka reported a fatal error: {errors.fatal.str()}")
         if errors.denied is not None:
             raise ConfigError(errors.denied)
-        records = []
-        retry_topic = self._retry_topic
-        for message in messages:
-            error = message.error()
-            if error is None:
-                records.append(incoming(message, retry_topic))
-            else:
-                errors.consumed(error, message.topic())
+        records = incoming_records(messages, self._retry_topic, errors.consumed)
         events, self._events = tuple(self._events), []
         return Polled(events, records)
 
