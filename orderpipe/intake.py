@@ -16,6 +16,7 @@ here to save; both are held to fastavro by the tests.
 
 from __future__ import annotations
 
+import string
 import struct
 
 from orderpipe.codec import OrderDecoder
@@ -26,6 +27,11 @@ __all__ = ["Intake"]
 _FLOAT = struct.Struct("<f")
 _HEADER = 10  # the single-object header: two magic bytes and the fingerprint
 _new_tuple = tuple.__new__
+# Byte by byte, whether it is a one-byte zigzag varint of a length from 1 to 63 (even,
+# from 2 to 0x7E), and of a quantity from 1 to MAX_QUANTITY: one lookup for each check.
+_ONE_BYTE = bytes(int(byte & 0x81 == 0 and byte >= 2) for byte in range(256))
+_QUANTITY = bytes(int(byte & 0x81 == 0 and 1 <= byte >> 1 <= MAX_QUANTITY) for byte in range(256))
+_ID_BYTES = (string.ascii_letters + string.digits + "_-").encode()
 
 
 class Intake:
@@ -46,18 +52,18 @@ class Intake:
         if value is None or not value.startswith(self._headers):
             return None
         try:
-            # Each length is one zigzag varint byte: even (not negative) and below 0x80.
+            # Each length is one zigzag varint byte: even (not negative), below 0x80, and here not 0.
             length = value[_HEADER]
-            if length & 0x81:
+            if not _ONE_BYTE[length]:
                 return None
             id_end = _HEADER + 1 + (length >> 1)
             length = value[id_end]
-            if length & 0x81:
+            if not _ONE_BYTE[length]:
                 return None
             product_start = id_end + 1
             product_end = product_start + (length >> 1)
             quantity = value[product_end + 4]
-            if quantity & 0x81 or not 2 <= quantity <= 2 * MAX_QUANTITY:
+            if not _QUANTITY[quantity]:
                 return None
             branch = value[product_end + 5]
             if branch == 0:
@@ -66,22 +72,21 @@ class Intake:
                 customer_id = None
             else:
                 length = value[product_end + 6]
-                if branch != 2 or length & 0x81 or product_end + 7 + (length >> 1) != len(value):
+                if branch != 2 or not _ONE_BYTE[length] or product_end + 7 + (length >> 1) != len(value):
                     return None
                 customer_id = value[product_end + 7 :].decode("utf-8")
                 # At most 63 bytes, so within MAX_CUSTOMER_ID_LENGTH characters.
-                if not customer_id.strip() or not customer_id.isprintable():
+                if customer_id.isspace() or not customer_id.isprintable():
                     return None
             order_id = value[_HEADER + 1 : id_end]
-            # ORDER_ID_PATTERN's letters, digits, '_' and '-', checked on the bytes (bytes.isalnum is ASCII
-            # only); an id of '_' and '-' alone is left to the general path.
-            if not order_id.translate(None, b"_-").isalnum():
+            # ORDER_ID_PATTERN on the bytes: stripping its characters from a non-empty id leaves nothing.
+            if order_id.strip(_ID_BYTES):
                 return None
             product = value[product_start:product_end].decode("utf-8")
         except (IndexError, UnicodeDecodeError):
             return None
         # Both at most 63 bytes: within their length limits.
-        if not product.strip():
+        if product.isspace():
             return None
         # A float32's 24-bit significand times 100 (5 bits) fits a double's 53: the
         # product is exact, and round() takes it half to even, as money.to_cents does.

@@ -105,6 +105,14 @@ def test_prices_at_the_limits_agree() -> None:
             agrees(SCHEMA.encode_single_object(Order("O-1", "Keyboard", price, 1, customer)))
 
 
+def test_fields_at_the_edges_of_the_lookup_tables_agree() -> None:
+    for order_id in ("", "-", "---", "_a", "a b", "é", "O-1", "x" * 63, "x" * 64):
+        for product in ("", " ", "\t", "Keyboard", "é" * 31):
+            for quantity in (0, 1, 63, 64, 1000, 1001, -1):
+                for customer in (None, "", " ", "C-1"):
+                    agrees(SCHEMA.encode_single_object(Order(order_id, product, 12.5, quantity, customer)))
+
+
 def test_other_framings_and_settings_take_the_general_path() -> None:
     order = Order("O-1", "Keyboard", 10.0, 1, None)
     assert INTAKE(SCHEMA.encode_single_object(order)) == validate(order, MAX)
