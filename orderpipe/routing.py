@@ -10,8 +10,10 @@ schema still being looked up).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import groupby
+from operator import attrgetter
 from typing import NamedTuple
 
 from orderpipe.errors import DeserializationError, NotReady, ValidationError
@@ -397,48 +399,71 @@ def plan_batch(
             valid order `process` would return, or answers None, and then `process`
             decides. Only for a `process` that does nothing more than read the order.
     """
-    decisions: list[Decision] = []
-    routed: list[Retry | DeadLetter] = []
-    totals: dict[tuple[str, int], list[int]] = {}
-    commits: dict[tuple[str, int], int] = {}
-    deferred: list[Deferred] = []
-    stopped: set[tuple[str, int]] = set()
-    append = decisions.append
-    for record in records:
-        tp = (record.topic, record.partition)
-        if stopped and tp in stopped:
-            continue  # refetched after the seek back to the deferred record
-        if fast is not None and not record.from_retry_topic and not record.unreadable:
-            order = fast(record.value)
-            if order is not None:
-                append(_new_tuple(Processed, (record, order)))
-                added = totals.get(tp)
-                if added is None:
-                    added = totals[tp] = [0, 0]
-                added[0] += 1
-                added[1] += order.price_cents
-                commits[tp] = record.offset + 1
-                continue
-        due, outcome = _attempt(record, now_ms, process, policy)
-        if outcome is None:  # not due yet, or not ready
-            stopped.add(tp)
-            deferred.append(Deferred(record.topic, record.partition, record.offset, due or now_ms))
-            commits[tp] = record.offset
-            continue
-        decision = (
-            _new_tuple(Processed, (record, outcome))  # the common case, as `decide` would route it
-            if type(outcome) is ValidOrder
-            else decide(record, outcome, now_ms, policy, max_record_bytes)
-        )
-        append(decision)
-        if isinstance(decision, Processed):
-            added = totals.setdefault(tp, [0, 0])
-            added[0] += 1
-            added[1] += decision.order.price_cents
+    planner = _Planner(now_ms, process, policy, max_record_bytes)
+    # Records come in runs of one partition: what is per partition is done once per run.
+    for (topic, partition, from_retry_topic), run in groupby(records, _RUN_KEY):
+        tp = (topic, partition)
+        if tp not in planner.stopped:  # else refetched after the seek back to a deferred record
+            planner.run(tp, run, None if from_retry_topic else fast)
+    return BatchPlan(
+        tuple(planner.decisions), planner.commits, tuple(planner.deferred), tuple(planner.routed), planner.totals
+    )
+
+
+_RUN_KEY = attrgetter("topic", "partition", "from_retry_topic")
+
+
+class _Planner:
+    """What plan_batch adds up while it decides, run after run."""
+
+    def __init__(
+        self, now_ms: int, process: Callable[[Incoming], ValidOrder], policy: RetryPolicy, max_record_bytes: int | None
+    ) -> None:
+        self.now_ms, self.process, self.policy, self.max_record_bytes = now_ms, process, policy, max_record_bytes
+        self.decisions: list[Decision] = []
+        self.routed: list[Retry | DeadLetter] = []
+        self.totals: dict[tuple[str, int], list[int]] = {}
+        self.commits: dict[tuple[str, int], int] = {}
+        self.deferred: list[Deferred] = []
+        self.stopped: set[tuple[str, int]] = set()
+
+    def run(
+        self, tp: tuple[str, int], records: Iterable[Incoming], fast: Callable[[bytes | None], ValidOrder | None] | None
+    ) -> None:
+        """Decides one partition's run of records, up to the first one deferred."""
+        append, now_ms, policy = self.decisions.append, self.now_ms, self.policy
+        count = cents = 0
+        for record in records:
+            if fast is not None and not record.unreadable:
+                order = fast(record.value)
+                if order is not None:
+                    append(_new_tuple(Processed, (record, order)))
+                    count += 1
+                    cents += order.price_cents
+                    continue
+            due, outcome = _attempt(record, now_ms, self.process, policy)
+            if outcome is None:  # not due yet, or not ready: the partition stops here
+                self.stopped.add(tp)
+                self.deferred.append(Deferred(record.topic, record.partition, record.offset, due or now_ms))
+                self.commits[tp] = record.offset
+                break
+            decision = (
+                _new_tuple(Processed, (record, outcome))  # the common case, as `decide` would route it
+                if type(outcome) is ValidOrder
+                else decide(record, outcome, now_ms, policy, self.max_record_bytes)
+            )
+            append(decision)
+            if isinstance(decision, Processed):
+                count += 1
+                cents += decision.order.price_cents
+            else:
+                self.routed.append(decision)
         else:
-            routed.append(decision)
-        commits[tp] = record.offset + 1
-    return BatchPlan(tuple(decisions), commits, tuple(deferred), tuple(routed), totals)
+            self.commits[tp] = record.offset + 1  # a run holds at least one record
+        if count:
+            added = self.totals.setdefault(tp, [0, 0])
+            added[0] += count
+            added[1] += cents
 
 
 _new_tuple = tuple.__new__
