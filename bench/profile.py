@@ -8,7 +8,8 @@ producer wrote beforehand (untimed) and exits once idle. py-spy samples the whol
 (start-up included) 250 times a second, keeping the samples of threads that hold the
 GIL (Python running, or a C call made without releasing it; not a wait for the
 broker), and the samples are summed per function: the share in which the function was
-on the stack ("inclusive"), and the share in which it was the one running ("own"). With --base, the same runs of another commit
+on the stack ("inclusive"), and the share in which it was the one running ("own").
+With --base, the same runs of another commit
 (checked out once under .cache/bench/, as bench/compare.py does) come first, so that a
 change is shown beside what it changed.
 """
@@ -48,7 +49,19 @@ def profile(root: Path, argv: list[str], environment: dict[str, str]) -> list[st
     """The collapsed stacks of one run of `argv` from checkout `root` (one line per distinct stack)."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "stacks.txt"
-        cmd = [py_spy(), "record", "--gil", "--rate", str(RATE_HZ), "--format", "raw", "--output", str(out), "--", *argv]
+        cmd = [
+            py_spy(),
+            "record",
+            "--gil",
+            "--rate",
+            str(RATE_HZ),
+            "--format",
+            "raw",
+            "--output",
+            str(out),
+            "--",
+            *argv,
+        ]
         subprocess.run(cmd, cwd=root, env=environment, check=True, capture_output=True)
         return out.read_text().splitlines()
 

@@ -5,8 +5,9 @@
     scripts/acls.sh revoke User:pipeline [--program ...]
 
 Topic and group names come from the same settings as the programs (environment,
-`.env`); `apply` and `revoke` connect with those settings too, so run them with
-the credentials of a principal that may manage ACLs (ALTER on the cluster).
+`.env`, read by the entry script acls.py); `apply` and `revoke` connect with those
+settings too, so run them with the credentials of a principal that may manage ACLs
+(ALTER on the cluster).
 """
 
 from __future__ import annotations
@@ -27,9 +28,8 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
     ResourceType,
 )
 
-from config import load_settings
 from orderpipe.acls import PROGRAMS, Grant, grants
-from orderpipe.cli import scrubbed_output
+from orderpipe.cli import LoadSettings, scrubbed_output
 from orderpipe.errors import OrderPipeError
 from orderpipe.kafka_clients import call_error, connect_admin
 from orderpipe.settings import Settings
@@ -68,7 +68,7 @@ def table(principal: str, chosen: Sequence[Grant]) -> list[str]:
     return lines
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(load_settings: LoadSettings, argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scripts/acls.sh", description=__doc__.splitlines()[0])
     parser.add_argument("action", choices=("print", "apply", "revoke"))
     parser.add_argument("principal", help="e.g. User:pipeline")
@@ -77,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.principal.startswith("User:") or len(args.principal) <= len("User:"):
         parser.error(f"the principal must look like User:name, got {args.principal!r}")
     try:
-        settings = load_settings()
+        settings = load_settings({})
         chosen = grants(settings, args.program or PROGRAMS)
     except OrderPipeError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -110,7 +110,3 @@ def _change(action: str, principal: str, chosen: Sequence[Grant], settings: Sett
         futures = admin.delete_acls([AclBindingFilter(*acl) for acl in acls], request_timeout=TIMEOUT_S)
     # create_acls answers None per binding; delete_acls the bindings it deleted.
     return sum(1 if result is None else len(result) for result in (f.result() for f in futures.values()))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

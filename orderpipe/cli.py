@@ -36,8 +36,7 @@ from orderpipe.dead_letters import DeadLetter, DlqFilter, parse_since
 from orderpipe.dlq_app import REPLAY_BATCH, list_dead_letters, replay_dead_letters
 from orderpipe.edge import TP
 from orderpipe.errors import OrderPipeError
-from orderpipe.kafka_clients import librdkafka_logger
-from orderpipe.kafka_edge import FLUSH_TIMEOUT_S
+from orderpipe.kafka_clients import FLUSH_TIMEOUT_S, librdkafka_logger
 from orderpipe.kafka_stats import read_group_stats
 from orderpipe.money import RunningAverage
 from orderpipe.producer_app import ProducerOptions, run_producer

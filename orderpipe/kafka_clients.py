@@ -36,6 +36,7 @@ from orderpipe.watchdog import WATCHDOG, WATCHDOG_GRACE_S
 __all__ = [
     "CONNECT_TIMEOUT_S",
     "CONSUMER_FETCH_SETTINGS",
+    "FLUSH_TIMEOUT_S",
     "START_BROKER_HINT",
     "Answered",
     "call_error",
@@ -69,6 +70,10 @@ CONSUMER_FETCH_SETTINGS = {"fetch.queue.backoff.ms": 10, "queued.min.messages": 
 START_BROKER_HINT = "start one with 'scripts/broker.sh up' (or 'docker compose up -d') and try again"
 CONNECT_TIMEOUT_S = 10.0
 TOPIC_TIMEOUT_S = 30.0
+# A producer's final flush waits this long for the last acknowledgements: the consumer's
+# at-least-once producer at close, the producer program (longer while the cluster is
+# below min.insync.replicas) and the shutdown limit cli.py allows for them.
+FLUSH_TIMEOUT_S = 30.0
 # A metadata request on the running path (ReplicaWatch): any broker answers it.
 METADATA_TIMEOUT_S = 5.0
 # connect_admin asks for metadata in steps from this long, doubling up to the second,

@@ -39,6 +39,7 @@ from orderpipe.edge import TP, Assigned, EdgeOptions, Event, InSync, Marks, Outg
 from orderpipe.errors import ConfigError, DeliveryError, FatalKafkaError, KafkaCallError
 from orderpipe.kafka_clients import (
     CONSUMER_FETCH_SETTINGS,
+    FLUSH_TIMEOUT_S,
     Answered,
     call_error,
     close_producer,
@@ -75,7 +76,6 @@ INIT_TIMEOUT_S = 60.0
 UNREAD_TIMEOUT_S = 2.0
 # Reading the committed offsets: a longer wait (a coordinator away) is asked again by the restorer.
 COMMITTED_TIMEOUT_S = 5.0
-FLUSH_TIMEOUT_S = 30.0
 # Right after a commit the coordinator answers the next transaction's first request
 # with CONCURRENT_TRANSACTIONS until the commit markers are written (a millisecond or
 # two). librdkafka retries after retry.backoff.ms, 100 ms by default, which made every

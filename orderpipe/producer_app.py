@@ -23,6 +23,7 @@ from orderpipe.errors import ConfigError, OrderPipeError, RegistryUnavailableErr
 from orderpipe.generator import Generated, Kind, OrderEncoder, OrderFactory, base36
 from orderpipe.health import Health
 from orderpipe.kafka_clients import (
+    FLUSH_TIMEOUT_S,
     close_producer,
     connect_admin,
     create_client,
@@ -47,10 +48,9 @@ __all__ = ["ProducerOptions", "ProducerSummary", "run_producer"]
 
 log = logging.getLogger(__name__)
 
-# The final flush waits this long for the last acknowledgements; longer while the
-# cluster is below min.insync.replicas (librdkafka still fails a record once
-# message.timeout.ms, 5 minutes, has passed).
-FLUSH_TIMEOUT_S = 30.0
+# The final flush waits FLUSH_TIMEOUT_S for the last acknowledgements, in steps of
+# FLUSH_STEP_S; longer while the cluster is below min.insync.replicas (librdkafka still
+# fails a record once message.timeout.ms, 5 minutes, has passed).
 FLUSH_STEP_S = 1.0
 # Records made between two readings of the clock (and two services of delivery reports).
 SLICE = 1000

@@ -71,7 +71,7 @@ class TwinCluster:
         self.replication: dict[str, int] = {}  # topics not listed have one replica
         # Partitions with fewer replicas in sync than the topic has (a broker away); the others are all in sync.
         self.in_sync: dict[TP, int] = {}
-        self.groups: dict[str, Group] = {}
+        self.groups: dict[str, Group[TwinEdge]] = {}
         self.transactions = TransactionCoordinator(self.clock, self.logs, self.groups, transaction_timeout_s)
         self.faults = Faults()
         # The principal's permissions: every operation on every resource, except these
@@ -169,7 +169,7 @@ class TwinCluster:
             state.rejoining.remove(edge)
             self._complete(state)
 
-    def _complete(self, state: Group) -> None:
+    def _complete(self, state: Group[TwinEdge]) -> None:
         """Once every member rejoined: a new generation, the partitions shared round-robin.
 
         A killed member never rejoins: the rebalance waits until its session times out

@@ -10,14 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from orderpipe.edge import TP
 from orderpipe.errors import KafkaCallError
 from orderpipe.routing import Headers
-
-if TYPE_CHECKING:
-    from orderpipe.twin import TwinEdge
 
 __all__ = [
     "ERROR_KINDS",
@@ -33,6 +30,9 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+# A group's member: a `TwinEdge`. A type parameter, so that this module needs no import of orderpipe.twin
+# (which imports this one).
+M = TypeVar("M")
 ERROR_KINDS = ("retriable", "abortable", "abortable-timeout", "fatal", "fenced")
 
 
@@ -99,7 +99,7 @@ class Entry:
 
 
 @dataclass
-class Group:
+class Group(Generic[M]):
     """A consumer group as its coordinator keeps it.
 
     A rebalance is eager and takes two steps, as in Kafka: every member is told to
@@ -109,11 +109,11 @@ class Group:
     with it are accepted.
     """
 
-    members: list[TwinEdge] = field(default_factory=list)
+    members: list[M] = field(default_factory=list)
     generation: int = 0
     assignment: dict[int, tuple[TP, ...]] = field(default_factory=dict)  # id(member) -> partitions
     committed: dict[TP, int] = field(default_factory=dict)
-    rejoining: list[TwinEdge] = field(default_factory=list)
+    rejoining: list[M] = field(default_factory=list)
 
 
 class Later(Generic[T]):
@@ -142,11 +142,11 @@ class Later(Generic[T]):
         return self._value
 
 
-class TransactionCoordinator:
+class TransactionCoordinator(Generic[M]):
     """Transactional ids, their epochs and their open transactions, as the broker keeps them."""
 
     def __init__(
-        self, clock: VirtualClock, logs: dict[str, list[list[Entry]]], groups: dict[str, Group], timeout_s: float
+        self, clock: VirtualClock, logs: dict[str, list[list[Entry]]], groups: dict[str, Group[M]], timeout_s: float
     ) -> None:
         self._clock, self._logs, self._groups = clock, logs, groups
         self.timeout_s = timeout_s

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Prints, applies or revokes the Kafka ACLs each program needs (orderpipe/acl_command.py):
+# Prints, applies or revokes the Kafka ACLs each program needs (acls.py, orderpipe/acl_command.py):
 #   scripts/acls.sh print  User:pipeline [--program producer|consumer|stats|dlq ...]
 #   scripts/acls.sh apply  User:pipeline [--program ...]    (as a principal that may manage ACLs)
 #   scripts/acls.sh revoke User:pipeline [--program ...]
@@ -9,4 +9,4 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$ROOT/scripts/setup.sh" >/dev/null
 cd "$ROOT"
-exec "$ROOT/.venv/bin/python" -m orderpipe.acl_command "$@"
+exec "$ROOT/.venv/bin/python" "$ROOT/acls.py" "$@"

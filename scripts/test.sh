@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Sets everything up and runs every check: Python packages, ruff, mypy, the unit tests
+# Sets everything up and runs every check: Python packages, ruff, mypy, the import
+# contract (lint-imports, configured in pyproject.toml), the unit tests
 # (before any broker is started: they need none, and must cover at least 85% of the
 # package's lines and 80% of each module), then the Kafka broker and the schema
 # registry (scripts/broker.sh) and the integration tests, then the secured broker
@@ -14,6 +15,7 @@ cd "$ROOT"
 scripts/setup.sh requirements-dev.txt
 echo "ruff:" && .venv/bin/ruff check . && .venv/bin/ruff format --check .
 echo "mypy:" && .venv/bin/mypy
+echo "import contract:" && .venv/bin/lint-imports --no-logo
 if [ $# -gt 0 ]; then
   scripts/broker.sh up
   case " $* " in *secured*) scripts/broker.sh secure up ;; esac

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 
+import acls
 from orderpipe import acl_command
 from orderpipe.errors import BrokerUnavailableError, ConfigError
 from orderpipe.kafka_clients import connect_admin, permissions, require_grants
@@ -150,7 +151,7 @@ def test_the_producer_stops_without_write_on_its_topic() -> None:
 # scripts/acls.sh
 def test_acls_print_needs_no_broker(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ORDERS_TOPIC", "shop")
-    assert acl_command.main(["print", "User:pipeline", "--program", "producer"]) == 0
+    assert acls.main(["print", "User:pipeline", "--program", "producer"]) == 0
     out = capsys.readouterr().out
     assert "producer  WRITE" in out
     assert "--add --allow-principal User:pipeline --operation Write --topic shop" in out
@@ -158,7 +159,7 @@ def test_acls_print_needs_no_broker(capsys: pytest.CaptureFixture[str], monkeypa
 
 def test_acls_refuses_a_principal_that_is_not_a_user() -> None:
     with pytest.raises(SystemExit):
-        acl_command.main(["print", "pipeline"])
+        acls.main(["print", "pipeline"])
 
 
 def test_acls_apply_names_an_unreachable_broker(
@@ -168,7 +169,7 @@ def test_acls_apply_names_an_unreachable_broker(
         raise BrokerUnavailableError("Cannot reach the Kafka broker at h:1")
 
     monkeypatch.setattr(acl_command, "connect_admin", unreachable)
-    assert acl_command.main(["apply", "User:pipeline"]) == 1
+    assert acls.main(["apply", "User:pipeline"]) == 1
     assert "error: Cannot reach the Kafka broker at h:1" in capsys.readouterr().err
 
 
@@ -197,7 +198,7 @@ def test_acls_apply_and_revoke_say_how_many_acls_changed(
 ) -> None:
     admin = AclAdmin(deleted_each)
     monkeypatch.setattr(acl_command, "connect_admin", lambda settings: admin)
-    assert acl_command.main([action, "User:pipeline", "--program", "stats"]) == 0
+    assert acls.main([action, "User:pipeline", "--program", "stats"]) == 0
     assert f"{said} ACLs for User:pipeline" in capsys.readouterr().out
     assert len(admin.sent) == 3, "READ on the stats topic, DESCRIBE on orders and orders-retry"
 
@@ -205,7 +206,7 @@ def test_acls_apply_and_revoke_say_how_many_acls_changed(
 def test_acls_apply_names_a_refusal(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     admin = AclAdmin(0, _denied(KafkaError.CLUSTER_AUTHORIZATION_FAILED))
     monkeypatch.setattr(acl_command, "connect_admin", lambda settings: admin)
-    assert acl_command.main(["apply", "User:pipeline"]) == 1
+    assert acls.main(["apply", "User:pipeline"]) == 1
     assert "could not apply the ACLs" in capsys.readouterr().err
 
 
