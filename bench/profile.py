@@ -17,6 +17,7 @@ change is shown beside what it changed.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import subprocess
@@ -62,7 +63,7 @@ def profile(root: Path, argv: list[str], environment: dict[str, str]) -> list[st
             "--",
             *argv,
         ]
-        subprocess.run(cmd, cwd=root, env=environment, check=True, capture_output=True)
+        subprocess.run(cmd, cwd=root, env={**os.environ, **environment}, check=True, capture_output=True)
         return out.read_text().splitlines()
 
 
@@ -113,7 +114,7 @@ def table(title: str, stacks: list[str]) -> str:
 
 def fill(prefix: str, orders: int) -> None:
     argv = [sys.executable, "producer.py", "--rate", "0", "--count", str(orders), "--quiet"]
-    subprocess.run(argv, cwd=ROOT, env=env(prefix), check=True, capture_output=True)
+    subprocess.run(argv, cwd=ROOT, env={**os.environ, **env(prefix)}, check=True, capture_output=True)
 
 
 def profiles(root: Path, ref: str, orders: int) -> str:

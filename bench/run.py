@@ -58,6 +58,11 @@ PRODUCER_SETTINGS = {
 KCAT_CONSUMER_SETTINGS = ["-X", "queued.min.messages=10000000"]
 THROUGHPUT = re.compile(r"Throughput: (\d+) \w+ in ([\d.]+)s")
 RSS_SAMPLE_S = 5.0
+PROFILE_NOTE = (
+    "py-spy samples each program 250 times a second while it holds the GIL (bench/profile.py): the share of "
+    "samples with the function on the stack (inclusive) and running it (own), start-up included; the "
+    "base commit's first, then this checkout's."
+)
 LATENCY = re.compile(r"Latency: p50 (\d+) ms, p99 (\d+) ms, p99.9 (\d+) ms, max (\d+) ms over (\d+)")
 
 
@@ -544,6 +549,9 @@ def main() -> None:
     parser.add_argument("--latency-s", type=float, default=60, help="length of the at-least-once latency run")
     parser.add_argument("--soak-s", type=float, default=300, help="length of the exactly-once latency and memory run")
     parser.add_argument("--write", type=Path, help="also write the report to this file")
+    parser.add_argument(
+        "--profile-base", metavar="REF", help="end with py-spy profiles of both programs, REF's beside this checkout's"
+    )
     args = parser.parse_args()
     command = "scripts/bench.sh " + " ".join(sys.argv[1:])
     bench = Bench(args)
@@ -555,6 +563,11 @@ def main() -> None:
         bench.latency_run("exactly-once", args.soak_s),
     ]
     report = summarise(bench, latency, command.strip())
+    if args.profile_base:
+        print("Profiles (py-spy)", flush=True)
+        argv = [sys.executable, "-m", "bench.profile", "--orders", str(args.orders), "--base", args.profile_base]
+        profiles = run(argv).stdout.split("\nCommand:")[0].strip()
+        report += f"\n## Where the time goes\n\n{PROFILE_NOTE}\n\n{profiles}\n"
     print(report)
     if args.write:
         args.write.write_text(report)
