@@ -35,8 +35,8 @@ RATE_HZ = 250
 TOP = 16
 # A py-spy frame: "function (path/to/file.py:line)"; the line is left out when summing.
 FRAME = re.compile(r"^(?P<function>.*?) \((?P<path>[^()]*?)(?::\d+)?\)$")
-# Frames that hold the whole run and say nothing about where it goes.
-WRAPPERS = {"<module>", "main", "run", "_run_module_as_main", "_run_code"}
+# Frames that only start the program: the scripts', runpy's and the import system's.
+WRAPPERS = ("<", "runpy.")
 
 
 def py_spy() -> str:
@@ -106,7 +106,7 @@ def table(title: str, stacks: list[str]) -> str:
     rows = [
         f"| {name} | {100 * count / total:.1f}% | {100 * own[name] / total:.1f}% |"
         for name, count in inclusive.most_common()
-        if name.rsplit(".", 1)[-1] not in WRAPPERS and not name.startswith("<")
+        if not name.startswith(WRAPPERS) and not name.endswith(".<module>")
     ][:TOP]
     head = f"**{title}** ({total:,} samples)\n\n| function | inclusive | own |\n|---|---|---|\n"
     return head + "\n".join(rows) + "\n"
