@@ -85,7 +85,6 @@ class ConsumerLoop:
         self._metrics = metrics
         self._commit_began = 0.0  # when the batch being committed was handed to the committer
         self._last_commit_s: float | None = None  # how long the last committed batch's commit took
-        self._read = 0  # records taken in from the input topics
         self._ownership = Ownership()
         self._scheduler = RetryScheduler()
         self._hold = Hold()
@@ -139,7 +138,6 @@ class ConsumerLoop:
         polled = edge.poll(self._batch_size, wait)
         self._batch_started = clock.monotonic()
         records = self._take(polled)
-        self._read += len(records)
         if records and self._refetching:
             for record in records:
                 self._refetching.pop((record.topic, record.partition), None)
@@ -156,9 +154,7 @@ class ConsumerLoop:
 
     def reading(self) -> LoopReading:
         """What the live panel shows of the loop (orderpipe.status), taken from what the loop keeps anyway."""
-        return LoopReading(
-            self._read, self.group_total(), self.lags(), dict(self._scheduler.paused), self._last_commit_s
-        )
+        return LoopReading(self.group_total(), self.lags(), dict(self._scheduler.paused), self._last_commit_s)
 
     def lags(self) -> dict[TP, int] | None:
         """Each owned partition's records not yet processed, paused ones included.

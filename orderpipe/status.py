@@ -189,14 +189,12 @@ class LoopReading:
     """What the consumer loop knows at one moment (ConsumerLoop.reading), beside the reporter's counts.
 
     Attributes:
-        read: records taken in from the input topics so far.
         average: the group-wide running average.
         lags: each owned input partition's records not yet processed; None when unknown.
         paused: partitions paused until their head record is due, with the due time (epoch ms).
         last_commit_s: how long the last committed batch's commit took; None before the first.
     """
 
-    read: int
     average: RunningAverage
     lags: Mapping[TP, int] | None
     paused: Mapping[TP, int]
@@ -230,7 +228,10 @@ class ConsumerStatus:
     """What the consumer's panel shows.
 
     Attributes:
-        in_per_s, committed_per_s: records read and records committed per second, recently.
+        in_per_s: records arriving on the owned input partitions per second, recently: those committed plus
+            the growth of their lag (None while the lag is unknown). Records read again (a retry not yet
+            due is sought back to) count once.
+        committed_per_s: records in committed batches per second, recently.
         partitions: the rows of the lag table, the largest lag first once they do not all fit.
         hidden: partitions left out of the table, and their lag.
         retry_waiting: records on the retry topic not yet processed; None when the lag is unknown.
@@ -239,7 +240,7 @@ class ConsumerStatus:
 
     group: str
     wire: str
-    in_per_s: float
+    in_per_s: float | None
     committed_per_s: float
     processed: int
     retried: int
@@ -270,7 +271,7 @@ class ConsumerTracker:
         self._group, self._wire = group, wire
         self._every_s = every_s
         self._shown_at: float | None = None
-        self._read, self._committed = RateMeter(), RateMeter()
+        self._arrived, self._committed = RateMeter(), RateMeter()
         self._history: deque[int] = deque(maxlen=HISTORY)
 
     def due(self, now_s: float) -> bool:
@@ -286,10 +287,13 @@ class ConsumerTracker:
         next_due = min((due for tp, due in loop.paused.items() if tp[0] == self._retry_topic), default=None)
         lags = loop.lags
         rows, hidden = _lag_rows(lags or {}, loop.paused, now_ms)
+        in_per_s = None
+        if lags is not None:  # a partition gained or lost moves the lag at once: never shown below zero
+            in_per_s = max(self._arrived.add(now_s, reading.committed + sum(lags.values())), 0.0)
         return ConsumerStatus(
             group=self._group,
             wire=self._wire,
-            in_per_s=self._read.add(now_s, loop.read),
+            in_per_s=in_per_s,
             committed_per_s=self._committed.add(now_s, reading.committed),
             processed=reading.processed,
             retried=reading.retried,

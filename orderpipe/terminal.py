@@ -205,14 +205,15 @@ def consumer_panel(status: ConsumerStatus) -> RenderableType:
     figures = Table.grid(padding=(0, 2))
     figures.add_column(style="bold", no_wrap=True)
     figures.add_column()
-    figures.add_row("records/s", f"in {status.in_per_s:,.0f} · committed {status.committed_per_s:,.0f}")
+    arriving = "-" if status.in_per_s is None else f"{status.in_per_s:,.0f}"
+    figures.add_row("records/s", f"in {arriving} · committed {status.committed_per_s:,.0f}")
     figures.add_row(Text("processed", style="green"), f"{status.processed:,}")
     figures.add_row(Text("retried", style="yellow"), f"{status.retried:,}")
     figures.add_row(Text("dead-lettered", style="red"), f"{status.dead_lettered_total:,} ({reasons})")
     figures.add_row("running average", Text.assemble(status.average, "  ", (status.sparkline, "cyan")))
     waiting = "-" if status.retry_waiting is None else f"{status.retry_waiting:,}"
     if status.next_due_in_s is not None:
-        waiting += f" · next due in {status.next_due_in_s:.1f}s"
+        waiting += f" · next due {_due(status.next_due_in_s)}"
     figures.add_row("retries waiting", waiting)
     commit = "-" if status.last_commit_ms is None else f"{status.last_commit_ms:,.0f} ms"
     figures.add_row("last commit", commit)
@@ -223,7 +224,7 @@ def consumer_panel(status: ConsumerStatus) -> RenderableType:
     lags.add_column("", no_wrap=True, style="magenta")
     lags.add_column("", no_wrap=True)
     for row in status.partitions:
-        paused = "" if row.due_in_s is None else f"paused, due in {row.due_in_s:.1f}s"
+        paused = "" if row.due_in_s is None else f"paused, due {_due(row.due_in_s)}"
         lags.add_row(Text(row.name), f"{row.lag:,}", row.bar, paused)
     hidden, hidden_lag = status.hidden
     if hidden:
@@ -231,6 +232,10 @@ def consumer_panel(status: ConsumerStatus) -> RenderableType:
     parts: list[RenderableType] = [figures, Text()]
     parts.append(lags if status.partitions else Text("lag: waiting for partitions to be assigned", style="dim"))
     return Panel(Group(*parts), title=Text(f"consumer · group {status.group}"), title_align="left", box=box.ROUNDED)
+
+
+def _due(in_s: float) -> str:
+    return "now" if in_s < 0.05 else f"in {in_s:.1f}s"
 
 
 class DeadLetterTable:

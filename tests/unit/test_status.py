@@ -88,31 +88,29 @@ def test_without_a_count_the_producer_has_no_percentage_or_time_left() -> None:
 def reading(
     at_s: float,
     *,
-    read: int = 0,
     committed: int = 0,
     lags: dict[tuple[str, int], int] | None = None,
     paused: dict[tuple[str, int], int] | None = None,
     average: RunningAverage | None = None,
 ) -> ConsumerReading:
-    loop = LoopReading(read, average or RunningAverage(), lags, paused or {}, 0.012)
+    loop = LoopReading(average or RunningAverage(), lags, paused or {}, 0.012)
     return ConsumerReading(at_s, loop, committed, 7, 3, (("deserialization", 1), ("validation", 2)))
 
 
 def test_the_consumer_panel_shows_rates_counts_and_the_lag_of_each_partition() -> None:
     tracker = ConsumerTracker("orders-retry", "group-a", "single-object Avro")
     lags = {("orders", 1): 40, ("orders", 0): 0, ("orders-retry", 0): 5, ("orders-retry", 1): 2}
-    tracker.status(reading(100.0))
+    tracker.status(reading(100.0, lags=dict.fromkeys(lags, 0)))
     status = tracker.status(
         reading(
             102.0,
-            read=1000,
             committed=800,
             lags=lags,
             paused={("orders-retry", 0): 103_500},
             average=RunningAverage(4, 1000),
         )
     )
-    assert (status.in_per_s, status.committed_per_s) == (500.0, 400.0)
+    assert (status.in_per_s, status.committed_per_s) == (423.5, 400.0)  # 800 committed and 47 more behind, in 2 s
     assert (status.processed, status.retried, status.dead_lettered_total) == (7, 3, 3)
     assert (status.group, status.wire, status.average, status.last_commit_ms) == (
         "group-a",
@@ -132,6 +130,17 @@ def test_the_consumer_panel_shows_rates_counts_and_the_lag_of_each_partition() -
     assert status.partitions[3].due_in_s is None
     assert (status.retry_waiting, status.next_due_in_s) == (7, 1.5)
     assert status.hidden == (0, 0)
+
+
+def test_records_in_are_those_committed_plus_the_growth_of_the_lag() -> None:
+    tracker = ConsumerTracker("orders-retry", "g", "w")
+    tracker.status(reading(0.0, committed=0, lags={("orders", 0): 1000}))
+    draining = tracker.status(reading(2.0, committed=800, lags={("orders", 0): 200}))
+    assert (draining.in_per_s, draining.committed_per_s) == (0.0, 400.0), "a backlog drains: nothing new arrives"
+    unknown = tracker.status(reading(2.5, committed=900, lags=None))
+    assert unknown.in_per_s is None, "no lag, no arrivals to tell"
+    lost = tracker.status(reading(3.0, committed=900, lags={}))  # the partition went to another consumer
+    assert lost.in_per_s == 0.0, "never below zero"
 
 
 def test_the_running_average_sparkline_follows_the_recent_averages() -> None:

@@ -220,12 +220,16 @@ def test_the_consumer_panel_shows_every_figure_within_the_width() -> None:
 
 
 def test_the_panel_says_when_no_partition_is_assigned_yet_and_sums_up_those_left_out() -> None:
-    waiting = "\n".join(drawn(consumer_panel(consumer_status(partitions=(), retry_waiting=None, last_commit_ms=None))))
+    waiting = "\n".join(
+        drawn(consumer_panel(consumer_status(partitions=(), retry_waiting=None, last_commit_ms=None, in_per_s=None)))
+    )
+    assert "records/s        in - · committed 1,248" in waiting
     assert "lag: waiting for partitions to be assigned" in waiting
     assert "retries waiting  -" in waiting
     assert "last commit      -" in waiting
-    many = drawn(consumer_panel(consumer_status(hidden=(20, 4321))))
+    many = drawn(consumer_panel(consumer_status(hidden=(20, 4321), next_due_in_s=0.01)))
     assert any("20 more" in line and "4,321" in line for line in many)
+    assert any("retries waiting  37 · next due now" in line for line in many)
 
 
 def test_the_producer_progress_reaches_100_percent_with_the_figures_under_it() -> None:
