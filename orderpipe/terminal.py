@@ -117,6 +117,9 @@ class LiveConsole(Console):
             )
             stderr = sys.stderr
             live.start()
+            # rich hides the cursor while live; a program ended without closing (the watchdog's
+            # exit, kill -9) would leave the person's shell without one.
+            self._screen.show_cursor(True)
             self._hold_logging(stderr)
         live.update(renderable)
         if self._held:

@@ -106,6 +106,8 @@ def test_lines_scroll_above_the_view_which_is_redrawn_in_place_and_stays_when_cl
         "Consumer summary: processed 1",
     ]
     assert out.getvalue().endswith("Consumer summary: processed 1\n"), "after the view: plain lines again"
+    hidden, shown = out.getvalue().rfind("\x1b[?25l"), out.getvalue().find("\x1b[?25h")
+    assert shown > hidden, "the cursor is shown again at once: a killed program leaves it visible"
 
 
 def test_lines_held_at_the_end_are_printed_above_the_last_drawing() -> None:
