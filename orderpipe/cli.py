@@ -31,6 +31,7 @@ from orderpipe.consumer_app import (
     ConsumerOptions,
     OrderConsumer,
     simulated_outage,
+    wire_label,
 )
 from orderpipe.dead_letters import DeadLetter, DlqFilter, parse_since
 from orderpipe.dlq_app import REPLAY_BATCH, list_dead_letters, replay_dead_letters
@@ -42,6 +43,15 @@ from orderpipe.money import RunningAverage
 from orderpipe.producer_app import ProducerOptions, run_producer
 from orderpipe.routing import REASONS
 from orderpipe.settings import ENV_NAMES, WIRE_FORMATS, Settings
+from orderpipe.status import ConsumerTracker, ProducerTracker
+from orderpipe.terminal import (
+    DeadLetterTable,
+    LiveConsole,
+    LiveView,
+    consumer_panel,
+    producer_progress,
+    terminal_screen,
+)
 from orderpipe.text import ScrubbedStream, Scrubber
 from orderpipe.watchdog import WATCHDOG, WATCHDOG_GRACE_S, watching
 
@@ -112,9 +122,19 @@ def _common(parser: argparse.ArgumentParser) -> None:
         help="with --wire-format raw: the Avro schema file bare bodies are written with (AVRO_WRITER_SCHEMA)",
     )
     parser.add_argument("--seed", type=int, help="seed for reproducible runs")
+    _plain(parser)
     volume = parser.add_mutually_exclusive_group()
     volume.add_argument("--quiet", action="store_true", help="periodic summaries only")
     volume.add_argument("--verbose", action="store_true", help="every line, plus Kafka client diagnostics")
+
+
+def _plain(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--plain",
+        action="store_true",
+        help="plain lines on a terminal too: no live redraws, no colour (as NO_COLOR=1 or TERM=dumb; "
+        "piped output is always plain)",
+    )
 
 
 def _connection(parser: argparse.ArgumentParser) -> None:
@@ -221,6 +241,23 @@ def _consumer_parser() -> argparse.ArgumentParser:
 
 def _verbosity(args: argparse.Namespace) -> int:
     return QUIET if args.quiet else VERBOSE if args.verbose else NORMAL
+
+
+@contextmanager
+def _console(verbosity: int, plain: bool) -> Iterator[Console | LiveConsole]:
+    """The console: a LiveConsole when stdout is a terminal that takes live redraws, else the plain one.
+
+    The live view is closed on every way out, leaving its last drawing above whatever follows.
+    """
+    screen = terminal_screen(sys.stdout, plain)
+    if screen is None:
+        yield Console(verbosity)
+        return
+    console = LiveConsole(verbosity, screen, err_is_terminal=sys.stderr.isatty())
+    try:
+        yield console
+    finally:
+        console.close()
 
 
 # The collector runs once this many objects were made and not freed (Python's default: 700).
@@ -345,8 +382,11 @@ def producer_main(load_settings: LoadSettings, argv: Sequence[str] | None = None
         )
         verbosity = _verbosity(args)
         _setup_output(verbosity)
-        with _stop_on_signals() as stop, _gc_tuned_for_throughput():
-            summary = run_producer(settings, options, Console(verbosity), stop)
+        with _stop_on_signals() as stop, _gc_tuned_for_throughput(), _console(verbosity, args.plain) as console:
+            view = None
+            if isinstance(console, LiveConsole):
+                view = LiveView(console, ProducerTracker(args.count), producer_progress)
+            summary = run_producer(settings, options, console, stop, view)
         return 0 if summary.failed == 0 else 1
 
     return _run(args, load_settings, main)
@@ -386,8 +426,17 @@ def consumer_main(load_settings: LoadSettings, argv: Sequence[str] | None = None
         shutdown_limit_s = (
             options.transaction_timeout_ms / 1000 if options.delivery == EXACTLY_ONCE else AT_LEAST_ONCE_SHUTDOWN_S
         )
-        with _stop_on_signals() as stop, watching(WATCHDOG, shutdown_limit_s), _gc_tuned_for_throughput():
-            OrderConsumer(settings, options, Console(verbosity), downstream).run(stop)
+        with (
+            _stop_on_signals() as stop,
+            watching(WATCHDOG, shutdown_limit_s),
+            _gc_tuned_for_throughput(),
+            _console(verbosity, args.plain) as console,
+        ):
+            view = None
+            if isinstance(console, LiveConsole):
+                tracker = ConsumerTracker(settings.retry_topic, settings.consumer_group, wire_label(settings))
+                view = LiveView(console, tracker, consumer_panel)
+            OrderConsumer(settings, options, console, downstream, view=view).run(stop)
         return 0
 
     return _run(args, load_settings, main)
@@ -402,6 +451,7 @@ def _dlq_parser() -> argparse.ArgumentParser:
         "--limit", type=_within(int, 1, MAX_COUNT), metavar="N", help="at most N lines (the count covers all)"
     )
     listing.add_argument("--json", action="store_true", help="one JSON object per line instead of text")
+    _plain(listing)
     replay = commands.add_parser(
         "replay",
         help="put the matching dead letters back on the orders topic, exactly once",
@@ -444,6 +494,13 @@ def dlq_main(load_settings: LoadSettings, argv: Sequence[str] | None = None) -> 
         wanted = DlqFilter(args.reason, args.order_id, since_ms)
         topic = settings.dlq_topic
         if args.command == "list":
+            screen = None if args.json else terminal_screen(sys.stdout, args.plain)
+            if screen is not None:
+                table = DeadLetterTable(screen, topic)
+                counted = list_dead_letters(settings, wanted, limit=args.limit, show=table.add)
+                table.close()
+                print(counted)
+                return 0
 
             def show(letter: DeadLetter) -> None:
                 print(json.dumps(letter.as_json()) if args.json else letter.line(topic))

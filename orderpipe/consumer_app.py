@@ -40,6 +40,7 @@ from orderpipe.routing import BatchPlan, Decision, Incoming, RetryPolicy, plan_b
 from orderpipe.settings import Settings
 from orderpipe.stats import StatsKeys
 from orderpipe.stats_view import StatsView
+from orderpipe.status import ConsumerReading, View
 from orderpipe.text import Scrubber, printable, redact
 from orderpipe.topics import (
     largest_record,
@@ -61,6 +62,7 @@ __all__ = [
     "Downstream",
     "OrderConsumer",
     "simulated_outage",
+    "wire_label",
 ]
 
 log = logging.getLogger(__name__)
@@ -151,6 +153,7 @@ class OrderConsumer:
         open_edge: connects to Kafka (confluent-kafka by default).
         claim: gives this process its transactional id (an instance slot by default).
         open_registry: connects to the schema registry (confluent-kafka's client by default).
+        view: the live panel on a terminal (orderpipe.terminal); None prints the periodic summary lines.
     """
 
     def __init__(
@@ -165,6 +168,7 @@ class OrderConsumer:
         open_edge: EdgeOpener = open_kafka_edge,
         claim: SlotClaimer = claim_transactional_id,
         open_registry: RegistryOpener = connect_registry,
+        view: View[ConsumerReading] | None = None,
     ) -> None:
         self._settings, self._options, self._console = settings, options, console
         self._downstream = downstream
@@ -177,6 +181,7 @@ class OrderConsumer:
             settings.max_retries,
             latency=LatencyHistogram() if options.report_latency else None,
             on_decision=on_decision,
+            view=view,
         )
         # With METRICS_PORT set: the series and the health state /metrics and /healthz answer from.
         self.metrics = (
@@ -268,7 +273,7 @@ class OrderConsumer:
             )
             loop = self._loop(edge, committer, order_decoder(settings, lookup, raw), lookup, topics)
             edge.subscribe((settings.orders_topic, settings.retry_topic))
-            wire = _wire_label(settings)
+            wire = wire_label(settings)
             self._console.info(
                 f"Consuming {settings.orders_topic}, {settings.retry_topic} as group {settings.consumer_group} from "
                 f"{settings.bootstrap_servers} ({wire}; {committer.mode}). Ctrl-C to stop."
@@ -333,7 +338,7 @@ class OrderConsumer:
         )
 
 
-def _wire_label(settings: Settings) -> str:
+def wire_label(settings: Settings) -> str:
     """What the start line says the consumer reads."""
     registry = f"the schema registry at {settings.registry_address}"
     fmt = settings.avro_wire_format

@@ -36,6 +36,7 @@ from orderpipe.retry_scheduler import RetryScheduler
 from orderpipe.routing import BatchPlan, Incoming
 from orderpipe.stats import group_total
 from orderpipe.stats_view import WARN_EVERY_S, StatsView
+from orderpipe.status import LoopReading
 
 __all__ = ["ConsumerLoop", "Decide"]
 
@@ -83,6 +84,7 @@ class ConsumerLoop:
         self._replicas = replicas
         self._metrics = metrics
         self._commit_began = 0.0  # when the batch being committed was handed to the committer
+        self._last_commit_s: float | None = None  # how long the last committed batch's commit took
         self._ownership = Ownership()
         self._scheduler = RetryScheduler()
         self._hold = Hold()
@@ -111,6 +113,7 @@ class ConsumerLoop:
         """
         while (not stop.is_set() or self._committer.pending) and self.turn():
             pass
+        self._reporter.last(self._clock.time(), self.reading)
         self._reporter.summary.stats_ignored = self._stats.ignored
         return self.group_total()
 
@@ -146,8 +149,12 @@ class ConsumerLoop:
             return False
         if self._metrics is not None:
             self._metrics.refresh(self.group_total, self.lags, idle=not records)
-        self._reporter.periodic(now, self.group_total, self.lags)
+        self._reporter.periodic(now, self.reading)
         return True
+
+    def reading(self) -> LoopReading:
+        """What the live panel shows of the loop (orderpipe.status), taken from what the loop keeps anyway."""
+        return LoopReading(self.group_total(), self.lags(), dict(self._scheduler.paused), self._last_commit_s)
 
     def lags(self) -> dict[TP, int] | None:
         """Each owned partition's records not yet processed, paused ones included.
@@ -276,9 +283,10 @@ class ConsumerLoop:
             deferred = self._scheduler.defer([d for d in effects.deferred if (d.topic, d.partition) in owned])
             pause, resume = set(deferred), resume - deferred.keys()
             seeks.update(deferred)
+            self._last_commit_s = self._clock.monotonic() - self._commit_began
             self._reporter.committed(effects, before, self._batch_read_s, self._clock.time())
             if self._metrics is not None:
-                self._metrics.committed(effects, self._clock.monotonic() - self._commit_began, self.group_total())
+                self._metrics.committed(effects, self._last_commit_s, self.group_total())
         else:
             self._reporter.summary.aborted += 1
             # A broker or coordinator that is slow or away is waited for; only a batch

@@ -63,21 +63,37 @@ class DeadLetter:
 
     def line(self, topic: str) -> str:
         """One line for a person: where, why, which order, what failed, when, from where."""
-        error = ": ".join(part for part in (self.error_class, self.error_message) if part) or "no error recorded"
         origin = (
             f"{self.original_topic}-{self.original_partition}@{self.original_offset}"
             if self.original_topic is not None
             else "origin unknown"
         )
-        failed = _iso(self.failed_at_ms) if self.failed_at_ms is not None else "time unknown"
-        extras = "".join(
+        return (
+            f"{topic}-{self.partition}@{self.offset} {self.reason} order {self.order_id or '?'}: {self._error()} "
+            f"(failed {self._failed_at()}; from {origin}{self._extras()})"
+        )
+
+    def cells(self) -> tuple[str, str, str, str, str]:
+        """The columns of `dlq.py list`'s table on a terminal: partition@offset, reason, order id, failed at, error."""
+        return (
+            f"{self.partition}@{self.offset}",
+            self.reason,
+            self.order_id or "?",
+            self._failed_at(),
+            self._error() + self._extras(),
+        )
+
+    def _error(self) -> str:
+        return ": ".join(part for part in (self.error_class, self.error_message) if part) or "no error recorded"
+
+    def _failed_at(self) -> str:
+        return _iso(self.failed_at_ms) if self.failed_at_ms is not None else "time unknown"
+
+    def _extras(self) -> str:
+        return "".join(
             f"; {label} {value}"
             for label, value in (("truncated:", self.truncated), ("replayed from", self.replayed_from))
             if value is not None
-        )
-        return (
-            f"{topic}-{self.partition}@{self.offset} {self.reason} order {self.order_id or '?'}: {error} "
-            f"(failed {failed}; from {origin}{extras})"
         )
 
     def as_json(self) -> dict[str, object]:

@@ -41,6 +41,7 @@ from orderpipe.order import Order
 from orderpipe.registry import START_REGISTRY_HINT, connect_registry, registered_id, registry_login_problem
 from orderpipe.replicas import ReplicaWatch
 from orderpipe.settings import Settings
+from orderpipe.status import ProducerReading, View
 from orderpipe.text import redact
 from orderpipe.wire import RAW, SINGLE_OBJECT, RawSchema, load_raw_schema
 
@@ -179,10 +180,12 @@ def run_producer(
     options: ProducerOptions,
     console: Console,
     stop: threading.Event,
+    view: View[ProducerReading] | None = None,
 ) -> ProducerSummary:
     """Publishes orders until `count` is reached or `stop` is set, then flushes.
 
     With METRICS_PORT set, /metrics and /healthz are served from the start to the end.
+    `view`: the live progress on a terminal (orderpipe.terminal), drawn instead of the periodic summary lines.
 
     Raises:
         BrokerUnavailableError, RegistryUnavailableError: before anything is sent.
@@ -199,7 +202,9 @@ def run_producer(
         require_grants(admin, settings, "producer")  # first: a topic it may not use looks absent
         ensure_topics(admin, settings)
         encoding = _encoder(settings, schema, stack)
-        return _publish(settings, options, console, stop, encoding, admin=admin, metrics=metrics, schema=schema)
+        return _publish(
+            settings, options, console, stop, encoding, admin=admin, metrics=metrics, schema=schema, view=view
+        )
 
 
 def _publish(
@@ -212,6 +217,7 @@ def _publish(
     admin: AdminClient,
     metrics: ProducerMetrics | None,
     schema: OrderSchema | RawSchema,
+    view: View[ProducerReading] | None,
 ) -> ProducerSummary:
     # The run id makes orderIds unique across runs; it is not drawn from the seeded
     # generator, so a seeded run repeats its orders but never their ids.
@@ -234,7 +240,7 @@ def _publish(
         f"Producing to {settings.orders_topic} on {settings.bootstrap_servers} ({wire}); "
         f"rate {'unlimited' if options.rate == 0 else f'{options.rate:g}/s'}. Ctrl-C to stop."
     )
-    publisher = _Publisher(settings, console, admin, metrics)
+    publisher = _Publisher(settings, console, admin, metrics, view)
     try:
         return publisher.run(factory, encoding, options, stop)
     finally:
@@ -250,11 +256,14 @@ class _Publisher:
         console: Console,
         admin: AdminClient | None = None,
         metrics: ProducerMetrics | None = None,
+        view: View[ProducerReading] | None = None,
     ) -> None:
         self._topic = settings.orders_topic
         self._console = console
         self.summary = ProducerSummary()
         self._metrics = metrics
+        self._view = view
+        self._last_key = b""  # of the last record made, for the view
         self._producer = create_client(
             Producer,
             {
@@ -312,7 +321,7 @@ class _Publisher:
         Records are made in slices: the clock is read, delivery reports are served and
         the console is updated once per slice, not once per record.
         """
-        summary, console, producer = self.summary, self._console, self._producer
+        summary, console, producer, view = self.summary, self._console, self._producer, self._view
         if self._metrics is not None:
             self._metrics.health.start()
         started = time.monotonic()
@@ -320,6 +329,8 @@ class _Publisher:
         while not stop.is_set() and (options.count is None or summary.sent < options.count):
             now = time.monotonic()
             console.tick(now)
+            if view is not None and view.due(now):
+                view.show(self._reading(now))
             wanted = SLICE if options.rate == 0 else min(SLICE, int((now - started) * options.rate) + 1 - summary.sent)
             if options.count is not None:
                 wanted = min(wanted, options.count - summary.sent)
@@ -332,7 +343,7 @@ class _Publisher:
             self._produce_slice(factory, encoding, wanted)
             producer.poll(0)
             self._watch_replicas(now)
-            if console.summary_due(now):
+            if view is None and console.summary_due(now):
                 rate = (summary.sent - last_count) / max(now - last_time, 1e-9)
                 last_count, last_time = summary.sent, now
                 console.info(
@@ -348,9 +359,17 @@ class _Publisher:
             waited = time.monotonic() - flush_started
             console.error(f"✗ {undelivered} orders were still not acknowledged after {waited:.0f}s")
         summary.busy_s = time.monotonic() - started
+        if view is not None:
+            view.show(self._reading(time.monotonic()))
+            view.close()
         console.info(summary.describe())
         console.info(summary.describe_throughput())
         return summary
+
+    def _reading(self, now: float) -> ProducerReading:
+        summary = self.summary
+        last = self._last_key.decode("utf-8", errors="replace") or None
+        return ProducerReading(now, summary.sent, summary.delivered, summary.failed, last)
 
     def close(self) -> None:
         """Closes the producer, on every way out of `run` (what the final flush left is dropped)."""
@@ -368,6 +387,8 @@ class _Publisher:
             now = time.monotonic()
             if not undelivered:
                 return 0
+            if self._view is not None and self._view.due(now):
+                self._view.show(self._reading(now))
             self._watch_replicas(now)
             if self._replicas.below and not stop.is_set():
                 deadline = max(deadline, now + FLUSH_TIMEOUT_S)
@@ -384,8 +405,9 @@ class _Publisher:
         shown = self._console.claim_events(count)
         for _ in range(shown):
             generated = factory.make(encoding.encode)
+            self._last_key = generated.key.encode("utf-8")
             callback = functools.partial(self._delivered_shown, generated)
-            self._send(generated.key.encode("utf-8"), generated.value, callback)
+            self._send(self._last_key, generated.value, callback)
             summary.by_kind[generated.kind] += 1
             if generated.price_cents is not None:
                 summary.valid += RunningAverage(1, generated.price_cents)
@@ -396,6 +418,8 @@ class _Publisher:
                 send(topic, value, key)
             except (BufferError, KafkaException):
                 self._send(key, value, None)
+        if filled.records:
+            self._last_key = filled.records[-1][0]
         summary.sent += count
         summary.by_kind[Kind.VALID] += filled.valid
         summary.by_kind[Kind.INVALID] += filled.invalid

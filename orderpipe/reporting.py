@@ -8,11 +8,10 @@ one: the state before the batch, plus each processed order as its line is printe
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from orderpipe.console import Console, throughput_line
-from orderpipe.edge import TP
 from orderpipe.effects import BatchEffects
 from orderpipe.latency import LatencyHistogram
 from orderpipe.money import RunningAverage, format_cents
@@ -23,6 +22,7 @@ from orderpipe.routing import (
     Processed,
     Retry,
 )
+from orderpipe.status import ConsumerReading, LoopReading, View
 from orderpipe.text import printable
 
 __all__ = ["ConsumerSummary", "Reporter"]
@@ -61,6 +61,7 @@ class Reporter:
     Args:
         on_decision: called with each decision after its batch was committed (tests use it).
         latency: collects record-to-commit latencies for --report-latency.
+        view: the live panel on a terminal (orderpipe.terminal), drawn instead of the periodic summary lines.
     """
 
     def __init__(
@@ -71,8 +72,10 @@ class Reporter:
         *,
         latency: LatencyHistogram | None = None,
         on_decision: Callable[[Decision], None] | None = None,
+        view: View[ConsumerReading] | None = None,
     ) -> None:
         self._console = console
+        self._view = view
         self.summary = summary
         self._max_retries = max_retries
         self._latency = latency
@@ -130,29 +133,53 @@ class Reporter:
             )
         return running
 
-    def periodic(
-        self, now_s: float, average: Callable[[], RunningAverage], lags: Callable[[], Mapping[TP, int] | None]
-    ) -> None:
-        """The periodic summary line, when one is due (computed only then); the lag is that of all partitions."""
+    def periodic(self, now_s: float, reading: Callable[[], LoopReading]) -> None:
+        """The live panel when it is due, else the periodic summary line when one is due; `reading` is taken only then.
+
+        The summary's lag is that of all partitions.
+        """
         console, summary = self._console, self.summary
         console.tick(now_s)
+        if self._view is not None:
+            if self._view.due(now_s):
+                self._view.show(self._reading(now_s, reading()))
+            return
         if not self._last_time_s:
             self._last_time_s = now_s
         if not console.summary_due(now_s):
             return
         rate = (summary.processed - self._last_processed) / max(now_s - self._last_time_s, 1e-9)
         self._last_processed, self._last_time_s = summary.processed, now_s
-        behind = lags()
+        loop = reading()
         console.info(
             f"[consumer] {rate:,.0f} orders/s | processed {summary.processed} | retried {summary.retried} | "
-            f"dead-lettered {sum(summary.dead_lettered.values())} | average {average().describe()} | "
-            f"lag {-1 if behind is None else sum(behind.values())}"
+            f"dead-lettered {sum(summary.dead_lettered.values())} | average {loop.average.describe()} | "
+            f"lag {-1 if loop.lags is None else sum(loop.lags.values())}"
+        )
+
+    def last(self, now_s: float, reading: Callable[[], LoopReading]) -> None:
+        """The live panel's last drawing, with the figures the consumer ends with (before it closes)."""
+        if self._view is not None:
+            self._view.show(self._reading(now_s, reading()))
+
+    def _reading(self, now_s: float, loop: LoopReading) -> ConsumerReading:
+        summary = self.summary
+        return ConsumerReading(
+            now_s,
+            loop,
+            summary.handled,
+            summary.processed,
+            summary.retried,
+            tuple((reason, summary.dead_lettered[reason]) for reason in REASONS),
         )
 
     def idle(self, limit_s: float) -> None:
         self._console.info(f"Nothing arrived and nothing was due for {limit_s:g}s: exiting.")
 
     def final(self) -> None:
+        """The final summary, below the live panel's last drawing when there is one."""
+        if self._view is not None:
+            self._view.close()
         console = self._console
         console.info(self.summary.describe())
         console.info(self.summary.describe_throughput())

@@ -54,7 +54,7 @@ def test_help_documents_every_contract_flag(main, capsys) -> None:
         if main is producer.main
         else ["--failure-rate", "--idle-exit", "--group"]
     )
-    for flag in [*flags, "--seed", "--quiet", "--verbose", "--wire-format", "--writer-schema"]:
+    for flag in [*flags, "--seed", "--quiet", "--verbose", "--wire-format", "--writer-schema", "--plain"]:
         assert flag in text
     assert "(AVRO_WIRE_FORMAT, default auto)" in text
     assert "(AVRO_WRITER_SCHEMA)" in text

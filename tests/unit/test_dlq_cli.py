@@ -18,8 +18,9 @@ from orderpipe.kafka_reader import read_to_end
 from orderpipe.order import Order
 from orderpipe.replay import ledger_topic
 from orderpipe.settings import build_settings
+from tests.terminal import ESC, screen
 from tests.unit.mock_cluster import MockCluster
-from tests.unit.test_programs_mock import loader
+from tests.unit.test_programs_mock import loader, on_a_terminal
 
 SCHEMA = load_order_schema()
 
@@ -58,6 +59,31 @@ def test_list_and_replay_from_the_command_line(mock_cluster: MockCluster, capsys
         "3 matching records were replayed before and are skipped",
         "replayed 0 records",
     ]
+
+
+def test_list_on_a_terminal_draws_a_table_with_the_count_under_it_and_json_stays_json(
+    mock_cluster: MockCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = mock_cluster.env()
+    _dead_letters(mock_cluster, env)
+    load = loader(env)
+    terminal = on_a_terminal(monkeypatch)
+    assert dlq_main(load, ["list"]) == 0
+    lines = [line for line in screen(terminal.getvalue()) if line]
+    assert lines[0] == env["DLQ_TOPIC"]
+    assert lines[1].split() == ["partition@offset", "reason", "order", "id", "failed", "at", "error"]
+    assert [line.split()[:3] for line in lines[3:6]] == [
+        ["0@0", "validation", "O-0"],
+        ["0@1", "retries-exhausted", "O-1"],
+        ["0@2", "retries-exhausted", "O-2"],
+    ]
+    assert lines[-1] == "3 dead letters (retries-exhausted 2, validation 1)"
+
+    terminal.seek(0)
+    terminal.truncate()
+    assert dlq_main(load, ["list", "--json"]) == 0
+    assert ESC not in terminal.getvalue().encode()
+    assert [json.loads(line)["order_id"] for line in terminal.getvalue().splitlines()[:3]] == ["O-0", "O-1", "O-2"]
 
 
 def test_a_bad_since_is_named_with_exit_2(capsys: pytest.CaptureFixture[str]) -> None:

@@ -6,7 +6,9 @@ programs' paths, not exactly-once across restarts (the twin and the real broker 
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 import threading
 import time
 from collections.abc import Mapping
@@ -19,6 +21,7 @@ from orderpipe.cli import LoadSettings, consumer_main, producer_main
 from orderpipe.console import QUIET, Console
 from orderpipe.edge import InSync
 from orderpipe.settings import Settings, build_settings
+from tests.terminal import ESC, FakeTerminal, screen, terminal_env
 from tests.unit.mock_cluster import MockCluster
 
 PRODUCED = re.compile(
@@ -70,6 +73,67 @@ def test_the_producer_keeps_its_rate_and_prints_each_order(
     out = capsys.readouterr().out
     assert out.count("✓ Sent: Order") == 10
     assert "Throughput: 10 orders" in out
+
+
+def on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> FakeTerminal:
+    """From now on, stdout is a terminal of 120 columns, with a terminal emulator's environment.
+
+    Called by the test itself: pytest puts its own capture back in sys.stdout after the fixtures.
+    """
+    out = FakeTerminal()
+    monkeypatch.setattr(sys, "stdout", out)
+    for name in set(os.environ) - set(terminal_env(os.environ)):
+        monkeypatch.delenv(name)
+    for name, value in terminal_env({}, COLUMNS="120", LINES="40").items():
+        monkeypatch.setenv(name, value)
+    return out
+
+
+def test_on_a_terminal_the_producer_draws_its_progress_then_prints_its_summary(
+    mock_cluster: MockCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    load = loader(mock_cluster.env())
+    terminal = on_a_terminal(monkeypatch)
+    assert producer_main(load, ["--count", "500", "--rate", "0", "--seed", "1"]) == 0
+    output = terminal.getvalue()
+    assert ESC in output.encode()
+    lines = [line for line in screen(output) if line]
+    at = next(i for i, line in enumerate(lines) if line.endswith("100%"))
+    assert lines[at + 1].startswith("sent 500 · acknowledged 500 of 500 · failed 0 · ")
+    below = "".join(lines[at + 2 :])  # the lines after the progress, joined where the screen wrapped them
+    assert PRODUCED.search(below)
+    assert "Throughput: 500 orders" in below
+
+
+def test_on_a_terminal_the_plain_flag_prints_the_plain_lines(
+    mock_cluster: MockCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    load = loader(mock_cluster.env())
+    terminal = on_a_terminal(monkeypatch)
+    assert producer_main(load, ["--count", "5", "--rate", "0", "--plain"]) == 0
+    output = terminal.getvalue()
+    assert ESC not in output.encode()
+    assert output.count("✓ Sent: Order") == 5
+    assert output.splitlines()[-1].startswith("Throughput: 5 orders")
+
+
+def test_on_a_terminal_the_consumer_draws_its_panel_then_prints_its_summary(
+    mock_cluster: MockCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    load = loader(mock_cluster.env())
+    terminal = on_a_terminal(monkeypatch)
+    assert producer_main(load, ["--count", "40", "--rate", "0", "--invalid-rate", "0.2", "--seed", "3", "--plain"]) == 0
+    terminal.seek(0)
+    terminal.truncate()
+    assert consumer_main(load, ["--idle-exit", "1"]) == 0
+    lines = [line for line in screen(terminal.getvalue(), lines=60) if line]
+    text = "\n".join(lines)
+    processed, _, dead, _, validation, _ = map(int, CONSUMED.findall(text)[0])
+    assert f"processed        {processed}" in text
+    assert f"dead-lettered    {dead} (deserialization 0, validation {validation}, retries-exhausted 0)" in text
+    assert processed + validation == 40
+    summary_at = next(i for i, line in enumerate(lines) if line.startswith("Consumer summary:"))
+    assert lines[summary_at - 1].startswith("╰"), "the panel's last drawing stays above the summary"
 
 
 class UnacknowledgedProducer:

@@ -17,9 +17,11 @@ from orderpipe.consumer_app import EXACTLY_ONCE, ConsumerOptions, OrderConsumer,
 from orderpipe.consumer_loop import ConsumerLoop
 from orderpipe.generator import Generated, OrderFactory
 from orderpipe.order import Order, ValidOrder
+from orderpipe.registry import connect_registry
 from orderpipe.reporting import ConsumerSummary
 from orderpipe.routing import Decision, Processed
 from orderpipe.settings import Settings
+from orderpipe.status import ConsumerReading, View
 from orderpipe.topics import STATS_TOPIC_CONFIG
 from orderpipe.twin import TwinCluster
 from tests.audit import Audit, audit_topics
@@ -80,8 +82,13 @@ def twin_consumer(
     options: ConsumerOptions | None = None,
     verbosity: int = QUIET,
     open_registry: RegistryOpener | None = None,
+    console: Console | None = None,
+    view: View[ConsumerReading] | None = None,
 ) -> Twin:
-    """A consumer of the twin cluster, quiet, with a fixed transactional id (as a restart on one machine has)."""
+    """A consumer of the twin cluster, quiet, with a fixed transactional id (as a restart on one machine has).
+
+    `console` replaces the one writing to `Twin.out`; `view` is the live panel (orderpipe.terminal).
+    """
     decisions: list[Decision] = []
     out = io.StringIO()
 
@@ -92,13 +99,14 @@ def twin_consumer(
     consumer = OrderConsumer(
         settings,
         options or ConsumerOptions(idle_exit_s=5.0, delivery=EXACTLY_ONCE),
-        Console(verbosity, out=out, err=out),
+        console or Console(verbosity, out=out, err=out),
         downstream or simulated_outage(random.Random(seed), failure_rate),
         on_decision=decisions.append,
         clock=cluster.clock,
         open_edge=cluster.open_edge,
         claim=claim,
-        **({} if open_registry is None else {"open_registry": open_registry}),
+        open_registry=connect_registry if open_registry is None else open_registry,
+        view=view,
     )
     return Twin(consumer, decisions, out, _capture_warnings())
 
