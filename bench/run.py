@@ -58,6 +58,13 @@ PRODUCER_SETTINGS = {
 KCAT_CONSUMER_SETTINGS = ["-X", "queued.min.messages=10000000"]
 THROUGHPUT = re.compile(r"Throughput: (\d+) \w+ in ([\d.]+)s")
 RSS_SAMPLE_S = 5.0
+# Enough for each capped consumer to run for several seconds at a quarter of a core.
+SCALE_OUT_ORDERS = 300_000
+SCALE_OUT_NOTE = (
+    "bench/scale_out.py on the single broker: each consumer in a cgroup of its own, capped at a share of one "
+    "core, standing for a machine; 1, 2 and 3 exactly-once consumers in one group on 6 partitions, the "
+    "producer and the broker not capped; an audit after each run checks every order was counted once."
+)
 PROFILE_NOTE = (
     "py-spy samples each program 250 times a second while it holds the GIL (bench/profile.py): the share of "
     "samples with the function on the stack (inclusive) and running it (own), start-up included; the "
@@ -552,6 +559,12 @@ def main() -> None:
     parser.add_argument(
         "--profile-base", metavar="REF", help="end with py-spy profiles of both programs, REF's beside this checkout's"
     )
+    parser.add_argument(
+        "--scale-out-cpu",
+        type=float,
+        metavar="F",
+        help="end with bench/scale_out.py: 1, 2 and 3 consumers each capped at F of a core (cgroup v1, root)",
+    )
     args = parser.parse_args()
     command = "scripts/bench.sh " + " ".join(sys.argv[1:])
     bench = Bench(args)
@@ -563,6 +576,11 @@ def main() -> None:
         bench.latency_run("exactly-once", args.soak_s),
     ]
     report = summarise(bench, latency, command.strip())
+    if args.scale_out_cpu:
+        print("Scale-out (capped consumers)", flush=True)
+        argv = [sys.executable, "-m", "bench.scale_out", "--orders", str(SCALE_OUT_ORDERS), "--cpu"]
+        table = run([*argv, f"{args.scale_out_cpu:g}", "--broker", "single"]).stdout.strip()
+        report += f"\n## Scale-out\n\n{SCALE_OUT_NOTE}\n\n{table}\n"
     if args.profile_base:
         print("Profiles (py-spy)", flush=True)
         argv = [sys.executable, "-m", "bench.profile", "--orders", str(args.orders), "--base", args.profile_base]

@@ -2,7 +2,8 @@
 # Sets up and runs the benchmark (python -m bench.run): Python packages with py-spy, the
 # broker (scripts/broker.sh), kcat (the C ceiling, from Debian's packages) and Kafka's
 # Java performance tools from Maven Central (cached under .cache/bench/).
-# Arguments go to bench/run.py, e.g. scripts/bench.sh --write bench/RESULTS.md --profile-base REF;
+# Arguments go to bench/run.py, e.g. scripts/bench.sh --write bench/RESULTS.md --profile-base REF
+# --scale-out-cpu 0.25 (the last as root);
 # scripts/bench.sh --compare BASE runs bench/compare.py instead (this checkout against BASE);
 # scripts/bench.sh --unknown-ids runs bench/unknown_ids.py (records with random schema ids).
 set -euo pipefail
