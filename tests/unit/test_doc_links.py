@@ -1,4 +1,4 @@
-"""Every relative link in the repository's Markdown files leads somewhere: an existing file, and heading."""
+"""Relative links in the Markdown files resolve: to a file that exists, and to a heading that does."""
 
 from __future__ import annotations
 
