@@ -72,6 +72,15 @@ def cpu_cgroup(index: int, share: float) -> Path:
     return group
 
 
+def remove_cgroups() -> None:
+    """Removes the groups cpu_cgroup made, each empty once its consumer has exited (a group still in use stays)."""
+    for group in CGROUPS.glob("orderpipe-scale-*"):
+        try:
+            group.rmdir()
+        except OSError as exc:  # a process still in it: the kernel refuses, and the run's own error matters more
+            print(f"{group} stays: {exc.strerror}", file=sys.stderr)
+
+
 def _consumer_command(python: str, share: float | None, index: int) -> list[str]:
     command = [python, "consumer.py", "--idle-exit", "5", "--quiet"]
     if share is None:
@@ -136,11 +145,15 @@ def main() -> None:
     print("| consumers | records | longest span | group orders/s | vs one | audit |")
     print("|---|---|---|---|---|---|")
     first = None
-    for consumers in args.consumers:
-        records, span, audit = group_rate(args.broker, args.orders, consumers, args.cpu)
-        rate = records / span
-        first = first or rate
-        print(f"| {consumers} | {records} | {span:.2f} s | {rate:,.0f} | {rate / first:.2f}x | {audit} |")
+    try:
+        for consumers in args.consumers:
+            records, span, audit = group_rate(args.broker, args.orders, consumers, args.cpu)
+            rate = records / span
+            first = first or rate
+            print(f"| {consumers} | {records} | {span:.2f} s | {rate:,.0f} | {rate / first:.2f}x | {audit} |")
+    finally:
+        if args.cpu:
+            remove_cgroups()
     options = f" --cpu {args.cpu:g}" if args.cpu else ""
     options += f" --broker {args.broker}" if args.broker != "cluster" else ""
     consumers = " ".join(str(n) for n in args.consumers)
