@@ -180,7 +180,7 @@ class Audit:
     missing: int  # orders neither countable (valid) nor dead-lettered
     expected: RunningAverage  # valid orders not dead-lettered
     stats: RunningAverage  # summed over the stats topic's latest values
-    # Records on `orders` whose key an earlier one had: a producer wrote an order twice.
+    # Records on `orders` whose key an earlier one had (keyless ones aside): a producer wrote an order twice.
     order_duplicates: int = 0
 
     @property
@@ -234,6 +234,8 @@ def audit_records(
         except ValidationError:
             invalid += 1
 
+    # A record without a key names no order: any client may write several, none is a second copy.
+    keyed = [r.key for r in orders if r.key is not None]
     dlq_keys = Counter(r.key for r in dlq)
     retry_keys = Counter((r.key, r.header("retry.attempt")) for r in retries)
     counted = {key: cents for key, cents in prices.items() if key not in dlq_keys}
@@ -251,7 +253,7 @@ def audit_records(
         missing=len({r.key for r in orders} - set(counted) - set(dlq_keys)),
         expected=RunningAverage(len(counted), sum(counted.values())),
         stats=stats,
-        order_duplicates=len(orders) - len({r.key for r in orders}),
+        order_duplicates=len(keyed) - len(set(keyed)),
     )
 
 

@@ -69,8 +69,9 @@ def test_an_order_written_twice_is_a_duplicate_even_when_the_consumer_counted_bo
     path.write_text(json.dumps(REFERENCE))
     settings = build_settings({"AVRO_WIRE_FORMAT": "raw", "AVRO_WRITER_SCHEMA": str(path)})
     good = bare({"orderId": "O-1", "product": "Lamp", "price": 19.99})
-    orders = [Rec("orders", 0, 0, b"O-1", good), Rec("orders", 0, 1, b"O-1", good)]
-    state = encode_stats(RunningAverage(2, 2 * 1999), 2)
+    keyless = [Rec("orders", 0, 2, None, b"junk"), Rec("orders", 0, 3, None, b"junk")]  # poison, not copies
+    orders = [Rec("orders", 0, 0, b"O-1", good), Rec("orders", 0, 1, b"O-1", good), *keyless]
+    state = encode_stats(RunningAverage(2, 2 * 1999), 4)
     stats = [Rec("stats", 0, 0, stats_key("g", "orders", 0).encode(), state)]
 
     result = audit_records(orders, [], [], stats, 10_000_000, group="g", raw=raw_writer_schema(settings))
