@@ -165,11 +165,13 @@ def incoming_records(
             on_error(error, message.topic())
             continue
         # Headers are rare on `orders`: a record without them takes no call of its own.
+        headers: tuple[tuple[str, bytes], ...]
         try:
-            some = bool(message.headers())
-        except Exception:  # a header name that is not UTF-8: _read_headers says so
-            some = True
-        headers, unreadable = _read_headers(message) if some else ((), "")
+            raw = message.headers()
+        except Exception:  # SystemError: a header name that is not UTF-8 (see _read_headers)
+            headers, unreadable = (), UNREADABLE_HEADERS
+        else:
+            headers, unreadable = _checked_headers(raw) if raw else ((), "")
         topic = message.topic() or ""
         append(
             _new_tuple(
@@ -206,12 +208,20 @@ def _read_headers(message: Message) -> tuple[tuple[tuple[str, bytes], ...], str]
     """
     try:
         raw: Any = message.headers()
+    except Exception:  # SystemError
+        return (), UNREADABLE_HEADERS
+    return _checked_headers(raw)
+
+
+def _checked_headers(raw: Any) -> tuple[tuple[tuple[str, bytes], ...], str]:
+    """What `headers()` returned, once the error it may have left pending and every slot are checked."""
+    try:
         if not raw:  # the common case, with nothing to check
             return (), ""
         ctypes.pythonapi.PyErr_Occurred()
         if not all(_filled(pair) for pair in raw):
             return (), UNREADABLE_HEADERS
-    except Exception:  # SystemError, or the UnicodeDecodeError left pending
+    except Exception:  # the UnicodeDecodeError left pending
         return (), UNREADABLE_HEADERS
     return tuple((name, value or b"") for name, value in raw), ""
 
