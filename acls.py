@@ -4,7 +4,7 @@ import sys
 from collections.abc import Sequence
 
 from config import load_settings
-from orderpipe.acl_command import main as acl_main
+from orderpipe.programs.acl_command import main as acl_main
 
 
 def main(argv: Sequence[str] | None = None) -> int:

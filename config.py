@@ -1,7 +1,7 @@
 """Settings for the order pipeline: the one place that reads the environment.
 
 Precedence, highest first: command-line flag > environment variable > `.env` file >
-default. The values are checked by `orderpipe.settings.build_settings`, before
+default. The values are checked by `orderpipe.config.settings.build_settings`, before
 anything connects, and a bad one is reported by its variable name together with
 what was expected.
 """
@@ -14,8 +14,8 @@ from pathlib import Path
 
 from dotenv import dotenv_values
 
+from orderpipe.config.settings import ENV_NAMES, Settings, build_settings
 from orderpipe.errors import ConfigError
-from orderpipe.settings import ENV_NAMES, Settings, build_settings
 
 __all__ = ["ENV_NAMES", "Settings", "load_settings"]
 

@@ -4,7 +4,7 @@ import sys
 from collections.abc import Sequence
 
 from config import load_settings
-from orderpipe.cli import dlq_main
+from orderpipe.programs.cli import dlq_main
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -19,9 +19,9 @@ import uuid
 from confluent_kafka import Consumer, Producer
 
 from config import load_settings
-from orderpipe.codec import SINGLE_OBJECT_MAGIC, load_order_schema
-from orderpipe.generator import OrderFactory
-from orderpipe.kafka_clients import CONSUMER_FETCH_SETTINGS, producer_config
+from orderpipe.kafka.clients import CONSUMER_FETCH_SETTINGS, producer_config
+from orderpipe.model.generator import OrderFactory
+from orderpipe.serde.codec import SINGLE_OBJECT_MAGIC, load_order_schema
 
 
 def produce(topic: str, count: int) -> None:

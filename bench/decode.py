@@ -24,8 +24,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from orderpipe.codec import CONFLUENT_MAGIC, OrderDecoder, OrderSchema, load_order_schema
-from orderpipe.generator import OrderFactory
+from orderpipe.model.generator import OrderFactory
+from orderpipe.serde.codec import CONFLUENT_MAGIC, OrderDecoder, OrderSchema, load_order_schema
 
 SAMPLES = 1_000
 

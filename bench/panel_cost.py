@@ -33,9 +33,7 @@ from rich.console import RenderableType
 
 from bench.compare import env
 from bench.run import ROOT, THROUGHPUT, run
-from orderpipe.console import NORMAL
-from orderpipe.money import RunningAverage
-from orderpipe.status import (
+from orderpipe.core.status import (
     VIEW_EVERY_S,
     ConsumerReading,
     ConsumerTracker,
@@ -43,7 +41,9 @@ from orderpipe.status import (
     ProducerReading,
     ProducerTracker,
 )
-from orderpipe.terminal import LiveConsole, consumer_panel, producer_progress, terminal_screen
+from orderpipe.model.money import RunningAverage
+from orderpipe.observe.console import NORMAL
+from orderpipe.observe.terminal import LiveConsole, consumer_panel, producer_progress, terminal_screen
 from tests.terminal import FakeTerminal, Terminal, terminal_env
 
 PROGRAMS = ("producer", "consumer")

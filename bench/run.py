@@ -36,8 +36,8 @@ from confluent_kafka import __version__ as binding_version
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-from orderpipe.codec import load_order_schema
-from orderpipe.generator import OrderFactory
+from orderpipe.model.generator import OrderFactory
+from orderpipe.serde.codec import load_order_schema
 from tests.clients import NO_AUTO_CREATE, client_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,7 +46,7 @@ BOOTSTRAP = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
 KAFKA_VERSION = "4.1.1"
 JAVA_LIBS = ROOT / ".cache" / "bench" / f"kafka-tools-{KAFKA_VERSION}"
 PARTITIONS = 3
-# The pipeline's producer settings (orderpipe.kafka_clients.producer_config), for kcat and Java.
+# The pipeline's producer settings (orderpipe.kafka.clients.producer_config), for kcat and Java.
 PRODUCER_SETTINGS = {
     "acks": "all",
     "enable.idempotence": "true",

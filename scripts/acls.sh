@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Prints, applies or revokes the Kafka ACLs each program needs (acls.py, orderpipe/acl_command.py):
+# Prints, applies or revokes the Kafka ACLs each program needs (acls.py, orderpipe/programs/acl_command.py):
 #   scripts/acls.sh print  User:pipeline [--program producer|consumer|stats|dlq ...]
 #   scripts/acls.sh apply  User:pipeline [--program ...]    (as a principal that may manage ACLs)
 #   scripts/acls.sh revoke User:pipeline [--program ...]

@@ -42,10 +42,10 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
+from orderpipe.config.settings import RAW, Settings
 from orderpipe.errors import ValidationError
-from orderpipe.money import RunningAverage
-from orderpipe.order import Order, validate
-from orderpipe.settings import RAW, Settings
+from orderpipe.model.money import RunningAverage
+from orderpipe.model.order import Order, validate
 
 __all__ = [
     "Audit",

@@ -6,7 +6,7 @@ request names: `AdminClient.list_topics(topic=NAME)`, a consumer's `list_topics`
 a producer's first send would make NAME with one partition, and the programs would
 then find a topic they did not make. librdkafka asks for that by default for
 producers and admin clients. No client of the tests asks for it, as no client of the
-programs does (orderpipe/settings.py): a test that needs a topic before the programs
+programs does (orderpipe/config/settings.py): a test that needs a topic before the programs
 run creates it, with the partitions it needs.
 
 tests/unit/test_test_clients.py checks that every client here is made this way.

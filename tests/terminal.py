@@ -5,7 +5,7 @@ a person would read, with redraws applied and escape codes gone. `Terminal` runs
 program on a pty of COLUMNS x LINES and collects everything it writes;
 `terminal_env` is the environment a terminal emulator gives it. `FakeTerminal` is
 output in memory that says it is a terminal, for programs run inside the tests.
-Used by the unit tests of orderpipe.terminal, the integration tests and
+Used by the unit tests of orderpipe.observe.terminal, the integration tests and
 bench/panel_cost.py.
 """
 

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from orderpipe.settings import Settings
+from orderpipe.config.settings import Settings
 from tests.audit import Audit, audit_topics, pipeline_env
 from tests.cluster.helpers import (
     BOOTSTRAP,

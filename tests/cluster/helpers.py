@@ -25,7 +25,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
     ResourceType,
 )
 
-from orderpipe.settings import Settings
+from orderpipe.config.settings import Settings
 from tests.clients import client_config
 from tests.integration.helpers import read_topic
 

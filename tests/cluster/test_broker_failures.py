@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from orderpipe.watchdog import EXIT_STUCK
+from orderpipe.kafka.watchdog import EXIT_STUCK
 from tests.audit import Audit, audit_topics
 from tests.cluster.failover import CONSUMER_ARGS, ORDERS, RATE, SCENARIOS, cluster_pipeline, run_scenario, started
 from tests.cluster.helpers import (

@@ -12,7 +12,7 @@ import pytest
 
 from config import load_settings
 from orderpipe.errors import OrderPipeError
-from orderpipe.kafka_clients import connect_admin
+from orderpipe.kafka.clients import connect_admin
 from tests.integration.helpers import BOOTSTRAP, START_HINT, Pipeline, new_pipeline, require_registry
 
 

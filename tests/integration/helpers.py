@@ -25,13 +25,13 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from confluent_kafka.admin import AdminClient
 
 from config import Settings, load_settings
-from orderpipe.console import QUIET, Console
-from orderpipe.consumer_app import ConsumerOptions, OrderConsumer
+from orderpipe.core.routing import Decision
 from orderpipe.errors import OrderPipeError
-from orderpipe.kafka_clients import incoming
-from orderpipe.order import ValidOrder
-from orderpipe.registry import connect_registry
-from orderpipe.routing import Decision
+from orderpipe.kafka.clients import incoming
+from orderpipe.kafka.registry import connect_registry
+from orderpipe.model.order import ValidOrder
+from orderpipe.observe.console import QUIET, Console
+from orderpipe.programs.consumer_app import ConsumerOptions, OrderConsumer
 from tests.audit import Audit, audit_topics, pipeline_env
 from tests.clients import client_config
 

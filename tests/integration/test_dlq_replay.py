@@ -7,8 +7,8 @@ from collections import Counter
 
 from confluent_kafka import Producer
 
-from orderpipe.kafka_clients import connect_admin
-from orderpipe.replay import ledger_topic
+from orderpipe.core.replay import ledger_topic
+from orderpipe.kafka.clients import connect_admin
 from tests.clients import client_config
 from tests.integration.helpers import Output, Pipeline, audit
 

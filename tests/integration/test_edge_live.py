@@ -7,11 +7,11 @@ from contextlib import contextmanager
 
 import pytest
 
-from orderpipe.edge import BEGINNING, EdgeOptions, KafkaEdge, Outgoing
+from orderpipe.config.settings import Settings
+from orderpipe.core.ports import BEGINNING, EdgeOptions, KafkaEdge, Outgoing
 from orderpipe.errors import KafkaCallError
-from orderpipe.kafka_clients import connect_admin, ensure_topics
-from orderpipe.kafka_edge import ConfluentEdge, open_kafka_edge
-from orderpipe.settings import Settings
+from orderpipe.kafka.clients import connect_admin, ensure_topics
+from orderpipe.kafka.edge import ConfluentEdge, open_kafka_edge
 from tests.integration.helpers import Pipeline, wait_for
 
 

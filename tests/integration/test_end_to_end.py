@@ -5,8 +5,8 @@ from collections import Counter
 
 from confluent_kafka.admin import AdminClient
 
-from orderpipe.codec import OrderDecoder, load_order_schema
-from orderpipe.money import RunningAverage, format_cents, to_cents
+from orderpipe.model.money import RunningAverage, format_cents, to_cents
+from orderpipe.serde.codec import OrderDecoder, load_order_schema
 from tests.clients import client_config
 from tests.integration.helpers import CONSUMER_SUMMARY, PRODUCER_SUMMARY, Pipeline, audit, read_until, summary
 

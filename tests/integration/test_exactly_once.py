@@ -14,11 +14,11 @@ import pytest
 from confluent_kafka import IsolationLevel, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
 
-from orderpipe.console import QUIET, Console
-from orderpipe.consumer_app import ConsumerOptions, OrderConsumer
-from orderpipe.order import ValidOrder
-from orderpipe.routing import Processed
-from orderpipe.stats import stats_key
+from orderpipe.core.routing import Processed
+from orderpipe.core.stats import stats_key
+from orderpipe.model.order import ValidOrder
+from orderpipe.observe.console import QUIET, Console
+from orderpipe.programs.consumer_app import ConsumerOptions, OrderConsumer
 from tests.audit import Audit
 from tests.clients import client_config
 from tests.integration.helpers import (

@@ -11,7 +11,7 @@ made by hand may have its count on purpose, and partitions cannot be taken away)
 programs warn, naming the topic, its count and ORDERS_PARTITIONS, the consumer creates
 its retry and DLQ topics with the same count, and everything is counted exactly. A
 retry topic that then does not match `orders` stops the consumer (exit 2) with the
-sentence that names both (orderpipe/topics.py).
+sentence that names both (orderpipe/core/topics.py).
 
 The three-node cluster, where auto-creation is off, runs the same producer-then-
 consumer check: tests/cluster/test_end_to_end.py.
@@ -96,7 +96,7 @@ def stray_orders_topic(pipeline: Pipeline, also: list[str] | None = None) -> str
 
 
 def assert_refused(run_stderr: str, returncode: int, orders: str) -> None:
-    """Exit 2 and one sentence that names the orders topic and its one partition (orderpipe/topics.py)."""
+    """Exit 2 and one sentence that names the orders topic and its one partition (orderpipe/core/topics.py)."""
     assert returncode == 2, run_stderr
     assert "Traceback" not in run_stderr, run_stderr
     last = run_stderr.strip().splitlines()[-1]

@@ -11,7 +11,7 @@ from typing import Any
 
 import fastavro
 
-from orderpipe.money import to_cents
+from orderpipe.model.money import to_cents
 from tests.integration.helpers import CONSUMER_SUMMARY, PRODUCER_SUMMARY, Pipeline, audit, summary
 
 # What the original assignment's reference producer writes: no header, price a double.

@@ -31,12 +31,12 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
 from dotenv import dotenv_values
 
 from config import Settings, load_settings
-from orderpipe.acl_command import _acl
-from orderpipe.acls import Grant
+from orderpipe.core.acls import Grant
+from orderpipe.core.replay import ledger_topic
+from orderpipe.core.topics import ledger_spec, missing_topics
 from orderpipe.errors import OrderPipeError
-from orderpipe.kafka_clients import connect_admin, create_topics, permissions
-from orderpipe.replay import ledger_topic
-from orderpipe.topics import ledger_spec, missing_topics
+from orderpipe.kafka.clients import connect_admin, create_topics, permissions
+from orderpipe.programs.acl_command import _acl
 from tests.audit import Audit, audit_topics, pipeline_env
 from tests.integration.helpers import read_topic
 

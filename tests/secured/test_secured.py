@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from config import load_settings
-from orderpipe.acls import grants
+from orderpipe.core.acls import grants
 from tests.secured.helpers import PLAINTEXT, REGISTRY_URL, SASL_SSL, TLS, SecureCluster
 
 LOGINS = ("scram", "plain", "oauth", "mtls")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from orderpipe import consumer_app, dlq_app, kafka_clients, kafka_edge
+from orderpipe.kafka import clients as kafka_clients
+from orderpipe.kafka import edge as kafka_edge
+from orderpipe.programs import consumer_app, dlq_app
 from tests.unit.mock_cluster import MockCluster
 
 

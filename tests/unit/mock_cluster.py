@@ -16,7 +16,7 @@ import uuid
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from orderpipe.settings import Settings, build_settings
+from orderpipe.config.settings import Settings, build_settings
 from tests.audit import pipeline_env
 
 __all__ = ["MockCluster"]

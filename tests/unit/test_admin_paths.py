@@ -3,7 +3,7 @@
 librdkafka 2.16 crashes (use after free in `rd_kafka_cgrp_op`) when such a request
 meets a coordinator failover (its issues 4605 and 3663). The package may ask one
 thing of a group coordinator through the admin client: the group's permissions in
-the start-up check (`kafka_clients.permissions`), before any other client of the
+the start-up check (`orderpipe.kafka.clients.permissions`), before any other client of the
 process exists. Committed offsets are read through the group consumer.
 """
 
@@ -20,7 +20,7 @@ COORDINATOR_REQUESTS = {
     "delete_consumer_groups",
     "list_consumer_groups",
 }
-ALLOWED = {("kafka_clients.py", "permissions", "describe_consumer_groups")}
+ALLOWED = {("kafka/clients.py", "permissions", "describe_consumer_groups")}
 
 
 def _calls() -> list[tuple[str, str, str]]:
@@ -32,7 +32,7 @@ def _calls() -> list[tuple[str, str, str]]:
                 continue
             for node in ast.walk(function):
                 if isinstance(node, ast.Attribute) and node.attr in COORDINATOR_REQUESTS:
-                    found.append((path.name, function.name, node.attr))
+                    found.append((path.relative_to(PACKAGE).as_posix(), function.name, node.attr))
     return found
 
 
@@ -41,7 +41,7 @@ def test_only_the_start_up_permission_check_asks_a_group_coordinator_through_the
 
 
 def test_the_consumer_reads_committed_offsets_through_its_group_consumer() -> None:
-    source = (PACKAGE / "kafka_edge.py").read_text(encoding="utf-8")
+    source = (PACKAGE / "kafka" / "edge.py").read_text(encoding="utf-8")
     committed = source[source.index("    def committed(") :]
     committed = committed[: committed.index("\n    def ", 1)]
     assert "self._consumer.committed(" in committed

@@ -10,9 +10,9 @@ from typing import Any
 
 import fastavro
 
-from orderpipe.money import RunningAverage, to_cents
-from orderpipe.settings import build_settings
-from orderpipe.stats import encode_stats, stats_key
+from orderpipe.config.settings import build_settings
+from orderpipe.core.stats import encode_stats, stats_key
+from orderpipe.model.money import RunningAverage, to_cents
 from tests.audit import audit_records, raw_writer_schema
 
 REFERENCE: dict[str, Any] = json.loads((Path(__file__).parents[1] / "data" / "reference-order.avsc").read_text())

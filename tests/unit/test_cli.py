@@ -8,7 +8,7 @@ import pytest
 
 import consumer
 import producer
-from orderpipe.cli import GC_YOUNG_THRESHOLD, _gc_tuned_for_throughput
+from orderpipe.programs.cli import GC_YOUNG_THRESHOLD, _gc_tuned_for_throughput
 
 
 @pytest.mark.parametrize(

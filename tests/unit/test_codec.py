@@ -14,8 +14,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from orderpipe import codec
-from orderpipe.codec import (
+from orderpipe.errors import ConfigError, DeserializationError, ValidationError
+from orderpipe.model.generator import OrderFactory
+from orderpipe.model.order import Order, validate
+from orderpipe.serde import codec
+from orderpipe.serde.codec import (
     OrderDecoder,
     OrderSchema,
     SchemaSet,
@@ -25,9 +28,6 @@ from orderpipe.codec import (
     load_schema_set,
     parse_schema_text,
 )
-from orderpipe.errors import ConfigError, DeserializationError, ValidationError
-from orderpipe.generator import OrderFactory
-from orderpipe.order import Order, validate
 
 SCHEMA = load_order_schema()
 V1 = load_order_schema(1)

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from config import ENV_NAMES, Settings, load_settings
+from orderpipe.config.settings import build_settings
 from orderpipe.errors import ConfigError
-from orderpipe.settings import build_settings
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 
 import io
 
-from orderpipe.console import NORMAL, QUIET, VERBOSE, Console, throughput_line
+from orderpipe.observe.console import NORMAL, QUIET, VERBOSE, Console, throughput_line
 
 
 def event(console: Console, text: str) -> None:

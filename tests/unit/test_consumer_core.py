@@ -10,23 +10,23 @@ from typing import cast
 
 import pytest
 
-from orderpipe import kafka_stats
-from orderpipe.assignment import Restorer
-from orderpipe.consumer_app import simulated_outage
-from orderpipe.edge import BEGINNING, Outgoing, TopicSpec
-from orderpipe.effects import OutputTopics, batch_effects
+from orderpipe.config.settings import Settings, build_settings
+from orderpipe.consumer.assignment import Restorer
+from orderpipe.core.effects import OutputTopics, batch_effects
+from orderpipe.core.hold import Hold
+from orderpipe.core.ownership import Ownership
+from orderpipe.core.ports import BEGINNING, Outgoing, TopicSpec
+from orderpipe.core.retry_scheduler import RetryScheduler
+from orderpipe.core.routing import BatchPlan, DeadLetter, Deferred, Incoming, Processed, Retry
+from orderpipe.core.stats import Latest, StatsKeys, StatsTable
+from orderpipe.core.stats_view import CatchUp, StatsView
+from orderpipe.core.topics import STATS_TOPIC_CONFIG, missing_sentence, missing_topics, partition_warning, weak_topics
 from orderpipe.errors import BrokerUnavailableError, DeserializationError, KafkaCallError
-from orderpipe.hold import Hold
-from orderpipe.money import RunningAverage
-from orderpipe.order import ValidOrder
-from orderpipe.ownership import Ownership
-from orderpipe.retry_scheduler import RetryScheduler
-from orderpipe.routing import BatchPlan, DeadLetter, Deferred, Incoming, Processed, Retry
-from orderpipe.settings import Settings, build_settings
-from orderpipe.stats import Latest, StatsKeys, StatsTable
-from orderpipe.stats_view import CatchUp, StatsView
-from orderpipe.topics import STATS_TOPIC_CONFIG, missing_sentence, missing_topics, partition_warning, weak_topics
-from orderpipe.twin_parts import VirtualClock
+from orderpipe.kafka import stats_tail as kafka_stats
+from orderpipe.kafka.twin.parts import VirtualClock
+from orderpipe.model.money import RunningAverage
+from orderpipe.model.order import ValidOrder
+from orderpipe.programs.consumer_app import simulated_outage
 
 TOPICS = OutputTopics("orders-retry", "orders-dlq", "orders-stats", "g")
 A, B, R = ("orders", 0), ("orders", 1), ("orders-retry", 0)

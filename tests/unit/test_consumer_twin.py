@@ -9,15 +9,15 @@ from dataclasses import replace
 
 import pytest
 
-from orderpipe.codec import load_order_schema
-from orderpipe.consumer_app import AT_LEAST_ONCE, ConsumerOptions
-from orderpipe.consumer_loop import ConsumerLoop
+from orderpipe.consumer.loop import ConsumerLoop
+from orderpipe.core.routing import DeadLetter, Processed, Retry
 from orderpipe.errors import FatalKafkaError
-from orderpipe.generator import OrderFactory
-from orderpipe.order import ValidOrder
-from orderpipe.routing import DeadLetter, Processed, Retry
-from orderpipe.twin import Killed
-from orderpipe.twin_parts import Faults
+from orderpipe.kafka.twin.cluster import Killed
+from orderpipe.kafka.twin.parts import Faults
+from orderpipe.model.generator import OrderFactory
+from orderpipe.model.order import ValidOrder
+from orderpipe.programs.consumer_app import AT_LEAST_ONCE, ConsumerOptions
+from orderpipe.serde.codec import load_order_schema
 from tests.audit import audit_records
 from tests.unit.twin_helpers import (
     SETTINGS,

@@ -10,13 +10,13 @@ import pytest
 from confluent_kafka import Producer
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
-from orderpipe import dlq_app
-from orderpipe.codec import OrderDecoder, load_order_schema
-from orderpipe.dead_letters import DeadLetter, DlqFilter, dead_letter, parse_since, summary_line
-from orderpipe.dlq_app import list_dead_letters
+from orderpipe.core.dead_letters import DeadLetter, DlqFilter, dead_letter, parse_since, summary_line
+from orderpipe.core.routing import Incoming
 from orderpipe.errors import ConfigError
-from orderpipe.order import Order
-from orderpipe.routing import Incoming
+from orderpipe.model.order import Order
+from orderpipe.programs import dlq_app
+from orderpipe.programs.dlq_app import list_dead_letters
+from orderpipe.serde.codec import OrderDecoder, load_order_schema
 from tests.unit.mock_cluster import MockCluster
 
 SCHEMA = load_order_schema()

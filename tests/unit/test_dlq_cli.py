@@ -10,14 +10,14 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError, Producer
 
-from orderpipe import kafka_reader
-from orderpipe.cli import dlq_main
-from orderpipe.codec import load_order_schema
+from orderpipe.config.settings import build_settings
+from orderpipe.core.replay import ledger_topic
 from orderpipe.errors import BrokerUnavailableError, ConfigError
-from orderpipe.kafka_reader import read_to_end
-from orderpipe.order import Order
-from orderpipe.replay import ledger_topic
-from orderpipe.settings import build_settings
+from orderpipe.kafka import reader as kafka_reader
+from orderpipe.kafka.reader import read_to_end
+from orderpipe.model.order import Order
+from orderpipe.programs.cli import dlq_main
+from orderpipe.serde.codec import load_order_schema
 from tests.terminal import ESC, screen
 from tests.unit.mock_cluster import MockCluster
 from tests.unit.test_programs_mock import loader, on_a_terminal

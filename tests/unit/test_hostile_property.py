@@ -11,11 +11,8 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from orderpipe.codec import CONFLUENT_MAGIC, SINGLE_OBJECT_MAGIC, OrderDecoder, load_order_schema
-from orderpipe.errors import DeserializationError, NotReady
-from orderpipe.intake import Intake
-from orderpipe.order import Order, ValidOrder, validate
-from orderpipe.routing import (
+from orderpipe.core.intake import Intake
+from orderpipe.core.routing import (
     CLOCK_SKEW_MS,
     PIPELINE_HEADERS,
     UNREADABLE_HEADERS,
@@ -28,6 +25,9 @@ from orderpipe.routing import (
     plan_batch,
     record_bytes,
 )
+from orderpipe.errors import DeserializationError, NotReady
+from orderpipe.model.order import Order, ValidOrder, validate
+from orderpipe.serde.codec import CONFLUENT_MAGIC, SINGLE_OBJECT_MAGIC, OrderDecoder, load_order_schema
 
 SCHEMA = load_order_schema()
 V1 = load_order_schema(1)

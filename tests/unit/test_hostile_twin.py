@@ -21,15 +21,15 @@ import pytest
 from confluent_kafka.schema_registry import Schema
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
-from orderpipe.codec import load_order_schema, parse_schema_text
-from orderpipe.console import VERBOSE
-from orderpipe.consumer_app import ConsumerOptions
+from orderpipe.core.routing import CLOCK_SKEW_MS
+from orderpipe.core.stats import encode_stats, stats_key
 from orderpipe.errors import ConfigError
-from orderpipe.money import RunningAverage
-from orderpipe.order import Order, ValidOrder
-from orderpipe.routing import CLOCK_SKEW_MS
-from orderpipe.stats import encode_stats, stats_key
-from orderpipe.twin import TwinCluster
+from orderpipe.kafka.twin.cluster import TwinCluster
+from orderpipe.model.money import RunningAverage
+from orderpipe.model.order import Order, ValidOrder
+from orderpipe.observe.console import VERBOSE
+from orderpipe.programs.consumer_app import ConsumerOptions
+from orderpipe.serde.codec import load_order_schema, parse_schema_text
 from tests.audit import audit_records
 from tests.unit.twin_helpers import (
     SCHEMA,

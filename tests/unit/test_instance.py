@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from orderpipe.instance import claim_slot
+from orderpipe.consumer.instance import claim_slot
 
 
 def test_live_consumers_get_different_ids_and_a_freed_slot_is_reused(tmp_path: Path) -> None:

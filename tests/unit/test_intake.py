@@ -9,12 +9,12 @@ import fastavro
 from hypothesis import given
 from hypothesis import strategies as st
 
-from orderpipe.codec import CONFLUENT_MAGIC, SINGLE_OBJECT_MAGIC, OrderDecoder, load_order_schema
+from orderpipe.core.intake import Intake
 from orderpipe.errors import ValidationError
-from orderpipe.generator import OrderFactory
-from orderpipe.intake import Intake
-from orderpipe.order import Order, ValidOrder, validate
-from orderpipe.wire import CONFLUENT, RAW
+from orderpipe.model.generator import OrderFactory
+from orderpipe.model.order import Order, ValidOrder, validate
+from orderpipe.serde.codec import CONFLUENT_MAGIC, SINGLE_OBJECT_MAGIC, OrderDecoder, load_order_schema
+from orderpipe.serde.wire import CONFLUENT, RAW
 
 SCHEMA = load_order_schema()
 V1 = load_order_schema(1)

@@ -12,10 +12,15 @@ from typing import Any, TypeVar
 import pytest
 from confluent_kafka import KafkaError, KafkaException, Producer
 
-from orderpipe import kafka_clients, kafka_edge, kafka_stats
-from orderpipe.edge import BEGINNING, Assigned, EdgeOptions, InSync, Marks, Outgoing, Pending, TopicSpec
+from orderpipe.config.settings import Settings, build_settings
+from orderpipe.core.ports import BEGINNING, Assigned, EdgeOptions, InSync, Marks, Outgoing, Pending, TopicSpec
+from orderpipe.core.routing import UNREADABLE_HEADERS, Incoming
+from orderpipe.core.stats import encode_stats, stats_key
 from orderpipe.errors import BrokerUnavailableError, ConfigError, DeliveryError, FatalKafkaError, KafkaCallError
-from orderpipe.kafka_clients import (
+from orderpipe.kafka import clients as kafka_clients
+from orderpipe.kafka import edge as kafka_edge
+from orderpipe.kafka import stats_tail as kafka_stats
+from orderpipe.kafka.clients import (
     call_error,
     connect_admin,
     create_client,
@@ -26,12 +31,9 @@ from orderpipe.kafka_clients import (
     partition_counts,
     topic_configs,
 )
-from orderpipe.kafka_edge import ConfluentEdge, open_kafka_edge
-from orderpipe.kafka_stats import read_group_stats
-from orderpipe.money import RunningAverage
-from orderpipe.routing import UNREADABLE_HEADERS, Incoming
-from orderpipe.settings import Settings, build_settings
-from orderpipe.stats import encode_stats, stats_key
+from orderpipe.kafka.edge import ConfluentEdge, open_kafka_edge
+from orderpipe.kafka.stats_tail import read_group_stats
+from orderpipe.model.money import RunningAverage
 from tests.unit.mock_cluster import MockCluster
 
 T = TypeVar("T")

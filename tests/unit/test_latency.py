@@ -1,6 +1,6 @@
 """The latency histogram: percentiles by rank, from batches of record timestamps."""
 
-from orderpipe.latency import LatencyHistogram
+from orderpipe.core.latency import LatencyHistogram
 
 
 def test_percentiles_are_taken_by_rank_over_every_batch() -> None:

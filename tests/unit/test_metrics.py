@@ -19,16 +19,16 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from config import load_settings
-from orderpipe.console import QUIET, Console
-from orderpipe.consumer_app import ConsumerOptions, OrderConsumer
-from orderpipe.edge import TP
+from orderpipe.core.health import HEALTH_INTERVAL_S, Health, brokers_up
+from orderpipe.core.ports import TP
 from orderpipe.errors import ConfigError
-from orderpipe.health import HEALTH_INTERVAL_S, Health, brokers_up
-from orderpipe.kafka_clients import statistics_config
-from orderpipe.metrics import ConsumerMetrics, ProducerMetrics
-from orderpipe.metrics_http import serving
-from orderpipe.money import RunningAverage
-from orderpipe.producer_app import ProducerOptions, ProducerSummary, run_producer
+from orderpipe.kafka.clients import statistics_config
+from orderpipe.model.money import RunningAverage
+from orderpipe.observe.console import QUIET, Console
+from orderpipe.observe.metrics import ConsumerMetrics, ProducerMetrics
+from orderpipe.observe.metrics_http import serving
+from orderpipe.programs.consumer_app import ConsumerOptions, OrderConsumer
+from orderpipe.programs.producer_app import ProducerOptions, ProducerSummary, run_producer
 from tests.integration.helpers import wait_for
 from tests.unit.mock_cluster import MockCluster
 from tests.unit.twin_helpers import SETTINGS, audit, new_cluster, produce_orders, run, turn_until, twin_consumer

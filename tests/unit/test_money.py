@@ -4,7 +4,7 @@ import struct
 
 import pytest
 
-from orderpipe.money import RunningAverage, format_cents, to_cents
+from orderpipe.model.money import RunningAverage, format_cents, to_cents
 
 
 def float32(value: float) -> float:

@@ -8,8 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from orderpipe.errors import ValidationError
-from orderpipe.money import to_cents
-from orderpipe.order import Order, ValidOrder, validate
+from orderpipe.model.money import to_cents
+from orderpipe.model.order import Order, ValidOrder, validate
 
 MAX = 10_000_000  # $100,000.00
 

@@ -16,11 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from orderpipe import producer_app, replicas
-from orderpipe.cli import LoadSettings, consumer_main, producer_main
-from orderpipe.console import QUIET, Console
-from orderpipe.edge import InSync
-from orderpipe.settings import Settings, build_settings
+from orderpipe.config.settings import Settings, build_settings
+from orderpipe.core import replicas
+from orderpipe.core.ports import InSync
+from orderpipe.observe.console import QUIET, Console
+from orderpipe.programs import producer_app
+from orderpipe.programs.cli import LoadSettings, consumer_main, producer_main
 from tests.terminal import ESC, FakeTerminal, screen, terminal_env
 from tests.unit.mock_cluster import MockCluster
 

@@ -9,9 +9,9 @@ import pytest
 from confluent_kafka.schema_registry import Schema
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
-from orderpipe.codec import load_order_schema
 from orderpipe.errors import DeserializationError, NotReady
-from orderpipe.registry import RegistryLookup
+from orderpipe.kafka.registry import RegistryLookup
+from orderpipe.serde.codec import load_order_schema
 
 TEXT = load_order_schema().text
 

@@ -6,16 +6,16 @@ from __future__ import annotations
 import pytest
 from confluent_kafka import Producer
 
-from orderpipe import dlq_app
-from orderpipe.codec import OrderDecoder, load_order_schema
-from orderpipe.dead_letters import DeadLetter, DlqFilter
-from orderpipe.dlq_app import ReplayTally, replay_dead_letters, replay_transactional_id
+from orderpipe.config.settings import build_settings
+from orderpipe.core.dead_letters import DeadLetter, DlqFilter
+from orderpipe.core.replay import Ledger, ledger_topic, provenance, replayed_record
+from orderpipe.core.routing import Incoming
 from orderpipe.errors import ConfigError
-from orderpipe.kafka_reader import read_to_end
-from orderpipe.order import Order
-from orderpipe.replay import Ledger, ledger_topic, provenance, replayed_record
-from orderpipe.routing import Incoming
-from orderpipe.settings import build_settings
+from orderpipe.kafka.reader import read_to_end
+from orderpipe.model.order import Order
+from orderpipe.programs import dlq_app
+from orderpipe.programs.dlq_app import ReplayTally, replay_dead_letters, replay_transactional_id
+from orderpipe.serde.codec import OrderDecoder, load_order_schema
 from tests.unit.mock_cluster import MockCluster
 
 SCHEMA = load_order_schema()

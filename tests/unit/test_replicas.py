@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
-from orderpipe.edge import TP, InSync
+from orderpipe.core.ports import TP, InSync
+from orderpipe.core.replicas import (
+    ASK_EVERY_S,
+    REPORT_EVERY_S,
+    ReplicaWatch,
+    below_min_isr,
+    min_isr_of,
+    min_isr_sentence,
+)
 from orderpipe.errors import KafkaCallError
-from orderpipe.replicas import ASK_EVERY_S, REPORT_EVERY_S, ReplicaWatch, below_min_isr, min_isr_of, min_isr_sentence
 
 
 def test_a_topics_min_isr_comes_from_its_configuration_and_odd_values_take_the_default() -> None:

@@ -2,9 +2,7 @@
 
 import pytest
 
-from orderpipe.errors import DeserializationError, NotReady, ValidationError
-from orderpipe.order import ValidOrder
-from orderpipe.routing import (
+from orderpipe.core.routing import (
     CLOCK_SKEW_MS,
     UNREADABLE_HEADERS,
     DeadLetter,
@@ -18,6 +16,8 @@ from orderpipe.routing import (
     plan_batch,
     record_bytes,
 )
+from orderpipe.errors import DeserializationError, NotReady, ValidationError
+from orderpipe.model.order import ValidOrder
 
 NOW = 1_700_000_000_000
 POLICY = RetryPolicy(max_retries=3, backoff_ms=1000, backoff_max_ms=30000)

@@ -20,8 +20,8 @@ from typing import Any
 import fastavro
 import pytest
 
-from orderpipe.codec import incompatibility, parse_schema_text
-from orderpipe.order import Order
+from orderpipe.model.order import Order
+from orderpipe.serde.codec import incompatibility, parse_schema_text
 
 ROOT = Path(__file__).parents[2]
 VERSION_FILE = re.compile(r"order-v([1-9][0-9]*)\.avsc")

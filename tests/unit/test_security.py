@@ -13,13 +13,13 @@ import pytest
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from config import load_settings
-from orderpipe import cli
-from orderpipe.acl_command import table
-from orderpipe.acls import Grant, denied_sentence, grants, lacking_sentence, missing_grants, require
+from orderpipe.config.settings import build_settings
+from orderpipe.core.acls import Grant, denied_sentence, grants, lacking_sentence, missing_grants, require
 from orderpipe.errors import ConfigError
-from orderpipe.login import CLOSED_AT_FIRST_REQUEST_LIMIT, Credentials, LoginWatch, diagnose
-from orderpipe.registry import registry_login_problem
-from orderpipe.settings import build_settings
+from orderpipe.kafka.login import CLOSED_AT_FIRST_REQUEST_LIMIT, Credentials, LoginWatch, diagnose
+from orderpipe.kafka.registry import registry_login_problem
+from orderpipe.programs import cli
+from orderpipe.programs.acl_command import table
 from orderpipe.text import ScrubbedStream, Scrubber
 
 SCRAM = Credentials("SASL_SSL", "SCRAM-SHA-512", "/certs/ca.pem", "", "")

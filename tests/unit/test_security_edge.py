@@ -19,10 +19,10 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException
 
 import acls
-from orderpipe import acl_command
+from orderpipe.config.settings import build_settings
 from orderpipe.errors import BrokerUnavailableError, ConfigError
-from orderpipe.kafka_clients import connect_admin, permissions, require_grants
-from orderpipe.settings import build_settings
+from orderpipe.kafka.clients import connect_admin, permissions, require_grants
+from orderpipe.programs import acl_command
 from tests.unit.mock_cluster import MockCluster
 
 

@@ -2,9 +2,9 @@
 
 import pytest
 
+from orderpipe.core.stats import StatsKeys, decode_stats, encode_stats, group_total, stats_key
 from orderpipe.errors import DeserializationError
-from orderpipe.money import RunningAverage
-from orderpipe.stats import StatsKeys, decode_stats, encode_stats, group_total, stats_key
+from orderpipe.model.money import RunningAverage
 
 
 def test_a_key_names_the_consumer_group_and_the_input_partition() -> None:

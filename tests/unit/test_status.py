@@ -1,9 +1,8 @@
-"""What the live views show, from readings of the programs' counters (orderpipe.status): no terminal, no Kafka."""
+"""What the live views show, from readings of the programs' counters (orderpipe.core.status): no terminal, no Kafka."""
 
 import pytest
 
-from orderpipe.money import RunningAverage
-from orderpipe.status import (
+from orderpipe.core.status import (
     BAR_WIDTH,
     HISTORY,
     MAX_PARTITION_ROWS,
@@ -17,6 +16,7 @@ from orderpipe.status import (
     duration,
     sparkline,
 )
+from orderpipe.model.money import RunningAverage
 
 
 def test_the_rate_is_taken_over_the_window_up_to_the_last_reading() -> None:

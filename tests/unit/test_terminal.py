@@ -1,4 +1,4 @@
-"""The programs' views on a terminal (orderpipe.terminal), drawn on an emulated screen (tests/terminal.py).
+"""The programs' views on a terminal (orderpipe.observe.terminal), drawn on an emulated screen (tests/terminal.py).
 
 Each test writes to a stream that says it is a terminal and reads what pyte shows of it.
 """
@@ -15,10 +15,8 @@ from collections.abc import Mapping
 import pytest
 from rich.text import Text
 
-from orderpipe import terminal
-from orderpipe.console import NORMAL
-from orderpipe.dead_letters import DeadLetter
-from orderpipe.status import (
+from orderpipe.core.dead_letters import DeadLetter
+from orderpipe.core.status import (
     ConsumerReading,
     ConsumerStatus,
     ConsumerTracker,
@@ -27,7 +25,9 @@ from orderpipe.status import (
     ProducerStatus,
     ProducerTracker,
 )
-from orderpipe.terminal import (
+from orderpipe.observe import terminal
+from orderpipe.observe.console import NORMAL
+from orderpipe.observe.terminal import (
     DeadLetterTable,
     LiveConsole,
     LiveView,

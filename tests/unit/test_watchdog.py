@@ -20,7 +20,7 @@ from types import FrameType
 
 import pytest
 
-from orderpipe.watchdog import EXIT_STUCK, Watchdog, watching
+from orderpipe.kafka.watchdog import EXIT_STUCK, Watchdog, watching
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -132,7 +132,7 @@ def test_off_the_main_thread_it_watches_calls_without_touching_signals() -> None
 STUCK_PROGRAM = """
 import signal, sys, time
 sys.path.insert(0, {root!r})
-from orderpipe.watchdog import WATCHDOG, watching
+from orderpipe.kafka.watchdog import WATCHDOG, watching
 signal.signal(signal.SIGTERM, lambda *_: None)
 with watching(WATCHDOG, {shutdown}):
     with WATCHDOG.guard("send the offsets", {limit}):

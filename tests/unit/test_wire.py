@@ -11,11 +11,11 @@ from typing import Any
 import fastavro
 import pytest
 
-from orderpipe.codec import OrderDecoder, load_order_schema
+from orderpipe.config.settings import build_settings
 from orderpipe.errors import ConfigError, DeserializationError
-from orderpipe.order import Order, validate
-from orderpipe.settings import build_settings
-from orderpipe.wire import load_raw_schema, order_decoder, raw_reader
+from orderpipe.model.order import Order, validate
+from orderpipe.serde.codec import OrderDecoder, load_order_schema
+from orderpipe.serde.wire import load_raw_schema, order_decoder, raw_reader
 
 # What the original assignment's reference producer writes: no header, price a double.
 REFERENCE: dict[str, Any] = json.loads((Path(__file__).parents[1] / "data" / "reference-order.avsc").read_text())

@@ -11,19 +11,25 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from orderpipe.codec import load_order_schema
-from orderpipe.console import QUIET, Console
-from orderpipe.consumer_app import EXACTLY_ONCE, ConsumerOptions, OrderConsumer, RegistryOpener, simulated_outage
-from orderpipe.consumer_loop import ConsumerLoop
-from orderpipe.generator import Generated, OrderFactory
-from orderpipe.order import Order, ValidOrder
-from orderpipe.registry import connect_registry
-from orderpipe.reporting import ConsumerSummary
-from orderpipe.routing import Decision, Processed
-from orderpipe.settings import Settings
-from orderpipe.status import ConsumerReading, View
-from orderpipe.topics import STATS_TOPIC_CONFIG
-from orderpipe.twin import TwinCluster
+from orderpipe.config.settings import Settings
+from orderpipe.consumer.loop import ConsumerLoop
+from orderpipe.consumer.reporting import ConsumerSummary
+from orderpipe.core.routing import Decision, Processed
+from orderpipe.core.status import ConsumerReading, View
+from orderpipe.core.topics import STATS_TOPIC_CONFIG
+from orderpipe.kafka.registry import connect_registry
+from orderpipe.kafka.twin.cluster import TwinCluster
+from orderpipe.model.generator import Generated, OrderFactory
+from orderpipe.model.order import Order, ValidOrder
+from orderpipe.observe.console import QUIET, Console
+from orderpipe.programs.consumer_app import (
+    EXACTLY_ONCE,
+    ConsumerOptions,
+    OrderConsumer,
+    RegistryOpener,
+    simulated_outage,
+)
+from orderpipe.serde.codec import load_order_schema
 from tests.audit import Audit, audit_topics
 
 T = TypeVar("T")
@@ -87,7 +93,7 @@ def twin_consumer(
 ) -> Twin:
     """A consumer of the twin cluster, quiet, with a fixed transactional id (as a restart on one machine has).
 
-    `console` replaces the one writing to `Twin.out`; `view` is the live panel (orderpipe.terminal).
+    `console` replaces the one writing to `Twin.out`; `view` is the live panel (orderpipe.observe.terminal).
     """
     decisions: list[Decision] = []
     out = io.StringIO()

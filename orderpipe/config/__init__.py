@@ -1,0 +1,1 @@
+"""The programs' settings: every option, its default, and the checks made before anything starts."""

@@ -1,0 +1,1 @@
+"""What the programs show: plain console lines, Prometheus metrics and their HTTP server, the terminal views."""

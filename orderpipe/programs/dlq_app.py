@@ -1,0 +1,341 @@
+"""`dlq.py list` and `dlq.py replay`: the dead letters on the DLQ topic, read once to its end, filtered.
+
+`list` prints them. `replay` puts them back on `orders` exactly once (orderpipe.core.replay
+explains the ledger): with its own transactional id, `<consumer group>.dlq-replay`,
+it first fences any earlier replay of the group still running and aborts what that
+one left open, then reads the ledger, then replays the matching records that are not
+in it, REPLAY_BATCH to a transaction, each with its ledger entry.
+
+Values are decoded to find each order's id: single-object Avro directly, Confluent
+framing through the schema registry when one is configured (each new schema id is
+looked up once, for at most LOOKUP_WAIT_S). A value that does not decode leaves the
+id unknown; the record is listed (and replayed) all the same.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+
+from confluent_kafka import KafkaException, Producer
+from confluent_kafka.admin import AdminClient
+
+from orderpipe.config.settings import Settings
+from orderpipe.core.acls import AUTHORIZATION_CODES, denied_sentence
+from orderpipe.core.dead_letters import DeadLetter, DlqFilter, dead_letter, summary_line
+from orderpipe.core.replay import Ledger, Replayed, ledger_topic, replayed_record
+from orderpipe.core.routing import Incoming
+from orderpipe.core.topics import (
+    PRODUCER_MESSAGE_MAX_BYTES,
+    compaction_problem,
+    ledger_spec,
+    missing_sentence,
+    missing_topics,
+)
+from orderpipe.errors import BrokerUnavailableError, ConfigError, DeliveryError, FatalKafkaError, KafkaCallError
+from orderpipe.kafka.clients import (
+    call_error,
+    connect_admin,
+    create_client,
+    create_topics,
+    partition_counts,
+    produce,
+    producer_config,
+    require_grants,
+    topic_configs,
+)
+from orderpipe.kafka.reader import read_to_end
+from orderpipe.kafka.registry import RegistryLookup, connect_registry
+from orderpipe.model.order import Order
+from orderpipe.serde.codec import schema_id_of
+from orderpipe.serde.wire import order_decoder, raw_reader
+
+__all__ = ["ReplayTally", "list_dead_letters", "replay_dead_letters", "replay_transactional_id"]
+
+LOOKUP_WAIT_S = 5.0
+# Records replayed per transaction.
+REPLAY_BATCH = 500
+# How long a transactional call that fails retriably is tried again.
+CALL_WINDOW_S = 60.0
+CALL_TIMEOUT_S = 10.0
+# How long a ledger topic just created may take to get its leader.
+TOPIC_READY_S = 30.0
+
+
+def list_dead_letters(
+    settings: Settings,
+    wanted: DlqFilter,
+    *,
+    limit: int | None,
+    show: Callable[[DeadLetter], None],
+) -> str:
+    """Shows each matching dead letter (the first `limit`); returns the summary line, which counts them all.
+
+    Raises:
+        BrokerUnavailableError, RegistryUnavailableError: named, with how to start one.
+        ConfigError: the principal may not read the DLQ topic.
+    """
+    connect_admin(settings)  # an unreachable broker or a login that cannot succeed, in one sentence
+    with ExitStack() as stack:
+        decode = _decoder(settings, stack)
+        matched: list[DeadLetter] = []
+        for record in read_to_end(settings, settings.dlq_topic, "dlq-reader"):
+            letter = dead_letter(record, decode)
+            if wanted.matches(letter, record.timestamp):
+                if limit is None or len(matched) < limit:
+                    show(letter)
+                matched.append(letter)
+        return summary_line(matched)
+
+
+def _decoder(settings: Settings, stack: ExitStack) -> Callable[[bytes | None], Order]:
+    raw = raw_reader(settings)
+    if not settings.schema_registry_url:
+        return order_decoder(settings, None, raw).decode
+    lookup = RegistryLookup(stack.enter_context(connect_registry(settings)))
+    stack.callback(lookup.close)
+    decoder = order_decoder(settings, lookup, raw)
+
+    def decode(value: bytes | None) -> Order:
+        schema_id = schema_id_of(value)
+        if schema_id is not None:
+            lookup.resolve([schema_id], LOOKUP_WAIT_S)
+        return decoder.decode(value)
+
+    return decode
+
+
+def replay_transactional_id(settings: Settings) -> str:
+    """The replay's transactional id: the ledger's name, so that a replay fences any other of the same DLQ topic.
+
+    One per ledger, not per consumer group: two replays with other groups would
+    otherwise both read the same ledger and both replay the same records.
+    """
+    return ledger_topic(settings.dlq_topic)
+
+
+@dataclass
+class ReplayTally:
+    """What a replay did (or, with --dry-run, would do)."""
+
+    replayed: int = 0
+    already: int = 0  # matched, but in the ledger: replayed by an earlier run
+    truncated: int = 0  # matched, but the DLQ holds only part of the record: not replayed
+    too_large: int = 0  # matched, but larger than a producer may send once its provenance header is added
+    ledger_unreadable: int = 0
+
+    def lines(self, dry_run: bool) -> list[str]:
+        """The closing lines; the last is `replayed N records` (`would replay N records`)."""
+        notes = []
+        if self.already:
+            notes.append(f"{self.already} matching records were replayed before and are skipped")
+        if self.truncated:
+            notes.append(
+                f"{self.truncated} matching records are skipped because the DLQ holds only part of them "
+                "(dlq.truncated); their whole records are where their original.* headers point"
+            )
+        if self.too_large:
+            notes.append(
+                f"{self.too_large} matching records are skipped because with the dlq.replayed-from header they "
+                f"would be larger than the {PRODUCER_MESSAGE_MAX_BYTES} bytes a producer may send"
+            )
+        if self.ledger_unreadable:
+            notes.append(f"{self.ledger_unreadable} ledger entries were unreadable; their records count as replayed")
+        verb = "would replay" if dry_run else "replayed"
+        return [*notes, f"{verb} {self.replayed} records"]
+
+
+def replay_dead_letters(
+    settings: Settings,
+    wanted: DlqFilter,
+    *,
+    dry_run: bool,
+    show: Callable[[DeadLetter], None],
+    batch_size: int = REPLAY_BATCH,
+) -> ReplayTally:
+    """Puts the matching dead letters not replayed before back on `orders`, exactly once.
+
+    `show` is called for each record once its transaction committed (at once with `dry_run`,
+    which writes nothing, creates nothing and fences nothing).
+
+    Raises:
+        BrokerUnavailableError, RegistryUnavailableError: named, with how to start one.
+        ConfigError: a topic is missing, or the principal lacks a permission (named).
+        FatalKafkaError: a newer replay of the same DLQ topic fenced this one.
+    """
+    admin = connect_admin(settings)
+    if not dry_run:
+        require_grants(admin, settings, "dlq")  # READ on an empty ledger, say, would be missed until it has entries
+    counts = partition_counts(admin)
+    orders = settings.orders_topic
+    if orders not in counts:
+        raise ConfigError(missing_sentence([spec for spec in missing_topics(settings, counts) if spec.name == orders]))
+    ledger_name = ledger_topic(settings.dlq_topic)
+    tally = ReplayTally()
+    with ExitStack() as stack:
+        writer = None
+        if not dry_run:
+            if ledger_name not in counts:
+                _create_ledger(admin, settings, ledger_name)
+            else:
+                _check_ledger(admin, ledger_name)
+            writer = stack.enter_context(_writer(settings, ledger_name))
+        ledger = Ledger()
+        # Read only now: the writer's start aborted whatever an earlier run left open.
+        if not dry_run or ledger_name in counts:
+            for entry in read_to_end(settings, ledger_name, "dlq-ledger-reader"):
+                ledger.read(entry.key, entry.value)
+        tally.ledger_unreadable = ledger.unreadable
+        decode = _decoder(settings, stack)
+        batch: list[tuple[Incoming, Replayed, DeadLetter]] = []
+
+        def flush() -> None:
+            if writer is not None:
+                writer.write([(record, again) for record, again, _ in batch])
+            for _, _, letter in batch:
+                show(letter)
+            tally.replayed += len(batch)
+            batch.clear()
+
+        for record in read_to_end(settings, settings.dlq_topic, "dlq-reader"):
+            letter = dead_letter(record, decode)
+            if not wanted.matches(letter, record.timestamp):
+                continue
+            if ledger.holds(record):
+                tally.already += 1
+            elif letter.truncated is not None:
+                tally.truncated += 1
+            elif (again := replayed_record(record, counts[orders])).size > PRODUCER_MESSAGE_MAX_BYTES:
+                tally.too_large += 1  # librdkafka would refuse it, and with it every replay after this one
+            else:
+                batch.append((record, again, letter))
+                if len(batch) >= batch_size:
+                    flush()
+        flush()
+    return tally
+
+
+def _check_ledger(admin: AdminClient, name: str) -> None:
+    """An existing ledger must be compacted: with deletion by age its entries expire, and their records replay again.
+
+    A principal that may not describe the topic's configuration gets a warning and goes on.
+    """
+    config = topic_configs(admin, [name]).get(name, {})
+    problem = compaction_problem(name, config, "its entries expire and their records are replayed again")
+    if problem is not None:
+        raise ConfigError(problem)
+
+
+def _create_ledger(admin: AdminClient, settings: Settings, name: str) -> None:
+    """Creates the ledger topic (where CREATE_TOPICS allows) and waits until it has a leader."""
+    spec = ledger_spec(settings, name)
+    if not settings.create_topics:
+        raise ConfigError(missing_sentence([spec]))
+    create_topics(admin, [spec])
+    deadline = time.monotonic() + TOPIC_READY_S
+    while True:
+        try:
+            metadata = admin.list_topics(topic=name, timeout=CALL_TIMEOUT_S).topics[name]
+            if metadata.error is None and all(p.leader >= 0 for p in metadata.partitions.values()):
+                return
+        except KafkaException:
+            pass
+        if time.monotonic() > deadline:
+            raise BrokerUnavailableError(f"topic {name} was created but had no leader within {TOPIC_READY_S:g}s")
+        time.sleep(0.1)
+
+
+class _Writer:
+    """The replay's transactional producer: each batch's replayed records and ledger entries in one transaction."""
+
+    def __init__(self, producer: Producer, settings: Settings, ledger: str) -> None:
+        self._producer, self._settings, self._ledger = producer, settings, ledger
+        self._open = False  # a transaction was begun and is neither committed nor aborted
+
+    def start(self) -> None:
+        """Registers the transactional id: fences an earlier replay and settles what it left open."""
+        self._call("start transactions", lambda: self._producer.init_transactions(CALL_WINDOW_S))
+
+    def write(self, records: Sequence[tuple[Incoming, Replayed]]) -> None:
+        """Puts the records back on `orders` and their ledger entries in the ledger, in one transaction."""
+        if not records:
+            return
+        producer, orders = self._producer, self._settings.orders_topic
+        self._call("begin the transaction", producer.begin_transaction)
+        self._open = True
+        try:
+            for record, again in records:
+                produce(producer, orders, again.key, again.value, headers=again.headers, partition=again.partition)
+                key, value = Ledger.entry(record)
+                produce(producer, self._ledger, key, value)
+            self._call("commit the transaction", lambda: producer.commit_transaction(CALL_TIMEOUT_S))
+            self._open = False
+        except (KafkaCallError, DeliveryError) as exc:
+            self.abort()
+            raise BrokerUnavailableError(
+                f"the replay stopped: {exc}; nothing of its last transaction was replayed, and running the same "
+                "replay again goes on from there"
+            ) from exc
+
+    def abort(self) -> None:
+        """Aborts the open transaction, if any (after a failure, or a stop in the middle of one)."""
+        if not self._open:
+            return
+        self._open = False
+        try:
+            self._producer.abort_transaction(CALL_TIMEOUT_S)
+        except KafkaException as exc:  # the next run's start aborts it in any case
+            raise BrokerUnavailableError(
+                f"the replay stopped and {call_error(exc, 'abort its transaction')}; running the same replay "
+                "again settles it"
+            ) from exc
+
+    def _call(self, what: str, action: Callable[[], object]) -> None:
+        """Runs a transactional call, again while it fails retriably (for CALL_WINDOW_S)."""
+        deadline = time.monotonic() + CALL_WINDOW_S
+        while True:
+            try:
+                action()
+                return
+            except KafkaException as exc:
+                error = call_error(exc, what)
+                if error.code in AUTHORIZATION_CODES:
+                    raise ConfigError(denied_sentence(what, self._needs())) from exc
+                if error.fatal:
+                    why = (
+                        f"another dlq.py replay of {self._settings.dlq_topic} started and fenced this one"
+                        if error.fenced
+                        else "the transactional producer cannot go on"
+                    )
+                    raise FatalKafkaError(f"{error}: {why}; what this run committed stays replayed") from exc
+                if not error.retriable or time.monotonic() > deadline:
+                    raise error from exc
+                time.sleep(0.1)
+
+    def _needs(self) -> str:
+        return (
+            f"WRITE on transactional id {replay_transactional_id(self._settings)}, WRITE on topics "
+            f"{self._settings.orders_topic} and {self._ledger}"
+        )
+
+
+@contextmanager
+def _writer(settings: Settings, ledger: str) -> Iterator[_Writer]:
+    producer = create_client(
+        Producer,
+        {
+            **producer_config(settings),
+            "transactional.id": replay_transactional_id(settings),
+            "transaction.timeout.ms": int(CALL_WINDOW_S * 1000),
+        },
+    )
+    writer = _Writer(producer, settings, ledger)
+    writer.start()
+    try:
+        yield writer
+    finally:
+        # A stop (Ctrl-C) in the middle of a transaction: abort it now rather than leave it
+        # holding back read_committed readers of `orders` until its timeout.
+        writer.abort()
