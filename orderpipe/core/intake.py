@@ -6,7 +6,7 @@ with no `Order` in between and no call per field. It takes only that common shap
 (every length in one byte, a known header, nothing left over) and answers None for
 anything else, or for any doubt; the general path (`OrderDecoder.decode`, then
 `validate`) then decides and explains. Whenever it answers, the answer is what the
-general path gives: tests/unit/test_intake.py holds the two equal over mutated
+general path gives: tests/unit/core/test_intake.py holds the two equal over mutated
 records. Pure: no Kafka.
 
 Its walk over the layout repeats the direct reader's (`codec._read_v2`) on purpose:

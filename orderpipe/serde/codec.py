@@ -579,7 +579,7 @@ def incompatibility(writer: Any, reader: Any) -> str | None:
     knows every writer symbol, and every branch of a writer's union must be readable.
     Strict: a writer union branch the reader cannot read is a problem even if no
     record uses it. Checking both directions between consecutive versions is the
-    compatibility test of `tests/unit/test_schema_compat.py`.
+    compatibility test of `tests/unit/serde/test_schema_compat.py`.
     """
     return _Resolution(writer, reader).problem(writer, reader, "")
 

@@ -3,7 +3,7 @@
 Each test writes what any client could write, with a plain producer (or, for header
 names that are not UTF-8, by hand: raw_kafka.py), runs consumer.py as a user would
 and reads the topics to judge: the record's fate, the orders after it processed,
-and the counts exact. tests/unit/test_hostile_twin.py has the same cases in memory.
+and the counts exact. tests/unit/consumer/test_hostile_twin.py has the same cases in memory.
 """
 
 from __future__ import annotations

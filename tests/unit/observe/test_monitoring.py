@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 MONITORING = ROOT / "monitoring"
 COMPOSE = ROOT / "docker-compose.yml"
 PROMETHEUS_CONFIG = MONITORING / "prometheus.yml"

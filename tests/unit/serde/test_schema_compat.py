@@ -23,7 +23,7 @@ import pytest
 from orderpipe.model.order import Order
 from orderpipe.serde.codec import incompatibility, parse_schema_text
 
-ROOT = Path(__file__).parents[2]
+ROOT = Path(__file__).parents[3]
 VERSION_FILE = re.compile(r"order-v([1-9][0-9]*)\.avsc")
 FILES = sorted(
     (path for path in (ROOT / "schemas").glob("*.avsc") if VERSION_FILE.fullmatch(path.name)),

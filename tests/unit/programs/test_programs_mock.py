@@ -206,7 +206,7 @@ def test_after_a_stop_signal_the_final_flush_keeps_to_its_timeout_even_below_min
     assert _publisher(mock_cluster, rounds=10**9, in_sync=1)._flush(stop) == 3
 
 
-REFERENCE = str(Path(__file__).parents[1] / "data" / "reference-order.avsc")
+REFERENCE = str(Path(__file__).parents[2] / "data" / "reference-order.avsc")
 
 
 def test_the_wire_flags_write_and_read_bare_bodies(

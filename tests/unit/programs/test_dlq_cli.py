@@ -20,7 +20,7 @@ from orderpipe.programs.cli import dlq_main
 from orderpipe.serde.codec import load_order_schema
 from tests.terminal import ESC, screen
 from tests.unit.mock_cluster import MockCluster
-from tests.unit.test_programs_mock import loader, on_a_terminal
+from tests.unit.programs.test_programs_mock import loader, on_a_terminal
 
 SCHEMA = load_order_schema()
 

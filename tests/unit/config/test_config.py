@@ -57,7 +57,7 @@ def test_every_variable_of_the_contract_is_read() -> None:
 def test_env_example_lists_every_variable() -> None:
     listed = {
         line.split("=")[0].lstrip("# ")
-        for line in (Path(__file__).parents[2] / ".env.example").read_text().splitlines()
+        for line in (Path(__file__).parents[3] / ".env.example").read_text().splitlines()
         if "=" in line
     }
     assert set(ENV_NAMES) <= listed
@@ -243,7 +243,7 @@ def test_a_writer_schema_in_dotenv_without_raw_is_refused_and_a_flag_can_complet
 
 
 def test_the_example_env_file_loads_as_it_is() -> None:
-    settings = load_settings(environ={}, env_file=Path(__file__).parents[2] / ".env.example")
+    settings = load_settings(environ={}, env_file=Path(__file__).parents[3] / ".env.example")
     assert (settings.avro_wire_format, settings.avro_writer_schema) == ("auto", "")
 
 

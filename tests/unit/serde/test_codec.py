@@ -33,7 +33,7 @@ SCHEMA = load_order_schema()
 V1 = load_order_schema(1)
 V2 = load_order_schema(2)
 ORDER = Order("O-7Q2M", "Keyboard", 45.5, 3, "C-42")
-ROOT = Path(__file__).parents[2]
+ROOT = Path(__file__).parents[3]
 # Written out by hand from the Avro specification's Parsing Canonical Form rules.
 CANONICAL_V1 = (
     '{"name":"Order","type":"record","fields":[{"name":"orderId","type":"string"},'

@@ -18,7 +18,7 @@ from orderpipe.serde.codec import OrderDecoder, load_order_schema
 from orderpipe.serde.wire import load_raw_schema, order_decoder, raw_reader
 
 # What the original assignment's reference producer writes: no header, price a double.
-REFERENCE: dict[str, Any] = json.loads((Path(__file__).parents[1] / "data" / "reference-order.avsc").read_text())
+REFERENCE: dict[str, Any] = json.loads((Path(__file__).parents[2] / "data" / "reference-order.avsc").read_text())
 
 
 def schema_file(tmp_path: Path, schema: object, name: str = "writer.avsc") -> str:

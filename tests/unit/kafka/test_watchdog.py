@@ -22,7 +22,7 @@ import pytest
 
 from orderpipe.kafka.watchdog import EXIT_STUCK, Watchdog, watching
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 class FakeTime:

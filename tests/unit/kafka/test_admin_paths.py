@@ -12,7 +12,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[2] / "orderpipe"
+PACKAGE = Path(__file__).resolve().parents[3] / "orderpipe"
 COORDINATOR_REQUESTS = {
     "list_consumer_group_offsets",
     "describe_consumer_groups",
