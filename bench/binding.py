@@ -21,7 +21,7 @@ from confluent_kafka import Consumer, Producer
 from config import load_settings
 from orderpipe.kafka.clients import CONSUMER_FETCH_SETTINGS, producer_config
 from orderpipe.model.generator import OrderFactory
-from orderpipe.serde.codec import SINGLE_OBJECT_MAGIC, load_order_schema
+from orderpipe.serde.schemas import SINGLE_OBJECT_MAGIC, load_order_schema
 
 
 def produce(topic: str, count: int) -> None:

@@ -25,7 +25,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from orderpipe.model.generator import OrderFactory
-from orderpipe.serde.codec import CONFLUENT_MAGIC, OrderDecoder, OrderSchema, load_order_schema
+from orderpipe.serde.codec import CONFLUENT_MAGIC, OrderDecoder
+from orderpipe.serde.schemas import OrderSchema, load_order_schema
 
 SAMPLES = 1_000
 

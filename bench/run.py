@@ -37,7 +37,7 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from orderpipe.model.generator import OrderFactory
-from orderpipe.serde.codec import load_order_schema
+from orderpipe.serde.schemas import load_order_schema
 from tests.clients import NO_AUTO_CREATE, client_config
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,7 +9,7 @@ anything else, or for any doubt; the general path (`OrderDecoder.decode`, then
 general path gives: tests/unit/core/test_intake.py holds the two equal over mutated
 records. Pure: no Kafka.
 
-Its walk over the layout repeats the direct reader's (`codec._read_v2`) on purpose:
+Its walk over the layout repeats the direct reader's (`_read_v2` in orderpipe/serde/direct.py) on purpose:
 a helper shared by the two would cost a call per record, the cost this module is
 here to save; both are held to fastavro by the tests.
 """

@@ -14,8 +14,8 @@ from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from orderpipe.config.settings import Settings
 from orderpipe.errors import ConfigError, DeserializationError, NotReady, RegistryUnavailableError
-from orderpipe.serde.codec import parse_schema_text, unreadable_shape
 from orderpipe.serde.schema_compat import breaking_change
+from orderpipe.serde.schemas import parse_schema_text, unreadable_shape
 from orderpipe.text import printable, redact
 
 __all__ = [

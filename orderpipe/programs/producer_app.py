@@ -41,7 +41,8 @@ from orderpipe.model.order import Order
 from orderpipe.observe.console import Console, throughput_line
 from orderpipe.observe.metrics import ProducerMetrics
 from orderpipe.observe.metrics_http import serving
-from orderpipe.serde.codec import CONFLUENT_MAGIC, SINGLE_OBJECT_MAGIC, OrderSchema, load_order_schema
+from orderpipe.serde.codec import CONFLUENT_MAGIC
+from orderpipe.serde.schemas import SINGLE_OBJECT_MAGIC, OrderSchema, load_order_schema
 from orderpipe.serde.wire import RAW, SINGLE_OBJECT, RawSchema, load_raw_schema
 from orderpipe.text import redact
 

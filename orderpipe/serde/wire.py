@@ -28,7 +28,8 @@ import fastavro
 from orderpipe.config.settings import AUTO, CONFLUENT, RAW, SINGLE_OBJECT, WIRE_FORMATS, Settings
 from orderpipe.errors import ConfigError, DeserializationError
 from orderpipe.model.order import Order
-from orderpipe.serde.codec import OrderDecoder, SchemaLookup, load_order_schema, parse_schema_text, unreadable_shape
+from orderpipe.serde.codec import OrderDecoder, SchemaLookup
+from orderpipe.serde.schemas import load_order_schema, parse_schema_text, unreadable_shape
 from orderpipe.text import printable
 
 __all__ = [

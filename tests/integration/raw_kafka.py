@@ -15,7 +15,7 @@ import time
 
 from confluent_kafka.admin import AdminClient
 
-from orderpipe.serde.codec import zigzag_varint
+from orderpipe.serde.direct import zigzag_varint
 from tests.clients import client_config
 
 __all__ = ["produce_raw"]

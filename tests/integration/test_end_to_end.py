@@ -6,7 +6,8 @@ from collections import Counter
 from confluent_kafka.admin import AdminClient
 
 from orderpipe.model.money import RunningAverage, format_cents, to_cents
-from orderpipe.serde.codec import OrderDecoder, load_order_schema
+from orderpipe.serde.codec import OrderDecoder
+from orderpipe.serde.schemas import load_order_schema
 from tests.clients import client_config
 from tests.integration.helpers import CONSUMER_SUMMARY, PRODUCER_SUMMARY, Pipeline, audit, read_until, summary
 

@@ -20,7 +20,8 @@ from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from orderpipe.core.stats import encode_stats, stats_key
 from orderpipe.model.money import RunningAverage
 from orderpipe.model.order import Order
-from orderpipe.serde.codec import CONFLUENT_MAGIC, load_order_schema
+from orderpipe.serde.codec import CONFLUENT_MAGIC
+from orderpipe.serde.schemas import load_order_schema
 from tests.clients import client_config
 from tests.integration.helpers import CONSUMER_SUMMARY, PRODUCER_SUMMARY, Pipeline, audit, summary
 from tests.integration.raw_kafka import produce_raw

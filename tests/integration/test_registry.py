@@ -8,7 +8,7 @@ from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from orderpipe.core.routing import Processed
-from orderpipe.serde.codec import load_order_schema
+from orderpipe.serde.schemas import load_order_schema
 from tests.audit import published_total
 from tests.clients import client_config
 from tests.integration.helpers import CONSUMER_SUMMARY, PRODUCER_SUMMARY, Pipeline, running_consumer, summary, wait_for

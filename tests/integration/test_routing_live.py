@@ -7,7 +7,7 @@ from confluent_kafka.admin import AdminClient
 
 from orderpipe.core.routing import Decision, Processed, Retry
 from orderpipe.model.order import Order, ValidOrder
-from orderpipe.serde.codec import load_order_schema
+from orderpipe.serde.schemas import load_order_schema
 from tests.clients import client_config
 from tests.integration.helpers import Pipeline, running_consumer, wait_for
 

@@ -13,7 +13,7 @@ from confluent_kafka import Producer
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 
 from orderpipe.model.order import Order
-from orderpipe.serde.codec import load_order_schema, parse_schema_text
+from orderpipe.serde.schemas import load_order_schema, parse_schema_text
 from tests.clients import client_config
 from tests.integration.helpers import CONSUMER_SUMMARY, Pipeline, audit, summary
 

@@ -26,7 +26,6 @@ KNOWN_LONG_MODULES = {
     "orderpipe/kafka/twin/cluster.py",
     "orderpipe/programs/cli.py",
     "orderpipe/programs/producer_app.py",
-    "orderpipe/serde/codec.py",
 }
 KNOWN_LONG_CLASSES = {"orderpipe/consumer/loop.py:ConsumerLoop"}
 KNOWN_LONG_FUNCTIONS = {

@@ -29,7 +29,7 @@ from orderpipe.programs.consumer_app import (
     RegistryOpener,
     simulated_outage,
 )
-from orderpipe.serde.codec import load_order_schema
+from orderpipe.serde.schemas import load_order_schema
 from tests.audit import Audit, audit_topics
 
 T = TypeVar("T")

@@ -17,7 +17,7 @@ from orderpipe.kafka.twin.parts import Faults
 from orderpipe.model.generator import OrderFactory
 from orderpipe.model.order import ValidOrder
 from orderpipe.programs.consumer_app import AT_LEAST_ONCE, ConsumerOptions
-from orderpipe.serde.codec import load_order_schema
+from orderpipe.serde.schemas import load_order_schema
 from tests.audit import audit_records
 from tests.unit.twin_helpers import (
     SETTINGS,

@@ -29,7 +29,7 @@ from orderpipe.model.money import RunningAverage
 from orderpipe.model.order import Order, ValidOrder
 from orderpipe.observe.console import VERBOSE
 from orderpipe.programs.consumer_app import ConsumerOptions
-from orderpipe.serde.codec import load_order_schema, parse_schema_text
+from orderpipe.serde.schemas import load_order_schema, parse_schema_text
 from tests.audit import audit_records
 from tests.unit.twin_helpers import (
     SCHEMA,

@@ -16,7 +16,8 @@ from orderpipe.errors import ConfigError
 from orderpipe.model.order import Order
 from orderpipe.programs import dlq_app
 from orderpipe.programs.dlq_app import list_dead_letters
-from orderpipe.serde.codec import OrderDecoder, load_order_schema
+from orderpipe.serde.codec import OrderDecoder
+from orderpipe.serde.schemas import load_order_schema
 from tests.unit.mock_cluster import MockCluster
 
 SCHEMA = load_order_schema()

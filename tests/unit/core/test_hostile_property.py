@@ -27,7 +27,8 @@ from orderpipe.core.routing import (
 )
 from orderpipe.errors import DeserializationError, NotReady
 from orderpipe.model.order import Order, ValidOrder, validate
-from orderpipe.serde.codec import CONFLUENT_MAGIC, SINGLE_OBJECT_MAGIC, OrderDecoder, load_order_schema
+from orderpipe.serde.codec import CONFLUENT_MAGIC, OrderDecoder
+from orderpipe.serde.schemas import SINGLE_OBJECT_MAGIC, load_order_schema
 
 SCHEMA = load_order_schema()
 V1 = load_order_schema(1)

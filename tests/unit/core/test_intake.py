@@ -13,7 +13,8 @@ from orderpipe.core.intake import Intake
 from orderpipe.errors import ValidationError
 from orderpipe.model.generator import OrderFactory
 from orderpipe.model.order import Order, ValidOrder, validate
-from orderpipe.serde.codec import CONFLUENT_MAGIC, SINGLE_OBJECT_MAGIC, OrderDecoder, load_order_schema
+from orderpipe.serde.codec import CONFLUENT_MAGIC, OrderDecoder
+from orderpipe.serde.schemas import SINGLE_OBJECT_MAGIC, load_order_schema
 from orderpipe.serde.wire import CONFLUENT, RAW
 
 SCHEMA = load_order_schema()

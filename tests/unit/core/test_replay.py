@@ -15,7 +15,8 @@ from orderpipe.kafka.reader import read_to_end
 from orderpipe.model.order import Order
 from orderpipe.programs import dlq_app
 from orderpipe.programs.dlq_app import ReplayTally, replay_dead_letters, replay_transactional_id
-from orderpipe.serde.codec import OrderDecoder, load_order_schema
+from orderpipe.serde.codec import OrderDecoder
+from orderpipe.serde.schemas import load_order_schema
 from tests.unit.mock_cluster import MockCluster
 
 SCHEMA = load_order_schema()

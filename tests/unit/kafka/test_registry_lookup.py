@@ -11,7 +11,7 @@ from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from orderpipe.errors import DeserializationError, NotReady
 from orderpipe.kafka.registry import RegistryLookup
-from orderpipe.serde.codec import load_order_schema
+from orderpipe.serde.schemas import load_order_schema
 
 TEXT = load_order_schema().text
 

@@ -12,8 +12,8 @@ from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from orderpipe.errors import ConfigError, RegistryUnavailableError
 from orderpipe.kafka.registry import canonical_text, registered_id
-from orderpipe.serde.codec import load_order_schema, parse_schema_text
 from orderpipe.serde.schema_compat import breaking_change
+from orderpipe.serde.schemas import load_order_schema, parse_schema_text
 
 V1, V2 = load_order_schema(1), load_order_schema(2)
 

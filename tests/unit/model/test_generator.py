@@ -7,7 +7,8 @@ import pytest
 from orderpipe.errors import DeserializationError, ValidationError
 from orderpipe.model.generator import PRODUCTS, Filled, Generated, Kind, OrderFactory, _customer_number, base36
 from orderpipe.model.order import validate
-from orderpipe.serde.codec import SINGLE_OBJECT_MAGIC, OrderDecoder, OrderSchema, load_order_schema
+from orderpipe.serde.codec import OrderDecoder
+from orderpipe.serde.schemas import SINGLE_OBJECT_MAGIC, OrderSchema, load_order_schema
 
 SCHEMA = load_order_schema()
 MAX = 10_000_000

@@ -17,7 +17,7 @@ from orderpipe.kafka import reader as kafka_reader
 from orderpipe.kafka.reader import read_to_end
 from orderpipe.model.order import Order
 from orderpipe.programs.cli import dlq_main
-from orderpipe.serde.codec import load_order_schema
+from orderpipe.serde.schemas import load_order_schema
 from tests.terminal import ESC, screen
 from tests.unit.mock_cluster import MockCluster
 from tests.unit.programs.test_programs_mock import loader, on_a_terminal

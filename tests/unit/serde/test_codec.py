@@ -18,16 +18,9 @@ from orderpipe.errors import ConfigError, DeserializationError, ValidationError
 from orderpipe.model.generator import OrderFactory
 from orderpipe.model.order import Order, validate
 from orderpipe.serde import codec
-from orderpipe.serde.codec import (
-    OrderDecoder,
-    OrderSchema,
-    SchemaSet,
-    _read_v1,
-    _read_v2,
-    load_order_schema,
-    load_schema_set,
-    parse_schema_text,
-)
+from orderpipe.serde.codec import OrderDecoder
+from orderpipe.serde.direct import _read_v1, _read_v2
+from orderpipe.serde.schemas import OrderSchema, SchemaSet, load_order_schema, load_schema_set, parse_schema_text
 
 SCHEMA = load_order_schema()
 V1 = load_order_schema(1)

@@ -4,7 +4,7 @@ Backward: the newer reader reads what the older writer wrote (a consumer upgrade
 before its producers). Forward: the older reader reads what the newer writer wrote
 (producers upgraded first). Checked three ways: fastavro's schema resolution on
 sample records, the structural rules spelled out here (a field added has a default,
-a field removed had one, a type changes only by an Avro promotion), and the codec's
+a field removed had one, a type changes only by an Avro promotion), and serde's
 `incompatibility`, whose sentences the consumer puts in DLQ headers.
 """
 
@@ -21,7 +21,8 @@ import fastavro
 import pytest
 
 from orderpipe.model.order import Order
-from orderpipe.serde.codec import incompatibility, parse_schema_text
+from orderpipe.serde.schema_compat import incompatibility
+from orderpipe.serde.schemas import parse_schema_text
 
 ROOT = Path(__file__).parents[3]
 VERSION_FILE = re.compile(r"order-v([1-9][0-9]*)\.avsc")

@@ -14,7 +14,8 @@ import pytest
 from orderpipe.config.settings import build_settings
 from orderpipe.errors import ConfigError, DeserializationError
 from orderpipe.model.order import Order, validate
-from orderpipe.serde.codec import OrderDecoder, load_order_schema
+from orderpipe.serde.codec import OrderDecoder
+from orderpipe.serde.schemas import load_order_schema
 from orderpipe.serde.wire import load_raw_schema, order_decoder, raw_reader
 
 # What the original assignment's reference producer writes: no header, price a double.
