@@ -38,25 +38,27 @@ from orderpipe.config.settings import Settings
 from orderpipe.core.acls import AUTHORIZATION_CODES, denied_sentence
 from orderpipe.core.ports import TP, Assigned, EdgeOptions, Event, InSync, Marks, Outgoing, Polled, Revoked, TopicSpec
 from orderpipe.errors import ConfigError, DeliveryError, FatalKafkaError, KafkaCallError
+from orderpipe.kafka.admin import (
+    Answered,
+    create_topics,
+    in_sync_replicas,
+    partition_counts,
+    permissions,
+    replication_factors,
+    topic_configs,
+)
 from orderpipe.kafka.clients import (
     CONSUMER_FETCH_SETTINGS,
     FLUSH_TIMEOUT_S,
-    Answered,
     call_error,
     close_producer,
     connect_admin,
     create_client,
-    create_topics,
-    in_sync_replicas,
-    incoming_records,
-    partition_counts,
-    permissions,
     produce,
     producer_config,
-    replication_factors,
     statistics_config,
-    topic_configs,
 )
+from orderpipe.kafka.messages import incoming_records
 from orderpipe.kafka.stats_tail import KafkaStatsTail
 from orderpipe.kafka.watchdog import UNTIMED_CALL_LIMIT_S, WATCHDOG, WATCHDOG_GRACE_S
 

@@ -18,7 +18,8 @@ from orderpipe.config.settings import Settings
 from orderpipe.core.acls import AUTHORIZATION_CODES, denied_sentence
 from orderpipe.core.routing import Incoming
 from orderpipe.errors import BrokerUnavailableError, ConfigError
-from orderpipe.kafka.clients import call_error, create_client, incoming
+from orderpipe.kafka.clients import call_error, create_client
+from orderpipe.kafka.messages import incoming
 from orderpipe.kafka.watchdog import WATCHDOG, WATCHDOG_GRACE_S
 
 __all__ = ["read_to_end"]

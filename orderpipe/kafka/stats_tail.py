@@ -12,15 +12,9 @@ from orderpipe.core.routing import Incoming
 from orderpipe.core.stats_view import CatchUp, StatsView
 from orderpipe.core.topics import stats_keys
 from orderpipe.errors import BrokerUnavailableError, FatalKafkaError, KafkaCallError
-from orderpipe.kafka.clients import (
-    Answered,
-    call_error,
-    connect_admin,
-    create_client,
-    incoming,
-    partition_counts,
-    require_grants,
-)
+from orderpipe.kafka.admin import Answered, partition_counts, require_grants
+from orderpipe.kafka.clients import call_error, connect_admin, create_client
+from orderpipe.kafka.messages import incoming
 from orderpipe.kafka.watchdog import UNTIMED_CALL_LIMIT_S, WATCHDOG, WATCHDOG_GRACE_S
 from orderpipe.model.money import RunningAverage
 

@@ -35,17 +35,8 @@ from orderpipe.core.topics import (
     missing_topics,
 )
 from orderpipe.errors import BrokerUnavailableError, ConfigError, DeliveryError, FatalKafkaError, KafkaCallError
-from orderpipe.kafka.clients import (
-    call_error,
-    connect_admin,
-    create_client,
-    create_topics,
-    partition_counts,
-    produce,
-    producer_config,
-    require_grants,
-    topic_configs,
-)
+from orderpipe.kafka.admin import create_topics, partition_counts, require_grants, topic_configs
+from orderpipe.kafka.clients import call_error, connect_admin, create_client, produce, producer_config
 from orderpipe.kafka.reader import read_to_end
 from orderpipe.kafka.registry import RegistryLookup, connect_registry
 from orderpipe.model.order import Order

@@ -22,16 +22,14 @@ from orderpipe.core.health import Health
 from orderpipe.core.replicas import ReplicaWatch
 from orderpipe.core.status import ProducerReading, View
 from orderpipe.errors import ConfigError, OrderPipeError, RegistryUnavailableError
+from orderpipe.kafka.admin import ensure_topics, in_sync_replicas, require_grants
 from orderpipe.kafka.clients import (
     FLUSH_TIMEOUT_S,
     close_producer,
     connect_admin,
     create_client,
-    ensure_topics,
-    in_sync_replicas,
     produce,
     producer_config,
-    require_grants,
     statistics_config,
 )
 from orderpipe.kafka.registry import START_REGISTRY_HINT, connect_registry, registered_id, registry_login_problem

@@ -27,7 +27,7 @@ from confluent_kafka.admin import AdminClient
 from config import Settings, load_settings
 from orderpipe.core.routing import Decision
 from orderpipe.errors import OrderPipeError
-from orderpipe.kafka.clients import incoming
+from orderpipe.kafka.messages import incoming
 from orderpipe.kafka.registry import connect_registry
 from orderpipe.model.order import ValidOrder
 from orderpipe.observe.console import QUIET, Console

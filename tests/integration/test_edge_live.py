@@ -10,7 +10,8 @@ import pytest
 from orderpipe.config.settings import Settings
 from orderpipe.core.ports import BEGINNING, EdgeOptions, KafkaEdge, Outgoing
 from orderpipe.errors import KafkaCallError
-from orderpipe.kafka.clients import connect_admin, ensure_topics
+from orderpipe.kafka.admin import ensure_topics
+from orderpipe.kafka.clients import connect_admin
 from orderpipe.kafka.edge import ConfluentEdge, open_kafka_edge
 from tests.integration.helpers import Pipeline, wait_for
 

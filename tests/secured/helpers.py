@@ -35,7 +35,8 @@ from orderpipe.core.acls import Grant
 from orderpipe.core.replay import ledger_topic
 from orderpipe.core.topics import ledger_spec, missing_topics
 from orderpipe.errors import OrderPipeError
-from orderpipe.kafka.clients import connect_admin, create_topics, permissions
+from orderpipe.kafka.admin import create_topics, permissions
+from orderpipe.kafka.clients import connect_admin
 from orderpipe.programs.acl_command import _acl
 from tests.audit import Audit, audit_topics, pipeline_env
 from tests.integration.helpers import read_topic

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from orderpipe.kafka import clients as kafka_clients
+from orderpipe.kafka import admin as kafka_admin
 from orderpipe.kafka import edge as kafka_edge
 from orderpipe.programs import consumer_app, dlq_app
 from tests.unit.mock_cluster import MockCluster
@@ -25,6 +25,6 @@ def _no_topic_checks_on_the_mock(request: pytest.FixtureRequest, monkeypatch: py
     if "mock_cluster" in request.fixturenames:
         for module in (kafka_edge, dlq_app):
             monkeypatch.setattr(module, "topic_configs", lambda _admin, _names, **_: {})
-        for module in (kafka_clients, kafka_edge):
+        for module in (kafka_admin, kafka_edge):
             monkeypatch.setattr(module, "permissions", lambda _admin, _topics, _group="": {})
         monkeypatch.setattr(consumer_app, "topic_problems", lambda _settings, _counts, _configs: [])

@@ -17,21 +17,14 @@ from orderpipe.core.ports import BEGINNING, Assigned, EdgeOptions, InSync, Marks
 from orderpipe.core.routing import UNREADABLE_HEADERS, Incoming
 from orderpipe.core.stats import encode_stats, stats_key
 from orderpipe.errors import BrokerUnavailableError, ConfigError, DeliveryError, FatalKafkaError, KafkaCallError
+from orderpipe.kafka import admin as kafka_admin
 from orderpipe.kafka import clients as kafka_clients
 from orderpipe.kafka import edge as kafka_edge
 from orderpipe.kafka import stats_tail as kafka_stats
-from orderpipe.kafka.clients import (
-    call_error,
-    connect_admin,
-    create_client,
-    create_topics,
-    ensure_topics,
-    in_sync_replicas,
-    incoming,
-    partition_counts,
-    topic_configs,
-)
+from orderpipe.kafka.admin import create_topics, ensure_topics, in_sync_replicas, partition_counts, topic_configs
+from orderpipe.kafka.clients import call_error, connect_admin, create_client
 from orderpipe.kafka.edge import ConfluentEdge, open_kafka_edge
+from orderpipe.kafka.messages import incoming
 from orderpipe.kafka.stats_tail import read_group_stats
 from orderpipe.model.money import RunningAverage
 from tests.unit.mock_cluster import MockCluster
@@ -409,7 +402,7 @@ def test_the_producers_in_sync_answer_reads_each_minimum_afresh_and_keeps_none_i
             raise answers[0]
         return answers[0]
 
-    monkeypatch.setattr(kafka_clients, "topic_configs", configs)
+    monkeypatch.setattr(kafka_admin, "topic_configs", configs)
     admin: Any = object()
     assert in_sync_replicas(Client(), ["orders", "other"], admin=admin).result().minimums == {"orders": 3}
     answers[0] = BrokerUnavailableError("could not read the configuration of topic orders within 5s")

@@ -21,7 +21,8 @@ from confluent_kafka import KafkaError, KafkaException
 import acls
 from orderpipe.config.settings import build_settings
 from orderpipe.errors import BrokerUnavailableError, ConfigError
-from orderpipe.kafka.clients import connect_admin, permissions, require_grants
+from orderpipe.kafka.admin import permissions, require_grants
+from orderpipe.kafka.clients import connect_admin
 from orderpipe.programs import acl_command
 from tests.unit.mock_cluster import MockCluster
 
