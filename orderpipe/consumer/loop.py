@@ -30,12 +30,13 @@ from orderpipe.core.ownership import Ownership
 from orderpipe.core.ports import TP, Assigned, Event, KafkaEdge, Polled, Revoked
 from orderpipe.core.replicas import ReplicaWatch
 from orderpipe.core.retry_scheduler import RetryScheduler
-from orderpipe.core.routing import BatchPlan, Incoming
+from orderpipe.core.routing import BatchPlan
 from orderpipe.core.stats import group_total
 from orderpipe.core.stats_view import WARN_EVERY_S, StatsView
 from orderpipe.core.status import LoopReading
 from orderpipe.errors import FatalKafkaError, TransactionLostError
 from orderpipe.model.money import RunningAverage
+from orderpipe.model.records import Incoming
 from orderpipe.observe.metrics import ConsumerMetrics
 
 __all__ = ["ConsumerLoop", "Decide"]

@@ -17,7 +17,9 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from orderpipe.core.routing import (
+from orderpipe.errors import ConfigError, OrderPipeError
+from orderpipe.model.order import Order
+from orderpipe.model.records import (
     H_ATTEMPT,
     H_ERROR_CLASS,
     H_ERROR_MESSAGE,
@@ -29,8 +31,6 @@ from orderpipe.core.routing import (
     H_TRUNCATED,
     Incoming,
 )
-from orderpipe.errors import ConfigError, OrderPipeError
-from orderpipe.model.order import Order
 from orderpipe.text import printable
 
 __all__ = ["DeadLetter", "DlqFilter", "dead_letter", "parse_since", "summary_line"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable
 
 from orderpipe.core.ports import TP
-from orderpipe.core.routing import Incoming
+from orderpipe.model.records import Incoming
 
 __all__ = ["Hold"]
 

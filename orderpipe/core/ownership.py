@@ -13,9 +13,9 @@ from collections.abc import Collection, Iterable, Mapping
 
 from orderpipe.core.effects import BatchEffects
 from orderpipe.core.ports import BEGINNING, TP
-from orderpipe.core.routing import Incoming
 from orderpipe.core.stats import Latest, StatsTable
 from orderpipe.model.money import RunningAverage
+from orderpipe.model.records import Incoming
 
 __all__ = ["Ownership"]
 

@@ -26,7 +26,7 @@ from contextlib import AbstractContextManager
 from typing import NamedTuple, Protocol, TypeVar
 
 from orderpipe.config.settings import Settings
-from orderpipe.core.routing import Headers, Incoming
+from orderpipe.model.records import Headers, Incoming
 
 __all__ = [
     "BEGINNING",

@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass
 
 from orderpipe.core.dead_letters import H_REPLAYED_FROM
-from orderpipe.core.routing import H_ORIGINAL_PARTITION, PIPELINE_HEADERS, Incoming, record_bytes
+from orderpipe.model.records import H_ORIGINAL_PARTITION, PIPELINE_HEADERS, Incoming, record_bytes
 
 __all__ = ["LEDGER_SUFFIX", "Ledger", "Replayed", "ledger_topic", "provenance", "replayed_record"]
 
@@ -93,7 +93,7 @@ class Replayed:
 
     @property
     def size(self) -> int:
-        """About what it costs on the wire (routing.record_bytes), to hold against the producer's limit."""
+        """About what it costs on the wire (records.record_bytes), to hold against the producer's limit."""
         return record_bytes(self.key, self.value, self.headers)
 
 

@@ -1,15 +1,14 @@
 """Routing decisions for consumed records (the README's "Topics, wire formats and headers"), free of Kafka and clocks.
 
-The consumer edge turns each record into an `Incoming`, asks `plan_batch` what to do
-with a batch of them at a given time, and applies the returned `BatchPlan`: count the
-processed orders, produce the retry and DLQ records, commit the positions and pause
-the partitions whose head record is not yet due (a retry) or not yet readable (its
-schema still being looked up).
+The consumer edge turns each record into an `Incoming` (orderpipe/model/records.py),
+asks `plan_batch` what to do with a batch of them at a given time, and applies the
+returned `BatchPlan`: count the processed orders, produce the retry and DLQ records,
+commit the positions and pause the partitions whose head record is not yet due (a
+retry) or not yet readable (its schema still being looked up).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import groupby
@@ -18,6 +17,23 @@ from typing import NamedTuple
 
 from orderpipe.errors import DeserializationError, NotReady, ValidationError
 from orderpipe.model.order import ValidOrder
+from orderpipe.model.records import (
+    H_ATTEMPT,
+    H_ERROR_CLASS,
+    H_ERROR_MESSAGE,
+    H_FAILED_AT,
+    H_NOT_BEFORE,
+    H_ORIGINAL_OFFSET,
+    H_ORIGINAL_PARTITION,
+    H_ORIGINAL_TIMESTAMP,
+    H_ORIGINAL_TOPIC,
+    H_REASON,
+    H_TRUNCATED,
+    PIPELINE_HEADERS,
+    Headers,
+    Incoming,
+    record_bytes,
+)
 
 __all__ = [
     "CLOCK_SKEW_MS",
@@ -25,145 +41,28 @@ __all__ = [
     "REASON_DESERIALIZATION",
     "REASON_RETRIES_EXHAUSTED",
     "REASON_VALIDATION",
-    "UNREADABLE_HEADERS",
     "BatchPlan",
     "DeadLetter",
     "Decision",
     "Deferred",
-    "Headers",
-    "Incoming",
-    "Origin",
     "Processed",
     "Retry",
     "RetryPolicy",
     "backoff_ms",
     "decide",
     "plan_batch",
-    "record_bytes",
 ]
-
-Headers = tuple[tuple[str, bytes], ...]
 
 REASON_DESERIALIZATION = "deserialization"
 REASON_VALIDATION = "validation"
 REASON_RETRIES_EXHAUSTED = "retries-exhausted"
 REASONS = (REASON_DESERIALIZATION, REASON_VALIDATION, REASON_RETRIES_EXHAUSTED)
 
-H_ATTEMPT = "retry.attempt"
-H_NOT_BEFORE = "retry.not-before"
-H_REASON = "dlq.reason"
-H_ERROR_CLASS = "error.class"
-H_ERROR_MESSAGE = "error.message"
-H_ORIGINAL_TOPIC = "original.topic"
-H_ORIGINAL_PARTITION = "original.partition"
-H_ORIGINAL_OFFSET = "original.offset"
-H_ORIGINAL_TIMESTAMP = "original.timestamp"
-H_FAILED_AT = "dlq.failed-at"
-H_TRUNCATED = "dlq.truncated"
-PIPELINE_HEADERS = frozenset(
-    {
-        H_ATTEMPT,
-        H_NOT_BEFORE,
-        H_REASON,
-        H_ERROR_CLASS,
-        H_ERROR_MESSAGE,
-        H_ORIGINAL_TOPIC,
-        H_ORIGINAL_PARTITION,
-        H_ORIGINAL_OFFSET,
-        H_ORIGINAL_TIMESTAMP,
-        H_FAILED_AT,
-        H_TRUNCATED,
-    }
-)
 MAX_ERROR_MESSAGE_BYTES = 1024
-_NUMBER = re.compile(r"[0-9]{1,19}")
-# Incoming.unreadable for a record whose header names are not all UTF-8 (Kafka allows any bytes).
-UNREADABLE_HEADERS = "a header name is not valid UTF-8, so the record's headers could not be read"
 # How far another consumer's clock may run ahead of this one's. A retry record's due
 # time is at most its own timestamp plus the longest backoff; anything later than
 # that plus this allowance is forged or garbled, and the record counts as due now.
 CLOCK_SKEW_MS = 10_000
-# What a record costs beyond its key, value and header bytes when it is produced:
-# its framing in the record batch, and per header two length prefixes.
-RECORD_OVERHEAD_BYTES = 128
-HEADER_OVERHEAD_BYTES = 10
-
-
-@dataclass(frozen=True)
-class Origin:
-    """Where a record first arrived on the orders topic; kept across retries."""
-
-    topic: str
-    partition: int
-    offset: int
-    timestamp: int
-
-
-class Incoming(NamedTuple):
-    """One consumed record, as plain data (a named tuple: one is made per record)."""
-
-    topic: str
-    partition: int
-    offset: int
-    timestamp: int
-    key: bytes | None
-    value: bytes | None
-    headers: Headers = ()
-    # True for records read from the retry topic. Only those carry the pipeline's
-    # headers (still untrusted): a DLQ record replayed onto `orders` starts afresh.
-    from_retry_topic: bool = False
-    # Why the record could not be read as it was written (its headers, say), or "".
-    # Such a record is dead-lettered with what could be read.
-    unreadable: str = ""
-
-    def header(self, name: str) -> str | None:
-        """The last value of a header as text, or None when absent or not UTF-8."""
-        for key, raw in reversed(self.headers):
-            if key == name:
-                try:
-                    return raw.decode("utf-8")
-                except (UnicodeDecodeError, AttributeError):
-                    return None
-        return None
-
-    def header_int(self, name: str) -> int | None:
-        """A header as a whole number from 0 to 2**63 - 1 (a Kafka offset's range), else None."""
-        text = self.header(name)
-        if text is None or not _NUMBER.fullmatch(text):
-            return None
-        number = int(text)
-        return number if number < 2**63 else None
-
-    @property
-    def attempt(self) -> int:
-        """How many retries this record already is (0 on the orders topic)."""
-        return (self.header_int(H_ATTEMPT) or 0) if self.from_retry_topic else 0
-
-    @property
-    def not_before(self) -> int | None:
-        return self.header_int(H_NOT_BEFORE) if self.from_retry_topic else None
-
-    @property
-    def origin(self) -> Origin:
-        if not self.from_retry_topic:
-            return Origin(self.topic, self.partition, self.offset, self.timestamp)
-        topic = self.header(H_ORIGINAL_TOPIC)
-        partition = self.header_int(H_ORIGINAL_PARTITION)
-        offset = self.header_int(H_ORIGINAL_OFFSET)
-        timestamp = self.header_int(H_ORIGINAL_TIMESTAMP)
-        if topic is None or partition is None or offset is None or timestamp is None:
-            return Origin(self.topic, self.partition, self.offset, self.timestamp)
-        return Origin(topic, partition, offset, timestamp)
-
-    @property
-    def label(self) -> str:
-        """The record's key for people: the orderId when the key is text."""
-        if self.key is None:
-            return "(no key)"
-        try:
-            return self.key.decode("utf-8")
-        except UnicodeDecodeError:
-            return self.key.hex()
 
 
 @dataclass(frozen=True)
@@ -255,14 +154,6 @@ class BatchPlan:
 def backoff_ms(attempt: int, policy: RetryPolicy) -> int:
     """Delay before retry number `attempt` (1-based): base, doubling, capped."""
     return min(policy.backoff_ms << max(attempt - 1, 0), policy.backoff_max_ms)
-
-
-def record_bytes(key: bytes | None, value: bytes | None, headers: Headers) -> int:
-    """About what a record costs on the wire, erring on the large side."""
-    size = RECORD_OVERHEAD_BYTES + len(key or b"") + len(value or b"")
-    for name, data in headers:
-        size += len(name.encode("utf-8", errors="replace")) + len(data) + HEADER_OVERHEAD_BYTES
-    return size
 
 
 def _truncate_utf8(text: str, limit: int) -> bytes:

@@ -27,9 +27,9 @@ from collections.abc import Iterable, Mapping
 from typing import NamedTuple
 
 from orderpipe.core.ports import TP
-from orderpipe.core.routing import Incoming
 from orderpipe.errors import DeserializationError
 from orderpipe.model.money import RunningAverage
+from orderpipe.model.records import Incoming
 
 __all__ = [
     "MAX_PARTITIONS",

@@ -188,7 +188,7 @@ def compaction_problem(topic: str, config: Mapping[str, str], otherwise: str) ->
 
 
 def largest_record(settings: Settings, configs: Mapping[str, Mapping[str, str]]) -> int:
-    """The largest record (see routing.record_bytes) that both the retry and the DLQ topic take."""
+    """The largest record (see records.record_bytes) that both the retry and the DLQ topic take."""
     topics = (settings.retry_topic, settings.dlq_topic)
     return min(PRODUCER_MESSAGE_MAX_BYTES, *(_message_limit(configs.get(topic, {})) for topic in topics))
 

@@ -13,8 +13,8 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message
 
-from orderpipe.core.routing import UNREADABLE_HEADERS, Incoming
 from orderpipe.kafka.clients import call_error
+from orderpipe.model.records import UNREADABLE_HEADERS, Incoming
 
 __all__ = ["incoming", "incoming_records"]
 

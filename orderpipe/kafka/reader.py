@@ -16,11 +16,11 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPar
 
 from orderpipe.config.settings import Settings
 from orderpipe.core.acls import AUTHORIZATION_CODES, denied_sentence
-from orderpipe.core.routing import Incoming
 from orderpipe.errors import BrokerUnavailableError, ConfigError
 from orderpipe.kafka.clients import call_error, create_client
 from orderpipe.kafka.messages import incoming
 from orderpipe.kafka.watchdog import WATCHDOG, WATCHDOG_GRACE_S
+from orderpipe.model.records import Incoming
 
 __all__ = ["read_to_end"]
 

@@ -8,7 +8,6 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPar
 
 from orderpipe.config.settings import Settings
 from orderpipe.core.ports import TP
-from orderpipe.core.routing import Incoming
 from orderpipe.core.stats_view import CatchUp, StatsView
 from orderpipe.core.topics import stats_keys
 from orderpipe.errors import BrokerUnavailableError, FatalKafkaError, KafkaCallError
@@ -17,6 +16,7 @@ from orderpipe.kafka.clients import call_error, connect_admin, create_client
 from orderpipe.kafka.messages import incoming
 from orderpipe.kafka.watchdog import UNTIMED_CALL_LIMIT_S, WATCHDOG, WATCHDOG_GRACE_S
 from orderpipe.model.money import RunningAverage
+from orderpipe.model.records import Incoming
 
 __all__ = ["KafkaStatsTail", "read_group_stats"]
 

@@ -29,7 +29,7 @@ from orderpipe.core.intake import Intake
 from orderpipe.core.latency import LatencyHistogram
 from orderpipe.core.ports import EdgeOpener, EdgeOptions, KafkaEdge
 from orderpipe.core.replicas import ReplicaWatch, min_isr_of
-from orderpipe.core.routing import BatchPlan, Decision, Incoming, RetryPolicy, plan_batch
+from orderpipe.core.routing import BatchPlan, Decision, RetryPolicy, plan_batch
 from orderpipe.core.stats import StatsKeys
 from orderpipe.core.stats_view import StatsView
 from orderpipe.core.status import ConsumerReading, View
@@ -47,6 +47,7 @@ from orderpipe.kafka.edge import open_kafka_edge
 from orderpipe.kafka.registry import RegistryLookup, connect_registry
 from orderpipe.kafka.watchdog import WATCHDOG
 from orderpipe.model.order import ValidOrder, validate
+from orderpipe.model.records import Incoming
 from orderpipe.observe.console import Console
 from orderpipe.observe.metrics import ConsumerMetrics
 from orderpipe.observe.metrics_http import serving

@@ -26,7 +26,6 @@ from orderpipe.config.settings import Settings
 from orderpipe.core.acls import AUTHORIZATION_CODES, denied_sentence
 from orderpipe.core.dead_letters import DeadLetter, DlqFilter, dead_letter, summary_line
 from orderpipe.core.replay import Ledger, Replayed, ledger_topic, replayed_record
-from orderpipe.core.routing import Incoming
 from orderpipe.core.topics import (
     PRODUCER_MESSAGE_MAX_BYTES,
     compaction_problem,
@@ -40,6 +39,7 @@ from orderpipe.kafka.clients import call_error, connect_admin, create_client, pr
 from orderpipe.kafka.reader import read_to_end
 from orderpipe.kafka.registry import RegistryLookup, connect_registry
 from orderpipe.model.order import Order
+from orderpipe.model.records import Incoming
 from orderpipe.serde.codec import schema_id_of
 from orderpipe.serde.wire import order_decoder, raw_reader
 

@@ -36,7 +36,6 @@ from orderpipe.core.ports import (
     Revoked,
     TopicSpec,
 )
-from orderpipe.core.routing import UNREADABLE_HEADERS, Headers, Incoming, record_bytes
 from orderpipe.core.topics import PRODUCER_MESSAGE_MAX_BYTES
 from orderpipe.errors import DeliveryError, FatalKafkaError, KafkaCallError
 from orderpipe.kafka.twin.parts import (
@@ -50,6 +49,7 @@ from orderpipe.kafka.twin.parts import (
     TransactionCoordinator,
     VirtualClock,
 )
+from orderpipe.model.records import UNREADABLE_HEADERS, Headers, Incoming, record_bytes
 
 __all__ = ["ERROR_KINDS", "Killed", "TwinCluster", "TwinEdge", "VirtualClock"]
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
 from orderpipe.core.ports import TP
-from orderpipe.core.routing import Headers
 from orderpipe.errors import KafkaCallError
+from orderpipe.model.records import Headers
 
 __all__ = [
     "ERROR_KINDS",

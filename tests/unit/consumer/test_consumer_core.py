@@ -17,7 +17,7 @@ from orderpipe.core.hold import Hold
 from orderpipe.core.ownership import Ownership
 from orderpipe.core.ports import BEGINNING, Outgoing, TopicSpec
 from orderpipe.core.retry_scheduler import RetryScheduler
-from orderpipe.core.routing import BatchPlan, DeadLetter, Deferred, Incoming, Processed, Retry
+from orderpipe.core.routing import BatchPlan, DeadLetter, Deferred, Processed, Retry
 from orderpipe.core.stats import Latest, StatsKeys, StatsTable
 from orderpipe.core.stats_view import CatchUp, StatsView
 from orderpipe.core.topics import STATS_TOPIC_CONFIG, missing_sentence, missing_topics, partition_warning, weak_topics
@@ -26,6 +26,7 @@ from orderpipe.kafka import stats_tail as kafka_stats
 from orderpipe.kafka.twin.parts import VirtualClock
 from orderpipe.model.money import RunningAverage
 from orderpipe.model.order import ValidOrder
+from orderpipe.model.records import Incoming
 from orderpipe.programs.consumer_app import simulated_outage
 
 TOPICS = OutputTopics("orders-retry", "orders-dlq", "orders-stats", "g")

@@ -11,9 +11,9 @@ from confluent_kafka import Producer
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from orderpipe.core.dead_letters import DeadLetter, DlqFilter, dead_letter, parse_since, summary_line
-from orderpipe.core.routing import Incoming
 from orderpipe.errors import ConfigError
 from orderpipe.model.order import Order
+from orderpipe.model.records import Incoming
 from orderpipe.programs import dlq_app
 from orderpipe.programs.dlq_app import list_dead_letters
 from orderpipe.serde.codec import OrderDecoder

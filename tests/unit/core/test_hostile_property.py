@@ -12,21 +12,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from orderpipe.core.intake import Intake
-from orderpipe.core.routing import (
-    CLOCK_SKEW_MS,
-    PIPELINE_HEADERS,
-    UNREADABLE_HEADERS,
-    BatchPlan,
-    DeadLetter,
-    Incoming,
-    Processed,
-    Retry,
-    RetryPolicy,
-    plan_batch,
-    record_bytes,
-)
+from orderpipe.core.routing import CLOCK_SKEW_MS, BatchPlan, DeadLetter, Processed, Retry, RetryPolicy, plan_batch
 from orderpipe.errors import DeserializationError, NotReady
 from orderpipe.model.order import Order, ValidOrder, validate
+from orderpipe.model.records import PIPELINE_HEADERS, UNREADABLE_HEADERS, Incoming, record_bytes
 from orderpipe.serde.codec import CONFLUENT_MAGIC, OrderDecoder
 from orderpipe.serde.schemas import SINGLE_OBJECT_MAGIC, load_order_schema
 

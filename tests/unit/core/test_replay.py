@@ -9,10 +9,10 @@ from confluent_kafka import Producer
 from orderpipe.config.settings import build_settings
 from orderpipe.core.dead_letters import DeadLetter, DlqFilter
 from orderpipe.core.replay import Ledger, ledger_topic, provenance, replayed_record
-from orderpipe.core.routing import Incoming
 from orderpipe.errors import ConfigError
 from orderpipe.kafka.reader import read_to_end
 from orderpipe.model.order import Order
+from orderpipe.model.records import Incoming
 from orderpipe.programs import dlq_app
 from orderpipe.programs.dlq_app import ReplayTally, replay_dead_letters, replay_transactional_id
 from orderpipe.serde.codec import OrderDecoder

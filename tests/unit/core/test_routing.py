@@ -4,20 +4,18 @@ import pytest
 
 from orderpipe.core.routing import (
     CLOCK_SKEW_MS,
-    UNREADABLE_HEADERS,
     DeadLetter,
     Deferred,
-    Incoming,
     Processed,
     Retry,
     RetryPolicy,
     backoff_ms,
     decide,
     plan_batch,
-    record_bytes,
 )
 from orderpipe.errors import DeserializationError, NotReady, ValidationError
 from orderpipe.model.order import ValidOrder
+from orderpipe.model.records import UNREADABLE_HEADERS, Incoming, record_bytes
 
 NOW = 1_700_000_000_000
 POLICY = RetryPolicy(max_retries=3, backoff_ms=1000, backoff_max_ms=30000)

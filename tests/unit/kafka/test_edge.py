@@ -14,7 +14,6 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 
 from orderpipe.config.settings import Settings, build_settings
 from orderpipe.core.ports import BEGINNING, Assigned, EdgeOptions, InSync, Marks, Outgoing, Pending, TopicSpec
-from orderpipe.core.routing import UNREADABLE_HEADERS, Incoming
 from orderpipe.core.stats import encode_stats, stats_key
 from orderpipe.errors import BrokerUnavailableError, ConfigError, DeliveryError, FatalKafkaError, KafkaCallError
 from orderpipe.kafka import admin as kafka_admin
@@ -27,6 +26,7 @@ from orderpipe.kafka.edge import ConfluentEdge, open_kafka_edge
 from orderpipe.kafka.messages import incoming
 from orderpipe.kafka.stats_tail import read_group_stats
 from orderpipe.model.money import RunningAverage
+from orderpipe.model.records import UNREADABLE_HEADERS, Incoming
 from tests.unit.mock_cluster import MockCluster
 
 T = TypeVar("T")
