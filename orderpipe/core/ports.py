@@ -10,7 +10,7 @@ implementations keep each other honest, the way httpx puts its real transport be
 
 * `orderpipe.kafka.edge`: confluent-kafka, for real brokers (and librdkafka's
   in-process mock cluster in unit tests);
-* `orderpipe.kafka.twin.cluster`: an in-memory twin with partitions, transactions that really
+* `orderpipe.kafka.twin`: an in-memory twin with partitions, transactions that really
   abort, read_committed visibility, rebalances on demand, injected errors and kills,
   so that unit tests drive the whole consumer loop in milliseconds.
 

@@ -4,7 +4,7 @@
 slot that gives it a stable transactional id, the Kafka edge, the schema registry),
 so a failure at any step closes what was already opened; then it runs the
 `ConsumerLoop` until stopped or idle. The edge is passed in as an opener: the
-confluent-kafka one by default, the in-memory twin (`orderpipe.kafka.twin.cluster`) in unit tests.
+confluent-kafka one by default, the in-memory twin (`orderpipe.kafka.twin`) in unit tests.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TypeVar
 
 from orderpipe.config.settings import Settings
@@ -19,6 +20,7 @@ from orderpipe.core.status import ConsumerReading, View
 from orderpipe.core.topics import STATS_TOPIC_CONFIG
 from orderpipe.kafka.registry import connect_registry
 from orderpipe.kafka.twin.cluster import TwinCluster
+from orderpipe.kafka.twin.edge import open_twin_edge
 from orderpipe.model.generator import Generated, OrderFactory
 from orderpipe.model.order import Order, ValidOrder
 from orderpipe.observe.console import QUIET, Console
@@ -109,7 +111,7 @@ def twin_consumer(
         downstream or simulated_outage(random.Random(seed), failure_rate),
         on_decision=decisions.append,
         clock=cluster.clock,
-        open_edge=cluster.open_edge,
+        open_edge=partial(open_twin_edge, cluster),
         claim=claim,
         open_registry=connect_registry if open_registry is None else open_registry,
         view=view,

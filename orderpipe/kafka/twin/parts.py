@@ -1,4 +1,4 @@
-"""The parts of the in-memory twin (orderpipe.kafka.twin.cluster): time, records, transactions, groups and faults.
+"""The parts of the in-memory twin (orderpipe/kafka/twin/): time, records, transactions, groups and faults.
 
 Kept apart so that each class has one job: `TransactionCoordinator` does what a
 broker's transaction coordinator does (epochs that fence older producers, commit and
@@ -23,6 +23,7 @@ __all__ = [
     "Group",
     "Killed",
     "Later",
+    "Member",
     "Transaction",
     "TransactionCoordinator",
     "VirtualClock",
@@ -30,8 +31,8 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-# A group's member: a `TwinEdge`. A type parameter, so that this module needs no import of orderpipe.kafka.twin.cluster
-# (which imports this one).
+# A group's member: a `Member` for the cluster, a `TwinEdge` in fact. A type parameter, so that
+# this module needs no import of orderpipe.kafka.twin.edge (which imports this one).
 M = TypeVar("M")
 ERROR_KINDS = ("retriable", "abortable", "abortable-timeout", "fatal", "fenced")
 
@@ -213,6 +214,20 @@ class _Fault:
 
 class _Edge(Protocol):
     dead: bool
+
+
+class Member(Protocol):
+    """What the cluster knows of a group's member (a `TwinEdge`): the cluster tells it of rebalances."""
+
+    group: str
+    topics: tuple[str, ...]
+    dead: bool
+    expired: bool
+    last_poll: float
+
+    def revoke(self, partitions: tuple[TP, ...]) -> None: ...
+
+    def assigned(self, partitions: tuple[TP, ...], generation: int) -> None: ...
 
 
 class Faults:

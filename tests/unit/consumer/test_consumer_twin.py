@@ -13,6 +13,7 @@ from orderpipe.consumer.loop import ConsumerLoop
 from orderpipe.core.routing import DeadLetter, Processed, Retry
 from orderpipe.errors import FatalKafkaError
 from orderpipe.kafka.twin.cluster import Killed
+from orderpipe.kafka.twin.edge import TwinEdge
 from orderpipe.kafka.twin.parts import Faults
 from orderpipe.model.generator import OrderFactory
 from orderpipe.model.order import ValidOrder
@@ -639,6 +640,7 @@ def test_idle_exit_waits_for_records_a_leader_reports_that_have_not_arrived() ->
     with twin.consumer.open() as loop:
         turn_until(loop, lambda: twin.consumer.summary.processed == 10)
         edge = cluster.groups[SETTINGS.consumer_group].members[0]
+        assert isinstance(edge, TwinEdge)
 
         # The fetches stop (a broker failing), while the leader knows of more records.
         def more() -> None:
