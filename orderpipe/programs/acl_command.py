@@ -32,7 +32,7 @@ from orderpipe.config.settings import Settings
 from orderpipe.core.acls import PROGRAMS, Grant, grants
 from orderpipe.errors import OrderPipeError
 from orderpipe.kafka.clients import call_error, connect_admin
-from orderpipe.programs.cli import LoadSettings, scrubbed_output
+from orderpipe.programs.runtime import LoadSettings, scrubbed_output
 
 TIMEOUT_S = 30.0
 

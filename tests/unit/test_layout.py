@@ -21,7 +21,6 @@ FUNCTION_LINES_LIMIT = 60
 KNOWN_LONG_MODULES = {
     "orderpipe/config/settings.py",
     "orderpipe/kafka/edge.py",
-    "orderpipe/programs/cli.py",
     "orderpipe/programs/producer_app.py",
 }
 KNOWN_LONG_CLASSES = {"orderpipe/consumer/loop.py:ConsumerLoop"}

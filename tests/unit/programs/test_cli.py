@@ -8,7 +8,7 @@ import pytest
 
 import consumer
 import producer
-from orderpipe.programs.cli import GC_YOUNG_THRESHOLD, _gc_tuned_for_throughput
+from orderpipe.programs.runtime import GC_YOUNG_THRESHOLD, gc_tuned_for_throughput
 
 
 @pytest.mark.parametrize(
@@ -102,7 +102,7 @@ def test_the_wire_flags_beat_the_environment_which_beats_dotenv(main, nowhere, m
 
 def test_the_programs_collect_garbage_less_often_while_they_run_and_leave_the_collector_as_it_was() -> None:
     before = gc.get_threshold()
-    with _gc_tuned_for_throughput():
+    with gc_tuned_for_throughput():
         assert gc.get_threshold()[0] == GC_YOUNG_THRESHOLD
         assert gc.get_freeze_count() > 0  # the start-up's objects are set aside
     assert gc.get_threshold() == before

@@ -21,7 +21,8 @@ from orderpipe.core import replicas
 from orderpipe.core.ports import InSync
 from orderpipe.observe.console import QUIET, Console
 from orderpipe.programs import producer_app
-from orderpipe.programs.cli import LoadSettings, consumer_main, producer_main
+from orderpipe.programs.cli import consumer_main, producer_main
+from orderpipe.programs.runtime import LoadSettings
 from tests.terminal import ESC, FakeTerminal, screen, terminal_env
 from tests.unit.mock_cluster import MockCluster
 
