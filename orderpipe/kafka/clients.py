@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, TypeVar
 
-from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from orderpipe.config.settings import Settings
+from orderpipe.core.acls import AUTHORIZATION_CODES, denied_sentence
 from orderpipe.core.health import STATS_INTERVAL_MS
+from orderpipe.core.ports import TP
 from orderpipe.core.topics import PRODUCER_MESSAGE_MAX_BYTES
 from orderpipe.errors import BrokerUnavailableError, ConfigError, DeliveryError, KafkaCallError
 from orderpipe.kafka.login import Credentials, LoginWatch
+from orderpipe.kafka.watchdog import UNTIMED_CALL_LIMIT_S, WATCHDOG
 
 __all__ = [
     "CONNECT_TIMEOUT_S",
@@ -30,10 +33,13 @@ __all__ = [
     "close_producer",
     "connect_admin",
     "create_client",
+    "guarded_call",
     "librdkafka_logger",
+    "partition_offsets",
     "produce",
     "producer_config",
     "statistics_config",
+    "topic_partitions",
 ]
 
 log = logging.getLogger(__name__)
@@ -104,6 +110,35 @@ def call_error(failure: KafkaException | KafkaError, what: str) -> KafkaCallErro
         abortable=bool(error.txn_requires_abort()),
         fatal=bool(error.fatal()),
     )
+
+
+def topic_partitions(partitions: Collection[TP]) -> list[TopicPartition]:
+    return [TopicPartition(topic, partition) for topic, partition in partitions]
+
+
+def partition_offsets(offsets: Mapping[TP, int]) -> list[TopicPartition]:
+    return [TopicPartition(topic, partition, offset) for (topic, partition), offset in offsets.items()]
+
+
+def guarded_call(
+    what: str,
+    action: Callable[[], object],
+    needs: str = "a permission",
+    *,
+    limit_s: float = UNTIMED_CALL_LIMIT_S,
+) -> None:
+    """Runs a confluent-kafka call under the watchdog; its failure as the project's error.
+
+    A refused permission becomes a ConfigError naming what is `needs`.
+    """
+    try:
+        with WATCHDOG.guard(what, limit_s):
+            action()
+    except KafkaException as exc:
+        error = call_error(exc, what)
+        if error.code in AUTHORIZATION_CODES:
+            raise ConfigError(denied_sentence(what, needs)) from exc
+        raise error from exc
 
 
 def create_client(factory: Callable[[dict[str, Any]], Client], conf: dict[str, Any]) -> Client:

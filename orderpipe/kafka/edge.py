@@ -16,18 +16,16 @@ and then calls `assign` with the offset each starts at. Every `KafkaException` i
 translated here into a `KafkaCallError` (or a FatalKafkaError for a fatal consumer
 error), so nothing above this module sees confluent-kafka's types.
 
-Transactional calls get a short timeout: one that runs out is a retriable error, and
-the committer tries again after a backoff while the loop keeps polling, instead of
-the poll thread blocking for long inside librdkafka. Every blocking call also runs
-under the watchdog (orderpipe.kafka.watchdog), with WATCHDOG_GRACE_S more than its own
-timeout: librdkafka does not always keep to it.
+Its producer half, with the transactional calls, is `EdgeProducer`
+(orderpipe/kafka/edge_producer.py). Every blocking call runs under the watchdog
+(orderpipe.kafka.watchdog), with WATCHDOG_GRACE_S more than its own timeout:
+librdkafka does not always keep to it.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
@@ -36,8 +34,8 @@ from confluent_kafka.admin import AdminClient
 
 from orderpipe.config.settings import Settings
 from orderpipe.core.acls import AUTHORIZATION_CODES, denied_sentence
-from orderpipe.core.ports import TP, Assigned, EdgeOptions, Event, InSync, Marks, Outgoing, Polled, Revoked, TopicSpec
-from orderpipe.errors import ConfigError, DeliveryError, FatalKafkaError, KafkaCallError
+from orderpipe.core.ports import TP, Assigned, EdgeOptions, Event, InSync, Marks, Polled, Revoked, TopicSpec
+from orderpipe.errors import ConfigError, FatalKafkaError
 from orderpipe.kafka.admin import (
     Answered,
     create_topics,
@@ -54,10 +52,13 @@ from orderpipe.kafka.clients import (
     close_producer,
     connect_admin,
     create_client,
-    produce,
+    guarded_call,
+    partition_offsets,
     producer_config,
     statistics_config,
+    topic_partitions,
 )
+from orderpipe.kafka.edge_producer import EdgeProducer
 from orderpipe.kafka.messages import incoming_records
 from orderpipe.kafka.stats_tail import KafkaStatsTail
 from orderpipe.kafka.watchdog import UNTIMED_CALL_LIMIT_S, WATCHDOG, WATCHDOG_GRACE_S
@@ -66,14 +67,6 @@ __all__ = ["ConfluentEdge", "open_kafka_edge"]
 
 log = logging.getLogger(__name__)
 
-# One transactional call (commit, abort); a longer wait is tried again.
-TRANSACTION_CALL_TIMEOUT_S = 5.0
-# Sending offsets takes two coordinators: a timeout in its second step makes librdkafka
-# abort the transaction, so it gets as long as a transaction may stay open.
-SEND_OFFSETS_TIMEOUT_S = 10.0
-SEND_OFFSETS_LIMIT_S = SEND_OFFSETS_TIMEOUT_S + WATCHDOG_GRACE_S
-# Registering the transactional id: at start-up, before the consumer joins its group.
-INIT_TIMEOUT_S = 60.0
 # Asking a partition's leader for its end (before --idle-exit ends the run).
 UNREAD_TIMEOUT_S = 2.0
 # Reading the committed offsets: a longer wait (a coordinator away) is asked again by the restorer.
@@ -85,35 +78,6 @@ COMMITTED_TIMEOUT_S = 5.0
 TRANSACTION_RETRY_BACKOFF_MS = 10
 # librdkafka's default: the five requests in flight an idempotent producer may have.
 TRANSACTIONAL_IN_FLIGHT = 5
-
-
-def _tps(partitions: Collection[TP]) -> list[TopicPartition]:
-    return [TopicPartition(topic, partition) for topic, partition in partitions]
-
-
-def _offsets(offsets: Mapping[TP, int]) -> list[TopicPartition]:
-    return [TopicPartition(topic, partition, offset) for (topic, partition), offset in offsets.items()]
-
-
-def _call(
-    what: str,
-    action: Callable[[], object],
-    needs: str = "a permission",
-    *,
-    limit_s: float = UNTIMED_CALL_LIMIT_S,
-) -> None:
-    """Runs a confluent-kafka call under the watchdog; its failure as the project's error.
-
-    A refused permission becomes a ConfigError naming what is `needs`.
-    """
-    try:
-        with WATCHDOG.guard(what, limit_s):
-            action()
-    except KafkaException as exc:
-        error = call_error(exc, what)
-        if error.code in AUTHORIZATION_CODES:
-            raise ConfigError(denied_sentence(what, needs)) from exc
-        raise error from exc
 
 
 class _ErrorLog:
@@ -149,127 +113,7 @@ class _ErrorLog:
             self._last = text
 
 
-class _ConfluentProducer:
-    """The producer half of a `ConfluentEdge`: transactions with the consumer's offsets, or produce then flush."""
-
-    _producer: Producer
-    _consumer: Consumer
-    _on_delivery: Callable[[KafkaError | None, Any], None] | None
-
-    def __init__(self) -> None:
-        self._in_transaction = False
-        # The group generation the batch was read in; its offsets are sent with it.
-        self._group_metadata: Any = None
-        self._delivery_errors: list[str] = []
-        self._transactional_id = ""
-        # A thread still inside a call of the current producer that librdkafka never returned from.
-        self._stuck: threading.Thread | None = None
-
-    def init_transactions(self) -> None:
-        # librdkafka retries within the call (a coordinator still loading, say).
-        _call(
-            "start transactions",
-            lambda: self._producer.init_transactions(INIT_TIMEOUT_S),
-            f"WRITE on transactional id {self._transactional_id}",
-            limit_s=INIT_TIMEOUT_S + WATCHDOG_GRACE_S,
-        )
-
-    def begin_transaction(self) -> None:
-        _call("begin the transaction", self._producer.begin_transaction)
-        self._in_transaction = True
-        try:
-            # A copy, not a handle: the generation as it is now, when the batch was read.
-            self._group_metadata = self._consumer.consumer_group_metadata()
-        except KafkaException as exc:
-            raise call_error(exc, "read the consumer group metadata") from exc
-
-    def produce(self, records: Sequence[Outgoing]) -> None:
-        for record in records:
-            produce(
-                self._producer,
-                record.topic,
-                record.key,
-                record.value,
-                headers=record.headers,
-                partition=record.partition,
-                on_delivery=self._on_delivery,
-            )
-
-    def send_offsets(self, offsets: Mapping[TP, int]) -> None:
-        """Sends the batch's offsets with the generation it was read in: after a rebalance they are refused.
-
-        librdkafka 2.16 does not keep to this call's timeout while the group
-        coordinator's broker is gone (its issues 5456 and 5511): it may block for
-        minutes. So the call runs on a thread of its own, and one still running
-        SEND_OFFSETS_LIMIT_S later loses the transaction: the producer is left to that
-        thread (never closed under it) and the consumer goes on with a new one
-        (`renew_producer`), instead of the watchdog ending the process.
-        """
-        producer, metadata, what = self._producer, self._group_metadata, "send the offsets"
-        failure: list[KafkaException] = []
-
-        def send() -> None:
-            try:
-                producer.send_offsets_to_transaction(_offsets(offsets), metadata, SEND_OFFSETS_TIMEOUT_S)
-            except KafkaException as exc:
-                failure.append(exc)
-
-        sending = threading.Thread(target=send, name="send-offsets", daemon=True)
-        sending.start()
-        sending.join(SEND_OFFSETS_LIMIT_S)
-        if sending.is_alive():
-            self._stuck = sending
-            raise KafkaCallError(
-                f"could not {what}: librdkafka did not return within {SEND_OFFSETS_LIMIT_S:g}s", "_STUCK", fatal=True
-            )
-        if failure:
-            error = call_error(failure[0], what)
-            if error.code in AUTHORIZATION_CODES:
-                raise ConfigError(denied_sentence(what, "a permission")) from failure[0]
-            raise error from failure[0]
-
-    def commit_transaction(self) -> None:
-        _call(
-            "commit the transaction",
-            lambda: self._producer.commit_transaction(TRANSACTION_CALL_TIMEOUT_S),
-            limit_s=TRANSACTION_CALL_TIMEOUT_S + WATCHDOG_GRACE_S,
-        )
-        self._in_transaction = False
-
-    def abort_transaction(self) -> None:
-        if not self._in_transaction:
-            return  # nothing was begun, or it was committed
-        _call(
-            "abort the transaction",
-            lambda: self._producer.abort_transaction(TRANSACTION_CALL_TIMEOUT_S),
-            limit_s=TRANSACTION_CALL_TIMEOUT_S + WATCHDOG_GRACE_S,
-        )
-        self._in_transaction = False
-
-    def flush(self) -> None:
-        with WATCHDOG.guard("flush the producer", FLUSH_TIMEOUT_S + WATCHDOG_GRACE_S):
-            remaining = self._producer.flush(FLUSH_TIMEOUT_S)
-        if remaining or self._delivery_errors:
-            problems = "; ".join(self._delivery_errors[:3]) or f"{remaining} records unacknowledged"
-            self._delivery_errors.clear()
-            raise DeliveryError(f"records were not acknowledged, so this batch was not committed: {problems}")
-
-    def _delivered(self, error: KafkaError | None, _message: Any) -> None:
-        if error is not None:
-            self._delivery_errors.append(error.str())
-
-    def commit_offsets(self, offsets: Mapping[TP, int]) -> None:
-        try:
-            with WATCHDOG.guard("commit the offsets", UNTIMED_CALL_LIMIT_S):
-                results = self._consumer.commit(offsets=_offsets(offsets), asynchronous=False) or []
-        except KafkaException as exc:
-            raise call_error(exc, "commit the offsets") from exc
-        for tp in results:
-            if tp.error is not None:
-                raise call_error(tp.error, f"commit the offset of {tp.topic}-{tp.partition}")
-
-
-class ConfluentEdge(_ConfluentProducer):
+class ConfluentEdge(EdgeProducer):
     """A `KafkaEdge` on confluent-kafka; build one with `open_kafka_edge`."""
 
     def __init__(self, settings: Settings, options: EdgeOptions, admin: AdminClient, closing: ExitStack) -> None:
@@ -374,7 +218,7 @@ class ConfluentEdge(_ConfluentProducer):
         return in_sync_replicas(self._consumer, topics)
 
     def subscribe(self, topics: Sequence[str]) -> None:
-        _call(
+        guarded_call(
             f"subscribe to {', '.join(topics)}",
             lambda: self._consumer.subscribe(
                 list(topics), on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
@@ -406,18 +250,18 @@ class ConfluentEdge(_ConfluentProducer):
         return Polled(events, records)
 
     def assign(self, starts: Mapping[TP, int]) -> None:
-        _call("assign partitions", lambda: self._consumer.assign(_offsets(starts)))
+        guarded_call("assign partitions", lambda: self._consumer.assign(partition_offsets(starts)))
         self._starts = dict(starts)
 
     def pause(self, partitions: Collection[TP]) -> None:
-        _call("pause partitions", lambda: self._consumer.pause(_tps(partitions)))
+        guarded_call("pause partitions", lambda: self._consumer.pause(topic_partitions(partitions)))
 
     def resume(self, partitions: Collection[TP]) -> None:
-        _call("resume partitions", lambda: self._consumer.resume(_tps(partitions)))
+        guarded_call("resume partitions", lambda: self._consumer.resume(topic_partitions(partitions)))
 
     def seek(self, offsets: Mapping[TP, int]) -> None:
         self._starts.update(offsets)
-        for tp in _offsets(offsets):
+        for tp in partition_offsets(offsets):
             try:
                 with WATCHDOG.guard("seek", UNTIMED_CALL_LIMIT_S):
                     self._consumer.seek(tp)
@@ -429,7 +273,7 @@ class ConfluentEdge(_ConfluentProducer):
         what = "read the committed offsets"
         try:
             with WATCHDOG.guard(what, COMMITTED_TIMEOUT_S + WATCHDOG_GRACE_S):
-                answer = self._consumer.committed(_tps(partitions), timeout=COMMITTED_TIMEOUT_S)
+                answer = self._consumer.committed(topic_partitions(partitions), timeout=COMMITTED_TIMEOUT_S)
         except KafkaException as exc:
             return Answered(error=call_error(exc, what))
         offsets: dict[TP, int | None] = {}
@@ -464,7 +308,7 @@ def _unread(consumer: Consumer, partitions: Collection[TP], starts: Mapping[TP, 
     """
     unread = {}
     try:
-        for tp in consumer.position(_tps(partitions)):
+        for tp in consumer.position(topic_partitions(partitions)):
             with WATCHDOG.guard("ask for the end of a partition", UNREAD_TIMEOUT_S + WATCHDOG_GRACE_S):
                 first, end = consumer.get_watermark_offsets(tp, timeout=UNREAD_TIMEOUT_S, cached=False)
             key = (tp.topic, tp.partition)

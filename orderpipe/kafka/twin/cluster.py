@@ -5,7 +5,7 @@ transactions that really commit or abort (each leaves a marker that takes an
 offset), read_committed visibility up to the last stable offset, consumer groups with
 generations and eager rebalances, committed offsets (held back while a transaction
 with offsets of the partition is open), transactional ids with epochs that fence
-older producers, and transactions that time out. `Member` (orderpipe/kafka/twin/edge.py)
+older producers, and transactions that time out. `TwinEdge` (orderpipe/kafka/twin/edge.py)
 is one consumer process's `KafkaEdge` on it. Time is virtual (`VirtualClock`): a poll that finds
 nothing moves it on by its timeout, so backoffs and idle limits take no real time.
 

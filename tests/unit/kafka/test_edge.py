@@ -18,7 +18,7 @@ from orderpipe.core.stats import encode_stats, stats_key
 from orderpipe.errors import BrokerUnavailableError, ConfigError, DeliveryError, FatalKafkaError, KafkaCallError
 from orderpipe.kafka import admin as kafka_admin
 from orderpipe.kafka import clients as kafka_clients
-from orderpipe.kafka import edge as kafka_edge
+from orderpipe.kafka import edge_producer
 from orderpipe.kafka import stats_tail as kafka_stats
 from orderpipe.kafka.admin import create_topics, ensure_topics, in_sync_replicas, partition_counts, topic_configs
 from orderpipe.kafka.clients import call_error, connect_admin, create_client
@@ -368,7 +368,7 @@ def test_a_send_offsets_librdkafka_never_returns_from_loses_the_transaction_and_
         def purge(self) -> None:
             self.purged = True
 
-    monkeypatch.setattr(kafka_edge, "SEND_OFFSETS_LIMIT_S", 0.2)
+    monkeypatch.setattr(edge_producer, "SEND_OFFSETS_LIMIT_S", 0.2)
     settings = mock_cluster.settings()
     with edge_of(settings, f"{settings.consumer_group}.mock.stuck") as edge:
         stuck = Stuck()
