@@ -1,24 +1,26 @@
 """The pipeline's settings as one frozen, validated object (the README's "Settings").
 
-This module knows every setting: its environment variable, its default and what a
-good value looks like. It never reads the environment itself: the top-level
-`config.py` gathers raw values (flags, environment, `.env`) and calls
-`build_settings`, so the package depends on nothing above it.
+This module knows every setting: its environment variable, its default and its
+parser (orderpipe/config/parsers.py, which says what a good value looks like). It
+never reads the environment itself: the top-level `config.py` gathers raw values
+(flags, environment, `.env`) and calls `build_settings`, so the package depends on
+nothing above it.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
+from orderpipe.config import parsers
 from orderpipe.errors import ConfigError
 from orderpipe.model.money import to_cents
 from orderpipe.text import redact
 
-__all__ = ["ENV_NAMES", "SECRET_FIELDS", "Settings", "build_settings", "parse_properties"]
+__all__ = ["ENV_NAMES", "SECRET_FIELDS", "Settings", "build_settings"]
 
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER")
@@ -34,19 +36,13 @@ SECRET_FIELDS = frozenset(
         "client_properties",
     }
 )
-# The largest backoff and order price the settings take.
+# The largest backoff the settings take.
 DAY_MS = 86_400_000
-MAX_PRICE = Decimal(10**12)
-_INTEGER = re.compile(r"-?[0-9]{1,19}")
 # librdkafka's second names for settings (Confluent Cloud's client.properties says sasl.mechanisms).
 _LIBRDKAFKA_ALIASES = {"sasl.mechanism": "sasl.mechanisms", "bootstrap.servers": "metadata.broker.list"}
 # Properties-file keys whose values are secrets (sasl.password, sasl.jaas.config,
 # ssl.key.pem, ...); not sasl.oauthbearer.token.endpoint.url, an address.
 _SECRET_KEY = re.compile(r"password|secret|token|jaas|user\.info|credential|key\.pem|private", re.I)
-_TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
-# METRICS_PORT: PORT, HOST:PORT or [IPv6]:PORT.
-_LISTEN = re.compile(r"(?:(?:(?P<host>[^\s:,/\[\]]+)|\[(?P<ipv6>[0-9A-Fa-f:.]+)\]):)?(?P<port>[0-9]{1,5})")
-_HOST_PORT = re.compile(r"^[^\s:,]+:(\d{1,5})$|^\[[0-9A-Fa-f:]+\]:(\d{1,5})$")
 
 
 @dataclass(frozen=True)
@@ -195,184 +191,44 @@ class Settings:
 
 ENV_NAMES: tuple[str, ...] = tuple(f.metadata["env"] for f in fields(Settings) if f.metadata["env"])
 
-Parser = Callable[[str], Any]
 
-
-def _text(raw: str) -> str:
-    return raw.strip()
-
-
-def _bootstrap(raw: str) -> str:
-    servers = [part.strip() for part in raw.split(",")]
-    for server in servers:
-        match = _HOST_PORT.match(server)
-        port = match and int(match.group(1) or match.group(2))
-        if not port or not 1 <= port <= 65535:
-            raise ValueError("a comma-separated list of host:port pairs, for example localhost:9092")
-    return ",".join(servers)
-
-
-def _url(raw: str) -> str:
-    value = raw.strip().rstrip("/")
-    if value and not re.match(r"^https?://[^\s/]+", value):
-        raise ValueError("empty (no registry) or an http:// or https:// URL, for example http://localhost:8081")
-    return value
-
-
-def _topic(raw: str) -> str:
-    value = raw.strip()
-    if not _TOPIC_NAME.match(value):
-        raise ValueError("a Kafka topic name: 1 to 249 characters from [A-Za-z0-9._-]")
-    return value
-
-
-def _group(raw: str) -> str:
-    value = raw.strip()
-    if not value:
-        raise ValueError("a non-empty consumer group name")
-    return value
-
-
-def _whole(minimum: int, maximum: int) -> Parser:
-    def parse(raw: str) -> int:
-        text = raw.strip()
-        value = int(text) if _INTEGER.fullmatch(text) else minimum - 1
-        if not minimum <= value <= maximum:
-            raise ValueError(f"a whole number from {minimum} to {maximum}")
-        return value
-
-    return parse
-
-
-def _whole_or_empty(minimum: int, maximum: int) -> Parser:
-    """A whole number, or 0 for an empty value (the setting's default then applies)."""
-    whole = _whole(minimum, maximum)
-
-    def parse(raw: str) -> int:
-        if not raw.strip():
-            return 0
-        try:
-            return int(whole(raw))
-        except ValueError as exc:
-            raise ValueError(f"{exc}, or empty") from None
-
-    return parse
-
-
-def _price(raw: str) -> Decimal:
-    try:
-        value = Decimal(raw.strip())
-    except InvalidOperation:
-        value = Decimal(0)
-    if not value.is_finite() or value <= 0 or value > MAX_PRICE:
-        raise ValueError(f"a positive amount in dollars up to {MAX_PRICE}, for example 100000 or 2500.50")
-    return value
-
-
-def _choice(options: tuple[str, ...], allow_empty: bool = False) -> Parser:
-    """One of `options`, in any case (given back in the options' own case)."""
-    by_case = {option.casefold(): option for option in options}
-
-    def parse(raw: str) -> str:
-        value = raw.strip()
-        if not value and allow_empty:
-            return ""
-        if value.casefold() not in by_case:
-            empty = "empty or " if allow_empty else ""
-            raise ValueError(f"{empty}one of {', '.join(options)}")
-        return by_case[value.casefold()]
-
-    return parse
-
-
-def _https_url(raw: str) -> str:
-    value = raw.strip()
-    if value and not re.match(r"^https?://[^\s/]+", value):
-        raise ValueError("empty or an https:// URL of the OAuth token endpoint")
-    return value
-
-
-def _user_info(raw: str) -> str:
-    if raw and ":" not in raw:
-        raise ValueError("empty or user:password")
-    return raw
-
-
-def _listen_address(raw: str) -> tuple[str, int] | None:
-    """PORT (every interface, as prometheus_client binds) or HOST:PORT, [IPv6]:PORT; empty: None. Port 0: any free."""
-    value = raw.strip()
-    if not value:
-        return None
-    match = _LISTEN.fullmatch(value)
-    if match is None or int(match.group("port")) > 65535:
-        raise ValueError("empty (off), a port from 0 to 65535 or HOST:PORT, for example 9401 or 127.0.0.1:9401")
-    return match.group("host") or match.group("ipv6") or "0.0.0.0", int(match.group("port"))
-
-
-def _flag(raw: str) -> bool:
-    value = raw.strip().lower()
-    if value in ("true", "1", "yes", "on"):
-        return True
-    if value in ("false", "0", "no", "off"):
-        return False
-    raise ValueError("true or false")
-
-
-def parse_properties(text: str) -> tuple[tuple[str, str], ...]:
-    """The `key=value` pairs of a Java-style properties file (`#` and `!` comments, blank lines skipped).
-
-    Raises:
-        ValueError: a line that is neither a comment nor `key=value` (its number is named, not its text).
-    """
-    pairs: list[tuple[str, str]] = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        stripped = line.strip()
-        if not stripped or stripped[0] in "#!":
-            continue
-        key, sep, value = stripped.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"a properties file of key=value lines; line {number} is not one")
-        pairs.append((key.strip(), value.strip()))
-    return tuple(pairs)
-
-
-_PARSERS: dict[str, Parser] = {
-    "bootstrap_servers": _bootstrap,
-    "schema_registry_url": _url,
-    "orders_topic": _topic,
-    "retry_topic": _topic,
-    "dlq_topic": _topic,
-    "stats_topic": _topic,
-    "consumer_group": _group,
-    "orders_partitions": _whole(1, 10_000),
-    "replication_factor": _whole(1, 32),
-    "min_insync_replicas": _whole_or_empty(1, 32),
-    "max_retries": _whole(0, 100),
-    "retry_backoff_ms": _whole(0, DAY_MS),
-    "retry_backoff_max_ms": _whole(0, DAY_MS),
-    "max_order_price": _price,
-    "security_protocol": _choice(SECURITY_PROTOCOLS),
-    "sasl_mechanism": _choice(SASL_MECHANISMS, allow_empty=True),
-    "sasl_username": _text,
+_PARSERS: dict[str, parsers.Parser] = {
+    "bootstrap_servers": parsers.bootstrap,
+    "schema_registry_url": parsers.url,
+    "orders_topic": parsers.topic,
+    "retry_topic": parsers.topic,
+    "dlq_topic": parsers.topic,
+    "stats_topic": parsers.topic,
+    "consumer_group": parsers.group,
+    "orders_partitions": parsers.whole(1, 10_000),
+    "replication_factor": parsers.whole(1, 32),
+    "min_insync_replicas": parsers.whole_or_empty(1, 32),
+    "max_retries": parsers.whole(0, 100),
+    "retry_backoff_ms": parsers.whole(0, DAY_MS),
+    "retry_backoff_max_ms": parsers.whole(0, DAY_MS),
+    "max_order_price": parsers.price,
+    "security_protocol": parsers.choice(SECURITY_PROTOCOLS),
+    "sasl_mechanism": parsers.choice(SASL_MECHANISMS, allow_empty=True),
+    "sasl_username": parsers.text,
     "sasl_password": lambda raw: raw,
-    "ssl_ca_location": _text,
-    "ssl_certificate_location": _text,
-    "ssl_key_location": _text,
+    "ssl_ca_location": parsers.text,
+    "ssl_certificate_location": parsers.text,
+    "ssl_key_location": parsers.text,
     "ssl_key_password": lambda raw: raw,
-    "oauth_token_endpoint_url": _https_url,
-    "oauth_client_id": _text,
+    "oauth_token_endpoint_url": parsers.https_url,
+    "oauth_client_id": parsers.text,
     "oauth_client_secret": lambda raw: raw,
-    "oauth_scope": _text,
-    "client_config": _text,
-    "registry_basic_auth_user_info": _user_info,
-    "registry_ssl_ca_location": _text,
-    "registry_ssl_certificate_location": _text,
-    "registry_ssl_key_location": _text,
-    "create_topics": _flag,
-    "registry_auto_register": _flag,
-    "metrics_port": _listen_address,
-    "avro_wire_format": _choice(WIRE_FORMATS),
-    "avro_writer_schema": _text,
+    "oauth_scope": parsers.text,
+    "client_config": parsers.text,
+    "registry_basic_auth_user_info": parsers.user_info,
+    "registry_ssl_ca_location": parsers.text,
+    "registry_ssl_certificate_location": parsers.text,
+    "registry_ssl_key_location": parsers.text,
+    "create_topics": parsers.flag,
+    "registry_auto_register": parsers.flag,
+    "metrics_port": parsers.listen_address,
+    "avro_wire_format": parsers.choice(WIRE_FORMATS),
+    "avro_writer_schema": parsers.text,
 }
 
 
@@ -388,6 +244,17 @@ def build_settings(raw: Mapping[str, str], client_properties: str | None = None)
     Raises:
         ConfigError: naming every bad variable and what it expects.
     """
+    values, problems = _parsed(raw, client_properties)
+    settings = Settings(**values)
+    problems.extend(_mismatches(settings, raw, values))
+    problems.extend(_login_problems(settings))
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return settings
+
+
+def _parsed(raw: Mapping[str, str], client_properties: str | None) -> tuple[dict[str, Any], list[str]]:
+    """Each given setting's value, by field name, and a sentence for each that is not a good value."""
     values: dict[str, Any] = {"given": frozenset(name for name in raw if name in ENV_NAMES)}
     problems: list[str] = []
     for f in fields(Settings):
@@ -403,11 +270,15 @@ def build_settings(raw: Mapping[str, str], client_properties: str | None = None)
             problems.append(f"{name} must be {exc}, got {shown}")
     if client_properties is not None:
         try:
-            values["client_properties"] = parse_properties(client_properties)
+            values["client_properties"] = parsers.parse_properties(client_properties)
         except ValueError as exc:
             problems.append(f"KAFKA_CLIENT_CONFIG must be {exc}")
+    return values, problems
 
-    settings = Settings(**values)
+
+def _mismatches(settings: Settings, raw: Mapping[str, str], values: Mapping[str, Any]) -> list[str]:
+    """Settings each good alone that do not go together: topics, backoffs, replicas, wire format."""
+    problems: list[str] = []
     topics = [settings.orders_topic, settings.retry_topic, settings.dlq_topic, settings.stats_topic]
     if len(set(topics)) < len(topics):
         problems.append(
@@ -439,10 +310,7 @@ def build_settings(raw: Mapping[str, str], client_properties: str | None = None)
         problems.append(
             "AVRO_WIRE_FORMAT=confluent needs SCHEMA_REGISTRY_URL: that format names a registry's schema id"
         )
-    problems.extend(_login_problems(settings))
-    if problems:
-        raise ConfigError("; ".join(problems))
-    return settings
+    return problems
 
 
 def _login_problems(settings: Settings) -> list[str]:

@@ -19,12 +19,10 @@ FUNCTION_LINES_LIMIT = 60
 # What was over a limit when the limits came in, to be split: these sets may only shrink.
 # A new violation fails, and so does a listed one that is fixed (then remove it here).
 KNOWN_LONG_MODULES = {
-    "orderpipe/config/settings.py",
     "orderpipe/programs/producer_app.py",
 }
 KNOWN_LONG_CLASSES = {"orderpipe/consumer/loop.py:ConsumerLoop"}
 KNOWN_LONG_FUNCTIONS = {
-    "orderpipe/config/settings.py:build_settings",
     "orderpipe/model/generator.py:fill",
     "orderpipe/programs/consumer_app.py:open",
     "orderpipe/programs/dlq_app.py:replay_dead_letters",
