@@ -6,13 +6,11 @@ import functools
 import logging
 import random
 import secrets
-import struct
 import threading
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient
@@ -21,7 +19,6 @@ from orderpipe.config.settings import Settings
 from orderpipe.core.health import Health
 from orderpipe.core.replicas import ReplicaWatch
 from orderpipe.core.status import ProducerReading, View
-from orderpipe.errors import ConfigError, OrderPipeError, RegistryUnavailableError
 from orderpipe.kafka.admin import ensure_topics, in_sync_replicas, require_grants
 from orderpipe.kafka.clients import (
     FLUSH_TIMEOUT_S,
@@ -32,17 +29,14 @@ from orderpipe.kafka.clients import (
     producer_config,
     statistics_config,
 )
-from orderpipe.kafka.registry import START_REGISTRY_HINT, connect_registry, registered_id, registry_login_problem
-from orderpipe.model.generator import Generated, Kind, OrderEncoder, OrderFactory, base36
+from orderpipe.model.generator import Generated, Kind, OrderFactory, base36
 from orderpipe.model.money import RunningAverage, format_cents
-from orderpipe.model.order import Order
 from orderpipe.observe.console import Console, throughput_line
 from orderpipe.observe.metrics import ProducerMetrics
 from orderpipe.observe.metrics_http import serving
-from orderpipe.serde.codec import CONFLUENT_MAGIC
-from orderpipe.serde.schemas import SINGLE_OBJECT_MAGIC, OrderSchema, load_order_schema
-from orderpipe.serde.wire import RAW, SINGLE_OBJECT, RawSchema, load_raw_schema
-from orderpipe.text import redact
+from orderpipe.programs.producer_encoding import Encoding, value_encoding, writer_schema, writes_single_object
+from orderpipe.serde.schemas import OrderSchema
+from orderpipe.serde.wire import RawSchema
 
 __all__ = ["ProducerOptions", "ProducerSummary", "run_producer"]
 
@@ -92,75 +86,6 @@ class ProducerSummary:
         )
 
 
-class _Encoding(NamedTuple):
-    """How values are written: `encode` turns one order into value bytes; `prefix`, when set, is the
-    header before the body of every value, whose body has Order's layout (OrderFactory.fill builds those)."""
-
-    encode: OrderEncoder
-    prefix: bytes | None
-
-
-def _encoder(settings: Settings, schema: OrderSchema | RawSchema, stack: ExitStack) -> _Encoding:
-    """The value encoder of the wire format (orderpipe.serde.wire): bare bodies, single-object, or Confluent framing.
-
-    With a registry the schema is registered (or looked up) once, as one canonical
-    text, and each value is the same fast Avro body as without one, framed with
-    the schema id: no serializer call per record.
-    """
-    if isinstance(schema, RawSchema):
-        return _Encoding(schema.encode, None)
-    if _single_object(settings):
-        header = SINGLE_OBJECT_MAGIC + schema.fingerprint
-        return _Encoding(schema.encode_single_object, header if schema.has_order_layout else None)
-    client = stack.enter_context(connect_registry(settings))
-    subject = f"{settings.orders_topic}-value"
-    try:
-        schema_id = registered_id(
-            client, subject, schema.text, register=settings.registry_auto_register, source=schema.source
-        )
-    except OrderPipeError:
-        raise
-    except Exception as exc:
-        raise _refused(settings, subject, exc) from None
-    header = CONFLUENT_MAGIC + struct.pack(">I", schema_id)
-    body = schema.encode_body
-
-    def encode(order: Order) -> bytes:
-        return header + body(order)
-
-    return _Encoding(encode, header if schema.has_order_layout else None)
-
-
-def _single_object(settings: Settings) -> bool:
-    """Whether framed orders are written single-object: asked for, or no registry to frame them for."""
-    return settings.avro_wire_format == SINGLE_OBJECT or not settings.schema_registry_url
-
-
-def _schema(settings: Settings, options: ProducerOptions) -> OrderSchema | RawSchema:
-    """The schema the producer writes with: a version of the order schema, or AVRO_WRITER_SCHEMA for bare bodies.
-
-    Raises:
-        ConfigError: an unknown version, a writer schema that cannot carry an order,
-            or both a version and bare bodies asked for.
-    """
-    if settings.avro_wire_format != RAW:
-        return load_order_schema(options.schema_version)
-    if options.schema_version is not None:
-        raise ConfigError(
-            "--schema-version does not apply with AVRO_WIRE_FORMAT=raw: bare bodies are written with AVRO_WRITER_SCHEMA"
-        )
-    return load_raw_schema(settings.avro_writer_schema, producing=True)
-
-
-def _refused(settings: Settings, subject: str, exc: Exception) -> OrderPipeError:
-    if (problem := registry_login_problem(exc, settings.registry_address)) is not None:
-        return ConfigError(problem)
-    return RegistryUnavailableError(
-        f"The schema registry at {settings.registry_address} refused the order schema for subject "
-        f"{subject} ({type(exc).__name__}: {redact(str(exc))}): {START_REGISTRY_HINT}."
-    )
-
-
 def _describe(generated: Generated) -> str:
     order = generated.order
     if generated.kind == Kind.POISON:
@@ -190,7 +115,7 @@ def run_producer(
         BrokerUnavailableError, RegistryUnavailableError: before anything is sent.
     """
     # An unknown version, or a writer schema for bare bodies that cannot carry an order, before anything connects.
-    schema = _schema(settings, options)
+    schema = writer_schema(settings, options.schema_version)
     with ExitStack() as stack:
         metrics = None
         if settings.metrics_port is not None:
@@ -200,7 +125,7 @@ def run_producer(
         admin = connect_admin(settings)
         require_grants(admin, settings, "producer")  # first: a topic it may not use looks absent
         ensure_topics(admin, settings)
-        encoding = _encoder(settings, schema, stack)
+        encoding = value_encoding(settings, schema, stack)
         return _publish(
             settings, options, console, stop, encoding, admin=admin, metrics=metrics, schema=schema, view=view
         )
@@ -211,7 +136,7 @@ def _publish(
     options: ProducerOptions,
     console: Console,
     stop: threading.Event,
-    encoding: _Encoding,
+    encoding: Encoding,
     *,
     admin: AdminClient,
     metrics: ProducerMetrics | None,
@@ -230,7 +155,7 @@ def _publish(
     )
     if isinstance(schema, RawSchema):
         wire = "bare Avro bodies"
-    elif _single_object(settings):
+    elif writes_single_object(settings):
         wire = "single-object Avro"
     else:
         wire = "schema registry at " + settings.registry_address
@@ -313,7 +238,7 @@ class _Publisher:
             )
 
     def run(
-        self, factory: OrderFactory, encoding: _Encoding, options: ProducerOptions, stop: threading.Event
+        self, factory: OrderFactory, encoding: Encoding, options: ProducerOptions, stop: threading.Event
     ) -> ProducerSummary:
         """Publishes until `count` is reached or `stop` is set, then flushes.
 
@@ -394,7 +319,7 @@ class _Publisher:
             if now >= deadline:
                 return int(undelivered)
 
-    def _produce_slice(self, factory: OrderFactory, encoding: _Encoding, count: int) -> None:
+    def _produce_slice(self, factory: OrderFactory, encoding: Encoding, count: int) -> None:
         """The hot loop: make, encode and produce `count` records.
 
         The records whose lines are printed come first, one at a time with a delivery

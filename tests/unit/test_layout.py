@@ -18,9 +18,7 @@ CLASS_LINES_LIMIT = 200
 FUNCTION_LINES_LIMIT = 60
 # What was over a limit when the limits came in, to be split: these sets may only shrink.
 # A new violation fails, and so does a listed one that is fixed (then remove it here).
-KNOWN_LONG_MODULES = {
-    "orderpipe/programs/producer_app.py",
-}
+KNOWN_LONG_MODULES: set[str] = set()
 KNOWN_LONG_CLASSES = {"orderpipe/consumer/loop.py:ConsumerLoop"}
 KNOWN_LONG_FUNCTIONS = {
     "orderpipe/model/generator.py:fill",
