@@ -222,27 +222,11 @@ class OrderFactory:
             if random() < CUSTOMER_RATE:
                 number = 1 + int(random() * 36**4)
                 customer = _customer_number(number).encode()
-                append(
-                    (
-                        key,
-                        join(
-                            (
-                                prefix,
-                                _SHORT_LENGTHS[len(key)],
-                                key,
-                                name,
-                                pack(cents / 100),
-                                quantity,
-                                b"\x02",
-                                _SHORT_LENGTHS[len(customer) + 2],
-                                b"C-",
-                                customer,
-                            )
-                        ),
-                    )
-                )
+                # customerId's union branch 1 (a string), its length, then "C-" and the number.
+                tail: tuple[bytes, ...] = (b"\x02", _SHORT_LENGTHS[len(customer) + 2], b"C-", customer)
             else:
-                append((key, join((prefix, _SHORT_LENGTHS[len(key)], key, name, pack(cents / 100), quantity, b"\x00"))))
+                tail = (b"\x00",)  # customerId's union branch 0: null
+            append((key, join((prefix, _SHORT_LENGTHS[len(key)], key, name, pack(cents / 100), quantity, *tail))))
             valid_sum += cents
         return Filled(records, invalid, poison, valid_sum)
 

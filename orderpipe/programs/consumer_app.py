@@ -235,26 +235,7 @@ class OrderConsumer:
             )
             stats_cb = None if metrics is None else metrics.health.on_stats
             edge = stack.enter_context(self._open_edge(settings, options.edge(transactional_id, stats_cb)))
-            require(settings, "consumer", edge.permissions)  # first: a topic it may not use looks absent
-            counts = edge.partition_counts()
-            missing = missing_topics(settings, counts)
-            if missing and not settings.create_topics:
-                raise ConfigError(missing_sentence(missing))
-            edge.create_topics(missing)
-            counts.update((spec.name, spec.partitions) for spec in missing)
-            outputs = (settings.retry_topic, settings.dlq_topic, settings.stats_topic)
-            # Topics just created are as asked for (and a cluster may not describe them yet).
-            created = {spec.name: dict(spec.config) for spec in missing}
-            read = [t for t in (settings.orders_topic, *outputs) if t not in created]
-            configs = {**edge.topic_configs(read), **created}
-            problems = topic_problems(settings, counts, configs)
-            if problems:
-                raise ConfigError("; ".join(problems))
-            replication = {**edge.replication_factors(), **{s.name: s.replication_factor for s in missing}}
-            for warning in weak_topics(settings, replication, configs):
-                log.warning("⚠ %s", warning)
-            if (partitions := partition_warning(settings, counts)) is not None:
-                log.warning("⚠ %s", partitions)
+            counts, configs = _set_up_topics(settings, edge)
             edge.finish_setup()  # the admin client's work is done: no admin request runs on the running path
             lookup = None
             if settings.schema_registry_url:
@@ -267,6 +248,7 @@ class OrderConsumer:
                 else AtLeastOnceCommitter(edge)
             )
             committer.start()
+            outputs = (settings.retry_topic, settings.dlq_topic, settings.stats_topic)
             topics = Topics(
                 stats_keys(settings, counts),
                 largest_record(settings, configs),
@@ -375,3 +357,35 @@ def simulated_outage(rng: Any, rate: float) -> Downstream | None:
             raise TimeoutError("inventory service timed out")
 
     return call
+
+
+def _set_up_topics(settings: Settings, edge: KafkaEdge) -> tuple[dict[str, int], dict[str, dict[str, str]]]:
+    """The start-up checks through the edge's admin client: permissions first, then the topics.
+
+    Missing topics are created where allowed; each topic's partition count and
+    configuration come back (those just created as they were asked for).
+
+    Raises:
+        ConfigError: a permission, topic or topic setting the consumer needs is missing.
+    """
+    require(settings, "consumer", edge.permissions)  # first: a topic it may not use looks absent
+    counts = edge.partition_counts()
+    missing = missing_topics(settings, counts)
+    if missing and not settings.create_topics:
+        raise ConfigError(missing_sentence(missing))
+    edge.create_topics(missing)
+    counts.update((spec.name, spec.partitions) for spec in missing)
+    outputs = (settings.retry_topic, settings.dlq_topic, settings.stats_topic)
+    # Topics just created are as asked for (and a cluster may not describe them yet).
+    created = {spec.name: dict(spec.config) for spec in missing}
+    read = [t for t in (settings.orders_topic, *outputs) if t not in created]
+    configs = {**edge.topic_configs(read), **created}
+    problems = topic_problems(settings, counts, configs)
+    if problems:
+        raise ConfigError("; ".join(problems))
+    replication = {**edge.replication_factors(), **{s.name: s.replication_factor for s in missing}}
+    for warning in weak_topics(settings, replication, configs):
+        log.warning("⚠ %s", warning)
+    if (partitions := partition_warning(settings, counts)) is not None:
+        log.warning("⚠ %s", partitions)
+    return counts, configs

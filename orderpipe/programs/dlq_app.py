@@ -166,18 +166,7 @@ def replay_dead_letters(
     ledger_name = ledger_topic(settings.dlq_topic)
     tally = ReplayTally()
     with ExitStack() as stack:
-        writer = None
-        if not dry_run:
-            if ledger_name not in counts:
-                _create_ledger(admin, settings, ledger_name)
-            else:
-                _check_ledger(admin, ledger_name)
-            writer = stack.enter_context(_writer(settings, ledger_name))
-        ledger = Ledger()
-        # Read only now: the writer's start aborted whatever an earlier run left open.
-        if not dry_run or ledger_name in counts:
-            for entry in read_to_end(settings, ledger_name, "dlq-ledger-reader"):
-                ledger.read(entry.key, entry.value)
+        writer, ledger = _open_ledger(admin, settings, ledger_name, counts, dry_run=dry_run, stack=stack)
         tally.ledger_unreadable = ledger.unreadable
         decode = _decoder(settings, stack)
         batch: list[tuple[Incoming, Replayed, DeadLetter]] = []
@@ -206,6 +195,29 @@ def replay_dead_letters(
                     flush()
         flush()
     return tally
+
+
+def _open_ledger(
+    admin: AdminClient, settings: Settings, name: str, counts: dict[str, int], *, dry_run: bool, stack: ExitStack
+) -> tuple[_Writer | None, Ledger]:
+    """The ledger of earlier replays, read to its end, and (unless `dry_run`) the writer that appends to it.
+
+    Without `dry_run` the ledger topic is created if missing, else checked first, and
+    the writer is opened on `stack` before the ledger is read.
+    """
+    writer = None
+    if not dry_run:
+        if name not in counts:
+            _create_ledger(admin, settings, name)
+        else:
+            _check_ledger(admin, name)
+        writer = stack.enter_context(_writer(settings, name))
+    ledger = Ledger()
+    # Read only now: the writer's start aborted whatever an earlier run left open.
+    if not dry_run or name in counts:
+        for entry in read_to_end(settings, name, "dlq-ledger-reader"):
+            ledger.read(entry.key, entry.value)
+    return writer, ledger
 
 
 def _check_ledger(admin: AdminClient, name: str) -> None:
