@@ -1,0 +1,69 @@
+"""What the group's assignment events change for the consumer loop: ownership, restores, paused partitions.
+
+An assignment starts the restore of its partitions (orderpipe/consumer/assignment.py);
+a revocation (a rebalance, or partitions lost while the group coordinator was away)
+forgets everything kept of its partitions and resumes those the loop had paused, so
+that whoever owns them next reads them. Both count as activity for the idle limit.
+"""
+
+from __future__ import annotations
+
+from orderpipe.consumer.assignment import Restorer
+from orderpipe.consumer.idle import IdleWatch
+from orderpipe.consumer.rewrites import StatsRewrites
+from orderpipe.core.hold import Hold
+from orderpipe.core.ownership import Ownership
+from orderpipe.core.ports import Assigned, Event, KafkaEdge, Polled
+from orderpipe.core.retry_scheduler import RetryScheduler
+from orderpipe.core.stats_view import StatsView
+from orderpipe.model.records import Incoming
+
+__all__ = ["Rebalances"]
+
+
+class Rebalances:
+    """Applies a poll's assignment events to the loop's parts, and keeps only the records of owned partitions."""
+
+    def __init__(
+        self,
+        edge: KafkaEdge,
+        ownership: Ownership,
+        *,
+        scheduler: RetryScheduler,
+        hold: Hold,
+        stats: StatsView,
+        restorer: Restorer,
+        idle: IdleWatch,
+        rewrites: StatsRewrites,
+    ) -> None:
+        self._edge, self._ownership, self._scheduler, self._hold = edge, ownership, scheduler, hold
+        self._stats, self._restorer, self._idle, self._rewrites = stats, restorer, idle, rewrites
+
+    def take(self, polled: Polled) -> list[Incoming]:
+        """The polled records of owned partitions, once the poll's events are applied."""
+        if polled.events:
+            self.on_events(polled.events)
+        elif not self._scheduler.paused and not self._ownership.restoring:
+            return polled.records  # with nothing paused, revoked or restoring, every record is of an owned partition
+        return self._ownership.accept(polled.records, self._scheduler.paused.keys())
+
+    def on_events(self, events: tuple[Event, ...]) -> None:
+        """Assignments start a restore; revocations forget their partitions and resume what the loop paused."""
+        for event in events:
+            if isinstance(event, Assigned):
+                self._stats.table.keys.extend(event.partitions)
+                self._ownership.assigned(event.partitions)
+                self._restorer.start()
+                self._idle.assigned()
+                continue
+            # A rebalance (or partitions lost when the group coordinator was away) is
+            # activity: the idle limit counts again from here, while the group settles.
+            self._idle.active()
+            self._ownership.revoked(event.partitions)
+            if not self._ownership.states:  # all lost: joining again gets the same grace as the first join
+                self._idle.lost_all()
+            self._rewrites.forget(event.partitions)
+            self._idle.forget(event.partitions)
+            paused = self._scheduler.forget(event.partitions) + self._hold.forget(event.partitions)
+            if paused:
+                self._edge.resume(paused)
