@@ -14,7 +14,7 @@ implementations keep each other honest, the way httpx puts its real transport be
   abort, read_committed visibility, rebalances on demand, injected errors and kills,
   so that unit tests drive the whole consumer loop in milliseconds.
 
-Nothing here imports Kafka. Failed calls raise `KafkaCallError` (errors.py), which
+Nothing here imports Kafka. Failed calls raise `KafkaCallError` (orderpipe/errors.py), which
 says whether the call may be repeated, whether the transaction must be aborted and
 whether the client is finished.
 """

@@ -174,7 +174,7 @@ def producer_config(settings: Settings) -> dict[str, Any]:
     release. It is the path in its source that writes an acknowledged record twice
     with no error reported, and the cluster tests' rolling restart once wrote 11
     orders twice with five requests in flight. With one, no request follows a failed
-    one. The consumer's transactional producer (kafka/edge.py) keeps librdkafka's
+    one. The consumer's transactional producer (orderpipe/kafka/edge.py) keeps librdkafka's
     default: an epoch bump there aborts the transaction, and read_committed readers
     never see what it wrote.
     """

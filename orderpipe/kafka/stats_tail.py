@@ -30,7 +30,7 @@ class KafkaStatsTail:
 
     Its end (the high watermark, open transactions included) is asked of a second
     client that reads nothing: a read_committed consumer is told the last stable
-    offset instead, and the admin client is for start-up only (kafka_edge).
+    offset instead, and the admin client is for start-up only (orderpipe.kafka.edge).
     """
 
     def __init__(self, settings: Settings) -> None:

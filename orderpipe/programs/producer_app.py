@@ -353,7 +353,7 @@ class _Publisher:
     def _send(
         self, key: bytes, value: bytes | None, callback: Callable[[KafkaError | None, Message], None] | None
     ) -> None:
-        """Produces one record; a full local queue is waited out, a refused record named (kafka_clients.produce)."""
+        """Produces one record; a full local queue is waited out, a refused record named (clients.produce)."""
         try:
             if callback is None:
                 self._producer.produce(self._topic, value, key)

@@ -22,7 +22,7 @@ from orderpipe.core.stats import Latest, StatsKeys, StatsTable
 from orderpipe.core.stats_view import CatchUp, StatsView
 from orderpipe.core.topics import STATS_TOPIC_CONFIG, missing_sentence, missing_topics, partition_warning, weak_topics
 from orderpipe.errors import BrokerUnavailableError, DeserializationError, KafkaCallError
-from orderpipe.kafka import stats_tail as kafka_stats
+from orderpipe.kafka import stats_tail
 from orderpipe.kafka.twin.parts import VirtualClock
 from orderpipe.model.money import RunningAverage
 from orderpipe.model.order import ValidOrder
@@ -368,12 +368,12 @@ def test_the_stats_view_asks_again_for_an_end_that_could_not_be_found_until_its_
     view = cast("StatsView", SimpleNamespace(position=lambda: 0))
     catch_up = CatchUp(view, Failing(), lambda: answers.pop(0))
     far = time.monotonic() + 60
-    assert not kafka_stats._reached(catch_up, far)
-    assert not kafka_stats._reached(catch_up, far)
-    assert not kafka_stats._reached(catch_up, far)
-    assert kafka_stats._reached(catch_up, far)
+    assert not stats_tail._reached(catch_up, far)
+    assert not stats_tail._reached(catch_up, far)
+    assert not stats_tail._reached(catch_up, far)
+    assert stats_tail._reached(catch_up, far)
     with pytest.raises(BrokerUnavailableError, match="no leader"):
-        kafka_stats._reached(CatchUp(view, Failing(), Failing), time.monotonic() - 1)
+        stats_tail._reached(CatchUp(view, Failing(), Failing), time.monotonic() - 1)
 
 
 def test_an_orders_topic_with_another_partition_count_is_followed_with_a_warning_naming_both() -> None:

@@ -18,8 +18,7 @@ from orderpipe.core.stats import encode_stats, stats_key
 from orderpipe.errors import BrokerUnavailableError, ConfigError, DeliveryError, FatalKafkaError, KafkaCallError
 from orderpipe.kafka import admin as kafka_admin
 from orderpipe.kafka import clients as kafka_clients
-from orderpipe.kafka import edge_producer
-from orderpipe.kafka import stats_tail as kafka_stats
+from orderpipe.kafka import edge_producer, stats_tail
 from orderpipe.kafka.admin import create_topics, ensure_topics, in_sync_replicas, partition_counts, topic_configs
 from orderpipe.kafka.clients import call_error, connect_admin, create_client
 from orderpipe.kafka.edge import ConfluentEdge, open_kafka_edge
@@ -435,8 +434,8 @@ def test_the_stats_topics_end_is_asked_of_a_new_client_after_a_failed_question(
         made.append(Ends(answers=len(made) > 0))
         return made[-1]
 
-    monkeypatch.setattr(kafka_stats, "create_client", create)
-    tail = kafka_stats.KafkaStatsTail(mock_cluster.settings())
+    monkeypatch.setattr(stats_tail, "create_client", create)
+    tail = stats_tail.KafkaStatsTail(mock_cluster.settings())
     try:
         with pytest.raises(KafkaCallError, match="Unknown partition"):
             tail.end_offset().result()
