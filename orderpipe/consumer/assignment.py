@@ -2,10 +2,11 @@
 
 After an assignment the consumer needs two answers before it reads a partition: the
 group's stable committed offset (the broker holds it back while a transaction with
-offsets of that partition is open, for example a crashed predecessor's) and the
-partition's last committed state in `orders-stats` (read up to the topic's end). Both
-are asked for at once; the loop calls `advance` on every turn while it keeps polling,
-so group membership and `max.poll.interval.ms` are never at risk. An answer that is
+offsets of that partition is open, for example a crashed predecessor's) and then the
+partition's last committed state in `orders-stats` (read up to the end the topic has
+once the offset is known, so that it holds the value committed with that offset). The
+loop calls `advance` on every turn while it keeps polling, so group membership and
+`max.poll.interval.ms` are never at risk. An answer that is
 not ready yet is asked for again after a backoff of ASK_AGAIN_S (a coordinator away
 answers nothing sooner).
 """
@@ -124,7 +125,11 @@ class Restorer:
                 self._committed = self._edge.committed(partitions)
             if self._committed.done():
                 self._offsets = self._committed.result()
-        if not self._caught_up:
+        # The stats topic's end is asked for only once the committed offsets are in. A
+        # transaction that committed them wrote its stats value below that end, so the
+        # view reads the value before the restore looks for it, even when the
+        # transaction was still open when the restore began.
+        if self._offsets is not None and not self._caught_up:
             if self._catch_up is None:
                 self._catch_up = self._stats.catch_up()
             self._caught_up = self._catch_up.reached()

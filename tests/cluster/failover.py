@@ -31,6 +31,7 @@ from tests.cluster.helpers import (
     commit_latencies,
     describe_latencies,
     leaders,
+    open_transactions,
     transaction_coordinator,
     wait_until_in_sync,
 )
@@ -56,6 +57,7 @@ WARM_UP_S = 5.0  # the run gets going before the first failure
 CONSUMER_ARGS = ("--idle-exit", "15", "--failure-rate", "0.05", "--quiet")
 PRODUCER_WAIT_S = 300
 CONSUMER_WAIT_S = 300
+LOG_TAIL = 20_000  # characters of the consumer's error output kept for a run whose audit is not exact
 
 # When nodes were down: (killed, answering again), epoch ms, as order timestamps are.
 Outages = list[tuple[int, int]]
@@ -130,6 +132,9 @@ class FailoverRun:
     before: list[int] = field(default_factory=list)  # latency to commit (ms), orders sent before the failures
     during: list[int] = field(default_factory=list)  # the same, orders sent while a node was down
     drained: bool = False  # a second consumer.py drained the topics after the first ended early
+    consumer_log: str = ""  # the end of the consumer's error output: its warnings, with their times
+    # For a run whose audit is not exact: the written topics' partitions with a transaction still open.
+    open: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     @property
     def failures(self) -> list[str]:
@@ -165,6 +170,15 @@ class FailoverRun:
             f"latency to commit, orders sent before the failures: {describe_latencies(self.before)}",
             f"latency to commit, orders sent while a node was down: {describe_latencies(self.during)}",
             f"program failures: {len(self.failures)}",
+        ] + ([] if self.audit.exact else self._explained())
+
+    def _explained(self) -> list[str]:
+        """What helps explain an audit that is not exact."""
+        still_open = ", ".join(f"{name} (stable {stable}, end {end})" for name, (stable, end) in self.open.items())
+        return [
+            f"partitions with a transaction still open when audited: {still_open or 'none'}",
+            "the consumer's warnings (their end):",
+            self.consumer_log,
         ]
 
 
@@ -214,7 +228,11 @@ def run_scenario(pipeline: Pipeline, scenario: str) -> FailoverRun:
         wait_until_in_sync([pipeline.settings.orders_topic])
         audit = audit_topics(lambda topic: read_topic(BOOTSTRAP, topic), pipeline.settings)
         before, during = split_latencies(pipeline.settings, outages)
-        return FailoverRun(scenario, ended, audit, _delivered(producer), before, during, drained)
+        log = consumer.errors(LOG_TAIL)
+        settings = pipeline.settings
+        written = [settings.stats_topic, settings.dlq_topic, settings.retry_topic]
+        still_open = {} if audit.exact else open_transactions(written)
+        return FailoverRun(scenario, ended, audit, _delivered(producer), before, during, drained, log, still_open)
     finally:
         for program in programs:
             program.stop_if_running()

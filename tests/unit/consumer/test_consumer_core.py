@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import cast
 
@@ -332,6 +333,83 @@ def test_a_catch_up_that_stops_moving_fails_after_the_limit() -> None:
     with pytest.raises(BrokerUnavailableError, match="end of the stats topic"):
         ten_seconds_on()
     assert stats.position() == 30
+
+
+class StatsTopic:
+    """A stats view over a topic that grows while a restore runs; `catch_up` takes the end it has when asked."""
+
+    def __init__(self, *records: Incoming) -> None:
+        self.table = table_of()
+        self.records = list(records)
+        self._position = 0
+
+    def poll(self) -> None:
+        if self._position < len(self.records):
+            self.table.take(self.records[self._position])
+            self._position += 1
+
+    def position(self) -> int:
+        return self._position
+
+    def catch_up(self) -> Answered:
+        view, end = self, len(self.records)
+
+        class Reached(Answered):
+            def reached(self) -> bool:
+                return view.position() >= end
+
+        return Reached(end)
+
+
+class CommittingLater:
+    """Pending committed offsets: held back (a transaction is open on them) until the second look."""
+
+    def __init__(self, on_commit: Callable[[], None]) -> None:
+        self._on_commit = on_commit
+        self._looks = 0
+
+    def done(self) -> bool:
+        self._looks += 1
+        if self._looks == 2:
+            self._on_commit()  # the transaction committed: offset 20 and its stats value are in
+        return self._looks >= 2
+
+    def result(self) -> object:
+        return {A: 20}
+
+
+class TransactionCommittingLater:
+    """The edge of a restore whose committed offsets are answered once a transaction on them commits."""
+
+    def __init__(self, on_commit: Callable[[], None]) -> None:
+        self.assigned: dict[tuple[str, int], int] = {}
+        self._on_commit = on_commit
+
+    def committed(self, partitions: object) -> CommittingLater:
+        return CommittingLater(self._on_commit)
+
+    def assign(self, starts: dict[tuple[str, int], int]) -> None:
+        self.assigned = starts
+
+
+def test_a_restore_reads_the_stats_value_of_a_transaction_that_commits_while_it_waits_for_the_offsets() -> None:
+    # Offset 10 was committed with the value (1, 100). A transaction is open with offset
+    # 20 and the value (3, 300) when the restore starts; it commits before the offsets
+    # are answered. The value restored must be the one that reaches 20, not the older one.
+    stats = StatsTopic(stats_record(0, b"g/orders-0", stats_value(1, 100, 10)))
+    edge = TransactionCommittingLater(
+        lambda: stats.records.append(stats_record(1, b"g/orders-0", stats_value(3, 300, 20)))
+    )
+    ownership, clock = Ownership(), VirtualClock()
+    ownership.assigned([A])
+    restorer = Restorer(edge, ownership, stats, clock, timeout_s=60)  # type: ignore[arg-type]
+    restorer.start()
+    for _ in range(10):
+        stats.poll()
+        restorer.advance()
+        clock.advance(1)
+    assert edge.assigned == {A: 20}
+    assert ownership.states == {A: RunningAverage(3, 300)}
 
 
 def test_topics_less_durable_than_the_settings_ask_for_are_named() -> None:
