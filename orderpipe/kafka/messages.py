@@ -2,7 +2,7 @@
 
 Every record a consumer reads comes through `incoming_records`. Header names that are
 not UTF-8 are handled with care here: confluent-kafka would crash the interpreter on
-them (see `_read_headers`), so such a record comes without headers, marked unreadable.
+them (see `_checked_headers`), so such a record comes without headers, marked unreadable.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ def incoming(message: Message, retry_topic: str | None = None) -> Incoming:
     """A consumed message as plain data for the core (header values as bytes); see `incoming_records`.
 
     A record whose header names are not all UTF-8 comes without headers, marked
-    unreadable (see `_read_headers`).
+    unreadable (see `_checked_headers`).
 
     Raises:
         KafkaCallError: the message carries an error instead of a record.
@@ -54,7 +54,7 @@ def incoming_records(
         headers: tuple[tuple[str, bytes], ...]
         try:
             raw = message.headers()
-        except Exception:  # SystemError: a header name that is not UTF-8 (see _read_headers)
+        except Exception:  # SystemError: a header name that is not UTF-8 (see _checked_headers)
             headers, unreadable = (), UNREADABLE_HEADERS
         else:
             headers, unreadable = _checked_headers(raw) if raw else ((), "")
@@ -81,8 +81,8 @@ def incoming_records(
 _new_tuple = tuple.__new__
 
 
-def _read_headers(message: Message) -> tuple[tuple[tuple[str, bytes], ...], str]:
-    """A message's headers, or none and why they could not be read.
+def _checked_headers(raw: Any) -> tuple[tuple[tuple[str, bytes], ...], str]:
+    """What `headers()` returned, once the error it may have left pending and every slot are checked.
 
     confluent-kafka (2.16, `c_headers_to_py`) builds each header's (name, value)
     tuple even when the name is not UTF-8, leaving an empty slot where the name
@@ -92,15 +92,6 @@ def _read_headers(message: Message) -> tuple[tuple[tuple[str, bytes], ...], str]
     once (ctypes' `pythonapi` raises any error pending after a call) and every
     tuple is checked for an empty slot before it is read.
     """
-    try:
-        raw: Any = message.headers()
-    except Exception:  # SystemError
-        return (), UNREADABLE_HEADERS
-    return _checked_headers(raw)
-
-
-def _checked_headers(raw: Any) -> tuple[tuple[tuple[str, bytes], ...], str]:
-    """What `headers()` returned, once the error it may have left pending and every slot are checked."""
     try:
         if not raw:  # the common case, with nothing to check
             return (), ""

@@ -8,7 +8,7 @@ import pytest
 from confluent_kafka import KafkaError
 
 from orderpipe.errors import KafkaCallError
-from orderpipe.kafka.messages import _checked_headers, _read_headers, incoming
+from orderpipe.kafka.messages import _checked_headers, incoming
 from orderpipe.model.records import UNREADABLE_HEADERS
 
 
@@ -20,16 +20,6 @@ class ErrorMessage:
 
     def topic(self) -> str:
         return "orders"
-
-
-class HeaderMessage:
-    def __init__(self, headers: object) -> None:
-        self._headers = headers
-
-    def headers(self) -> object:
-        if isinstance(self._headers, BaseException):
-            raise self._headers
-        return self._headers
 
 
 class Unreadable(list[tuple[str, bytes]]):
@@ -45,8 +35,7 @@ def test_a_message_with_an_error_raises_it_named_with_its_topic() -> None:
     assert raised.value.code == "TOPIC_AUTHORIZATION_FAILED"
 
 
-def test_headers_are_read_or_why_not_is_said() -> None:
-    assert _read_headers(HeaderMessage([("trace", b"1")])) == ((("trace", b"1"),), "")  # type: ignore[arg-type]
-    assert _read_headers(HeaderMessage(SystemError("pending"))) == ((), UNREADABLE_HEADERS)  # type: ignore[arg-type]
+def test_headers_are_checked_before_they_are_read() -> None:
+    assert _checked_headers([("trace", b"1")]) == ((("trace", b"1"),), "")
     assert _checked_headers([]) == ((), "")
     assert _checked_headers(Unreadable([("x", b"")])) == ((), UNREADABLE_HEADERS)
