@@ -23,7 +23,7 @@ if [ $# -gt 0 ]; then
   exec .venv/bin/python -m pytest "$@"
 fi
 mkdir -p .cache
-.venv/bin/python -m pytest tests/unit --cov=orderpipe --cov-report=term --cov-report=json:.cache/coverage.json \
+.venv/bin/python -m pytest tests/unit -m 'not integration and not secured and not cluster' --cov=orderpipe --cov-report=term --cov-report=json:.cache/coverage.json \
   --cov-fail-under=85
 .venv/bin/python scripts/coverage_floor.py .cache/coverage.json 80
 scripts/broker.sh up

@@ -116,6 +116,7 @@ def _fill_dlq(mock_cluster: MockCluster, topic: str) -> None:
     assert producer.flush(10) == 0
 
 
+@pytest.mark.slow
 def test_a_replay_on_the_mock_cluster_writes_records_and_ledger_once(mock_cluster: MockCluster) -> None:
     settings = mock_cluster.settings()
     mock_cluster.create_topic(ledger_topic(settings.dlq_topic))  # the mock creates no topic through the admin API

@@ -44,6 +44,7 @@ def loader(env: Mapping[str, str]) -> LoadSettings:
     return load
 
 
+@pytest.mark.slow
 def test_orders_produced_are_processed_or_dead_lettered(
     mock_cluster: MockCluster, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -119,6 +120,7 @@ def test_on_a_terminal_the_plain_flag_prints_the_plain_lines(
     assert output.splitlines()[-1].startswith("Throughput: 5 orders")
 
 
+@pytest.mark.slow
 def test_on_a_terminal_the_consumer_draws_its_panel_then_prints_its_summary(
     mock_cluster: MockCluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -210,6 +212,7 @@ def test_after_a_stop_signal_the_final_flush_keeps_to_its_timeout_even_below_min
 REFERENCE = str(Path(__file__).parents[2] / "data" / "reference-order.avsc")
 
 
+@pytest.mark.slow
 def test_the_wire_flags_write_and_read_bare_bodies(
     mock_cluster: MockCluster, capsys: pytest.CaptureFixture[str]
 ) -> None:
