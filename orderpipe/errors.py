@@ -41,7 +41,7 @@ class DeserializationError(OrderPipeError):
 
 
 class ValidationError(OrderPipeError):
-    """A decoded order breaks one of the validation rules of the README's "Topics, wire formats and headers"."""
+    """A decoded order breaks one of the validation rules of docs/wire-formats.md."""
 
 
 class NotReady(OrderPipeError):

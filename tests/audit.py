@@ -22,7 +22,7 @@ consumer cannot read it either.
 
 With AVRO_WIRE_FORMAT=raw every record is a bare Avro body (nothing tells one apart),
 read with the writer schema AVRO_WRITER_SCHEMA names alone and taken field by field
-as an order, as the README's "Topics, wire formats and headers" describes; a body that does not decode cleanly, or
+as an order, as docs/wire-formats.md describes; a body that does not decode cleanly, or
 lacks a field an order needs, is poison.
 """
 

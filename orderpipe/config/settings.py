@@ -1,4 +1,4 @@
-"""The pipeline's settings as one frozen, validated object (the README's "Settings").
+"""The pipeline's settings as one frozen, validated object (docs/configuration.md, "Settings").
 
 This module knows every setting: its environment variable, its default and its
 parser (orderpipe/config/parsers.py, which says what a good value looks like). It

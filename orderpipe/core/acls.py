@@ -1,6 +1,6 @@
 """The Kafka ACLs each program needs, and the sentence for a permission it lacks.
 
-Least privilege for the pipeline (README, "Least privilege"): each program gets
+Least privilege for the pipeline (docs/secured.md, "Least privilege"): each program gets
 exactly the operations it performs on the resources the settings name, every name
 literal except the consumer's transactional ids, which share the group's prefix
 (`<group>.<host>.<slot>`, see orderpipe/consumer/instance.py). No wildcard resource and no cluster

@@ -1,7 +1,7 @@
 """The DLQ as an operator reads it: one entry per dead letter, filters, lines and JSON, free of Kafka.
 
 A record on `orders-dlq` carries the original key and value bytes and the pipeline's
-headers (the README's "Topics, wire formats and headers"): why it was dead-lettered, the last error, when, and where
+headers (docs/wire-formats.md, "Headers"): why it was dead-lettered, the last error, when, and where
 it first arrived. Every byte of it is untrusted (anyone who may write to the topic
 can write anything), so each header is read as UTF-8 with replacement, cut to a
 bounded length and escaped before it reaches a terminal; numbers are read only as

@@ -1,8 +1,8 @@
 """Records that are not yet due, without holding up anything else, free of Kafka and clocks.
 
 When the head record of a retry partition is not yet due, only that partition is
-paused, and the consumer seeks back to the record; it is resumed once due (the
-README's "Delivery guarantees"). A partition of `orders` whose head record waits for its schema to be
+paused, and the consumer seeks back to the record; it is resumed once due (docs/reliability.md,
+"Delivery guarantees"). A partition of `orders` whose head record waits for its schema to be
 looked up (routing.Deferred from NotReady) is paused the same way, for a moment.
 librdkafka keeps a partition paused by the application even across an unassign, so
 a paused partition that is revoked is resumed at once: whoever owns it next reads

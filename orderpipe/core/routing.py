@@ -1,4 +1,4 @@
-"""Routing decisions for consumed records (the README's "Topics, wire formats and headers"), free of Kafka and clocks.
+"""Routing decisions for consumed records (docs/wire-formats.md), free of Kafka and clocks.
 
 The consumer edge turns each record into an `Incoming` (orderpipe/model/records.py),
 asks `plan_batch` what to do with a batch of them at a given time, and applies the

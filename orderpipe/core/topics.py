@@ -129,8 +129,8 @@ def missing_sentence(missing: Sequence[TopicSpec]) -> str:
     return (
         f"{topics} {exist}, or this principal may not see {them} (any permission on a topic lets it see "
         f"the topic), and {they} may not be created here (CREATE_TOPICS is false, or the principal lacks CREATE on "
-        f"{them}): create {them} with the partitions and settings the README's Topics section gives, or grant the "
-        f"permissions 'scripts/acls.sh print' lists"
+        f"{them}): create {them} with the partitions and settings in docs/wire-formats.md's Topics section, or "
+        f"grant the permissions 'scripts/acls.sh print' lists"
     )
 
 

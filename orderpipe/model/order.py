@@ -81,7 +81,7 @@ class ValidOrder(NamedTuple):
 
 
 def validate(order: Order, max_price_cents: int) -> ValidOrder:
-    """Checks an order against the validation rules of the README's "Topics, wire formats and headers".
+    """Checks an order against the validation rules of docs/wire-formats.md ("Where each record goes").
 
     Version 2's fields: `quantity` must be from 1 to MAX_QUANTITY; `customerId` may be
     null, and otherwise must not be blank, must be at most MAX_CUSTOMER_ID_LENGTH

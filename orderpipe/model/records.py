@@ -3,7 +3,7 @@
 Each record the consumer reads becomes an `Incoming` at the edge
 (orderpipe/kafka/messages.py, or the in-memory twin), free of Kafka; routing
 (orderpipe/core/routing.py) decides what to do with it. The pipeline's own headers
-(the README's "Topics, wire formats and headers") are named here, with what a record
+(docs/wire-formats.md, "Headers") are named here, with what a record
 costs on the wire.
 """
 

@@ -1,6 +1,6 @@
 """Orders on the wire: the framed formats detected and decoded (`OrderDecoder`).
 
-Two formats share the `orders` topic (the README's "Topics, wire formats and headers"):
+Two formats share the `orders` topic (docs/wire-formats.md, "Wire formats"):
 
 * Avro single-object encoding: 0xC3 0x01, the writer schema's 8-byte little-endian
   CRC-64-AVRO fingerprint, then the Avro body. Used when there is no registry. The

@@ -332,7 +332,7 @@ def audit(pipeline: Pipeline) -> Audit:
     return audit_topics(pipeline.read, pipeline.settings)
 
 
-# The wire formats of the README's "Topics, wire formats and headers", as a user chooses each: with a registry, without
+# The wire formats of docs/wire-formats.md, as a user chooses each: with a registry, without
 # one, and bare bodies (which need the writer schema named).
 WIRE_FORMATS = ("single-object", "confluent", "raw")
 RAW_WRITER_SCHEMA = "schemas/order-v2.avsc"

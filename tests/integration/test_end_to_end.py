@@ -31,7 +31,7 @@ def test_every_order_is_processed_or_dead_lettered_exactly_once(pipeline: Pipeli
     retries = pipeline.read(settings.retry_topic)
     reasons = Counter(r.headers["dlq.reason"] for r in dlq)
 
-    # Every kind of record ends where the README's routing table says, in the numbers the producer sent.
+    # Every kind of record ends where docs/wire-formats.md's routing table says, in the numbers the producer sent.
     assert len(orders) == 300
     assert reasons["deserialization"] == int(produced["poison"]) == int(got["deserialization"])
     assert reasons["validation"] == int(produced["invalid"]) == int(got["validation"])

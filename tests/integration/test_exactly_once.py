@@ -1,4 +1,4 @@
-"""Exactly-once under crashes, scale-out, zombies and restarts, on the real broker (README: "Delivery guarantees")."""
+"""Exactly-once under crashes, scale-out, zombies and restarts, on the real broker (docs/reliability.md)."""
 
 from __future__ import annotations
 

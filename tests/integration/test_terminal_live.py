@@ -20,7 +20,7 @@ from tests.integration.helpers import (
 )
 from tests.terminal import ESC, LINES, Terminal, terminal_env
 
-# Lines the plain producer and consumer print (README: "Running it yourself"); piped, every line is one of these.
+# Lines the plain producer and consumer print (README.md, "A five-minute tour"); piped, every line is one of these.
 PLAIN_LINES = re.compile(
     r"(Producing to |Consuming |✓ Sent: |✓ Processed: |Running Average: |⚠ Retrying |✗ Sent to DLQ |"
     r"\[producer\] |\[consumer\] |Producer summary: |Consumer summary: |Throughput: |Nothing arrived )"

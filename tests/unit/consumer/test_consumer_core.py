@@ -137,8 +137,8 @@ def test_a_missing_topic_is_named_with_what_to_do_in_the_singular() -> None:
     assert missing_sentence(_specs("orders")) == (
         "topic orders does not exist, or this principal may not see it (any permission on a topic lets it see the "
         "topic), and it may not be created here (CREATE_TOPICS is false, or the principal lacks CREATE on it): "
-        "create it with the partitions and settings the README's Topics section gives, or grant the permissions "
-        "'scripts/acls.sh print' lists"
+        "create it with the partitions and settings in docs/wire-formats.md's Topics section, or grant the "
+        "permissions 'scripts/acls.sh print' lists"
     )
 
 
@@ -156,8 +156,8 @@ def test_several_missing_topics_are_named_in_the_plural(names: tuple[str, ...], 
     assert missing_sentence(_specs(*names)) == (
         f"{listed} do not exist, or this principal may not see them (any permission on a topic lets it see the "
         "topic), and they may not be created here (CREATE_TOPICS is false, or the principal lacks CREATE on them): "
-        "create them with the partitions and settings the README's Topics section gives, or grant the permissions "
-        "'scripts/acls.sh print' lists"
+        "create them with the partitions and settings in docs/wire-formats.md's Topics section, or grant the "
+        "permissions 'scripts/acls.sh print' lists"
     )
 
 

@@ -1,4 +1,4 @@
-"""Validation rules of the README's "Topics, wire formats and headers", one row per rule."""
+"""Validation rules of docs/wire-formats.md, one row per rule."""
 
 import math
 import re
