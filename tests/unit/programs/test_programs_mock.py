@@ -13,8 +13,11 @@ import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
 import pytest
+from confluent_kafka import KafkaError, Message
 
 from orderpipe.config.settings import Settings, build_settings
 from orderpipe.core import replicas
@@ -66,6 +69,26 @@ def test_orders_produced_are_processed_or_dead_lettered(
 
     assert consumer_main(load, ["--stats", "--verbose"]) == 0
     assert f"count {processed}," in capsys.readouterr().out
+
+
+def test_a_quiet_producer_counts_deliveries_from_the_failures_reported_and_what_still_waits(
+    mock_cluster: MockCluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Quiet and without metrics, librdkafka reports failures only: delivered is sent less failed and pending.
+    flags = ["--count", "3000", "--rate", "0", "--quiet", "--seed", "5"]
+    assert producer_main(loader(mock_cluster.env()), flags) == 0
+    sent, *_, delivered = map(int, PRODUCED.findall(capsys.readouterr().out)[0])
+    assert (sent, delivered) == (3000, 3000)
+
+    publisher = producer_app._Publisher(mock_cluster.settings(), Console(QUIET))
+    assert publisher._failures_only
+    publisher._producer = UnacknowledgedProducer(rounds=1)  # type: ignore[assignment]  # 3 records wait
+    publisher.summary.sent = 10
+    failure = KafkaError(KafkaError._MSG_TIMED_OUT)
+    publisher._delivered(failure, cast(Message, SimpleNamespace(key=lambda: b"O-1")))
+    publisher._settle()
+    assert (publisher.summary.delivered, publisher.summary.failed) == (6, 1)
+    assert not producer_app._Publisher(mock_cluster.settings(), Console())._failures_only, "lines need reports"
 
 
 def test_the_producer_keeps_its_rate_and_prints_each_order(
