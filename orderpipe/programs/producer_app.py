@@ -171,6 +171,23 @@ def _publish(
         publisher.close()
 
 
+def _replica_watch(producer: Callable[[], Producer], settings: Settings, admin: AdminClient | None) -> ReplicaWatch:
+    """In-sync replicas from the producer's metadata, with the topic's minimum read afresh with each answer.
+
+    The minimum comes from DescribeConfigs where it is allowed (an operator may raise
+    it), else MIN_INSYNC_REPLICAS. The admin client is asked nothing that needs a
+    coordinator.
+    """
+    return ReplicaWatch(
+        lambda: in_sync_replicas(producer(), [settings.orders_topic], admin=admin),
+        {},
+        settings.min_isr,
+        doing="the producer keeps its orders and waits",
+        report=lambda line: log.warning("⚠ %s", line),
+        monotonic=time.monotonic,
+    )
+
+
 class _Publisher:
     """Produces the factory's records and counts their delivery reports."""
 
@@ -188,10 +205,8 @@ class _Publisher:
         self._metrics = metrics
         self._view = view
         self._last_key = b""  # of the last record made, for the view
-        # With no per-order line to print and no metrics to feed, a record delivered needs
-        # no report of its own: librdkafka reports the failures only, and `delivered` is
-        # what was sent less the failures and what still waits (`_settle`). It spares a
-        # Python call per record, most of what a quiet run spends beyond the binding's.
+        # No per-order line to print and no metrics to feed: librdkafka reports failures
+        # only, sparing a Python call per record (see `_settle`).
         self._failures_only = console.verbosity == QUIET and metrics is None
         self._producer = create_client(
             Producer,
@@ -202,27 +217,16 @@ class _Publisher:
                 **statistics_config(None if metrics is None else metrics.health.on_stats),
             },
         )
-        # In-sync replicas from the producer's metadata; the topic's minimum read afresh with each answer
-        # where DescribeConfigs is allowed (an operator may raise it), else MIN_INSYNC_REPLICAS. The producer
-        # asks its admin client nothing that needs a coordinator.
-        self._replicas = ReplicaWatch(
-            lambda: in_sync_replicas(self._producer, [settings.orders_topic], admin=admin),
-            {},
-            settings.min_isr,
-            doing="the producer keeps its orders and waits",
-            report=lambda line: log.warning("⚠ %s", line),
-            monotonic=time.monotonic,
-        )
+        self._replicas = _replica_watch(lambda: self._producer, settings, admin)
         # When a delivery report last arrived, or nothing was waiting for one.
         self._progress_at = time.monotonic()
         self._reported = 0
 
     def _settle(self) -> None:
-        """Brings `delivered` up to date when only failures are reported (see `__init__`).
+        """With failure reports only: delivered is what is neither failed nor still in librdkafka's queue.
 
-        librdkafka's queue length counts the records not yet acknowledged and the
-        reports not yet served, so what is neither there nor failed was delivered. Until
-        the final flush has served every report, the count can only be short, never over.
+        The queue counts the records not yet acknowledged and the reports not yet served:
+        until the final flush has served every report, the count is short, never over.
         """
         if self._failures_only:
             summary = self.summary
