@@ -33,7 +33,7 @@ from orderpipe.model.records import (
 )
 from orderpipe.text import printable
 
-__all__ = ["DeadLetter", "DlqFilter", "dead_letter", "parse_since", "summary_line"]
+__all__ = ["DlqEntry", "DlqFilter", "dead_letter", "parse_since", "summary_line"]
 
 H_REPLAYED_FROM = "dlq.replayed-from"
 # The longest header text shown; error.message is at most 1 KiB when the pipeline wrote it.
@@ -44,7 +44,7 @@ _UNITS_MS = {"s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 
 
 @dataclass(frozen=True)
-class DeadLetter:
+class DlqEntry:
     """One record of the DLQ, as read (None where a header is missing or unreadable)."""
 
     partition: int
@@ -101,10 +101,10 @@ class DeadLetter:
         return dataclasses.asdict(self)
 
 
-def dead_letter(record: Incoming, decode: Callable[[bytes | None], Order]) -> DeadLetter:
+def dead_letter(record: Incoming, decode: Callable[[bytes | None], Order]) -> DlqEntry:
     """Reads one DLQ record; `decode` turns its value into an order (it raises when it cannot)."""
     headers = _headers(record.headers)
-    return DeadLetter(
+    return DlqEntry(
         partition=record.partition,
         offset=record.offset,
         reason=_text(headers.get(H_REASON)) or "unknown",
@@ -129,7 +129,7 @@ class DlqFilter:
     order_id: str | None = None
     since_ms: int | None = None  # dead-lettered at or after (the record's own time when the header is missing)
 
-    def matches(self, letter: DeadLetter, record_timestamp_ms: int) -> bool:
+    def matches(self, letter: DlqEntry, record_timestamp_ms: int) -> bool:
         if self.reason is not None and letter.reason != self.reason:
             return False
         if self.order_id is not None and letter.order_id != self.order_id:
@@ -161,7 +161,7 @@ def parse_since(text: str, now_ms: int) -> int:
     return int(moment.timestamp() * 1000)
 
 
-def summary_line(letters: Iterable[DeadLetter]) -> str:
+def summary_line(letters: Iterable[DlqEntry]) -> str:
     """The last line of a listing: how many, by reason."""
     counts = Counter(letter.reason for letter in letters)
     total = sum(counts.values())

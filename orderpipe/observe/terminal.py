@@ -28,7 +28,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from orderpipe.core.dead_letters import DeadLetter
+from orderpipe.core.dead_letters import DlqEntry
 from orderpipe.core.status import ConsumerStatus, ProducerStatus, duration
 from orderpipe.observe.console import Console
 
@@ -249,7 +249,7 @@ class DeadLetterTable:
         self._rows: list[tuple[str, str, str, str, str]] = []
         self._header = True
 
-    def add(self, letter: DeadLetter) -> None:
+    def add(self, letter: DlqEntry) -> None:
         self._rows.append(letter.cells())
         if len(self._rows) >= TABLE_CHUNK:
             self._draw()

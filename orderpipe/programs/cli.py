@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 
 from orderpipe.config.settings import Settings
-from orderpipe.core.dead_letters import DeadLetter, DlqFilter, parse_since
+from orderpipe.core.dead_letters import DlqEntry, DlqFilter, parse_since
 from orderpipe.core.ports import TP
 from orderpipe.core.routing import REASONS
 from orderpipe.core.status import ConsumerTracker, ProducerTracker
@@ -286,13 +286,13 @@ def dlq_main(load_settings: LoadSettings, argv: Sequence[str] | None = None) -> 
                 print(counted)
                 return 0
 
-            def show(letter: DeadLetter) -> None:
+            def show(letter: DlqEntry) -> None:
                 print(json.dumps(letter.as_json()) if args.json else letter.line(topic))
 
             print(list_dead_letters(settings, wanted, limit=args.limit, show=show))
             return 0
 
-        def replayed(letter: DeadLetter) -> None:
+        def replayed(letter: DlqEntry) -> None:
             if not args.quiet:
                 print(f"{'would replay' if args.dry_run else '↻ replayed'} {letter.line(topic)}")
 

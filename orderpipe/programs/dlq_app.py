@@ -24,7 +24,7 @@ from confluent_kafka.admin import AdminClient
 
 from orderpipe.config.settings import Settings
 from orderpipe.core.acls import AUTHORIZATION_CODES, denied_sentence
-from orderpipe.core.dead_letters import DeadLetter, DlqFilter, dead_letter, summary_line
+from orderpipe.core.dead_letters import DlqEntry, DlqFilter, dead_letter, summary_line
 from orderpipe.core.replay import Ledger, Replayed, ledger_topic, replayed_record
 from orderpipe.core.topics import (
     PRODUCER_MESSAGE_MAX_BYTES,
@@ -60,7 +60,7 @@ def list_dead_letters(
     wanted: DlqFilter,
     *,
     limit: int | None,
-    show: Callable[[DeadLetter], None],
+    show: Callable[[DlqEntry], None],
 ) -> str:
     """Shows each matching dead letter (the first `limit`); returns the summary line, which counts them all.
 
@@ -71,7 +71,7 @@ def list_dead_letters(
     connect_admin(settings)  # an unreachable broker or a login that cannot succeed, in one sentence
     with ExitStack() as stack:
         decode = _decoder(settings, stack)
-        matched: list[DeadLetter] = []
+        matched: list[DlqEntry] = []
         for record in read_to_end(settings, settings.dlq_topic, "dlq-reader"):
             letter = dead_letter(record, decode)
             if wanted.matches(letter, record.timestamp):
@@ -143,7 +143,7 @@ def replay_dead_letters(
     wanted: DlqFilter,
     *,
     dry_run: bool,
-    show: Callable[[DeadLetter], None],
+    show: Callable[[DlqEntry], None],
     batch_size: int = REPLAY_BATCH,
 ) -> ReplayTally:
     """Puts the matching dead letters not replayed before back on `orders`, exactly once.
@@ -169,7 +169,7 @@ def replay_dead_letters(
         writer, ledger = _open_ledger(admin, settings, ledger_name, counts, dry_run=dry_run, stack=stack)
         tally.ledger_unreadable = ledger.unreadable
         decode = _decoder(settings, stack)
-        batch: list[tuple[Incoming, Replayed, DeadLetter]] = []
+        batch: list[tuple[Incoming, Replayed, DlqEntry]] = []
 
         def flush() -> None:
             if writer is not None:

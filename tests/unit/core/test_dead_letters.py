@@ -10,7 +10,7 @@ import pytest
 from confluent_kafka import Producer
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
-from orderpipe.core.dead_letters import DeadLetter, DlqFilter, dead_letter, parse_since, summary_line
+from orderpipe.core.dead_letters import DlqEntry, DlqFilter, dead_letter, parse_since, summary_line
 from orderpipe.errors import ConfigError
 from orderpipe.model.order import Order
 from orderpipe.model.records import Incoming
@@ -130,7 +130,7 @@ def test_the_dlq_is_listed_from_the_mock_cluster(mock_cluster: MockCluster) -> N
     for n, value in enumerate(values):
         producer.produce(settings.dlq_topic, value, f"O-{n}".encode(), partition=n % 2, headers=[headers[n]])
     assert producer.flush(10) == 0
-    shown: list[DeadLetter] = []
+    shown: list[DlqEntry] = []
     summary = list_dead_letters(settings, DlqFilter(reason="validation"), limit=2, show=shown.append)
     assert summary == "3 dead letters (validation 3)"
     assert [letter.order_id for letter in shown] in (["O-1", "O-3"], ["O-1", "O-5"], ["O-3", "O-5"])
@@ -161,6 +161,6 @@ def test_with_a_registry_framed_values_are_looked_up_and_unknown_ids_leave_the_o
     producer.produce(settings.dlq_topic, framed, b"O-9", headers=[("dlq.reason", b"deserialization")])
     producer.produce(settings.dlq_topic, SCHEMA.encode_single_object(Order("O-8", "Lamp", -1.0)), b"O-8")
     assert producer.flush(10) == 0
-    shown: list[DeadLetter] = []
+    shown: list[DlqEntry] = []
     assert list_dead_letters(settings, DlqFilter(), limit=None, show=shown.append).startswith("2 dead letters")
     assert sorted(str(letter.order_id) for letter in shown) == ["None", "O-8"]

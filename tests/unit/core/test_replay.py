@@ -7,7 +7,7 @@ import pytest
 from confluent_kafka import Producer
 
 from orderpipe.config.settings import build_settings
-from orderpipe.core.dead_letters import DeadLetter, DlqFilter
+from orderpipe.core.dead_letters import DlqEntry, DlqFilter
 from orderpipe.core.replay import Ledger, ledger_topic, provenance, replayed_record
 from orderpipe.errors import ConfigError
 from orderpipe.kafka.reader import read_to_end
@@ -121,7 +121,7 @@ def test_a_replay_on_the_mock_cluster_writes_records_and_ledger_once(mock_cluste
     settings = mock_cluster.settings()
     mock_cluster.create_topic(ledger_topic(settings.dlq_topic))  # the mock creates no topic through the admin API
     _fill_dlq(mock_cluster, settings.dlq_topic)
-    shown: list[DeadLetter] = []
+    shown: list[DlqEntry] = []
 
     dry = replay_dead_letters(settings, DlqFilter(reason="retries-exhausted"), dry_run=True, show=shown.append)
     assert (dry.replayed, dry.truncated) == (2, 1)

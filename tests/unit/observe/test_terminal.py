@@ -15,7 +15,7 @@ from collections.abc import Mapping
 import pytest
 from rich.text import Text
 
-from orderpipe.core.dead_letters import DeadLetter
+from orderpipe.core.dead_letters import DlqEntry
 from orderpipe.core.status import (
     ConsumerReading,
     ConsumerStatus,
@@ -250,8 +250,8 @@ def test_the_producer_without_a_count_shows_one_live_line() -> None:
     ]
 
 
-def letter(offset: int, reason: str = "validation", error: str = "price must be > 0") -> DeadLetter:
-    return DeadLetter(
+def letter(offset: int, reason: str = "validation", error: str = "price must be > 0") -> DlqEntry:
+    return DlqEntry(
         partition=offset % 3,
         offset=offset,
         reason=reason,
