@@ -7,6 +7,7 @@ own (a refusal named, a topic that exists already accepted).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from concurrent.futures import Future
 from typing import Any, Generic, TypeVar
@@ -39,6 +40,7 @@ __all__ = [
     "replication_factors",
     "require_grants",
     "topic_configs",
+    "wait_for_leaders",
 ]
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,8 @@ log = logging.getLogger(__name__)
 TOPIC_TIMEOUT_S = 30.0
 # A metadata request on the running path (ReplicaWatch): any broker answers it.
 METADATA_TIMEOUT_S = 5.0
+# Between two questions of wait_for_leaders, the admin client serves its callbacks this long.
+LEADER_POLL_S = 0.1
 T = TypeVar("T")
 
 
@@ -183,6 +187,30 @@ def create_topics(admin: AdminClient, specs: Sequence[TopicSpec], timeout_s: flo
                 spec = next(s for s in specs if s.name == name)
                 raise ConfigError(missing_sentence([spec])) from exc
             raise BrokerUnavailableError(str(error)) from exc
+
+
+def wait_for_leaders(admin: AdminClient, name: str, within_s: float, timeout_s: float = TOPIC_TIMEOUT_S) -> None:
+    """Waits until every partition of a topic just created has a leader.
+
+    Asked with DescribeTopics, which never creates a topic (a metadata request for
+    one topic would, on a broker with auto.create.topics.enable). A question that
+    fails (the topic not known yet to the broker asked, say) is asked again.
+
+    Raises:
+        BrokerUnavailableError: some partition had no leader within `within_s`.
+    """
+    deadline = time.monotonic() + within_s
+    while True:
+        future = admin.describe_topics(TopicCollection([name]), request_timeout=timeout_s)[name]
+        try:
+            partitions = future.result(timeout=timeout_s).partitions
+            if all(p.leader is not None and p.leader.id >= 0 for p in partitions):
+                return
+        except (KafkaException, TimeoutError):
+            pass
+        if time.monotonic() > deadline:
+            raise BrokerUnavailableError(f"topic {name} was created but had no leader within {within_s:g}s")
+        admin.poll(LEADER_POLL_S)
 
 
 def permissions(

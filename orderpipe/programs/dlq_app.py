@@ -4,7 +4,8 @@
 explains the ledger): with its own transactional id, `<consumer group>.dlq-replay`,
 it first fences any earlier replay of the group still running and aborts what that
 one left open, then reads the ledger, then replays the matching records that are not
-in it, REPLAY_BATCH to a transaction, each with its ledger entry.
+in it, REPLAY_BATCH to a transaction, each with its ledger entry (the transactional
+producer is orderpipe.kafka.replay_writer's).
 
 Values are decoded to find each order's id: single-object Avro directly, Confluent
 framing through the schema registry when one is configured (each new schema id is
@@ -14,16 +15,13 @@ id unknown; the record is listed (and replayed) all the same.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 
-from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 
 from orderpipe.config.settings import Settings
-from orderpipe.core.acls import AUTHORIZATION_CODES, denied_sentence
 from orderpipe.core.dead_letters import DlqEntry, DlqFilter, dead_letter, summary_line
 from orderpipe.core.replay import Ledger, Replayed, ledger_topic, replayed_record
 from orderpipe.core.topics import (
@@ -33,11 +31,12 @@ from orderpipe.core.topics import (
     missing_sentence,
     missing_topics,
 )
-from orderpipe.errors import BrokerUnavailableError, ConfigError, DeliveryError, FatalKafkaError, KafkaCallError
-from orderpipe.kafka.admin import create_topics, partition_counts, require_grants, topic_configs
-from orderpipe.kafka.clients import call_error, connect_admin, create_client, produce, producer_config
+from orderpipe.errors import ConfigError
+from orderpipe.kafka.admin import create_topics, partition_counts, require_grants, topic_configs, wait_for_leaders
+from orderpipe.kafka.clients import connect_admin
 from orderpipe.kafka.reader import read_to_end
 from orderpipe.kafka.registry import RegistryLookup, connect_registry
+from orderpipe.kafka.replay_writer import CALL_TIMEOUT_S, ReplayWriter, replay_writer
 from orderpipe.model.order import Order
 from orderpipe.model.records import Incoming
 from orderpipe.serde.codec import schema_id_of
@@ -48,9 +47,6 @@ __all__ = ["ReplayTally", "list_dead_letters", "replay_dead_letters", "replay_tr
 LOOKUP_WAIT_S = 5.0
 # Records replayed per transaction.
 REPLAY_BATCH = 500
-# How long a transactional call that fails retriably is tried again.
-CALL_WINDOW_S = 60.0
-CALL_TIMEOUT_S = 10.0
 # How long a ledger topic just created may take to get its leader.
 TOPIC_READY_S = 30.0
 
@@ -199,7 +195,7 @@ def replay_dead_letters(
 
 def _open_ledger(
     admin: AdminClient, settings: Settings, name: str, counts: dict[str, int], *, dry_run: bool, stack: ExitStack
-) -> tuple[_Writer | None, Ledger]:
+) -> tuple[ReplayWriter | None, Ledger]:
     """The ledger of earlier replays, read to its end, and (unless `dry_run`) the writer that appends to it.
 
     Without `dry_run` the ledger topic is created if missing, else checked first, and
@@ -211,7 +207,7 @@ def _open_ledger(
             _create_ledger(admin, settings, name)
         else:
             _check_ledger(admin, name)
-        writer = stack.enter_context(_writer(settings, name))
+        writer = stack.enter_context(replay_writer(settings, name, replay_transactional_id(settings)))
     ledger = Ledger()
     # Read only now: the writer's start aborted whatever an earlier run left open.
     if not dry_run or name in counts:
@@ -237,108 +233,4 @@ def _create_ledger(admin: AdminClient, settings: Settings, name: str) -> None:
     if not settings.create_topics:
         raise ConfigError(missing_sentence([spec]))
     create_topics(admin, [spec])
-    deadline = time.monotonic() + TOPIC_READY_S
-    while True:
-        try:
-            metadata = admin.list_topics(topic=name, timeout=CALL_TIMEOUT_S).topics[name]
-            if metadata.error is None and all(p.leader >= 0 for p in metadata.partitions.values()):
-                return
-        except KafkaException:
-            pass
-        if time.monotonic() > deadline:
-            raise BrokerUnavailableError(f"topic {name} was created but had no leader within {TOPIC_READY_S:g}s")
-        time.sleep(0.1)
-
-
-class _Writer:
-    """The replay's transactional producer: each batch's replayed records and ledger entries in one transaction."""
-
-    def __init__(self, producer: Producer, settings: Settings, ledger: str) -> None:
-        self._producer, self._settings, self._ledger = producer, settings, ledger
-        self._open = False  # a transaction was begun and is neither committed nor aborted
-
-    def start(self) -> None:
-        """Registers the transactional id: fences an earlier replay and settles what it left open."""
-        self._call("start transactions", lambda: self._producer.init_transactions(CALL_WINDOW_S))
-
-    def write(self, records: Sequence[tuple[Incoming, Replayed]]) -> None:
-        """Puts the records back on `orders` and their ledger entries in the ledger, in one transaction."""
-        if not records:
-            return
-        producer, orders = self._producer, self._settings.orders_topic
-        self._call("begin the transaction", producer.begin_transaction)
-        self._open = True
-        try:
-            for record, again in records:
-                produce(producer, orders, again.key, again.value, headers=again.headers, partition=again.partition)
-                key, value = Ledger.entry(record)
-                produce(producer, self._ledger, key, value)
-            self._call("commit the transaction", lambda: producer.commit_transaction(CALL_TIMEOUT_S))
-            self._open = False
-        except (KafkaCallError, DeliveryError) as exc:
-            self.abort()
-            raise BrokerUnavailableError(
-                f"the replay stopped: {exc}; nothing of its last transaction was replayed, and running the same "
-                "replay again goes on from there"
-            ) from exc
-
-    def abort(self) -> None:
-        """Aborts the open transaction, if any (after a failure, or a stop in the middle of one)."""
-        if not self._open:
-            return
-        self._open = False
-        try:
-            self._producer.abort_transaction(CALL_TIMEOUT_S)
-        except KafkaException as exc:  # the next run's start aborts it in any case
-            raise BrokerUnavailableError(
-                f"the replay stopped and {call_error(exc, 'abort its transaction')}; running the same replay "
-                "again settles it"
-            ) from exc
-
-    def _call(self, what: str, action: Callable[[], object]) -> None:
-        """Runs a transactional call, again while it fails retriably (for CALL_WINDOW_S)."""
-        deadline = time.monotonic() + CALL_WINDOW_S
-        while True:
-            try:
-                action()
-                return
-            except KafkaException as exc:
-                error = call_error(exc, what)
-                if error.code in AUTHORIZATION_CODES:
-                    raise ConfigError(denied_sentence(what, self._needs())) from exc
-                if error.fatal:
-                    why = (
-                        f"another dlq.py replay of {self._settings.dlq_topic} started and fenced this one"
-                        if error.fenced
-                        else "the transactional producer cannot go on"
-                    )
-                    raise FatalKafkaError(f"{error}: {why}; what this run committed stays replayed") from exc
-                if not error.retriable or time.monotonic() > deadline:
-                    raise error from exc
-                time.sleep(0.1)
-
-    def _needs(self) -> str:
-        return (
-            f"WRITE on transactional id {replay_transactional_id(self._settings)}, WRITE on topics "
-            f"{self._settings.orders_topic} and {self._ledger}"
-        )
-
-
-@contextmanager
-def _writer(settings: Settings, ledger: str) -> Iterator[_Writer]:
-    producer = create_client(
-        Producer,
-        {
-            **producer_config(settings),
-            "transactional.id": replay_transactional_id(settings),
-            "transaction.timeout.ms": int(CALL_WINDOW_S * 1000),
-        },
-    )
-    writer = _Writer(producer, settings, ledger)
-    writer.start()
-    try:
-        yield writer
-    finally:
-        # A stop (Ctrl-C) in the middle of a transaction: abort it now rather than leave it
-        # holding back read_committed readers of `orders` until its timeout.
-        writer.abort()
+    wait_for_leaders(admin, name, TOPIC_READY_S, CALL_TIMEOUT_S)

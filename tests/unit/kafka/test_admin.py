@@ -20,6 +20,7 @@ from orderpipe.kafka.admin import (
     permissions,
     replication_factors,
     topic_configs,
+    wait_for_leaders,
 )
 
 
@@ -129,3 +130,41 @@ def test_the_producer_creates_the_orders_topic_and_leaves_the_others_when_refuse
     ensure_topics(admin, settings)
     assert admin.created[0] == "orders"
     assert "orders-retry" in admin.created
+
+
+class LeaderAdmin:
+    """Answers DescribeTopics for one topic with each of `answers` in turn (the last one again).
+
+    It has no list_topics: a metadata request for the topic would create it where auto-creation is on.
+    (librdkafka's mock cluster answers no DescribeTopics; tests/integration waits on a real broker.)
+    """
+
+    def __init__(self, answers: list[Future[Any]]) -> None:
+        self.answers, self.asked, self.polled = answers, 0, 0.0
+
+    def describe_topics(self, topics: Any, request_timeout: float) -> dict[str, Future[Any]]:
+        answer = self.answers[min(self.asked, len(self.answers) - 1)]
+        self.asked += 1
+        return dict.fromkeys(topics.topic_names, answer)
+
+    def poll(self, timeout: float) -> int:
+        self.polled += timeout
+        return 0
+
+
+def _described(*leaders: int | None) -> Future[Any]:
+    partitions = [SimpleNamespace(leader=None if id_ is None else SimpleNamespace(id=id_)) for id_ in leaders]
+    return _answer(SimpleNamespace(partitions=partitions))
+
+
+def test_the_wait_for_leaders_asks_describe_topics_again_until_each_partition_has_one() -> None:
+    admin: Any = LeaderAdmin([_failure(KafkaError.UNKNOWN_TOPIC_OR_PART), _described(1, None), _described(1, 2)])
+    wait_for_leaders(admin, "ledger", within_s=30)
+    assert admin.asked == 3
+    assert admin.polled == pytest.approx(0.2), "between two questions the client is polled, never slept"
+
+
+def test_a_topic_without_leaders_in_time_is_named() -> None:
+    admin: Any = LeaderAdmin([_described(-1)])
+    with pytest.raises(BrokerUnavailableError, match=r"^topic ledger was created but had no leader within 0\.3s$"):
+        wait_for_leaders(admin, "ledger", within_s=0.3)
