@@ -14,6 +14,8 @@ from typing import Any, Generic, TypeVar
 
 from confluent_kafka import KafkaException, TopicCollection
 from confluent_kafka.admin import (  # type: ignore[attr-defined]
+    AclBinding,
+    AclBindingFilter,
     AdminClient,
     ConfigResource,
     NewTopic,
@@ -32,6 +34,7 @@ from orderpipe.kafka.watchdog import WATCHDOG, WATCHDOG_GRACE_S
 __all__ = [
     "TOPIC_TIMEOUT_S",
     "Answered",
+    "change_acls",
     "create_topics",
     "ensure_topics",
     "in_sync_replicas",
@@ -251,6 +254,24 @@ def permissions(
             continue
         answers[key] = None if operations is None else frozenset(op.name for op in operations)
     return answers
+
+
+def change_acls(admin: AdminClient, action: str, acls: Sequence[tuple[Any, ...]], timeout_s: float) -> int:
+    """Creates (`apply`) or deletes (`revoke`) ACLs, each given as AclBinding's arguments; returns how many changed.
+
+    Raises:
+        KafkaCallError: Kafka refused or failed, as `could not apply the ACLs: ...` (or revoke).
+    """
+    futures: dict[Any, Future[Any]]
+    try:
+        if action == "apply":
+            futures = admin.create_acls([AclBinding(*acl) for acl in acls], request_timeout=timeout_s)
+        else:
+            futures = admin.delete_acls([AclBindingFilter(*acl) for acl in acls], request_timeout=timeout_s)
+        # create_acls answers None per binding; delete_acls the bindings it deleted.
+        return sum(1 if result is None else len(result) for result in (f.result() for f in futures.values()))
+    except KafkaException as exc:
+        raise call_error(exc, f"{action} the ACLs") from exc
 
 
 def require_grants(admin: AdminClient, settings: Settings, program: str) -> None:

@@ -15,13 +15,9 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from concurrent.futures import Future
 from typing import Any
 
-from confluent_kafka import KafkaException
 from confluent_kafka.admin import (  # type: ignore[attr-defined]
-    AclBinding,
-    AclBindingFilter,
     AclOperation,
     AclPermissionType,
     ResourcePatternType,
@@ -31,7 +27,8 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
 from orderpipe.config.settings import Settings
 from orderpipe.core.acls import PROGRAMS, Grant, grants
 from orderpipe.errors import OrderPipeError
-from orderpipe.kafka.clients import call_error, connect_admin
+from orderpipe.kafka.admin import change_acls
+from orderpipe.kafka.clients import connect_admin
 from orderpipe.programs.runtime import LoadSettings, scrubbed_output
 
 TIMEOUT_S = 30.0
@@ -88,10 +85,7 @@ def main(load_settings: LoadSettings, argv: Sequence[str] | None = None) -> int:
     with scrubbed_output(settings):
         try:
             done = _change(args.action, args.principal, chosen, settings)
-        except KafkaException as exc:
-            print(f"error: {call_error(exc, f'{args.action} the ACLs')}", file=sys.stderr)
-            return 1
-        except OrderPipeError as exc:
+        except OrderPipeError as exc:  # KafkaCallError (exit code 1) when Kafka refused or failed
             print(f"error: {exc}", file=sys.stderr)
             return exc.exit_code
     print(f"{'granted' if args.action == 'apply' else 'revoked'} {done} ACLs for {args.principal}")
@@ -103,10 +97,4 @@ def _change(action: str, principal: str, chosen: Sequence[Grant], settings: Sett
     admin = connect_admin(settings)
     # The same ACL may serve two programs (READ on the stats topic): each is sent once.
     acls = list(dict.fromkeys(_acl(principal, g) for g in chosen))
-    futures: dict[Any, Future[Any]]
-    if action == "apply":
-        futures = admin.create_acls([AclBinding(*acl) for acl in acls], request_timeout=TIMEOUT_S)
-    else:
-        futures = admin.delete_acls([AclBindingFilter(*acl) for acl in acls], request_timeout=TIMEOUT_S)
-    # create_acls answers None per binding; delete_acls the bindings it deleted.
-    return sum(1 if result is None else len(result) for result in (f.result() for f in futures.values()))
+    return change_acls(admin, action, acls, TIMEOUT_S)
