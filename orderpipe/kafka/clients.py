@@ -37,6 +37,7 @@ __all__ = [
     "librdkafka_logger",
     "partition_offsets",
     "produce",
+    "produce_all",
     "producer_config",
     "statistics_config",
     "topic_partitions",
@@ -264,3 +265,21 @@ def produce(
             producer.poll(0.1)
         except KafkaException as exc:
             raise DeliveryError(str(call_error(exc, f"produce to {topic}"))) from exc
+
+
+def produce_all(producer: Producer, topic: str, records: Sequence[tuple[bytes, bytes | None]]) -> None:
+    """Produces (key, value) records by key, with no callback of their own: the producer program's hot loop.
+
+    Each record costs one plain call to librdkafka; only one it does not take at once
+    (a full local queue, or a record refused) goes through `produce`, which waits out
+    the queue and names a refused record.
+
+    Raises:
+        DeliveryError: librdkafka refused a record outright (see `produce`).
+    """
+    send = producer.produce
+    for key, value in records:
+        try:
+            send(topic, value, key)
+        except (BufferError, KafkaException):
+            produce(producer, topic, key, value)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 
-from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka import KafkaError, Message, Producer
 from confluent_kafka.admin import AdminClient
 
 from orderpipe.config.settings import Settings
@@ -26,6 +26,7 @@ from orderpipe.kafka.clients import (
     connect_admin,
     create_client,
     produce,
+    produce_all,
     producer_config,
     statistics_config,
 )
@@ -356,17 +357,12 @@ class _Publisher:
             generated = factory.make(encoding.encode)
             self._last_key = generated.key.encode("utf-8")
             callback = functools.partial(self._delivered_shown, generated)
-            self._send(self._last_key, generated.value, callback)
+            produce(producer, topic, self._last_key, generated.value, on_delivery=callback)
             summary.by_kind[generated.kind] += 1
             if generated.price_cents is not None:
                 summary.valid += RunningAverage(1, generated.price_cents)
         filled = factory.fill(count - shown, encoding.encode, encoding.prefix)
-        send = producer.produce
-        for key, value in filled.records:
-            try:
-                send(topic, value, key)
-            except (BufferError, KafkaException):
-                self._send(key, value, None)
+        produce_all(producer, topic, filled.records)
         if filled.records:
             self._last_key = filled.records[-1][0]
         summary.sent += count
@@ -374,15 +370,3 @@ class _Publisher:
         summary.by_kind[Kind.INVALID] += filled.invalid
         summary.by_kind[Kind.POISON] += filled.poison
         summary.valid += RunningAverage(filled.valid, filled.valid_sum_cents)
-
-    def _send(
-        self, key: bytes, value: bytes | None, callback: Callable[[KafkaError | None, Message], None] | None
-    ) -> None:
-        """Produces one record; a full local queue is waited out, a refused record named (clients.produce)."""
-        try:
-            if callback is None:
-                self._producer.produce(self._topic, value, key)
-            else:
-                self._producer.produce(self._topic, value, key, on_delivery=callback)
-        except (BufferError, KafkaException):
-            produce(self._producer, self._topic, key, value, on_delivery=callback)
