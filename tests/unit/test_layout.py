@@ -3,7 +3,8 @@
 A newcomer should find the architecture in the folders (orderpipe's sub-packages, see
 the import contracts in pyproject.toml) and read any one piece in a sitting. Lengths
 are counted in lines from a definition's first line (its decorators not included) to
-its last, docstring and comments included.
+its last, docstring and comments included. And confluent-kafka's KafkaException stays
+inside orderpipe/kafka/, the one sub-package that translates it.
 """
 
 from __future__ import annotations
@@ -60,3 +61,17 @@ def test_no_class_is_over_200_lines() -> None:
 def test_no_function_is_over_60_lines() -> None:
     long = _too_long((ast.FunctionDef, ast.AsyncFunctionDef), FUNCTION_LINES_LIMIT)
     assert not long, f"functions over {FUNCTION_LINES_LIMIT} lines: {long}"
+
+
+def test_no_module_outside_the_kafka_sub_package_names_kafka_exception() -> None:
+    """orderpipe/kafka/ translates confluent-kafka's errors into the project's (kafka/clients.py).
+
+    Nothing else sees one, so nothing else catches one.
+    """
+    kafka = PACKAGE / "kafka"
+    naming = [
+        _name(path)
+        for path in _modules()
+        if kafka not in path.parents and "KafkaException" in path.read_text(encoding="utf-8")
+    ]
+    assert not naming, f"modules outside orderpipe/kafka/ naming KafkaException: {naming}"
