@@ -195,9 +195,10 @@ def create_topics(admin: AdminClient, specs: Sequence[TopicSpec], timeout_s: flo
 def wait_for_leaders(admin: AdminClient, name: str, within_s: float, timeout_s: float = TOPIC_TIMEOUT_S) -> None:
     """Waits until every partition of a topic just created has a leader.
 
-    Asked with DescribeTopics, which never creates a topic (a metadata request for
-    one topic would, on a broker with auto.create.topics.enable). A question that
-    fails (the topic not known yet to the broker asked, say) is asked again.
+    Asked with DescribeTopics, which never asks the broker to create a topic (a
+    metadata request naming one can, on a broker with auto.create.topics.enable). A
+    question that fails (the topic not known yet to the broker asked, say) is asked
+    again, the client polled in between.
 
     Raises:
         BrokerUnavailableError: some partition had no leader within `within_s`.
