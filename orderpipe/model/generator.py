@@ -207,26 +207,21 @@ class OrderFactory:
         for _ in range(count):
             self._sequence += 1
             roll = random()
-            if roll < bad_rate:
+            if roll < bad_rate:  # rare: made one at a time
                 generated = self._make(self._order_id(self._sequence), encode, roll)
                 append((generated.key.encode(), generated.value))
-                if generated.kind == Kind.POISON:
-                    poison += 1
-                else:
-                    invalid += 1
+                poison, invalid = (poison + 1, invalid) if generated.kind == Kind.POISON else (poison, invalid + 1)
                 continue
             key = b"%s%X" % (head, self._sequence)
             name, low, span = products[int(random() * product_count)]
             cents = low + int(random() * span)
             quantity = quantities[1 + int(random() * MAX_GENERATED_QUANTITY)]
+            # customerId: union branch 1, a string (its length, then "C-" and the number), or 0, null.
+            tail = b"\x00"
             if random() < CUSTOMER_RATE:
-                number = 1 + int(random() * 36**4)
-                customer = _customer_number(number).encode()
-                # customerId's union branch 1 (a string), its length, then "C-" and the number.
-                tail: tuple[bytes, ...] = (b"\x02", _SHORT_LENGTHS[len(customer) + 2], b"C-", customer)
-            else:
-                tail = (b"\x00",)  # customerId's union branch 0: null
-            append((key, join((prefix, _SHORT_LENGTHS[len(key)], key, name, pack(cents / 100), quantity, *tail))))
+                customer = _customer_number(1 + int(random() * 36**4)).encode()
+                tail = b"\x02%sC-%s" % (_SHORT_LENGTHS[len(customer) + 2], customer)
+            append((key, join((prefix, _SHORT_LENGTHS[len(key)], key, name, pack(cents / 100), quantity, tail))))
             valid_sum += cents
         return Filled(records, invalid, poison, valid_sum)
 
