@@ -28,7 +28,7 @@ from orderpipe.core.ports import InSync, TopicSpec
 from orderpipe.core.replicas import parse_min_isr
 from orderpipe.core.topics import missing_sentence, missing_topics, partition_warning
 from orderpipe.errors import BrokerUnavailableError, ConfigError, KafkaCallError, OrderPipeError
-from orderpipe.kafka.clients import call_error
+from orderpipe.kafka.clients import call_error, poll_for
 from orderpipe.kafka.watchdog import WATCHDOG, WATCHDOG_GRACE_S
 
 __all__ = [
@@ -205,8 +205,8 @@ def wait_for_leaders(admin: AdminClient, name: str, within_s: float, timeout_s: 
     """
     deadline = time.monotonic() + within_s
     while True:
-        future = admin.describe_topics(TopicCollection([name]), request_timeout=timeout_s)[name]
         try:
+            future = admin.describe_topics(TopicCollection([name]), request_timeout=timeout_s)[name]
             partitions = future.result(timeout=timeout_s).partitions
             if all(p.leader is not None and p.leader.id >= 0 for p in partitions):
                 return
@@ -214,7 +214,7 @@ def wait_for_leaders(admin: AdminClient, name: str, within_s: float, timeout_s: 
             pass
         if time.monotonic() > deadline:
             raise BrokerUnavailableError(f"topic {name} was created but had no leader within {within_s:g}s")
-        admin.poll(LEADER_POLL_S)
+        poll_for(admin, LEADER_POLL_S)
 
 
 def permissions(

@@ -267,6 +267,18 @@ def produce(
             raise DeliveryError(str(call_error(exc, f"produce to {topic}"))) from exc
 
 
+def poll_for(client: Producer | AdminClient, seconds: float) -> None:
+    """Serves the client's callbacks for `seconds`: a backoff that is not a sleep.
+
+    `poll` returns as soon as it served a callback (a log line, say), so it is called
+    again with what is left until the time is up; it answers 0 when it waited it out.
+    """
+    end = time.monotonic() + seconds
+    left = seconds
+    while client.poll(left) and (left := end - time.monotonic()) > 0:
+        pass
+
+
 def produce_all(producer: Producer, topic: str, records: Sequence[tuple[bytes, bytes | None]]) -> None:
     """Produces (key, value) records by key, with no callback of their own: the producer program's hot loop.
 

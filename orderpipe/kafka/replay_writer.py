@@ -19,7 +19,7 @@ from orderpipe.config.settings import Settings
 from orderpipe.core.acls import AUTHORIZATION_CODES, denied_sentence
 from orderpipe.core.replay import Ledger, Replayed
 from orderpipe.errors import BrokerUnavailableError, ConfigError, DeliveryError, FatalKafkaError, KafkaCallError
-from orderpipe.kafka.clients import call_error, create_client, produce, producer_config
+from orderpipe.kafka.clients import call_error, create_client, poll_for, produce, producer_config
 from orderpipe.model.records import Incoming
 
 __all__ = ["CALL_TIMEOUT_S", "CALL_WINDOW_S", "ReplayWriter", "replay_writer"]
@@ -97,7 +97,7 @@ class ReplayWriter:
                     raise FatalKafkaError(f"{error}: {why}; what this run committed stays replayed") from exc
                 if not error.retriable or time.monotonic() > deadline:
                     raise error from exc
-                self._producer.poll(RETRY_POLL_S)  # the backoff serves the producer's callbacks
+                poll_for(self._producer, RETRY_POLL_S)  # the backoff serves the producer's callbacks
 
     def _needs(self) -> str:
         return (

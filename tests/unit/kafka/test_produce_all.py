@@ -8,7 +8,7 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException
 
 from orderpipe.errors import DeliveryError
-from orderpipe.kafka.clients import produce_all
+from orderpipe.kafka.clients import poll_for, produce_all
 
 
 class QueueProducer:
@@ -42,3 +42,29 @@ def test_a_record_librdkafka_refuses_is_named() -> None:
     producer = QueueProducer({1: refused, 2: refused})
     with pytest.raises(DeliveryError, match="could not produce to orders"):
         produce_all(producer, "orders", [(b"k1", b"v" * 10)])  # type: ignore[arg-type]
+
+
+class Chatty:
+    """A client whose poll serves a callback at once the first `early` times (as librdkafka's returns early)."""
+
+    def __init__(self, early: int) -> None:
+        self.early = early
+        self.asked: list[float] = []
+
+    def poll(self, timeout: float) -> int:
+        self.asked.append(timeout)
+        if self.early:
+            self.early -= 1
+            return 1
+        return 0
+
+
+def test_a_backoff_polls_again_with_what_is_left_when_a_callback_cut_it_short() -> None:
+    client = Chatty(early=2)
+    poll_for(client, 5.0)  # type: ignore[arg-type]
+    assert len(client.asked) == 3, "after two early returns the third poll waits out the rest"
+    assert client.asked[0] == 5.0
+    assert 0 < client.asked[2] <= client.asked[1] <= 5.0
+    quiet = Chatty(early=0)
+    poll_for(quiet, 0.1)  # type: ignore[arg-type]
+    assert quiet.asked == [0.1], "a poll that waited the time out is not repeated"
