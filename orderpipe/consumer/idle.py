@@ -29,7 +29,7 @@ class IdleWatch:
     """The idle limit's clock: when the loop was last active, and what still counts as waiting."""
 
     def __init__(self, clock: Clock, limit_s: float | None, started: float) -> None:
-        self._clock, self._limit_s = clock, limit_s
+        self._clock, self.limit_s = clock, limit_s
         self._last_activity = started  # monotonic seconds
         self._assigned_once = False
         # Resumed partitions whose waiting record was not read again yet, and when they were resumed.
@@ -73,7 +73,7 @@ class IdleWatch:
         `paused`: the partitions paused for a retry not yet due; `unread` asks the
         partitions' leaders how many records are left to read.
         """
-        limit = self._limit_s
+        limit = self.limit_s
         if limit is None:
             return False
         if paused or ownership.restoring:

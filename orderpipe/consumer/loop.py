@@ -74,7 +74,7 @@ class ConsumerLoop:
         self._edge, self._committer, self._stats, self._reporter = edge, committer, stats, reporter
         self._decide = decide
         self._outputs = outputs
-        self._batch_size, self._interval_s, self._idle_exit_s = batch_size, interval_s, idle_exit_s
+        self._batch_size, self._interval_s = batch_size, interval_s
         self._clock = clock
         self._replicas = replicas
         self._metrics = metrics
@@ -144,7 +144,7 @@ class ConsumerLoop:
             self._idle_watch.active(self._batch_started)
             self._commit(records, now)
         elif self._idle_watch.idle(self._scheduler.paused, self._ownership, self._edge.unread):
-            self._reporter.idle(self._idle_exit_s or 0)
+            self._reporter.idle(self._idle_watch.limit_s or 0)
             return False
         if self._metrics is not None:
             self._metrics.refresh(self.group_total, self.lags, idle=not records)
