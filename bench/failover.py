@@ -97,6 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     said += f", lost {run.lost}, duplicated {run.duplicated}, longest wait while a node was down "
                     said += f"{run.longest_wait_ms} ms"
                 print(f"{said} ({tally.seconds[-1]:.0f} s)", flush=True)
+                if run is not None and run.open:
+                    print(f"transactions open once the programs ended: {run.describe_open()}", flush=True)
                 if run is not None and not run.audit.exact:
                     print("\n".join(run.figures()), flush=True)
     print()

@@ -58,6 +58,7 @@ __all__ = [
 ]
 
 ROOT = Path(__file__).resolve().parents[1]
+MISSING_SHOWN = 10  # missing orders whose place an audit keeps
 SCHEMA: Any = fastavro.parse_schema(json.loads((ROOT / "order.avsc").read_text()))
 # Every version's parsed schema by its CRC-64-AVRO fingerprint (little-endian bytes).
 WRITERS: dict[bytes, Any] = {
@@ -182,6 +183,8 @@ class Audit:
     stats: RunningAverage  # summed over the stats topic's latest values
     # Records on `orders` whose key an earlier one had (keyless ones aside): a producer wrote an order twice.
     order_duplicates: int = 0
+    # The first missing orders: (partition, offset) on `orders` and their records on the retry topic.
+    missing_at: tuple[tuple[int, int, int], ...] = ()
 
     @property
     def counted_exactly(self) -> bool:
@@ -239,6 +242,9 @@ def audit_records(
     dlq_keys = Counter(r.key for r in dlq)
     retry_keys = Counter((r.key, r.header("retry.attempt")) for r in retries)
     counted = {key: cents for key, cents in prices.items() if key not in dlq_keys}
+    missing = {r.key for r in orders} - set(counted) - set(dlq_keys)
+    retried = Counter(key for key, _ in retry_keys)
+    missing_at = sorted((r.partition, r.offset, retried[r.key]) for r in orders if r.key in missing)[:MISSING_SHOWN]
     # Only input partitions that hold records have a state; the consumer ignores keys of others.
     inputs = None if group is None else {f"{group}/{r.topic}-{r.partition}".encode() for r in (*orders, *retries)}
     stats = published_total(stats_records, inputs)
@@ -250,10 +256,11 @@ def audit_records(
         dlq_by_reason=dict(Counter(r.header("dlq.reason") or "" for r in dlq)),
         dlq_duplicates=sum(n - 1 for n in dlq_keys.values()),
         retry_duplicates=sum(n - 1 for n in retry_keys.values()),
-        missing=len({r.key for r in orders} - set(counted) - set(dlq_keys)),
+        missing=len(missing),
         expected=RunningAverage(len(counted), sum(counted.values())),
         stats=stats,
         order_duplicates=len(keyed) - len(set(keyed)),
+        missing_at=tuple(missing_at),
     )
 
 

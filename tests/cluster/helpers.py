@@ -15,6 +15,7 @@ import re
 import subprocess
 import time
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 
 from confluent_kafka import IsolationLevel, TopicPartition
@@ -29,7 +30,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
 
 from orderpipe.config.settings import Settings
 from tests.clients import client_config
-from tests.integration.helpers import read_topic
+from tests.integration.helpers import Record, read_topic
 
 ROOT = Path(__file__).resolve().parents[2]
 BOOTSTRAP = "127.0.0.1:29091,127.0.0.1:29092,127.0.0.1:29093"
@@ -121,6 +122,23 @@ def open_transactions(topics: list[str]) -> dict[str, tuple[int, int]]:
     return {f"{t}-{p}": (stable[t, p], end[t, p]) for (t, p) in sorted(end) if stable[t, p] < end[t, p]}
 
 
+def wait_until_closed(topics: list[str], timeout: float = 120) -> tuple[dict[str, tuple[int, int]], float]:
+    """Waits until no partition of `topics` has a transaction open, as an audit must before it reads.
+
+    A transaction's commit returns to its producer once the coordinator has logged
+    the decision; the markers that make its records readable reach each partition
+    after that. Returns what was open at the first look and the seconds until all
+    closed; fails if some stay open past `timeout`.
+    """
+    began = time.monotonic()
+    first = still_open = open_transactions(topics)
+    while still_open:
+        assert time.monotonic() - began < timeout, f"transactions still open after {timeout}s: {still_open}"
+        time.sleep(0.5)
+        still_open = open_transactions(topics)
+    return first, time.monotonic() - began
+
+
 def commit_latencies(settings: Settings) -> list[tuple[int, int]]:
     """(timestamp, latency) in ms of every order: from its record's timestamp to the commit of its batch.
 
@@ -142,6 +160,35 @@ def commit_latencies(settings: Settings) -> list[tuple[int, int]]:
         if index < len(commits):
             latencies.append((order.timestamp, commits[index][1] - order.timestamp))
     return latencies
+
+
+def coverage(settings: Settings, places: Sequence[tuple[int, int, int]]) -> list[str]:
+    """For orders at (partition, offset, records on the retry topic): the first committed stats value past each.
+
+    A missing order that a committed value covers was passed over by the consumer's
+    position; one that none covers was not committed as far as the audit could read.
+    """
+    key_of = f"{settings.consumer_group}/{settings.orders_topic}-".encode()
+    values: dict[int, list[tuple[int, Record]]] = defaultdict(list)  # partition: (next_offset, record), in order
+    for record in read_topic(BOOTSTRAP, settings.stats_topic):
+        if record.key and record.key.startswith(key_of) and record.value:
+            values[int(record.key[len(key_of) :])].append((int(json.loads(record.value)["next_offset"]), record))
+    told = []
+    for partition, offset, retried in places:
+        ordered = values[partition]
+        index = bisect.bisect_right([next_offset for next_offset, _ in ordered], offset)
+        where = f"{settings.orders_topic}-{partition}@{offset} ({retried} on the retry topic)"
+        if index < len(ordered):
+            next_offset, record = ordered[index]
+            before = ordered[index - 1][0] if index else 0
+            told.append(
+                f"{where}: committed past by the stats value at offset {record.offset} (next_offset {before} -> "
+                f"{next_offset}, written at {record.timestamp} ms)"
+            )
+        else:
+            last = ordered[-1][0] if ordered else None
+            told.append(f"{where}: no committed stats value reaches it (the last reaches {last})")
+    return told
 
 
 def describe_latencies(latencies: list[int]) -> str:

@@ -32,6 +32,7 @@ from tests.cluster.helpers import (
     cluster_script,
     set_min_isr,
     transaction_coordinator,
+    wait_until_closed,
     wait_until_in_sync,
 )
 from tests.cluster.programs import Program
@@ -41,7 +42,12 @@ pytestmark = pytest.mark.timeout(600)
 
 
 def _audit(pipeline: Pipeline) -> Audit:
-    return audit_topics(lambda topic: read_topic(BOOTSTRAP, topic), pipeline.settings)
+    """The audit, once the markers of the consumers' last commits are on every partition they wrote."""
+    settings = pipeline.settings
+    was_open, closed_after = wait_until_closed([settings.stats_topic, settings.dlq_topic, settings.retry_topic])
+    if was_open:
+        print(f"transactions open once the programs ended: {was_open}, all closed {closed_after:.1f}s later")
+    return audit_topics(lambda topic: read_topic(BOOTSTRAP, topic), settings)
 
 
 def _assert_exact(pipeline: Pipeline, orders: int) -> Audit:

@@ -79,3 +79,21 @@ def test_an_order_written_twice_is_a_duplicate_even_when_the_consumer_counted_bo
     assert result.order_duplicates == 1
     assert not result.exact
     assert "duplicates: orders 1," in result.describe()
+
+
+def test_an_invalid_order_not_dead_lettered_is_missing_and_its_place_is_kept(tmp_path: Path) -> None:
+    path = tmp_path / "reference.avsc"
+    path.write_text(json.dumps(REFERENCE))
+    settings = build_settings({"AVRO_WIRE_FORMAT": "raw", "AVRO_WRITER_SCHEMA": str(path)})
+    good = bare({"orderId": "O-1", "product": "Lamp", "price": 19.99})
+    free = bare({"orderId": "O-2", "product": "Lamp", "price": 0.0})  # invalid: it belongs in the DLQ
+    orders = [Rec("orders", 0, 0, b"O-1", good), Rec("orders", 1, 5, b"O-2", free)]
+    retries = [Rec("orders-retry", 0, 0, b"O-2", free)]
+    stats = [Rec("stats", 0, 0, stats_key("g", "orders", 0).encode(), encode_stats(RunningAverage(1, 1999), 1))]
+
+    result = audit_records(orders, [], retries, stats, 10_000_000, group="g", raw=raw_writer_schema(settings))
+
+    assert result.counted_exactly
+    assert result.missing == 1
+    assert result.missing_at == ((1, 5, 1),)
+    assert not result.exact
