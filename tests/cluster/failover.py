@@ -32,6 +32,7 @@ from tests.cluster.helpers import (
     coverage,
     describe_latencies,
     leaders,
+    stats_commits,
     transaction_coordinator,
     wait_until_closed,
     wait_until_in_sync,
@@ -237,7 +238,7 @@ def run_scenario(pipeline: Pipeline, scenario: str) -> FailoverRun:
         audit = audit_topics(lambda topic: read_topic(BOOTSTRAP, topic), settings)
         before, during = split_latencies(settings, outages)
         log = consumer.errors(LOG_TAIL)
-        missing = coverage(settings, audit.missing_at)
+        missing = coverage(stats_commits(settings), audit.missing_at, settings.orders_topic) if audit.missing else []
         return FailoverRun(
             scenario, ended, audit, _delivered(producer), before, during, drained, log, was_open, closed_after, missing
         )

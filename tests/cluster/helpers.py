@@ -139,6 +139,22 @@ def wait_until_closed(topics: list[str], timeout: float = 120) -> tuple[dict[str
     return first, time.monotonic() - began
 
 
+# What commit_latencies and coverage read of `orders-stats`: per `orders` partition, each committed
+# value in order, as (next_offset, the stats record).
+Commits = dict[int, list[tuple[int, Record]]]
+
+
+def stats_commits(settings: Settings) -> Commits:
+    """The committed `orders-stats` values of each `orders` partition (retry partitions' keys aside)."""
+    key_of_orders = re.compile(re.escape(f"{settings.consumer_group}/{settings.orders_topic}-") + r"([0-9]+)")
+    commits: Commits = defaultdict(list)
+    for record in read_topic(BOOTSTRAP, settings.stats_topic):
+        key = key_of_orders.fullmatch((record.key or b"").decode(errors="replace"))
+        if key is not None and record.value:
+            commits[int(key.group(1))].append((int(json.loads(record.value)["next_offset"]), record))
+    return commits
+
+
 def commit_latencies(settings: Settings) -> list[tuple[int, int]]:
     """(timestamp, latency) in ms of every order: from its record's timestamp to the commit of its batch.
 
@@ -147,37 +163,27 @@ def commit_latencies(settings: Settings) -> list[tuple[int, int]]:
     `next_offset` is past the order's offset. Its timestamp is when the consumer
     produced it, a few milliseconds before the commit.
     """
-    key_of_orders = re.compile(re.escape(f"{settings.consumer_group}/{settings.orders_topic}-") + r"([0-9]+)")
-    covered: dict[int, list[tuple[int, int]]] = defaultdict(list)  # partition: (next_offset, timestamp), in order
-    for record in read_topic(BOOTSTRAP, settings.stats_topic):
-        key = key_of_orders.fullmatch((record.key or b"").decode())
-        if key is not None and record.value:
-            covered[int(key.group(1))].append((int(json.loads(record.value)["next_offset"]), record.timestamp))
+    covered = stats_commits(settings)
     latencies = []
     for order in read_topic(BOOTSTRAP, settings.orders_topic):
-        commits = covered[order.partition]
+        commits = covered.get(order.partition, [])
         index = bisect.bisect_right([next_offset for next_offset, _ in commits], order.offset)
         if index < len(commits):
-            latencies.append((order.timestamp, commits[index][1] - order.timestamp))
+            latencies.append((order.timestamp, commits[index][1].timestamp - order.timestamp))
     return latencies
 
 
-def coverage(settings: Settings, places: Sequence[tuple[int, int, int]]) -> list[str]:
-    """For orders at (partition, offset, records on the retry topic): the first committed stats value past each.
+def coverage(commits: Commits, places: Sequence[tuple[int, int, int]], topic: str) -> list[str]:
+    """For orders of `topic` at (partition, offset, records on the retry topic): the first commit past each.
 
     A missing order that a committed value covers was passed over by the consumer's
     position; one that none covers was not committed as far as the audit could read.
     """
-    key_of = f"{settings.consumer_group}/{settings.orders_topic}-".encode()
-    values: dict[int, list[tuple[int, Record]]] = defaultdict(list)  # partition: (next_offset, record), in order
-    for record in read_topic(BOOTSTRAP, settings.stats_topic):
-        if record.key and record.key.startswith(key_of) and record.value:
-            values[int(record.key[len(key_of) :])].append((int(json.loads(record.value)["next_offset"]), record))
     told = []
     for partition, offset, retried in places:
-        ordered = values[partition]
+        ordered = commits.get(partition, [])
         index = bisect.bisect_right([next_offset for next_offset, _ in ordered], offset)
-        where = f"{settings.orders_topic}-{partition}@{offset} ({retried} on the retry topic)"
+        where = f"{topic}-{partition}@{offset} ({retried} on the retry topic)"
         if index < len(ordered):
             next_offset, record = ordered[index]
             before = ordered[index - 1][0] if index else 0
