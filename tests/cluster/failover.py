@@ -23,10 +23,11 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from orderpipe.config.settings import Settings
-from tests.audit import Audit, audit_topics, pipeline_env
+from tests.audit import Audit, pipeline_env
 from tests.cluster.helpers import (
     BOOTSTRAP,
     active_controller,
+    audit_when_closed,
     cluster_script,
     commit_latencies,
     coverage,
@@ -34,11 +35,10 @@ from tests.cluster.helpers import (
     leaders,
     stats_commits,
     transaction_coordinator,
-    wait_until_closed,
     wait_until_in_sync,
 )
 from tests.cluster.programs import Program
-from tests.integration.helpers import PRODUCER_SUMMARY, Pipeline, read_topic
+from tests.integration.helpers import PRODUCER_SUMMARY, Pipeline
 
 __all__ = [
     "ORDERS",
@@ -232,10 +232,7 @@ def run_scenario(pipeline: Pipeline, scenario: str) -> FailoverRun:
             ended += ending("drain", drain)
         wait_until_in_sync([pipeline.settings.orders_topic])
         settings = pipeline.settings
-        # The audit reads to the last stable offsets, so it waits for the markers of
-        # the consumer's last commits first, else it would miss what they committed.
-        was_open, closed_after = wait_until_closed([settings.stats_topic, settings.dlq_topic, settings.retry_topic])
-        audit = audit_topics(lambda topic: read_topic(BOOTSTRAP, topic), settings)
+        audit, was_open, closed_after = audit_when_closed(settings)
         before, during = split_latencies(settings, outages)
         log = consumer.errors(LOG_TAIL)
         missing = coverage(stats_commits(settings), audit.missing_at, settings.orders_topic) if audit.missing else []

@@ -29,6 +29,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
 )
 
 from orderpipe.config.settings import Settings
+from tests.audit import Audit, audit_topics
 from tests.clients import client_config
 from tests.integration.helpers import Record, read_topic
 
@@ -139,6 +140,17 @@ def wait_until_closed(topics: list[str], timeout: float = 120) -> tuple[dict[str
     return first, time.monotonic() - began
 
 
+def audit_when_closed(settings: Settings) -> tuple[Audit, dict[str, tuple[int, int]], float]:
+    """The audit of a pipeline whose programs ended, read once no topic the consumer writes has a transaction open.
+
+    The audit reads to the last stable offsets, so it waits for the markers of the
+    consumer's last commits first, else it would miss what they committed. Returns
+    the audit and what `wait_until_closed` saw.
+    """
+    was_open, closed_after = wait_until_closed([settings.stats_topic, settings.dlq_topic, settings.retry_topic])
+    return audit_topics(lambda topic: read_topic(BOOTSTRAP, topic), settings), was_open, closed_after
+
+
 # What commit_latencies and coverage read of `orders-stats`: per `orders` partition, each committed
 # value in order, as (next_offset, the stats record).
 Commits = dict[int, list[tuple[int, Record]]]
@@ -164,10 +176,11 @@ def commit_latencies(settings: Settings) -> list[tuple[int, int]]:
     produced it, a few milliseconds before the commit.
     """
     covered = stats_commits(settings)
+    reaches = {partition: [next_offset for next_offset, _ in commits] for partition, commits in covered.items()}
     latencies = []
     for order in read_topic(BOOTSTRAP, settings.orders_topic):
         commits = covered.get(order.partition, [])
-        index = bisect.bisect_right([next_offset for next_offset, _ in commits], order.offset)
+        index = bisect.bisect_right(reaches.get(order.partition, []), order.offset)
         if index < len(commits):
             latencies.append((order.timestamp, commits[index][1].timestamp - order.timestamp))
     return latencies

@@ -25,29 +25,27 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from orderpipe.kafka.watchdog import EXIT_STUCK
-from tests.audit import Audit, audit_topics
+from tests.audit import Audit
 from tests.cluster.failover import CONSUMER_ARGS, ORDERS, RATE, SCENARIOS, cluster_pipeline, run_scenario, started
 from tests.cluster.helpers import (
-    BOOTSTRAP,
+    audit_when_closed,
     cluster_script,
     set_min_isr,
     transaction_coordinator,
-    wait_until_closed,
     wait_until_in_sync,
 )
 from tests.cluster.programs import Program
-from tests.integration.helpers import Pipeline, read_topic, wait_for
+from tests.integration.helpers import Pipeline, wait_for
 
 pytestmark = pytest.mark.timeout(600)
 
 
 def _audit(pipeline: Pipeline) -> Audit:
     """The audit, once the markers of the consumers' last commits are on every partition they wrote."""
-    settings = pipeline.settings
-    was_open, closed_after = wait_until_closed([settings.stats_topic, settings.dlq_topic, settings.retry_topic])
+    audit, was_open, closed_after = audit_when_closed(pipeline.settings)
     if was_open:
         print(f"transactions open once the programs ended: {was_open}, all closed {closed_after:.1f}s later")
-    return audit_topics(lambda topic: read_topic(BOOTSTRAP, topic), settings)
+    return audit
 
 
 def _assert_exact(pipeline: Pipeline, orders: int) -> Audit:
