@@ -1,9 +1,16 @@
 """When the consumer is idle (--idle-exit): nothing arrived for the limit, and nothing waits to be read.
 
-The loop tells its `IdleWatch` of activity (records, rebalances, commits), of the
-first assignment (before it, joining the group gets JOIN_GRACE_S more) and of the
+The loop tells its `IdleWatch` of activity (records, rebalances, commits), of its
+group membership (assignments, and revocations of everything it owned) and of the
 partitions it resumed for a retry that is due, which count as busy until their
 waiting record is read again.
+
+Joining the group is never idleness, however long it takes: before the first
+assignment, and from a revocation of everything until the next assignment, the
+consumer is not a member and cannot know what it will own. In a rolling restart the
+group coordinator moves from node to node, and a consumer whose session timed out may
+wait a minute or more for its next assignment; a time limit on that wait ended runs
+with records unread.
 """
 
 from __future__ import annotations
@@ -17,9 +24,6 @@ from orderpipe.model.records import Incoming
 
 __all__ = ["IdleWatch"]
 
-# Before the first partition assignment, --idle-exit waits this much longer: joining
-# the group (and, on a new broker, creating __consumer_offsets) is not idleness.
-JOIN_GRACE_S = 30.0
 # A partition resumed when due counts as busy until its waiting record is read
 # again, or at most this long (the record may have been deleted by retention meanwhile).
 REFETCH_LIMIT_S = 30.0
@@ -31,7 +35,7 @@ class IdleWatch:
     def __init__(self, clock: Clock, limit_s: float | None, started: float) -> None:
         self._clock, self.limit_s = clock, limit_s
         self._last_activity = started  # monotonic seconds
-        self._assigned_once = False
+        self._member = False  # assigned partitions (maybe none) by the group's last rebalance
         # Resumed partitions whose waiting record was not read again yet, and when they were resumed.
         self._refetching: dict[TP, float] = {}
 
@@ -40,12 +44,12 @@ class IdleWatch:
         self._last_activity = self._clock.monotonic() if at is None else at
 
     def assigned(self) -> None:
-        """Partitions were assigned: the join is over, and it is activity."""
-        self._assigned_once, self._last_activity = True, self._clock.monotonic()
+        """The group assigned partitions (maybe none): the join is over, and it is activity."""
+        self._member, self._last_activity = True, self._clock.monotonic()
 
-    def lost_all(self) -> None:
-        """Every partition was lost: joining again gets the same grace as the first join."""
-        self._assigned_once = False
+    def rejoining(self) -> None:
+        """Everything owned was revoked or lost: the consumer waits for the group's next assignment."""
+        self._member = False
 
     def resumed(self, partitions: Collection[TP]) -> None:
         """Partitions resumed for a due retry: busy until their record is read again."""
@@ -76,10 +80,10 @@ class IdleWatch:
         limit = self.limit_s
         if limit is None:
             return False
-        if paused or ownership.restoring:
+        if paused or ownership.restoring or not self._member:
             # Waiting is not idleness: the limit counts from when nothing waits any more
-            # (a restore that took longer than the limit must not end the run before the
-            # partitions' first fetch).
+            # (a join or a restore that took longer than the limit must not end the run
+            # before the partitions' first fetch).
             self._last_activity = self._clock.monotonic()
             return False
         if self._refetching:
@@ -87,8 +91,7 @@ class IdleWatch:
             self._refetching = {tp: at for tp, at in self._refetching.items() if now - at < REFETCH_LIMIT_S}
             if self._refetching:
                 return False
-        grace = 0.0 if self._assigned_once else JOIN_GRACE_S
-        if self._clock.monotonic() - self._last_activity < limit + grace:
+        if self._clock.monotonic() - self._last_activity < limit:
             return False
         # Nothing arrived, but a broker failure stops records arriving too: idle only once
         # the partitions' leaders say nothing is left to read.

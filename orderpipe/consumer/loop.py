@@ -34,7 +34,7 @@ from orderpipe.consumer.setbacks import Setbacks
 from orderpipe.core.effects import BatchEffects, OutputTopics, batch_effects
 from orderpipe.core.hold import Hold
 from orderpipe.core.ownership import Ownership
-from orderpipe.core.ports import TP, Assigned, KafkaEdge, Marks, Revoked
+from orderpipe.core.ports import TP, KafkaEdge, Marks
 from orderpipe.core.replicas import ReplicaWatch
 from orderpipe.core.retry_scheduler import RetryScheduler
 from orderpipe.core.routing import BatchPlan
@@ -235,7 +235,7 @@ class ConsumerLoop:
             self._edge.resume(resume)
 
     def _recover(self, lost: TransactionLostError) -> None:
-        """Goes on after a lost transaction: a new producer, and every partition restored from the last commit.
+        """Goes on after a lost transaction: a new producer, and every partition owned restored from the last commit.
 
         The batch in hand is dropped with the old producer (its transaction is aborted
         by the new one's registration), and each partition's state and position come
@@ -247,12 +247,7 @@ class ConsumerLoop:
         log.warning("⚠ %s; going on with a new producer, from the last commit", lost)
         self._reporter.summary.aborted += 1
         self._effects = None
-        partitions = tuple(sorted({*self._ownership.states, *self._ownership.restoring}))
-        self._rebalances.on_events((Revoked(partitions),))  # resumes what the commit's hold and the retries paused
-        self._hold.end()
-        self._edge.assign({})  # nothing is read until the restore assigns the partitions again
-        committer.renew()
-        self._rebalances.on_events((Assigned(partitions),))
+        self._rebalances.restore_again(committer.renew)
 
 
 def _lags(marks: dict[TP, Marks] | None, ownership: Ownership, paused: Collection[TP]) -> dict[TP, int] | None:

@@ -3,17 +3,22 @@
 An assignment starts the restore of its partitions (orderpipe/consumer/assignment.py);
 a revocation (a rebalance, or partitions lost while the group coordinator was away)
 forgets everything kept of its partitions and resumes those the loop had paused, so
-that whoever owns them next reads them. Both count as activity for the idle limit.
+that whoever owns them next reads them. Both count as activity for the idle limit,
+and a revocation of everything makes the consumer wait for the group's next
+assignment (orderpipe/consumer/idle.py). After a lost transaction the loop takes its
+partitions away and restores them again the same way (`restore_again`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from orderpipe.consumer.assignment import Restorer
 from orderpipe.consumer.idle import IdleWatch
 from orderpipe.consumer.rewrites import StatsRewrites
 from orderpipe.core.hold import Hold
 from orderpipe.core.ownership import Ownership
-from orderpipe.core.ports import Assigned, Event, KafkaEdge, Polled
+from orderpipe.core.ports import Assigned, Event, KafkaEdge, Polled, Revoked
 from orderpipe.core.retry_scheduler import RetryScheduler
 from orderpipe.core.stats_view import StatsView
 from orderpipe.model.records import Incoming
@@ -60,10 +65,28 @@ class Rebalances:
             # activity: the idle limit counts again from here, while the group settles.
             self._idle.active()
             self._ownership.revoked(event.partitions)
-            if not self._ownership.states:  # all lost: joining again gets the same grace as the first join
-                self._idle.lost_all()
+            if not self._ownership.states and not self._ownership.restoring:
+                self._idle.rejoining()  # all of it revoked (eager): not a member until the next assignment
             self._rewrites.forget(event.partitions)
             self._idle.forget(event.partitions)
             paused = self._scheduler.forget(event.partitions) + self._hold.forget(event.partitions)
             if paused:
                 self._edge.resume(paused)
+
+    def restore_again(self, renew: Callable[[], None]) -> None:
+        """Every partition owned (or being restored) is restored again from the last commit, `renew` run in between.
+
+        For a lost transaction (ConsumerLoop._recover): it takes the partitions away as
+        a revocation does, which resumes what the commit's hold and the retries paused,
+        and nothing is read until the restore assigns them again. Owning nothing (lost
+        with the group session, say), the consumer is waiting for the group's next
+        assignment, and an empty one made up here would end that wait at the idle limit.
+        """
+        owned = tuple(sorted({*self._ownership.states, *self._ownership.restoring}))
+        if owned:
+            self.on_events((Revoked(owned),))
+            self._edge.assign({})
+        self._hold.end()
+        renew()
+        if owned:
+            self.on_events((Assigned(owned),))

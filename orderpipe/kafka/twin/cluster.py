@@ -10,7 +10,8 @@ is one consumer process's `KafkaEdge` on it. Time is virtual (`VirtualClock`): a
 nothing moves it on by its timeout, so backoffs and idle limits take no real time.
 
 Tests steer it: `produce` writes input records, `rebalance` and `expire` move
-partitions, and `faults` makes calls fail (`fail`: the kinds of failure Kafka
+partitions, `joins_held_until` keeps a rebalance from completing (a group coordinator
+loading after a failover), and `faults` makes calls fail (`fail`: the kinds of failure Kafka
 reports, retriable, abortable, fatal, fenced), run an action first (`when`), or kill
 a consumer at a call (`kill_at`), as SIGKILL would: it raises `Killed`, and the
 process's open transaction and group membership are left behind for the next one.
@@ -56,6 +57,10 @@ class TwinCluster:
         # Partitions with fewer replicas in sync than the topic has (a broker away); the others are all in sync.
         self.in_sync: dict[TP, int] = {}
         self.groups: dict[str, Group[Member]] = {}
+        # A rebalance completes no sooner than this (virtual seconds, `clock.now`), at a
+        # member's poll: the group coordinator is loading after a failover and answers joins
+        # with COORDINATOR_LOAD_IN_PROGRESS until then.
+        self.joins_held_until = 0.0
         self.transactions = TransactionCoordinator(self.clock, self.logs, self.groups, transaction_timeout_s)
         self.faults = Faults()
         # The principal's permissions: every operation on every resource, except these
@@ -162,11 +167,20 @@ class TwinCluster:
         members = state.members
         if state.rejoining or not members:
             return
+        state.held = self.clock.now < self.joins_held_until
+        if state.held:
+            return
         state.generation += 1
         partitions = sorted({(t, p) for m in members for t in m.topics for p in range(len(self.logs.get(t, [])))})
         for index, member in enumerate(members):
             state.assignment[id(member)] = tuple(partitions[index :: len(members)])
             member.assigned(state.assignment[id(member)], state.generation)
+
+    def complete_held(self, group: str) -> None:
+        """Completes a rebalance `joins_held_until` held, once the clock passed it."""
+        state = self.groups[group]
+        if state.held:
+            self._complete(state)
 
     def evict_the_dead(self, group: str) -> None:
         """Drops killed members that have not polled for a session timeout, as the coordinator does."""

@@ -248,6 +248,7 @@ class TwinEdge(_TwinProducer):
         self.last_poll = cluster.clock.now
         if self.topics:
             cluster.evict_the_dead(self.group)
+            cluster.complete_held(self.group)
         events = self._take_events()
         if not records and not events:
             cluster.clock.advance(timeout_s)

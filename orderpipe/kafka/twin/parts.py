@@ -115,6 +115,7 @@ class Group(Generic[M]):
     assignment: dict[int, tuple[TP, ...]] = field(default_factory=dict)  # id(member) -> partitions
     committed: dict[TP, int] = field(default_factory=dict)
     rejoining: list[M] = field(default_factory=list)
+    held: bool = False  # every member rejoined, and the rebalance waits for `TwinCluster.joins_held_until`
 
 
 class Later(Generic[T]):

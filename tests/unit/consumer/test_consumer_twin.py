@@ -220,6 +220,42 @@ def test_a_fenced_producer_is_replaced_and_every_partition_restored_from_the_las
     assert_exact(cluster)
 
 
+@pytest.mark.parametrize("fenced", [True, False])
+def test_a_consumer_that_lost_its_partitions_waits_for_the_group_however_long(fenced: bool) -> None:
+    """A rolling restart, as the cluster tests saw it lose orders.
+
+    The group session times out while a commit waits (the partitions are lost), the
+    transaction is then fenced (or not), and the group coordinator loads for two
+    minutes, far longer than the idle limit and the 30 s of grace a rejoin used to get.
+    The consumer, owning nothing, waits for the group's next assignment. After a fenced
+    transaction it used to make up an empty assignment, which ended that wait at once.
+    Either way it exited 0 with the records unread.
+    """
+    cluster = new_cluster()
+    cluster.transactions.timeout_s = 600
+    produce_orders(cluster, 60, seed=43)
+    twin = twin_consumer(cluster, seed=43)
+    with twin.consumer.open() as loop:
+        turn_until(loop, lambda: twin.consumer.summary.processed >= 5)
+        edge = cluster.groups[SETTINGS.consumer_group].members[0]
+
+        def lose_the_session() -> None:
+            cluster.expire(edge)
+            cluster.joins_held_until = cluster.clock.now + 120
+
+        cluster.faults.when("commit_transaction", lose_the_session)
+        cluster.faults.fail("commit_transaction", "retriable", times=3)
+        if fenced:
+            cluster.faults.fail("commit_transaction", "fenced")
+        produce_orders(cluster, 20, seed=44)
+        while loop.turn():
+            pass
+    assert ("was fenced" in twin.log.getvalue()) == fenced
+    assert cluster.faults.calls.count("renew_producer") == fenced
+    assert cluster.clock.now > cluster.joins_held_until
+    assert_exact(cluster)
+
+
 def test_a_commit_waiting_while_the_cluster_is_below_min_isr_is_waited_out_and_reported() -> None:
     cluster = new_cluster()
     cluster.transactions.timeout_s = 600
