@@ -8,9 +8,9 @@ waiting record is read again.
 Joining the group is never idleness, however long it takes: before the first
 assignment, and from a revocation of everything until the next assignment, the
 consumer is not a member and cannot know what it will own. In a rolling restart the
-group coordinator moves from node to node, and a consumer whose session timed out may
-wait a minute or more for its next assignment; a time limit on that wait ended runs
-with records unread.
+group coordinator moves from node to node, and a consumer whose session timed out
+waited there more than 15 s, unassigned, while the new coordinator loaded (see
+docs/cluster.md); a time limit on that wait ended runs with records unread.
 """
 
 from __future__ import annotations
