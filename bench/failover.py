@@ -1,6 +1,6 @@
 """Broker failures, repeated: each failure scenario of the cluster tests run N times in a row, with no supervisor.
 
-    python -m bench.failover [--runs N] [--scenario NAME ...]      (scripts/broker.sh cluster up first)
+    python -m bench.failover [--runs N] [--scenario NAME ...] [--logs DIR]   (scripts/broker.sh cluster up first)
 
 The scenarios are those of tests/cluster/test_broker_failures.py, run by the same
 code (tests/cluster/failover.py): the consumer started as a user starts it, the
@@ -10,7 +10,9 @@ a signal (target 0; a crash is told with gdb's backtrace of its core and Python'
 faulthandler tracebacks, as the tests tell it); the producer's; the orders lost and
 duplicated by the audit (target 0; after a consumer ended early a second one drains
 the topics first, so these still mean what they say); the longest an order sent
-while a node was down waited for its commit; and the command that repeats it.
+while a node was down waited for its commit; and the command that repeats it. With
+--logs, each run's consumer runs with --verbose and librdkafka's consumer-group debug
+log, and its whole stderr is kept in DIR/<scenario>-<run>.log.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import statistics
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from tests.cluster.failover import SCENARIOS, Ending, FailoverRun, cluster_pipeline, run_scenario
 from tests.cluster.helpers import BOOTSTRAP, START_HINT, admin
@@ -55,10 +58,10 @@ class Tally:
         )
 
 
-def run_one(scenario: str) -> tuple[FailoverRun | None, list[Ending]]:
+def run_one(scenario: str, log: Path | None) -> tuple[FailoverRun | None, list[Ending]]:
     """One run; a consumer that never got going is an ending too (and there is nothing to audit)."""
     try:
-        return run_scenario(cluster_pipeline(), scenario), []
+        return run_scenario(cluster_pipeline(), scenario, log), []
     except AssertionError as exc:
         return None, [Ending("consumer", 1, f"did not start consuming: {exc}")]
 
@@ -69,7 +72,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--scenario", nargs="+", choices=list(SCENARIOS), default=list(SCENARIOS), help="which (default: all)"
     )
+    parser.add_argument("--logs", type=Path, help="keep each run's consumer log (with debug lines) in this folder")
     args = parser.parse_args(argv)
+    if args.logs is not None:
+        args.logs.mkdir(parents=True, exist_ok=True)
     try:
         nodes = len(admin().list_topics(timeout=10).brokers)
     except Exception:
@@ -85,7 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             tallies.append(tally)
             for number in range(1, args.runs + 1):
                 began = time.monotonic()
-                run, unstarted = run_one(scenario)
+                log = None if args.logs is None else args.logs / f"{scenario}-{number}.log"
+                run, unstarted = run_one(scenario, log)
                 tally.seconds.append(time.monotonic() - began)
                 tally.unstarted += unstarted
                 endings = unstarted if run is None else run.endings
@@ -101,6 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print(f"transactions open once the programs ended: {run.describe_open()}", flush=True)
                 if run is not None and not run.audit.exact:
                     print("\n".join(run.figures()), flush=True)
+                if log is not None and (endings or run is None or not run.audit.exact):
+                    print(f"the consumer's log: {log}", flush=True)
     print()
     print(
         "| scenario | runs | consumer exits other than 0 | consumer signal deaths | producer failures "
@@ -113,7 +122,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for scenario, (what, _) in SCENARIOS.items():
         if scenario in args.scenario:
             print(f"{scenario}: {what}")
-    print(f"\nCommand: .venv/bin/python -m bench.failover --runs {args.runs} --scenario {' '.join(args.scenario)}")
+    logs = "" if args.logs is None else f" --logs {args.logs}"
+    scenarios = " ".join(args.scenario)
+    print(f"\nCommand: .venv/bin/python -m bench.failover --runs {args.runs} --scenario {scenarios}{logs}")
     bad = any(t.endings("consumer") or t.endings("drain") or t.endings("producer") for t in tallies)
     return 1 if bad or any(run.lost or run.duplicated for t in tallies for run in t.runs) else 0
 

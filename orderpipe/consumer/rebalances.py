@@ -11,6 +11,7 @@ partitions away and restores them again the same way (`restore_again`).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 from orderpipe.consumer.assignment import Restorer
@@ -24,6 +25,8 @@ from orderpipe.core.stats_view import StatsView
 from orderpipe.model.records import Incoming
 
 __all__ = ["Rebalances"]
+
+log = logging.getLogger(__name__)
 
 
 class Rebalances:
@@ -55,6 +58,7 @@ class Rebalances:
     def on_events(self, events: tuple[Event, ...]) -> None:
         """Assignments start a restore; revocations forget their partitions and resume what the loop paused."""
         for event in events:
+            log.debug("%s: %s", type(event).__name__, ", ".join(f"{t}-{p}" for t, p in event.partitions) or "none")
             if isinstance(event, Assigned):
                 self._stats.table.keys.extend(event.partitions)
                 self._ownership.assigned(event.partitions)
@@ -83,6 +87,7 @@ class Rebalances:
         assignment, and an empty one made up here would end that wait at the idle limit.
         """
         owned = tuple(sorted({*self._ownership.states, *self._ownership.restoring}))
+        log.debug("restoring %d partitions again" if owned else "owning nothing: waiting for an assignment", len(owned))
         if owned:
             self.on_events((Revoked(owned),))
             self._edge.assign({})

@@ -20,6 +20,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import NamedTuple
 
 from orderpipe.config.settings import Settings
@@ -57,6 +58,8 @@ RATE = 800  # orders per second: the run lasts about 25 s
 DOWN_S = 4.0  # how long a killed node stays down
 WARM_UP_S = 5.0  # the run gets going before the first failure
 CONSUMER_ARGS = ("--idle-exit", "15", "--failure-rate", "0.05", "--quiet")
+# librdkafka's consumer-group log, for a run whose consumer log is kept (run_scenario's `keep_log`).
+GROUP_DEBUG = "debug=cgrp\n"
 PRODUCER_WAIT_S = 300
 CONSUMER_WAIT_S = 300
 LOG_TAIL = 20_000  # characters of the consumer's error output kept for a run whose audit is not exact
@@ -201,12 +204,23 @@ def started(program: Program, timeout: float = 60) -> None:
         raise AssertionError(program.failure() or "".join(program.output.lines)) from None
 
 
-def run_scenario(pipeline: Pipeline, scenario: str) -> FailoverRun:
-    """One run of a scenario (a key of SCENARIOS); the cluster is left with every node up."""
+def run_scenario(pipeline: Pipeline, scenario: str, keep_log: Path | None = None) -> FailoverRun:
+    """One run of a scenario (a key of SCENARIOS); the cluster is left with every node up.
+
+    With `keep_log`, the consumer runs with --verbose and librdkafka's consumer-group
+    log (GROUP_DEBUG, through a KAFKA_CLIENT_CONFIG file beside it), and its whole
+    stderr is written to `keep_log`: the evidence to attribute a run that went wrong.
+    """
     _, failures = SCENARIOS[scenario]
     programs: list[Program] = []
+    consumer_args: tuple[str, ...] = CONSUMER_ARGS
+    if keep_log is not None:
+        properties = keep_log.with_suffix(".properties")
+        properties.write_text(GROUP_DEBUG)
+        pipeline = pipeline.with_env(KAFKA_CLIENT_CONFIG=str(properties))
+        consumer_args = (*(arg for arg in CONSUMER_ARGS if arg != "--quiet"), "--verbose")
     try:
-        consumer = Program(pipeline, "consumer.py", *CONSUMER_ARGS)
+        consumer = Program(pipeline, "consumer.py", *consumer_args)
         programs.append(consumer)
         started(consumer)
         transactional_id = re.search(r"transactional id (\S+)\)", "".join(consumer.output.lines))
@@ -226,7 +240,7 @@ def run_scenario(pipeline: Pipeline, scenario: str) -> FailoverRun:
         ended = ending("producer", producer) + ending("consumer", consumer)
         drained = consumer.process.returncode != 0
         if drained:  # what the first consumer left, so that the audit can judge loss and duplicates
-            drain = Program(pipeline, "consumer.py", *CONSUMER_ARGS)
+            drain = Program(pipeline, "consumer.py", *consumer_args)
             programs.append(drain)
             drain.finish(CONSUMER_WAIT_S)
             ended += ending("drain", drain)
@@ -242,6 +256,9 @@ def run_scenario(pipeline: Pipeline, scenario: str) -> FailoverRun:
     finally:
         for program in programs:
             program.stop_if_running()
+        if keep_log is not None:
+            consumers = [p for p in programs if p.label.startswith("consumer.py")]
+            keep_log.write_text("".join(f"== {p.label}\n{''.join(p.output.errors)}" for p in consumers))
 
 
 def split_latencies(settings: Settings, outages: Outages) -> tuple[list[int], list[int]]:
