@@ -87,10 +87,12 @@ class Rebalances:
         assignment, and an empty one made up here would end that wait at the idle limit.
         """
         owned = tuple(sorted({*self._ownership.states, *self._ownership.restoring}))
-        log.debug("restoring %d partitions again" if owned else "owning nothing: waiting for an assignment", len(owned))
         if owned:
+            log.debug("restoring %d partitions again", len(owned))
             self.on_events((Revoked(owned),))
             self._edge.assign({})
+        else:
+            log.debug("owning nothing: going on waiting for an assignment")
         self._hold.end()
         renew()
         if owned:

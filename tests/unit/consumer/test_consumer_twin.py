@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 from collections import Counter
@@ -221,7 +222,9 @@ def test_a_fenced_producer_is_replaced_and_every_partition_restored_from_the_las
 
 
 @pytest.mark.parametrize("fenced", [True, False])
-def test_a_consumer_that_lost_its_partitions_waits_for_the_group_however_long(fenced: bool) -> None:
+def test_a_consumer_that_lost_its_partitions_waits_for_the_group_however_long(
+    fenced: bool, caplog: pytest.LogCaptureFixture
+) -> None:
     """A rolling restart, as the cluster tests saw it lose orders.
 
     The group session times out while a commit waits (the partitions are lost), the
@@ -231,6 +234,7 @@ def test_a_consumer_that_lost_its_partitions_waits_for_the_group_however_long(fe
     transaction it used to make up an empty assignment, which ended that wait at once.
     Either way it exited 0 with the records unread.
     """
+    caplog.set_level(logging.DEBUG, logger="orderpipe.consumer.rebalances")
     cluster = new_cluster()
     cluster.transactions.timeout_s = 600
     produce_orders(cluster, 60, seed=43)
@@ -252,6 +256,7 @@ def test_a_consumer_that_lost_its_partitions_waits_for_the_group_however_long(fe
             pass
     assert ("was fenced" in twin.log.getvalue()) == fenced
     assert cluster.faults.calls.count("renew_producer") == fenced
+    assert ("owning nothing: going on waiting for an assignment" in caplog.text) == fenced
     assert cluster.clock.now > cluster.joins_held_until
     assert_exact(cluster)
 
