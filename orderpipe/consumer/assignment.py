@@ -21,7 +21,7 @@ from orderpipe.core.ports import TP, KafkaEdge, Pending
 from orderpipe.core.stats_view import CatchUp, StatsView
 from orderpipe.errors import BrokerUnavailableError, KafkaCallError
 
-__all__ = ["Restorer"]
+__all__ = ["Restorer", "partition_names"]
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ class Restorer:
         if now > self._deadline:
             missing = "the committed offsets" if self._offsets is None else "the end of the stats topic"
             raise BrokerUnavailableError(
-                f"could not read {missing} for partitions {_names(partitions)} within {self._timeout_s:g}s "
+                f"could not read {missing} for partitions {partition_names(partitions)} within {self._timeout_s:g}s "
                 f"({self._problem or 'no answer'}); a consumer's transaction may still be open (it ends when "
                 "that consumer restarts or its transaction.timeout.ms runs out)"
             )
@@ -135,5 +135,6 @@ class Restorer:
             self._caught_up = self._catch_up.reached()
 
 
-def _names(partitions: tuple[TP, ...]) -> str:
+def partition_names(partitions: tuple[TP, ...]) -> str:
+    """Partitions as people read them: `orders-0, orders-1`."""
     return ", ".join(f"{topic}-{partition}" for topic, partition in partitions)

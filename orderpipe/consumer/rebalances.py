@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from orderpipe.consumer.assignment import Restorer
+from orderpipe.consumer.assignment import Restorer, partition_names
 from orderpipe.consumer.idle import IdleWatch
 from orderpipe.consumer.rewrites import StatsRewrites
 from orderpipe.core.hold import Hold
@@ -58,7 +58,7 @@ class Rebalances:
     def on_events(self, events: tuple[Event, ...]) -> None:
         """Assignments start a restore; revocations forget their partitions and resume what the loop paused."""
         for event in events:
-            log.debug("%s: %s", type(event).__name__, ", ".join(f"{t}-{p}" for t, p in event.partitions) or "none")
+            log.debug("%s: %s", type(event).__name__, partition_names(event.partitions) or "none")
             if isinstance(event, Assigned):
                 self._stats.table.keys.extend(event.partitions)
                 self._ownership.assigned(event.partitions)
