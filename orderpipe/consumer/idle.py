@@ -20,7 +20,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from orderpipe.clock import Clock
 from orderpipe.core.ownership import Ownership
 from orderpipe.core.ports import TP
-from orderpipe.model.records import Incoming
+from orderpipe.model.records import Run
 
 __all__ = ["IdleWatch"]
 
@@ -55,11 +55,11 @@ class IdleWatch:
         """Partitions resumed for a due retry: busy until their record is read again."""
         self._refetching.update(dict.fromkeys(partitions, self._clock.monotonic()))
 
-    def read(self, records: Iterable[Incoming]) -> None:
+    def read(self, runs: Iterable[Run]) -> None:
         """Records arrived: their partitions' waiting records were read again."""
         if self._refetching:
-            for record in records:
-                self._refetching.pop((record.topic, record.partition), None)
+            for run in runs:
+                self._refetching.pop((run.topic, run.partition), None)
 
     def forget(self, partitions: Iterable[TP]) -> None:
         """Partitions revoked: nothing of theirs is waited for any more."""

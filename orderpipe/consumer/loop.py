@@ -31,19 +31,19 @@ from orderpipe.consumer.rebalances import Rebalances
 from orderpipe.consumer.reporting import Reporter
 from orderpipe.consumer.rewrites import StatsRewrites
 from orderpipe.consumer.setbacks import Setbacks
+from orderpipe.core.batch_plan import BatchPlan
 from orderpipe.core.effects import BatchEffects, OutputTopics, batch_effects
 from orderpipe.core.hold import Hold
 from orderpipe.core.ownership import Ownership
 from orderpipe.core.ports import TP, KafkaEdge, Marks
 from orderpipe.core.replicas import ReplicaWatch
 from orderpipe.core.retry_scheduler import RetryScheduler
-from orderpipe.core.routing import BatchPlan
 from orderpipe.core.stats import group_total
 from orderpipe.core.stats_view import StatsView
 from orderpipe.core.status import LoopReading
 from orderpipe.errors import TransactionLostError
 from orderpipe.model.money import RunningAverage
-from orderpipe.model.records import Incoming
+from orderpipe.model.records import Run
 from orderpipe.observe.metrics import ConsumerMetrics
 
 __all__ = ["ConsumerLoop", "Decide"]
@@ -51,7 +51,7 @@ __all__ = ["ConsumerLoop", "Decide"]
 log = logging.getLogger(__name__)
 
 # Decides a batch at a time (epoch ms): routing.plan_batch with the processing bound in.
-Decide = Callable[[Sequence[Incoming], int], BatchPlan]
+Decide = Callable[[Sequence[Run], int], BatchPlan]
 
 
 class ConsumerLoop:
@@ -137,17 +137,17 @@ class ConsumerLoop:
         wait = max(self._interval_s - (clock.monotonic() - self._batch_started), 0.0)
         polled = edge.poll(self._batch_size, wait)
         self._batch_started = clock.monotonic()
-        records = self._rebalances.take(polled)
-        if records:
-            self._idle_watch.read(records)
-        if records or self._rewrites.pending():
+        runs = self._rebalances.take(polled)
+        if runs:
+            self._idle_watch.read(runs)
+        if runs or self._rewrites.pending():
             self._idle_watch.active(self._batch_started)
-            self._commit(records, now)
+            self._commit(runs, now)
         elif self._idle_watch.idle(self._scheduler.paused, self._ownership, self._edge.unread):
             self._reporter.idle(self._idle_watch.limit_s or 0)
             return False
         if self._metrics is not None:
-            self._metrics.refresh(self.group_total, self.lags, idle=not records)
+            self._metrics.refresh(self.group_total, self.lags, idle=not runs)
         self._reporter.periodic(now, self.reading)
         return True
 
@@ -168,8 +168,8 @@ class ConsumerLoop:
         if replicas.below and committer.pending:
             committer.keep_waiting()
 
-    def _commit(self, records: list[Incoming], now: float) -> None:
-        plan = self._decide(records, int(now * 1000)) if records else BatchPlan(())
+    def _commit(self, runs: list[Run], now: float) -> None:
+        plan = self._decide(runs, int(now * 1000)) if runs else BatchPlan(())
         if self._rewrites.partitions:  # kept to rewritable partitions by the turn that called this
             # Each partition in a batch gets its stats value written: add the ones to rewrite.
             plan = replace(plan, commits={**self._rewrites.commits(), **plan.commits})
@@ -185,7 +185,7 @@ class ConsumerLoop:
         polled = self._edge.poll(self._batch_size, wait)
         if polled.events:
             self._rebalances.on_events(polled.events)
-        self._hold.drop(self._ownership.accept(polled.records, self._scheduler.paused.keys()))
+        self._hold.drop(self._ownership.accept(polled.runs, self._scheduler.paused.keys()))
         self._advance_commit()
 
     def _advance_commit(self) -> None:

@@ -22,7 +22,7 @@ from orderpipe.core.ownership import Ownership
 from orderpipe.core.ports import Assigned, Event, KafkaEdge, Polled, Revoked
 from orderpipe.core.retry_scheduler import RetryScheduler
 from orderpipe.core.stats_view import StatsView
-from orderpipe.model.records import Incoming
+from orderpipe.model.records import Run
 
 __all__ = ["Rebalances"]
 
@@ -47,13 +47,13 @@ class Rebalances:
         self._edge, self._ownership, self._scheduler, self._hold = edge, ownership, scheduler, hold
         self._stats, self._restorer, self._idle, self._rewrites = stats, restorer, idle, rewrites
 
-    def take(self, polled: Polled) -> list[Incoming]:
-        """The polled records of owned partitions, once the poll's events are applied."""
+    def take(self, polled: Polled) -> list[Run]:
+        """The polled runs of owned partitions, once the poll's events are applied."""
         if polled.events:
             self.on_events(polled.events)
         elif not self._scheduler.paused and not self._ownership.restoring:
-            return polled.records  # with nothing paused, revoked or restoring, every record is of an owned partition
-        return self._ownership.accept(polled.records, self._scheduler.paused.keys())
+            return polled.runs  # with nothing paused, revoked or restoring, every run is of an owned partition
+        return self._ownership.accept(polled.runs, self._scheduler.paused.keys())
 
     def on_events(self, events: tuple[Event, ...]) -> None:
         """Assignments start a restore; revocations forget their partitions and resume what the loop paused."""

@@ -13,13 +13,7 @@ from dataclasses import dataclass, field
 
 from orderpipe.core.effects import BatchEffects
 from orderpipe.core.latency import LatencyHistogram
-from orderpipe.core.routing import (
-    REASONS,
-    DeadLetter,
-    Decision,
-    Processed,
-    Retry,
-)
+from orderpipe.core.routing import REASONS, DeadLetter, Decision, Processed, Retry
 from orderpipe.core.status import ConsumerReading, LoopReading, View
 from orderpipe.model.money import RunningAverage, format_cents
 from orderpipe.observe.console import Console, throughput_line

@@ -15,11 +15,12 @@ aborted batch needs nothing undone but a seek back to the last commit.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
+from orderpipe.core.batch_plan import BatchPlan, Deferred
 from orderpipe.core.ports import TP, Outgoing
-from orderpipe.core.routing import BatchPlan, Decision, Deferred, Retry
+from orderpipe.core.routing import Decision, Retry
 from orderpipe.core.stats import encode_stats, stats_key
 from orderpipe.model.money import RunningAverage
 
@@ -39,7 +40,7 @@ class BatchEffects(NamedTuple):
     offsets: dict[TP, int]
     states: dict[TP, RunningAverage]
     deferred: tuple[Deferred, ...]
-    decisions: tuple[Decision, ...]
+    decisions: Sequence[Decision]
     # How many of the decisions are Processed.
     processed: int
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable
 
 from orderpipe.core.ports import TP
-from orderpipe.model.records import Incoming
+from orderpipe.model.records import Run
 
 __all__ = ["Hold"]
 
@@ -30,10 +30,10 @@ class Hold:
         self._dropped.clear()
         return self._paused
 
-    def drop(self, records: Iterable[Incoming]) -> None:
+    def drop(self, runs: Iterable[Run]) -> None:
         """Records that arrived during the hold: they are read again after it."""
-        for record in records:
-            self._dropped.setdefault((record.topic, record.partition), record.offset)
+        for run in runs:
+            self._dropped.setdefault((run.topic, run.partition), run.first_offset)
 
     def forget(self, partitions: Collection[TP]) -> list[TP]:
         """Partitions taken away during the hold: nothing to seek there; those it paused are to be resumed now.

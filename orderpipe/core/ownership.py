@@ -15,7 +15,7 @@ from orderpipe.core.effects import BatchEffects
 from orderpipe.core.ports import BEGINNING, TP
 from orderpipe.core.stats import Latest, StatsTable
 from orderpipe.model.money import RunningAverage
-from orderpipe.model.records import Incoming
+from orderpipe.model.records import Run
 
 __all__ = ["Ownership"]
 
@@ -110,10 +110,10 @@ class Ownership:
             self._written.pop(tp, None)
         self.restoring = tuple(tp for tp in self.restoring if tp not in partitions)
 
-    def accept(self, records: list[Incoming], paused: Collection[TP]) -> list[Incoming]:
-        """The records of owned partitions that are not paused, in order."""
+    def accept(self, runs: list[Run], paused: Collection[TP]) -> list[Run]:
+        """The runs of owned partitions that are not paused, in order."""
         readable = self.states.keys() - paused
-        return [r for r in records if (r.topic, r.partition) in readable]
+        return [run for run in runs if (run.topic, run.partition) in readable]
 
     def committed(self, effects: BatchEffects) -> None:
         """A batch was committed: its partitions that are still owned move on."""

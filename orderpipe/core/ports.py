@@ -26,7 +26,7 @@ from contextlib import AbstractContextManager
 from typing import NamedTuple, Protocol, TypeVar
 
 from orderpipe.config.settings import Settings
-from orderpipe.model.records import Headers, Incoming
+from orderpipe.model.records import Headers, Incoming, Run
 
 __all__ = [
     "BEGINNING",
@@ -76,12 +76,12 @@ Event = Assigned | Revoked
 class Polled(NamedTuple):
     """What one poll brought: assignment changes, then records.
 
-    The events happened during the poll; records of partitions revoked by them may
-    still be among `records` and must be dropped.
+    The events happened during the poll; runs of partitions revoked by them may
+    still be among `runs` and must be dropped.
     """
 
     events: tuple[Event, ...]
-    records: list[Incoming]
+    runs: list[Run]
 
 
 class Outgoing(NamedTuple):

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 
+from orderpipe.core.batch_plan import Deferred
 from orderpipe.core.ports import TP
-from orderpipe.core.routing import Deferred
 
 __all__ = ["RetryScheduler"]
 

@@ -59,7 +59,7 @@ from orderpipe.kafka.clients import (
     topic_partitions,
 )
 from orderpipe.kafka.edge_producer import EdgeProducer
-from orderpipe.kafka.messages import incoming_records
+from orderpipe.kafka.messages import incoming_runs
 from orderpipe.kafka.stats_tail import KafkaStatsTail
 from orderpipe.kafka.watchdog import UNTIMED_CALL_LIMIT_S, WATCHDOG, WATCHDOG_GRACE_S
 
@@ -245,9 +245,9 @@ class ConfluentEdge(EdgeProducer):
             raise FatalKafkaError(f"Kafka reported a fatal error: {errors.fatal.str()}")
         if errors.denied is not None:
             raise ConfigError(errors.denied)
-        records = incoming_records(messages, self._retry_topic, errors.consumed)
+        runs = incoming_runs(messages, self._retry_topic, errors.consumed)
         events, self._events = tuple(self._events), []
-        return Polled(events, records)
+        return Polled(events, runs)
 
     def assign(self, starts: Mapping[TP, int]) -> None:
         guarded_call("assign partitions", lambda: self._consumer.assign(partition_offsets(starts)))

@@ -1,8 +1,10 @@
 """The consumed record as plain data (`Incoming`), where it first arrived (`Origin`), and the pipeline's headers.
 
-Each record the consumer reads becomes an `Incoming` at the edge
-(orderpipe/kafka/messages.py, or the in-memory twin), free of Kafka; routing
-(orderpipe/core/routing.py) decides what to do with it. The pipeline's own headers
+The records a poll brings come from the edge (orderpipe/kafka/messages.py, or the
+in-memory twin) as `Run`s, free of Kafka: the records of one partition that came one
+after another. A run holds each record's value, and makes a record whole (an
+`Incoming`) only when asked, so the common record, read from its value alone, costs
+no object of its own. Routing (orderpipe/core/routing.py) decides what to do with them. The pipeline's own headers
 (docs/wire-formats.md, "Headers") are named here, with what a record
 costs on the wire.
 """
@@ -10,7 +12,9 @@ costs on the wire.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from itertools import groupby
 from typing import NamedTuple
 
 __all__ = [
@@ -30,7 +34,9 @@ __all__ = [
     "Headers",
     "Incoming",
     "Origin",
+    "Run",
     "record_bytes",
+    "runs_of",
 ]
 
 Headers = tuple[tuple[str, bytes], ...]
@@ -153,3 +159,81 @@ def record_bytes(key: bytes | None, value: bytes | None, headers: Headers) -> in
     for name, data in headers:
         size += len(name.encode("utf-8", errors="replace")) + len(data) + HEADER_OVERHEAD_BYTES
     return size
+
+
+class Run:
+    """Records of one partition that a poll returned one after another.
+
+    Args:
+        values: each record's value, in order.
+        plain: no record of the run has headers (readable or not) and none is of the
+            retry topic, so each value is all there is to know of its record before
+            it is decoded.
+        first_offset, last_offset: the offsets of the first and the last record.
+        record: the record at an index, made whole.
+    """
+
+    __slots__ = ("_record", "first_offset", "from_retry_topic", "last_offset", "partition", "plain", "topic", "values")
+
+    def __init__(
+        self,
+        topic: str,
+        partition: int,
+        *,
+        from_retry_topic: bool,
+        plain: bool,
+        values: list[bytes | None],
+        first_offset: int,
+        last_offset: int,
+        record: Callable[[int], Incoming],
+    ) -> None:
+        self.topic, self.partition, self.from_retry_topic, self.plain = topic, partition, from_retry_topic, plain
+        self.values, self.first_offset, self.last_offset, self._record = values, first_offset, last_offset, record
+
+    def record(self, index: int) -> Incoming:
+        """The record at `index`, whole."""
+        return self._record(index)
+
+    def records(self) -> list[Incoming]:
+        """Every record of the run, whole."""
+        return [self._record(index) for index in range(len(self.values))]
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __repr__(self) -> str:
+        kind = "retry" if self.from_retry_topic else "plain" if self.plain else "with headers"
+        return f"Run({self.topic}-{self.partition}, offsets {self.first_offset}-{self.last_offset}, {len(self)} {kind})"
+
+
+def _is_plain(record: Incoming) -> bool:
+    """Whether a record's value is all there is to know of it before it is decoded (see `Run`)."""
+    return not (record.from_retry_topic or record.headers or record.unreadable)
+
+
+def runs_of(records: Iterable[Incoming]) -> list[Run]:
+    """Records already whole (the twin's, and tests'), as the runs the edge would make of them.
+
+    A run ends where the partition changes, and where a plain record follows one that
+    is not, or the other way round, as at the edge.
+    """
+    runs = []
+    for (topic, partition, from_retry_topic, plain), group in groupby(records, _run_key):
+        whole = list(group)
+        runs.append(
+            Run(
+                topic,
+                partition,
+                from_retry_topic=from_retry_topic,
+                plain=plain,
+                values=[record.value for record in whole],
+                first_offset=whole[0].offset,
+                last_offset=whole[-1].offset,
+                record=whole.__getitem__,
+            )
+        )
+    return runs
+
+
+def _run_key(record: Incoming) -> tuple[str, int, bool, bool]:
+    return record.topic, record.partition, record.from_retry_topic, _is_plain(record)

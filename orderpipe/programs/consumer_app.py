@@ -23,13 +23,14 @@ from orderpipe.consumer.instance import claim_slot
 from orderpipe.consumer.loop import ConsumerLoop
 from orderpipe.consumer.reporting import ConsumerSummary, Reporter
 from orderpipe.core.acls import require
+from orderpipe.core.batch_plan import BatchPlan, plan_batch
 from orderpipe.core.effects import OutputTopics
 from orderpipe.core.health import Health
 from orderpipe.core.intake import Intake
 from orderpipe.core.latency import LatencyHistogram
 from orderpipe.core.ports import EdgeOpener, EdgeOptions, KafkaEdge
 from orderpipe.core.replicas import ReplicaWatch, min_isr_of
-from orderpipe.core.routing import BatchPlan, Decision, RetryPolicy, plan_batch
+from orderpipe.core.routing import Decision, RetryPolicy
 from orderpipe.core.stats import StatsKeys
 from orderpipe.core.stats_view import StatsView
 from orderpipe.core.status import ConsumerReading, View
@@ -47,7 +48,7 @@ from orderpipe.kafka.edge import open_kafka_edge
 from orderpipe.kafka.registry import RegistryLookup, connect_registry
 from orderpipe.kafka.watchdog import WATCHDOG
 from orderpipe.model.order import ValidOrder, validate
-from orderpipe.model.records import Incoming
+from orderpipe.model.records import Incoming, Run
 from orderpipe.observe.console import Console
 from orderpipe.observe.metrics import ConsumerMetrics
 from orderpipe.observe.metrics_http import serving
@@ -288,11 +289,12 @@ class OrderConsumer:
         # the common record through the intake itself, a call less per record.
         fast = intake if downstream is None else None
 
-        def decide(records: Sequence[Incoming], now_ms: int) -> BatchPlan:
+        def decide(runs: Sequence[Run], now_ms: int) -> BatchPlan:
             if lookup is not None:
                 # The batch's new schema ids are looked up together, for a bounded time.
-                lookup.resolve((i for r in records if (i := schema_id_of(r.value)) is not None), LOOKUP_WAIT_S)
-            return plan_batch(records, now_ms, process, policy, topics.largest_record, fast=fast)
+                ids = (i for run in runs for value in run.values if (i := schema_id_of(value)) is not None)
+                lookup.resolve(ids, LOOKUP_WAIT_S)
+            return plan_batch(runs, now_ms, process, policy, topics.largest_record, fast=fast)
 
         outputs = (settings.retry_topic, settings.dlq_topic, settings.stats_topic)
         replicas = ReplicaWatch(

@@ -101,7 +101,7 @@ def test_records_of_an_aborted_transaction_at_a_partitions_end_are_not_left_to_r
         read: list[bytes | None] = []
 
         def caught_up() -> bool:
-            read.extend(record.value for record in edge.poll(100, 0.1).records)
+            read.extend(value for run in edge.poll(100, 0.1).runs for value in run.values)
             return edge.unread(tps) == dict.fromkeys(tps, 0)
 
         wait_for(caught_up, 30, "nothing left to read past the aborted transaction")

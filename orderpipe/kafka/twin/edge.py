@@ -29,7 +29,7 @@ from orderpipe.core.topics import PRODUCER_MESSAGE_MAX_BYTES
 from orderpipe.errors import DeliveryError, FatalKafkaError, KafkaCallError
 from orderpipe.kafka.twin.cluster import TwinCluster
 from orderpipe.kafka.twin.parts import Group, Later, Transaction
-from orderpipe.model.records import Incoming, record_bytes
+from orderpipe.model.records import Incoming, record_bytes, runs_of
 
 __all__ = ["TwinEdge", "open_twin_edge"]
 
@@ -253,7 +253,7 @@ class TwinEdge(_TwinProducer):
         if not records and not events:
             cluster.clock.advance(timeout_s)
         self._check("poll", after=True)
-        return Polled(events, records)
+        return Polled(events, runs_of(records))
 
     def _take_events(self) -> tuple[Event, ...]:
         if self.expired:  # dropped by the group: it finds out now, then joins again

@@ -13,12 +13,13 @@ import pytest
 
 from orderpipe.config.settings import Settings, build_settings
 from orderpipe.consumer.assignment import Restorer
+from orderpipe.core.batch_plan import BatchPlan, Deferred
 from orderpipe.core.effects import OutputTopics, batch_effects
 from orderpipe.core.hold import Hold
 from orderpipe.core.ownership import Ownership
 from orderpipe.core.ports import BEGINNING, Outgoing, TopicSpec
 from orderpipe.core.retry_scheduler import RetryScheduler
-from orderpipe.core.routing import BatchPlan, DeadLetter, Deferred, Processed, Retry
+from orderpipe.core.routing import DeadLetter, Processed, Retry
 from orderpipe.core.stats import Latest, StatsKeys, StatsTable
 from orderpipe.core.stats_view import CatchUp, StatsView
 from orderpipe.core.topics import STATS_TOPIC_CONFIG, missing_sentence, missing_topics, partition_warning, weak_topics
@@ -27,7 +28,7 @@ from orderpipe.kafka import stats_tail
 from orderpipe.kafka.twin.parts import VirtualClock
 from orderpipe.model.money import RunningAverage
 from orderpipe.model.order import ValidOrder
-from orderpipe.model.records import Incoming
+from orderpipe.model.records import Incoming, runs_of
 from orderpipe.programs.consumer_app import simulated_outage
 
 TOPICS = OutputTopics("orders-retry", "orders-dlq", "orders-stats", "g")
@@ -83,8 +84,8 @@ def test_only_owned_partitions_that_are_not_paused_are_read_and_moved_on() -> No
     ownership.assigned([A, B])
     ownership.restored({A: 1, B: 1}, table_of())
     ownership.assigned([R])  # a later assignment restoring: not read yet
-    records = [record(A, 1), record(B, 1), record(R, 0), record(("elsewhere", 0), 0)]
-    assert ownership.accept(records, {B}) == [records[0]]
+    runs = runs_of([record(A, 1), record(B, 1), record(R, 0), record(("elsewhere", 0), 0)])
+    assert ownership.accept(runs, {B}) == [runs[0]]
     ownership.revoked([B])
     plan = BatchPlan((), {A: 5, B: 9})
     ownership.committed(batch_effects(plan, ownership.states, TOPICS))
@@ -113,7 +114,7 @@ def test_the_hold_pauses_what_is_read_and_seeks_back_to_what_it_dropped() -> Non
     hold = Hold()
     assert hold.begin([A, B, R]) == {A, B, R}
     was_active = hold.active
-    hold.drop([record(A, 7), record(A, 8), record(B, 2)])
+    hold.drop(runs_of([record(A, 7), record(A, 8), record(B, 2)]))
     assert hold.forget([B, ("elsewhere", 0)]) == [B]
     assert hold.end() == ({A, R}, {A: 7})
     assert (was_active, hold.active) == (True, False)

@@ -21,7 +21,7 @@ import pytest
 from confluent_kafka.schema_registry import Schema
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
-from orderpipe.core.routing import CLOCK_SKEW_MS
+from orderpipe.core.batch_plan import CLOCK_SKEW_MS
 from orderpipe.core.stats import encode_stats, stats_key
 from orderpipe.errors import ConfigError
 from orderpipe.kafka.twin.cluster import TwinCluster

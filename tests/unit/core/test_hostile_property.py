@@ -11,8 +11,9 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from orderpipe.core.batch_plan import CLOCK_SKEW_MS, BatchPlan, plan_batch
 from orderpipe.core.intake import Intake
-from orderpipe.core.routing import CLOCK_SKEW_MS, BatchPlan, DeadLetter, Processed, Retry, RetryPolicy, plan_batch
+from orderpipe.core.routing import DeadLetter, Processed, Retry, RetryPolicy
 from orderpipe.errors import DeserializationError, NotReady
 from orderpipe.model.order import Order, ValidOrder, validate
 from orderpipe.model.records import PIPELINE_HEADERS, UNREADABLE_HEADERS, Incoming, record_bytes
@@ -150,3 +151,23 @@ def comparable(plan: BatchPlan) -> tuple[Any, ...]:
         tuple(plain(d) for d in plan.routed),
         plan.totals,
     )
+
+
+plain_records = records.map(lambda r: r._replace(topic="orders", headers=(), from_retry_topic=False, unreadable=""))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(plain_records, max_size=20).map(in_order), st.integers(0, 25))
+def test_plain_runs_plan_as_whole_records_do_and_make_a_decision_only_when_read(
+    batch: list[Incoming], head: int
+) -> None:
+    # Records without headers on the orders topic make plain runs: the fast lane reads
+    # their values alone, and steps aside for each record it does not take (a schema
+    # being looked up among them stops the partition there).
+    fast = plan_batch(batch, NOW, read_only, POLICY, LIMIT, fast=Intake(DECODER, 10_000_000))
+    general = plan_batch(batch, NOW, read_only, POLICY, LIMIT)
+    assert comparable(fast) == comparable(general)
+    assert len(fast.decisions) == len(tuple(fast.decisions))
+    assert fast.decisions[:head] == tuple(fast.decisions)[:head]
+    if fast.decisions:
+        assert fast.decisions[-1] == tuple(fast.decisions)[-1]

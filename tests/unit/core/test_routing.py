@@ -2,17 +2,8 @@
 
 import pytest
 
-from orderpipe.core.routing import (
-    CLOCK_SKEW_MS,
-    DeadLetter,
-    Deferred,
-    Processed,
-    Retry,
-    RetryPolicy,
-    backoff_ms,
-    decide,
-    plan_batch,
-)
+from orderpipe.core.batch_plan import CLOCK_SKEW_MS, Deferred, plan_batch
+from orderpipe.core.routing import DeadLetter, Processed, Retry, RetryPolicy, backoff_ms, decide
 from orderpipe.errors import DeserializationError, NotReady, ValidationError
 from orderpipe.model.order import ValidOrder
 from orderpipe.model.records import UNREADABLE_HEADERS, Incoming, record_bytes

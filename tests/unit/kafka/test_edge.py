@@ -59,7 +59,7 @@ def gather(poll: Callable[[], list[T]], count: int) -> list[T]:
 
 
 def read(edge: ConfluentEdge, count: int) -> list[Incoming]:
-    return gather(lambda: edge.poll(100, 0.1).records, count)
+    return gather(lambda: [record for run in edge.poll(100, 0.1).runs for record in run.records()], count)
 
 
 @contextmanager
@@ -127,7 +127,7 @@ def test_a_paused_partition_delivers_nothing_until_resumed_and_seek_reads_again(
         edge.pause([tp])
         edge.seek({tp: 3})
         mock_cluster.produce(settings.orders_topic, 0, [b"v5"])
-        assert all(not edge.poll(100, 0.05).records for _ in range(5))
+        assert all(not edge.poll(100, 0.05).runs for _ in range(5))
         edge.resume([tp])
         assert [r.value for r in read(edge, 3)] == [b"v3", b"v4", b"v5"]
 
@@ -177,7 +177,7 @@ def test_a_renewed_producer_registers_the_same_id_and_the_old_transaction_never_
         partition = next(p for p in range(4) if mock_cluster.end(settings.dlq_topic, p) > 0)
         edge.assign({(settings.dlq_topic, partition): BEGINNING})
         assert [r.value for r in read(edge, 1)] == [b"kept"]
-        assert all(not edge.poll(100, 0.05).records for _ in range(3))
+        assert all(not edge.poll(100, 0.05).runs for _ in range(3))
 
 
 def test_the_stats_tail_reads_the_stats_topic_to_its_end(mock_cluster: MockCluster) -> None:
@@ -250,7 +250,7 @@ def test_a_subscription_reports_the_assignment_and_assigns_nothing_by_itself(moc
         events = gather(lambda: list(edge.poll(100, 0.1).events), 1)
         assert isinstance(events[0], Assigned)
         assert sorted(events[0].partitions) == [(settings.orders_topic, p) for p in range(4)]
-        assert all(not edge.poll(100, 0.05).records for _ in range(5)), "nothing is read before `assign`"
+        assert all(not edge.poll(100, 0.05).runs for _ in range(5)), "nothing is read before `assign`"
         edge.assign({(settings.orders_topic, 0): 0})
         assert [r.value for r in read(edge, 1)] == [b"early"]
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from confluent_kafka import KafkaError
+from confluent_kafka import KafkaError, Message
 
 from orderpipe.errors import KafkaCallError
-from orderpipe.kafka.messages import _checked_headers, incoming
+from orderpipe.kafka.messages import _checked_headers, incoming, incoming_runs
 from orderpipe.model.records import UNREADABLE_HEADERS
 
 
@@ -39,3 +39,34 @@ def test_headers_are_checked_before_they_are_read() -> None:
     assert _checked_headers([("trace", b"1")]) == ((("trace", b"1"),), "")
     assert _checked_headers([]) == ((), "")
     assert _checked_headers(Unreadable([("x", b"")])) == ((), UNREADABLE_HEADERS)
+
+
+def test_a_poll_comes_as_runs_split_where_the_partition_or_plainness_changes() -> None:
+    messages = [
+        Message(topic="orders", partition=0, offset=1, key=b"a", value=b"1", timestamp=(1, 10)),
+        Message(topic="orders", partition=0, offset=3, key=b"b", value=b"2", timestamp=(1, 11)),
+        Message(topic="orders", partition=0, offset=4, value=b"3", headers=[("trace", b"x")], timestamp=(1, 12)),
+        Message(topic="orders", partition=0, offset=5, value=b"4", timestamp=(1, 13)),
+        Message(topic="orders", partition=1, offset=0, value=b"5", timestamp=(1, 14)),
+        Message(topic="orders", partition=1, error=KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED)),
+        Message(topic="orders-retry", partition=1, offset=7, value=b"6", timestamp=(1, 15)),
+        Message(topic="orders-retry", partition=1, offset=8, value=b"7", timestamp=(1, 16)),
+    ]
+    errors: list[tuple[KafkaError, str | None]] = []
+    runs = incoming_runs(messages, "orders-retry", lambda error, topic: errors.append((error, topic)))
+    shapes = [
+        (run.topic, run.partition, run.plain, run.from_retry_topic, run.first_offset, run.last_offset, run.values)
+        for run in runs
+    ]
+    assert shapes == [
+        ("orders", 0, True, False, 1, 3, [b"1", b"2"]),
+        ("orders", 0, False, False, 4, 4, [b"3"]),
+        ("orders", 0, True, False, 5, 5, [b"4"]),
+        ("orders", 1, True, False, 0, 0, [b"5"]),
+        ("orders-retry", 1, False, True, 7, 8, [b"6", b"7"]),
+    ]
+    assert [(e.code(), topic) for e, topic in errors] == [(KafkaError.TOPIC_AUTHORIZATION_FAILED, "orders")]
+    # Made whole when asked, a record is what `incoming` makes of its message.
+    whole = [m for m in messages if m.error() is None]
+    assert [record for run in runs for record in run.records()] == [incoming(m, "orders-retry") for m in whole]
+    assert runs[1].record(0).headers == (("trace", b"x"),)

@@ -1,0 +1,302 @@
+"""Planning a polled batch (docs/wire-formats.md), free of Kafka and clocks.
+
+The consumer edge hands over each poll's records as runs of one partition (`Run`,
+orderpipe/model/records.py), asks `plan_batch` what to do with them at a given time,
+and applies the returned `BatchPlan`: count the processed orders, produce the retry
+and DLQ records, commit the positions and pause the partitions whose head record is
+not yet due (a retry) or not yet readable (its schema still being looked up). Each
+record is routed by `decide` (orderpipe/core/routing.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from itertools import islice
+from typing import NamedTuple, overload
+
+from orderpipe.core.routing import DeadLetter, Decision, Processed, Retry, RetryPolicy, decide
+from orderpipe.errors import DeserializationError, NotReady
+from orderpipe.model.order import ValidOrder
+from orderpipe.model.records import Incoming, Run, runs_of
+
+__all__ = ["CLOCK_SKEW_MS", "BatchPlan", "Decisions", "Deferred", "plan_batch"]
+
+# How far another consumer's clock may run ahead of this one's. A retry record's due
+# time is at most its own timestamp plus the longest backoff; anything later than
+# that plus this allowance is forged or garbled, and the record counts as due now.
+CLOCK_SKEW_MS = 10_000
+
+
+class _Orders(NamedTuple):
+    """Valid orders read from a plain run's values alone, from the record at `start` on."""
+
+    run: Run
+    start: int
+    orders: list[ValidOrder]
+
+
+class Decisions(Sequence[Decision]):
+    """A batch's decisions, in order.
+
+    The common record's `Processed` is made only when it is read: `plan_batch` keeps
+    the valid orders of a plain run as a list beside the run, and a quiet consumer,
+    which reads no decision but the retries and dead letters, never makes one.
+    """
+
+    __slots__ = ("_length", "_made", "_parts")
+
+    def __init__(self, decisions: Iterable[Decision] = ()) -> None:
+        self._parts: list[Decision | _Orders] = list(decisions)
+        self._length = len(self._parts)
+        self._made: tuple[Decision, ...] | None = None
+
+    def append(self, decision: Decision) -> None:
+        self._parts.append(decision)
+        self._length += 1
+        self._made = None
+
+    def add_orders(self, run: Run, start: int, orders: list[ValidOrder]) -> None:
+        """The run's records from `start` on were read as these valid orders."""
+        self._parts.append(_Orders(run, start, orders))
+        self._length += len(orders)
+        self._made = None
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __iter__(self) -> Iterator[Decision]:
+        new = tuple.__new__
+        for part in self._parts:
+            if type(part) is _Orders:
+                record = part.run.record
+                for index, order in enumerate(part.orders, part.start):
+                    yield new(Processed, (record(index), order))
+            else:
+                yield part  # type: ignore[misc]
+
+    @overload
+    def __getitem__(self, index: int) -> Decision: ...
+    @overload
+    def __getitem__(self, index: slice) -> tuple[Decision, ...]: ...
+    def __getitem__(self, index: int | slice) -> Decision | tuple[Decision, ...]:
+        if isinstance(index, slice) and index.start in (None, 0) and index.step is None and index.stop is not None:
+            return tuple(islice(self, max(index.stop, 0)))  # the first few, without making the rest
+        if self._made is None:
+            self._made = tuple(self)
+        return self._made[index]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (Decisions, tuple, list)):
+            return tuple(self) == tuple(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Decisions({list(self)!r})"
+
+
+@dataclass(frozen=True)
+class Deferred:
+    """A record not yet due (a retry) or not yet readable (NotReady): pause its partition and seek back to it."""
+
+    topic: str
+    partition: int
+    offset: int
+    due_ms: int
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """A batch's decisions, in order, and what the effects need of them without going over each again.
+
+    `routed` holds the retries and dead letters among the decisions, in order, and
+    `totals` the orders processed and their cents per partition. `plan_batch` adds
+    them up as it decides; `BatchPlan.of` does it for decisions made elsewhere.
+    """
+
+    decisions: Sequence[Decision] = ()
+    # Next offset to commit per (topic, partition): just past the last record decided.
+    commits: dict[tuple[str, int], int] = field(default_factory=dict)
+    deferred: tuple[Deferred, ...] = ()
+    routed: tuple[Retry | DeadLetter, ...] = ()
+    totals: dict[tuple[str, int], list[int]] = field(default_factory=dict)  # [orders, cents]
+
+    @classmethod
+    def of(
+        cls,
+        decisions: Sequence[Decision],
+        commits: dict[tuple[str, int], int] | None = None,
+        deferred: tuple[Deferred, ...] = (),
+    ) -> BatchPlan:
+        routed: list[Retry | DeadLetter] = []
+        totals: dict[tuple[str, int], list[int]] = {}
+        for decision in decisions:
+            if isinstance(decision, Processed):
+                added = totals.setdefault((decision.record.topic, decision.record.partition), [0, 0])
+                added[0] += 1
+                added[1] += decision.order.price_cents
+            else:
+                routed.append(decision)
+        return cls(decisions, commits or {}, deferred, tuple(routed), totals)
+
+
+def plan_batch(
+    runs: Sequence[Run] | Sequence[Incoming],
+    now_ms: int,
+    process: Callable[[Incoming], ValidOrder],
+    policy: RetryPolicy,
+    max_record_bytes: int | None = None,
+    *,
+    fast: Callable[[bytes | None], ValidOrder | None] | None = None,
+) -> BatchPlan:
+    """Decides a batch in order, stopping a partition at its first record not yet due or not yet readable.
+
+    Args:
+        runs: the batch as the consumer returned it: runs of one partition, or the
+            records themselves (made into runs with `runs_of`).
+        now_ms: the current time in epoch milliseconds (one reading per batch).
+        process: decodes, validates and handles one record; any exception it raises
+            is the record's failure and is routed by `decide`, except `NotReady`,
+            which defers the record (its partition waits, the others go on).
+        policy: retry limits and backoff.
+        max_record_bytes: see `decide`.
+        fast: reads the common record's value (of the orders topic, readable) as the
+            valid order `process` would return, or answers None, and then `process`
+            decides. Only for a `process` that does nothing more than read the order.
+    """
+    if runs and isinstance(runs[0], Incoming):
+        runs = runs_of(runs)  # type: ignore[arg-type]
+    planner = _Planner(now_ms, process, policy, max_record_bytes)
+    for run in runs:
+        assert isinstance(run, Run)
+        tp = (run.topic, run.partition)
+        if tp in planner.stopped:
+            continue  # refetched after the seek back to a deferred record
+        if run.plain and fast is not None:
+            planner.plain_run(tp, run, fast)
+        else:
+            planner.run(tp, run.records(), None if run.from_retry_topic else fast)
+    return BatchPlan(planner.decisions, planner.commits, tuple(planner.deferred), tuple(planner.routed), planner.totals)
+
+
+class _Planner:
+    """What plan_batch adds up while it decides, run after run."""
+
+    def __init__(
+        self, now_ms: int, process: Callable[[Incoming], ValidOrder], policy: RetryPolicy, max_record_bytes: int | None
+    ) -> None:
+        self.now_ms, self.process, self.policy, self.max_record_bytes = now_ms, process, policy, max_record_bytes
+        self.decisions = Decisions()
+        self.routed: list[Retry | DeadLetter] = []
+        self.totals: dict[tuple[str, int], list[int]] = {}
+        self.commits: dict[tuple[str, int], int] = {}
+        self.deferred: list[Deferred] = []
+        self.stopped: set[tuple[str, int]] = set()
+
+    def plain_run(self, tp: tuple[str, int], run: Run, fast: Callable[[bytes | None], ValidOrder | None]) -> None:
+        """Decides a plain run: each value read by `fast`, and only a record it does not take made whole."""
+        values, start = run.values, 0
+        count = cents = 0
+        while start < len(values):
+            orders: list[ValidOrder] = []
+            append = orders.append
+            for value in values[start:] if start else values:
+                order = fast(value)
+                if order is None:
+                    break
+                append(order)
+                cents += order.price_cents
+            if orders:
+                self.decisions.add_orders(run, start, orders)
+                count += len(orders)
+                start += len(orders)
+            if start < len(values):  # a record the fast path did not take: decided whole
+                if not self._decide(tp, run.record(start)):
+                    break
+                start += 1
+        else:
+            self.commits[tp] = run.last_offset + 1
+        self._add(tp, count, cents)
+
+    def run(
+        self, tp: tuple[str, int], records: Iterable[Incoming], fast: Callable[[bytes | None], ValidOrder | None] | None
+    ) -> None:
+        """Decides a run of whole records, up to the first one deferred."""
+        count = cents = 0
+        for record in records:
+            if fast is not None and not record.unreadable:
+                order = fast(record.value)
+                if order is not None:
+                    self.decisions.append(_new_tuple(Processed, (record, order)))
+                    count += 1
+                    cents += order.price_cents
+                    continue
+            if not self._decide(tp, record):
+                break
+        else:
+            self.commits[tp] = record.offset + 1  # a run holds at least one record
+        self._add(tp, count, cents)
+
+    def _decide(self, tp: tuple[str, int], record: Incoming) -> bool:
+        """Decides one record through `process`; False when it is deferred, which stops its partition."""
+        due, outcome = _attempt(record, self.now_ms, self.process, self.policy)
+        if outcome is None:  # not due yet, or not ready: the partition stops here
+            self.stopped.add(tp)
+            self.deferred.append(Deferred(record.topic, record.partition, record.offset, due or self.now_ms))
+            self.commits[tp] = record.offset
+            return False
+        decision = (
+            _new_tuple(Processed, (record, outcome))  # the common case, as `decide` would route it
+            if type(outcome) is ValidOrder
+            else decide(record, outcome, self.now_ms, self.policy, self.max_record_bytes)
+        )
+        self.decisions.append(decision)
+        if isinstance(decision, Processed):
+            self._add(tp, 1, decision.order.price_cents)
+        else:
+            self.routed.append(decision)
+        return True
+
+    def _add(self, tp: tuple[str, int], count: int, cents: int) -> None:
+        if count:
+            added = self.totals.setdefault(tp, [0, 0])
+            added[0] += count
+            added[1] += cents
+
+
+_new_tuple = tuple.__new__
+
+
+def _attempt(
+    record: Incoming, now_ms: int, process: Callable[[Incoming], ValidOrder], policy: RetryPolicy
+) -> tuple[int | None, ValidOrder | BaseException | None]:
+    """What processing the record gave (its order or its failure), or when it is due: (due, None)."""
+    # Only records of the retry topic carry a due time.
+    due = _due(record, now_ms, policy) if record.from_retry_topic else None
+    if due is not None:
+        return due, None
+    if record.unreadable:
+        return None, DeserializationError(record.unreadable)
+    try:
+        return None, process(record)
+    except NotReady as exc:
+        return now_ms + exc.retry_after_ms, None
+    except Exception as exc:  # routing every failure is the point of plan_batch
+        return None, exc
+
+
+def _due(record: Incoming, now_ms: int, policy: RetryPolicy) -> int | None:
+    """When a retry record not yet due is due, or None when it may be processed now.
+
+    A retry written by this pipeline is due at most the longest backoff after it was
+    written. A later due time (a forged or garbled header, a timestamp in the future)
+    counts as due now, so no partition is paused for longer than that.
+    """
+    due = record.not_before
+    if due is None or due <= now_ms:
+        return None
+    if due > min(record.timestamp, now_ms) + policy.backoff_max_ms + CLOCK_SKEW_MS:
+        return None
+    return due
