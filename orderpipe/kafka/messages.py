@@ -77,11 +77,13 @@ def incoming_runs(
             kept.append(message)
             values.append(message.value())
         else:
+            # Made before any other call: headers() may have left an error pending (see _checked_headers).
+            record = _whole(message, topic, raw, retry_topic)
             if kept:
                 _end_run(runs, whole, kept, values, retry_topic)
                 kept, values = [], []
                 run_partition = -1
-            whole.append(_whole(message, topic, raw, retry_topic))
+            whole.append(record)
     _end_run(runs, whole, kept, values, retry_topic)
     return runs
 
