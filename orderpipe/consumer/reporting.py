@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from orderpipe.core.effects import BatchEffects
 from orderpipe.core.latency import LatencyHistogram
-from orderpipe.core.routing import REASONS, DeadLetter, Decision, Processed, Retry
+from orderpipe.core.routing import REASONS, Decision, Processed, Retry
 from orderpipe.core.status import ConsumerReading, LoopReading, View
 from orderpipe.model.money import RunningAverage, format_cents
 from orderpipe.observe.console import Console, throughput_line
@@ -90,12 +90,11 @@ class Reporter:
         summary.handled += len(decisions)
         summary.busy_s = now_s - self._first_batch_s
         summary.processed += effects.processed
-        if effects.processed < len(decisions):
-            for decision in decisions:
-                if isinstance(decision, Retry):
-                    summary.retried += 1
-                elif isinstance(decision, DeadLetter):
-                    summary.dead_lettered[decision.reason] += 1
+        for routed in effects.routed:
+            if isinstance(routed, Retry):
+                summary.retried += 1
+            else:
+                summary.dead_lettered[routed.reason] += 1
         for decision in decisions[: self._console.claim_events(len(decisions))]:
             running = self._print(decision, running)
         if self._latency is not None:

@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 from orderpipe.core.batch_plan import BatchPlan, Deferred
 from orderpipe.core.ports import TP, Outgoing
-from orderpipe.core.routing import Decision, Retry
+from orderpipe.core.routing import DeadLetter, Decision, Retry
 from orderpipe.core.stats import encode_stats, stats_key
 from orderpipe.model.money import RunningAverage
 
@@ -43,6 +43,8 @@ class BatchEffects(NamedTuple):
     decisions: Sequence[Decision]
     # How many of the decisions are Processed.
     processed: int
+    # The retries and dead letters among the decisions, in order (without making the rest).
+    routed: tuple[Retry | DeadLetter, ...]
 
 
 def batch_effects(plan: BatchPlan, states: Mapping[TP, RunningAverage], topics: OutputTopics) -> BatchEffects:
@@ -69,4 +71,6 @@ def batch_effects(plan: BatchPlan, states: Mapping[TP, RunningAverage], topics: 
         for tp, offset in plan.commits.items()
     )
     processed = sum(count for count, _ in plan.totals.values())
-    return BatchEffects(tuple(outgoing), dict(plan.commits), after, plan.deferred, plan.decisions, processed)
+    return BatchEffects(
+        tuple(outgoing), dict(plan.commits), after, plan.deferred, plan.decisions, processed, plan.routed
+    )

@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from orderpipe.core.effects import BatchEffects
 from orderpipe.core.health import Health
 from orderpipe.core.ports import TP
-from orderpipe.core.routing import REASONS, DeadLetter, Retry
+from orderpipe.core.routing import REASONS, Retry
 from orderpipe.model.money import RunningAverage
 
 __all__ = ["AVERAGE_EVERY_S", "LAG_EVERY_S", "ConsumerMetrics", "ProducerMetrics"]
@@ -81,12 +81,11 @@ class ConsumerMetrics:
     def committed(self, effects: BatchEffects, commit_s: float, average: RunningAverage) -> None:
         """A batch was committed, in `commit_s`; `average` is the group-wide one after it."""
         self._processed.inc(effects.processed)
-        if effects.processed < len(effects.decisions):
-            for decision in effects.decisions:
-                if isinstance(decision, Retry):
-                    self._retried.inc()
-                elif isinstance(decision, DeadLetter):
-                    self._dead_lettered.labels(decision.reason).inc()
+        for decision in effects.routed:
+            if isinstance(decision, Retry):
+                self._retried.inc()
+            else:
+                self._dead_lettered.labels(decision.reason).inc()
         if effects.decisions:
             self._batch.observe(len(effects.decisions))
         self._commit.observe(commit_s)
