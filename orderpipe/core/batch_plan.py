@@ -13,19 +13,29 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import NamedTuple, overload
+from typing import NamedTuple, Protocol, overload
 
 from orderpipe.core.routing import DeadLetter, Decision, Processed, Retry, RetryPolicy, decide
 from orderpipe.errors import DeserializationError, NotReady
 from orderpipe.model.order import ValidOrder
 from orderpipe.model.records import Incoming, Run, runs_of
 
-__all__ = ["CLOCK_SKEW_MS", "BatchPlan", "Decisions", "Deferred", "plan_batch"]
+__all__ = ["CLOCK_SKEW_MS", "BatchPlan", "Decisions", "Deferred", "FastLane", "plan_batch"]
 
 # How far another consumer's clock may run ahead of this one's. A retry record's due
 # time is at most its own timestamp plus the longest backoff; anything later than
 # that plus this allowance is forged or garbled, and the record counts as due now.
 CLOCK_SKEW_MS = 10_000
+
+
+class FastLane(Protocol):
+    """Reads the common record's value as the valid order processing would give, or answers None (`Intake`)."""
+
+    def __call__(self, value: bytes | None) -> ValidOrder | None: ...
+
+    def read(self, values: list[bytes | None], start: int) -> tuple[list[ValidOrder], int]:
+        """The valid orders of `values` from `start` on, up to the first value it does not take, and their cents."""
+        ...
 
 
 class _Orders(NamedTuple):
@@ -149,7 +159,7 @@ def plan_batch(
     policy: RetryPolicy,
     max_record_bytes: int | None = None,
     *,
-    fast: Callable[[bytes | None], ValidOrder | None] | None = None,
+    fast: FastLane | None = None,
 ) -> BatchPlan:
     """Decides a batch in order, stopping a partition at its first record not yet due or not yet readable.
 
@@ -195,19 +205,13 @@ class _Planner:
         self.deferred: list[Deferred] = []
         self.stopped: set[tuple[str, int]] = set()
 
-    def plain_run(self, tp: tuple[str, int], run: Run, fast: Callable[[bytes | None], ValidOrder | None]) -> None:
-        """Decides a plain run: each value read by `fast`, and only a record it does not take made whole."""
+    def plain_run(self, tp: tuple[str, int], run: Run, fast: FastLane) -> None:
+        """Decides a plain run: its values read by `fast`, and only a record it does not take made whole."""
         values, start = run.values, 0
         count = cents = 0
         while start < len(values):
-            orders: list[ValidOrder] = []
-            append = orders.append
-            for value in values[start:] if start else values:
-                order = fast(value)
-                if order is None:
-                    break
-                append(order)
-                cents += order.price_cents
+            orders, added = fast.read(values, start)
+            cents += added
             if orders:
                 self.decisions.add_orders(run, start, orders)
                 count += len(orders)
@@ -220,9 +224,7 @@ class _Planner:
             self.commits[tp] = run.last_offset + 1
         self._add(tp, count, cents)
 
-    def run(
-        self, tp: tuple[str, int], records: Iterable[Incoming], fast: Callable[[bytes | None], ValidOrder | None] | None
-    ) -> None:
+    def run(self, tp: tuple[str, int], records: Iterable[Incoming], fast: FastLane | None) -> None:
         """Decides a run of whole records, up to the first one deferred."""
         count = cents = 0
         for record in records:

@@ -7,7 +7,8 @@ with no `Order` in between and no call per field. It takes only that common shap
 anything else, or for any doubt; the general path (`OrderDecoder.decode`, then
 `validate`) then decides and explains. Whenever it answers, the answer is what the
 general path gives: tests/unit/core/test_intake.py holds the two equal over mutated
-records. Pure: no Kafka.
+records. `Intake.read` takes a plain run's values in one loop (orderpipe/core/batch_plan.py),
+so that a value costs no call of its own. Pure: no Kafka.
 
 Its walk over the layout repeats the direct reader's (`_read_v2` in orderpipe/serde/direct.py) on purpose:
 a helper shared by the two would cost a call per record, the cost this module is
@@ -49,52 +50,66 @@ class Intake:
         self._max_price_cents = max_price_cents
 
     def __call__(self, value: bytes | None) -> ValidOrder | None:
-        if value is None or not value.startswith(self._headers):
-            return None
-        try:
-            # Each length is one zigzag varint byte: even (not negative), below 0x80, and here not 0.
-            length = value[_HEADER]
-            if not _ONE_BYTE[length]:
-                return None
-            id_end = _HEADER + 1 + (length >> 1)
-            length = value[id_end]
-            if not _ONE_BYTE[length]:
-                return None
-            product_start = id_end + 1
-            product_end = product_start + (length >> 1)
-            quantity = value[product_end + 4]
-            if not _QUANTITY[quantity]:
-                return None
-            branch = value[product_end + 5]
-            if branch == 0:
-                if product_end + 6 != len(value):
-                    return None
-                customer_id = None
-            else:
-                length = value[product_end + 6]
-                if branch != 2 or not _ONE_BYTE[length] or product_end + 7 + (length >> 1) != len(value):
-                    return None
-                customer_id = value[product_end + 7 :].decode("utf-8")
-                # At most 63 bytes, so within MAX_CUSTOMER_ID_LENGTH characters.
-                if customer_id.isspace() or not customer_id.isprintable():
-                    return None
-            order_id = value[_HEADER + 1 : id_end]
-            # ORDER_ID_PATTERN on the bytes: stripping its characters from a non-empty id leaves nothing.
-            if order_id.strip(_ID_BYTES):
-                return None
-            product = value[product_start:product_end].decode("utf-8")
-        except (IndexError, UnicodeDecodeError):
-            return None
-        # Both at most 63 bytes: within their length limits.
-        if product.isspace():
-            return None
-        # A float32's 24-bit significand times 100 (5 bits) fits a double's 53: the
-        # product is exact, and round() takes it half to even, as money.to_cents does.
-        hundredfold = _FLOAT.unpack_from(value, product_end)[0] * 100.0
-        # NaN, negative, zero, infinite and too high prices take the general path.
-        if not 0.0 < hundredfold <= self._max_price_cents:
-            return None
-        cents = round(hundredfold)
-        if cents == 0:
-            return None
-        return _new_tuple(ValidOrder, (order_id.decode("ascii"), product, cents, quantity >> 1, customer_id))
+        orders, _ = self.read([value], 0)
+        return orders[0] if orders else None
+
+    def read(self, values: list[bytes | None], start: int) -> tuple[list[ValidOrder], int]:
+        """Reads `values` from `start` on as valid orders, up to the first one it does not take.
+
+        Returns the orders, one for each value read, and their cents added up.
+        """
+        headers, max_cents, unpack, new = self._headers, self._max_price_cents, _FLOAT.unpack_from, _new_tuple
+        orders: list[ValidOrder] = []
+        append = orders.append
+        total = 0
+        for value in values[start:] if start else values:
+            if value is None or not value.startswith(headers):
+                break
+            try:
+                # Each length is one zigzag varint byte: even (not negative), below 0x80, and here not 0.
+                length = value[_HEADER]
+                if not _ONE_BYTE[length]:
+                    break
+                id_end = _HEADER + 1 + (length >> 1)
+                length = value[id_end]
+                if not _ONE_BYTE[length]:
+                    break
+                product_start = id_end + 1
+                product_end = product_start + (length >> 1)
+                quantity = value[product_end + 4]
+                if not _QUANTITY[quantity]:
+                    break
+                branch = value[product_end + 5]
+                if branch == 0:
+                    if product_end + 6 != len(value):
+                        break
+                    customer_id = None
+                else:
+                    length = value[product_end + 6]
+                    if branch != 2 or not _ONE_BYTE[length] or product_end + 7 + (length >> 1) != len(value):
+                        break
+                    customer_id = value[product_end + 7 :].decode("utf-8")
+                    # At most 63 bytes, so within MAX_CUSTOMER_ID_LENGTH characters.
+                    if customer_id.isspace() or not customer_id.isprintable():
+                        break
+                order_id = value[_HEADER + 1 : id_end]
+                # ORDER_ID_PATTERN on the bytes: stripping its characters from a non-empty id leaves nothing.
+                if order_id.strip(_ID_BYTES):
+                    break
+                product = value[product_start:product_end].decode("utf-8")
+            except (IndexError, UnicodeDecodeError):
+                break
+            # Both at most 63 bytes: within their length limits.
+            if product.isspace():
+                break
+            # A float32's 24-bit significand times 100 (5 bits) fits a double's 53: the
+            # product is exact, and round() takes it half to even, as money.to_cents does.
+            hundredfold = unpack(value, product_end)[0] * 100.0
+            # NaN, negative, zero, infinite and too high prices take the general path, and
+            # so do those that round to 0 cents (at most 0.5 hundredths; 0.5 rounds to 0).
+            if not 0.5 < hundredfold <= max_cents:
+                break
+            cents = round(hundredfold)
+            total += cents
+            append(new(ValidOrder, (order_id.decode("ascii"), product, cents, quantity >> 1, customer_id)))
+        return orders, total

@@ -123,3 +123,14 @@ def test_other_framings_and_settings_take_the_general_path() -> None:
     for wire_format in (CONFLUENT, RAW):
         decoder = OrderDecoder(SCHEMA, wire_format=wire_format, raw=lambda _: order)
         assert Intake(decoder, MAX)(SCHEMA.encode_single_object(order)) is None
+
+
+def test_a_run_of_values_is_read_up_to_the_first_one_the_fast_path_does_not_take() -> None:
+    valid = [SCHEMA.encode_single_object(Order(f"ORD-{i}", "Desk", 1.25 * i, 2, None)) for i in range(1, 5)]
+    values: list[bytes | None] = [*valid[:2], b"not an order", *valid[2:], None]
+    orders, cents = INTAKE.read(values, 0)
+    assert orders == [INTAKE(value) for value in valid[:2]]
+    assert cents == 125 + 250
+    orders, cents = INTAKE.read(values, 3)
+    assert ([order.order_id for order in orders], cents) == (["ORD-3", "ORD-4"], 375 + 500)
+    assert INTAKE.read(values, 2) == ([], 0)
