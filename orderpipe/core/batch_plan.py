@@ -33,24 +33,29 @@ class FastLane(Protocol):
 
     def __call__(self, value: bytes | None) -> ValidOrder | None: ...
 
-    def read(self, values: list[bytes | None], start: int) -> tuple[list[ValidOrder], int]:
-        """The valid orders of `values` from `start` on, up to the first value it does not take, and their cents."""
+    def read(self, values: list[bytes | None], start: int, orders: list[ValidOrder] | None = None) -> tuple[int, int]:
+        """How many of `values` from `start` on are valid orders, up to the first it does not take, and their cents.
+
+        Each order is added to `orders` if given.
+        """
         ...
 
 
 class _Orders(NamedTuple):
-    """Valid orders read from a plain run's values alone, from the record at `start` on."""
+    """`length` records of a plain run, from `start` on, that `fast` read as valid orders from their values alone."""
 
     run: Run
     start: int
-    orders: list[ValidOrder]
+    length: int
+    fast: FastLane
 
 
 class Decisions(Sequence[Decision]):
     """A batch's decisions, in order.
 
     The common record's `Processed` is made only when it is read: `plan_batch` keeps
-    the valid orders of a plain run as a list beside the run, and a quiet consumer,
+    how many of a plain run's records the fast lane read as valid orders, and the
+    order and the record are made again from the run when asked. A quiet consumer,
     which reads no decision but the retries and dead letters, never makes one.
     """
 
@@ -66,10 +71,10 @@ class Decisions(Sequence[Decision]):
         self._length += 1
         self._made = None
 
-    def add_orders(self, run: Run, start: int, orders: list[ValidOrder]) -> None:
-        """The run's records from `start` on were read as these valid orders."""
-        self._parts.append(_Orders(run, start, orders))
-        self._length += len(orders)
+    def add_orders(self, run: Run, start: int, count: int, fast: FastLane) -> None:
+        """`count` of the run's records from `start` on were read by `fast` as valid orders."""
+        self._parts.append(_Orders(run, start, count, fast))
+        self._length += count
         self._made = None
 
     def __len__(self) -> int:
@@ -79,9 +84,11 @@ class Decisions(Sequence[Decision]):
         new = tuple.__new__
         for part in self._parts:
             if type(part) is _Orders:
-                record = part.run.record
-                for index, order in enumerate(part.orders, part.start):
-                    yield new(Processed, (record(index), order))
+                run, start, length, fast = part
+                orders: list[ValidOrder] = []
+                fast.read(run.values[start : start + length], 0, orders)
+                for index, order in enumerate(orders, start):
+                    yield new(Processed, (run.record(index), order))
             else:
                 yield part  # type: ignore[misc]
 
@@ -210,12 +217,12 @@ class _Planner:
         values, start = run.values, 0
         count = cents = 0
         while start < len(values):
-            orders, added = fast.read(values, start)
+            read, added = fast.read(values, start)
             cents += added
-            if orders:
-                self.decisions.add_orders(run, start, orders)
-                count += len(orders)
-                start += len(orders)
+            if read:
+                self.decisions.add_orders(run, start, read, fast)
+                count += read
+                start += read
             if start < len(values):  # a record the fast path did not take: decided whole
                 if not self._decide(tp, run.record(start)):
                     break

@@ -50,18 +50,18 @@ class Intake:
         self._max_price_cents = max_price_cents
 
     def __call__(self, value: bytes | None) -> ValidOrder | None:
-        orders, _ = self.read([value], 0)
+        orders: list[ValidOrder] = []
+        self.read([value], 0, orders)
         return orders[0] if orders else None
 
-    def read(self, values: list[bytes | None], start: int) -> tuple[list[ValidOrder], int]:
+    def read(self, values: list[bytes | None], start: int, orders: list[ValidOrder] | None = None) -> tuple[int, int]:
         """Reads `values` from `start` on as valid orders, up to the first one it does not take.
 
-        Returns the orders, one for each value read, and their cents added up.
+        Returns how many it read and their cents added up; each order is added to
+        `orders` if given (without it, none is made: `__call__` makes it again when asked).
         """
         headers, max_cents, unpack, new = self._headers, self._max_price_cents, _FLOAT.unpack_from, _new_tuple
-        orders: list[ValidOrder] = []
-        append = orders.append
-        total = 0
+        count = total = 0
         for value in values[start:] if start else values:
             if value is None or not value.startswith(headers):
                 break
@@ -88,7 +88,7 @@ class Intake:
                     length = value[product_end + 6]
                     if branch != 2 or not _ONE_BYTE[length] or product_end + 7 + (length >> 1) != len(value):
                         break
-                    customer_id = value[product_end + 7 :].decode("utf-8")
+                    customer_id = value[product_end + 7 :].decode()
                     # At most 63 bytes, so within MAX_CUSTOMER_ID_LENGTH characters.
                     if customer_id.isspace() or not customer_id.isprintable():
                         break
@@ -96,7 +96,7 @@ class Intake:
                 # ORDER_ID_PATTERN on the bytes: stripping its characters from a non-empty id leaves nothing.
                 if order_id.strip(_ID_BYTES):
                     break
-                product = value[product_start:product_end].decode("utf-8")
+                product = value[product_start:product_end].decode()  # UTF-8, strict; naming it costs a lookup
             except (IndexError, UnicodeDecodeError):
                 break
             # Both at most 63 bytes: within their length limits.
@@ -105,11 +105,12 @@ class Intake:
             # A float32's 24-bit significand times 100 (5 bits) fits a double's 53: the
             # product is exact, and round() takes it half to even, as money.to_cents does.
             hundredfold = unpack(value, product_end)[0] * 100.0
-            # NaN, negative, zero, infinite and too high prices take the general path, and
-            # so do those that round to 0 cents (at most 0.5 hundredths; 0.5 rounds to 0).
+            # NaN, negative, infinite, too high and 0-cent prices (0.5 rounds to 0) take the general path.
             if not 0.5 < hundredfold <= max_cents:
                 break
             cents = round(hundredfold)
+            count += 1
             total += cents
-            append(new(ValidOrder, (order_id.decode("ascii"), product, cents, quantity >> 1, customer_id)))
-        return orders, total
+            if orders is not None:  # the id's bytes are ASCII: the stripping above left nothing else
+                orders.append(new(ValidOrder, (order_id.decode(), product, cents, quantity >> 1, customer_id)))
+        return count, total

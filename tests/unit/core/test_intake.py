@@ -128,9 +128,8 @@ def test_other_framings_and_settings_take_the_general_path() -> None:
 def test_a_run_of_values_is_read_up_to_the_first_one_the_fast_path_does_not_take() -> None:
     valid = [SCHEMA.encode_single_object(Order(f"ORD-{i}", "Desk", 1.25 * i, 2, None)) for i in range(1, 5)]
     values: list[bytes | None] = [*valid[:2], b"not an order", *valid[2:], None]
-    orders, cents = INTAKE.read(values, 0)
+    orders: list[ValidOrder] = []
+    assert INTAKE.read(values, 0, orders) == (2, 125 + 250)
     assert orders == [INTAKE(value) for value in valid[:2]]
-    assert cents == 125 + 250
-    orders, cents = INTAKE.read(values, 3)
-    assert ([order.order_id for order in orders], cents) == (["ORD-3", "ORD-4"], 375 + 500)
-    assert INTAKE.read(values, 2) == ([], 0)
+    assert INTAKE.read(values, 3) == (2, 375 + 500)  # counted, with no order made
+    assert INTAKE.read(values, 2) == (0, 0)
