@@ -33,8 +33,8 @@ class FastLane(Protocol):
 
     def __call__(self, value: bytes | None) -> ValidOrder | None: ...
 
-    def read(self, values: list[bytes | None], start: int, orders: list[ValidOrder] | None = None) -> tuple[int, int]:
-        """How many of `values` from `start` on are valid orders, up to the first it does not take, and their cents.
+    def read(self, values: Iterable[bytes | None], orders: list[ValidOrder] | None = None) -> tuple[int, int]:
+        """How many of `values` are valid orders, up to the first it does not take (also taken), and their cents.
 
         Each order is added to `orders` if given.
         """
@@ -61,21 +61,11 @@ class Decisions(Sequence[Decision]):
 
     __slots__ = ("_length", "_made", "_parts")
 
-    def __init__(self, decisions: Iterable[Decision] = ()) -> None:
-        self._parts: list[Decision | _Orders] = list(decisions)
-        self._length = len(self._parts)
+    def __init__(self, parts: Iterable[Decision | _Orders] = (), length: int | None = None) -> None:
+        """`parts`: decisions, and runs of orders read by the fast lane; `length`: the decisions they stand for."""
+        self._parts: list[Decision | _Orders] = list(parts)
+        self._length = len(self._parts) if length is None else length
         self._made: tuple[Decision, ...] | None = None
-
-    def append(self, decision: Decision) -> None:
-        self._parts.append(decision)
-        self._length += 1
-        self._made = None
-
-    def add_orders(self, run: Run, start: int, count: int, fast: FastLane) -> None:
-        """`count` of the run's records from `start` on were read by `fast` as valid orders."""
-        self._parts.append(_Orders(run, start, count, fast))
-        self._length += count
-        self._made = None
 
     def __len__(self) -> int:
         return self._length
@@ -86,7 +76,7 @@ class Decisions(Sequence[Decision]):
             if type(part) is _Orders:
                 run, start, length, fast = part
                 orders: list[ValidOrder] = []
-                fast.read(run.values[start : start + length], 0, orders)
+                fast.read(run.values[start : start + length], orders)
                 for index, order in enumerate(orders, start):
                     yield new(Processed, (run.record(index), order))
             else:
@@ -195,7 +185,8 @@ def plan_batch(
             planner.plain_run(tp, run, fast)
         else:
             planner.run(tp, run.records(), None if run.from_retry_topic else fast)
-    return BatchPlan(planner.decisions, planner.commits, tuple(planner.deferred), tuple(planner.routed), planner.totals)
+    decisions = Decisions(planner.parts, len(planner.parts) + planner.more)
+    return BatchPlan(decisions, planner.commits, tuple(planner.deferred), tuple(planner.routed), planner.totals)
 
 
 class _Planner:
@@ -205,7 +196,9 @@ class _Planner:
         self, now_ms: int, process: Callable[[Incoming], ValidOrder], policy: RetryPolicy, max_record_bytes: int | None
     ) -> None:
         self.now_ms, self.process, self.policy, self.max_record_bytes = now_ms, process, policy, max_record_bytes
-        self.decisions = Decisions()
+        # The decisions, with each run of orders the fast lane read as one part (see Decisions).
+        self.parts: list[Decision | _Orders] = []
+        self.more = 0  # how many more decisions the parts stand for than there are parts
         self.routed: list[Retry | DeadLetter] = []
         self.totals: dict[tuple[str, int], list[int]] = {}
         self.commits: dict[tuple[str, int], int] = {}
@@ -215,17 +208,25 @@ class _Planner:
     def plain_run(self, tp: tuple[str, int], run: Run, fast: FastLane) -> None:
         """Decides a plain run: its values read by `fast`, and only a record it does not take made whole."""
         values, start = run.values, 0
+        # One iterator for the whole run: each read goes on where the last one stopped,
+        # so a run of values the fast lane refuses costs no copy of the rest of the run.
+        remaining = iter(values)
         count = cents = 0
         while start < len(values):
-            read, added = fast.read(values, start)
+            read, added = fast.read(remaining)
             cents += added
             if read:
-                self.decisions.add_orders(run, start, read, fast)
+                self.parts.append(_Orders(run, start, read, fast))
+                self.more += read - 1
                 count += read
                 start += read
-            if start < len(values):  # a record the fast path did not take: decided whole
-                if not self._decide(tp, run.record(start)):
+            if start < len(values):  # a record the fast lane did not take (and took from `remaining`): decided whole
+                processed = self._decide(tp, run.record(start))
+                if processed is None:
                     break
+                if processed:
+                    count += 1
+                    cents += processed
                 start += 1
         else:
             self.commits[tp] = run.last_offset + 1
@@ -238,35 +239,43 @@ class _Planner:
             if fast is not None and not record.unreadable:
                 order = fast(record.value)
                 if order is not None:
-                    self.decisions.append(_new_tuple(Processed, (record, order)))
+                    self.parts.append(_new_tuple(Processed, (record, order)))
                     count += 1
                     cents += order.price_cents
                     continue
-            if not self._decide(tp, record):
+            processed = self._decide(tp, record)
+            if processed is None:
                 break
+            if processed:
+                count += 1
+                cents += processed
         else:
             self.commits[tp] = record.offset + 1  # a run holds at least one record
         self._add(tp, count, cents)
 
-    def _decide(self, tp: tuple[str, int], record: Incoming) -> bool:
-        """Decides one record through `process`; False when it is deferred, which stops its partition."""
-        due, outcome = _attempt(record, self.now_ms, self.process, self.policy)
+    def _decide(self, tp: tuple[str, int], record: Incoming) -> int | None:
+        """Decides one record through `process`.
+
+        Returns the order's cents when it was processed (a valid order has at least
+        one), 0 when it was retried or dead-lettered, and None when it is deferred,
+        which stops its partition.
+        """
+        now_ms, policy = self.now_ms, self.policy
+        due, outcome = _attempt(record, now_ms, self.process, policy)
         if outcome is None:  # not due yet, or not ready: the partition stops here
             self.stopped.add(tp)
-            self.deferred.append(Deferred(record.topic, record.partition, record.offset, due or self.now_ms))
+            self.deferred.append(Deferred(record.topic, record.partition, record.offset, due or now_ms))
             self.commits[tp] = record.offset
-            return False
-        decision = (
-            _new_tuple(Processed, (record, outcome))  # the common case, as `decide` would route it
-            if type(outcome) is ValidOrder
-            else decide(record, outcome, self.now_ms, self.policy, self.max_record_bytes)
-        )
-        self.decisions.append(decision)
+            return None
+        if type(outcome) is ValidOrder:  # the common case, as `decide` would route it
+            self.parts.append(_new_tuple(Processed, (record, outcome)))
+            return outcome.price_cents
+        decision = decide(record, outcome, now_ms, policy, self.max_record_bytes)
+        self.parts.append(decision)
         if isinstance(decision, Processed):
-            self._add(tp, 1, decision.order.price_cents)
-        else:
-            self.routed.append(decision)
-        return True
+            return decision.order.price_cents
+        self.routed.append(decision)
+        return 0
 
     def _add(self, tp: tuple[str, int], count: int, cents: int) -> None:
         if count:

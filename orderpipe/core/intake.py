@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import string
 import struct
+from collections.abc import Iterable
 
 from orderpipe.model.order import MAX_QUANTITY, ValidOrder
 from orderpipe.serde.codec import OrderDecoder
@@ -51,18 +52,18 @@ class Intake:
 
     def __call__(self, value: bytes | None) -> ValidOrder | None:
         orders: list[ValidOrder] = []
-        self.read([value], 0, orders)
+        self.read((value,), orders)
         return orders[0] if orders else None
 
-    def read(self, values: list[bytes | None], start: int, orders: list[ValidOrder] | None = None) -> tuple[int, int]:
-        """Reads `values` from `start` on as valid orders, up to the first one it does not take.
+    def read(self, values: Iterable[bytes | None], orders: list[ValidOrder] | None = None) -> tuple[int, int]:
+        """Reads `values` as valid orders, up to the first one it does not take (taken from an iterator too).
 
         Returns how many it read and their cents added up; each order is added to
         `orders` if given (without it, none is made: `__call__` makes it again when asked).
         """
         headers, max_cents, unpack, new = self._headers, self._max_price_cents, _FLOAT.unpack_from, _new_tuple
         count = total = 0
-        for value in values[start:] if start else values:
+        for value in values:
             if value is None or not value.startswith(headers):
                 break
             try:

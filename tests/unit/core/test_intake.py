@@ -129,7 +129,10 @@ def test_a_run_of_values_is_read_up_to_the_first_one_the_fast_path_does_not_take
     valid = [SCHEMA.encode_single_object(Order(f"ORD-{i}", "Desk", 1.25 * i, 2, None)) for i in range(1, 5)]
     values: list[bytes | None] = [*valid[:2], b"not an order", *valid[2:], None]
     orders: list[ValidOrder] = []
-    assert INTAKE.read(values, 0, orders) == (2, 125 + 250)
+    remaining = iter(values)
+    assert INTAKE.read(remaining, orders) == (2, 125 + 250)
     assert orders == [INTAKE(value) for value in valid[:2]]
-    assert INTAKE.read(values, 3) == (2, 375 + 500)  # counted, with no order made
-    assert INTAKE.read(values, 2) == (0, 0)
+    # The value it did not take was taken from the iterator: the next read goes on after it.
+    assert INTAKE.read(remaining) == (2, 375 + 500)  # counted, with no order made
+    assert INTAKE.read(remaining) == (0, 0)
+    assert next(remaining, "end") == "end"
