@@ -169,7 +169,7 @@ def plan_batch(
             which defers the record (its partition waits, the others go on).
         policy: retry limits and backoff.
         max_record_bytes: see `decide`.
-        fast: reads the common record's value (of the orders topic, readable) as the
+        fast: reads a record's value (readable, and due if it is a retry) as the
             valid order `process` would return, or answers None, and then `process`
             decides. Only for a `process` that does nothing more than read the order.
     """
@@ -184,7 +184,7 @@ def plan_batch(
         if run.plain and fast is not None:
             planner.plain_run(tp, run, fast)
         else:
-            planner.run(tp, run.records(), None if run.from_retry_topic else fast)
+            planner.run(tp, run.records(), fast)
     decisions = Decisions(planner.parts, len(planner.parts) + planner.more)
     return BatchPlan(decisions, planner.commits, tuple(planner.deferred), tuple(planner.routed), planner.totals)
 
@@ -235,8 +235,14 @@ class _Planner:
     def run(self, tp: tuple[str, int], records: Iterable[Incoming], fast: FastLane | None) -> None:
         """Decides a run of whole records, up to the first one deferred."""
         count = cents = 0
+        now_ms, policy = self.now_ms, self.policy
         for record in records:
-            if fast is not None and not record.unreadable:
+            # A retry not yet due is deferred by _decide, whatever its value.
+            if (
+                fast is not None
+                and not record.unreadable
+                and (not record.from_retry_topic or _due(record, now_ms, policy) is None)
+            ):
                 order = fast(record.value)
                 if order is not None:
                     self.parts.append(_new_tuple(Processed, (record, order)))
@@ -302,7 +308,30 @@ def _attempt(
     except NotReady as exc:
         return now_ms + exc.retry_after_ms, None
     except Exception as exc:  # routing every failure is the point of plan_batch
-        return None, exc
+        return None, _without_tracebacks(exc)
+
+
+def _without_tracebacks(error: Exception) -> Exception:
+    """A record's failure without its traceback, nor those of the exceptions it came from.
+
+    A traceback holds the frames it passed through, and each frame the frame that called
+    it, up to the planner's, which holds the failure: every failed record would leave
+    a cycle of some twenty objects to the collector, most of what a poison record cost.
+    Only a failure's type and text are used (the DLQ headers, the console's line).
+    """
+    pending: list[BaseException | None] = [error]
+    for _ in range(_MOST_CHAINED):
+        if not pending:
+            break
+        link = pending.pop()
+        if link is not None and link.__traceback__ is not None:
+            link.__traceback__ = None
+            pending += (link.__cause__, link.__context__)
+    return error
+
+
+# How many chained exceptions `_without_tracebacks` clears at most (a chain may loop).
+_MOST_CHAINED = 64
 
 
 def _due(record: Incoming, now_ms: int, policy: RetryPolicy) -> int | None:

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import string
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
-from orderpipe.model.order import MAX_QUANTITY, ValidOrder
+from orderpipe.model.order import MAX_QUANTITY, ValidOrder, validate
+from orderpipe.model.records import Incoming
 from orderpipe.serde.codec import OrderDecoder
 
-__all__ = ["Intake"]
+__all__ = ["Intake", "record_processing"]
 
 _FLOAT = struct.Struct("<f")
 _HEADER = 10  # the single-object header: two magic bytes and the fingerprint
@@ -115,3 +116,30 @@ class Intake:
             if orders is not None:  # the id's bytes are ASCII: the stripping above left nothing else
                 orders.append(new(ValidOrder, (order_id.decode(), product, cents, quantity >> 1, customer_id)))
         return count, total
+
+
+def record_processing(
+    decoder: OrderDecoder, max_price_cents: int, downstream: Callable[[ValidOrder], None] | None = None
+) -> tuple[Callable[[Incoming], ValidOrder], Intake | None]:
+    """The consumer's processing of a record for `plan_batch` (orderpipe/core/batch_plan.py), and its fast lane.
+
+    Without a downstream call, reading the order is all there is to processing: the
+    intake is the fast lane and takes the common record itself, and the processing
+    reads in full what it does not take (not offering it to the intake a second
+    time). With one, the processing reads the order (the intake first) and hands it
+    on, and there is no fast lane.
+    """
+    intake = Intake(decoder, max_price_cents)
+
+    def in_full(record: Incoming) -> ValidOrder:
+        return validate(decoder.decode(record.value), max_price_cents)
+
+    if downstream is None:
+        return in_full, intake
+
+    def read_then_call(record: Incoming) -> ValidOrder:
+        order = intake(record.value) or in_full(record)
+        downstream(order)
+        return order
+
+    return read_then_call, None

@@ -100,7 +100,11 @@ def backoff_ms(attempt: int, policy: RetryPolicy) -> int:
 
 
 def _truncate_utf8(text: str, limit: int) -> bytes:
-    return text.encode("utf-8")[:limit].decode("utf-8", errors="ignore").encode("utf-8")
+    """`text` as UTF-8, cut to at most `limit` bytes without splitting a character."""
+    data = text.encode("utf-8")
+    if len(data) <= limit:
+        return data
+    return data[:limit].decode("utf-8", errors="ignore").encode("utf-8")
 
 
 def _error_headers(record: Incoming, error: BaseException) -> list[tuple[str, bytes]]:

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import ctypes
 from collections.abc import Callable
-from functools import partial
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message
 
 from orderpipe.kafka.clients import call_error
-from orderpipe.model.records import UNREADABLE_HEADERS, Incoming, Run, runs_of
+from orderpipe.model.records import UNREADABLE_HEADERS, Headers, Incoming, Run
 
 __all__ = ["incoming", "incoming_runs"]
 
@@ -40,7 +39,8 @@ def incoming(message: Message, retry_topic: str | None = None) -> Incoming:
         raw = message.headers()
     except Exception:  # SystemError: a header name that is not UTF-8 (see _checked_headers)
         raw = _UNREADABLE
-    return _whole(message, topic, raw, retry_topic)
+    headers, unreadable = ((), "") if raw is None else _headers_of(raw)
+    return _whole(message, topic, headers, unreadable, retry_topic)
 
 
 def incoming_runs(
@@ -48,17 +48,15 @@ def incoming_runs(
 ) -> list[Run]:
     """The consumed messages as runs of records, in order (see orderpipe/model/records.py).
 
-    A run ends where the partition changes and where a plain record (no headers, not
-    of the retry topic) follows one that is not, or the other way round. A plain run
-    keeps its messages and makes a record whole only when asked; the others' records
-    are made at once. A message that carries an error instead of a record goes to
-    `on_error` with its topic.
+    A run ends where the partition changes and where a plain record (of the orders
+    topic, its headers, if any, readable) follows one that is not, or the other way
+    round. A plain run keeps its messages, values and readable headers, and makes a
+    record whole only when asked; the others' records are made at once. A message
+    that carries an error instead of a record goes to `on_error` with its topic.
     """
     runs: list[Run] = []
     whole: list[Incoming] = []  # records of the run being made, when it is not plain
-    kept: list[Message] = []  # messages of the plain run being made
-    values: list[bytes | None] = []
-    run_topic, run_partition = "", -1
+    run = _PlainRun("", -1)  # the plain run being made
     for message in messages:
         error = message.error()
         if error is not None:
@@ -69,63 +67,88 @@ def incoming_runs(
             raw = message.headers()
         except Exception:  # SystemError: a header name that is not UTF-8 (see _checked_headers)
             raw = _UNREADABLE
-        if raw is None and topic != retry_topic:
-            if whole or partition != run_partition or topic != run_topic:
-                _end_run(runs, whole, kept, values, retry_topic)
-                run_topic, run_partition = topic, partition
-                kept, values = [], []
-            kept.append(message)
-            values.append(message.value())
-        else:
-            # Made before any other call: headers() may have left an error pending (see _checked_headers).
-            record = _whole(message, topic, raw, retry_topic)
-            if kept:
-                _end_run(runs, whole, kept, values, retry_topic)
-                kept, values = [], []
-                run_partition = -1
-            whole.append(record)
-    _end_run(runs, whole, kept, values, retry_topic)
+        # Checked before any other call: headers() may have left an error pending (see _checked_headers).
+        headers, unreadable = ((), "") if raw is None else _headers_of(raw)
+        if topic != retry_topic and not unreadable:
+            if whole or partition != run.partition or topic != run.topic:
+                _end_run(runs, whole, run)
+                run = _PlainRun(topic, partition)
+            if headers:
+                run.headers[len(run.kept)] = headers
+            run.kept.append(message)
+            run.values.append(message.value())
+            continue
+        if run.kept or (whole and (partition != whole[-1].partition or topic != whole[-1].topic)):
+            _end_run(runs, whole, run)
+            run = _PlainRun("", -1)
+        whole.append(_whole(message, topic, headers, unreadable, retry_topic))
+    _end_run(runs, whole, run)
     return runs
 
 
-def _end_run(
-    runs: list[Run], whole: list[Incoming], kept: list[Message], values: list[bytes | None], retry_topic: str | None
-) -> None:
-    """Adds the run being made, if any: the plain one kept as messages, or the whole records' runs."""
-    if whole:
-        runs.extend(runs_of(whole))
-        whole.clear()
-    if kept:
-        runs.append(
-            Run(
-                kept[0].topic() or "",
-                kept[0].partition() or 0,
-                from_retry_topic=False,
-                plain=True,
-                values=values,
-                first_offset=kept[0].offset() or 0,
-                last_offset=kept[-1].offset() or 0,
-                record=partial(_kept_record, kept, retry_topic),
-            )
+class _PlainRun:
+    """A plain run being made: its messages, their values, and the headers of those that have any, by index."""
+
+    __slots__ = ("headers", "kept", "partition", "topic", "values")
+
+    def __init__(self, topic: str, partition: int) -> None:
+        self.topic, self.partition = topic, partition
+        self.kept: list[Message] = []
+        self.values: list[bytes | None] = []
+        self.headers: dict[int, Headers] = {}
+
+    def record(self, index: int) -> Incoming:
+        """The record at `index`, whole: three calls, the rest is known."""
+        message = self.kept[index]
+        return _new_tuple(
+            Incoming,
+            (
+                self.topic,
+                self.partition,
+                message.offset() or 0,
+                message.timestamp()[1],
+                message.key(),
+                self.values[index],
+                self.headers.get(index, ()),
+                False,
+                "",
+            ),
         )
 
 
-def _kept_record(kept: list[Message], retry_topic: str | None, index: int) -> Incoming:
-    return incoming(kept[index], retry_topic)
+def _end_run(runs: list[Run], whole: list[Incoming], run: _PlainRun) -> None:
+    """Adds the run being made, if any: the plain one kept as messages, or the whole records' runs."""
+    if whole:  # of one partition, and none plain
+        runs.append(Run.of_whole(whole[:]))
+        whole.clear()
+    if run.kept:
+        runs.append(
+            Run(
+                run.topic,
+                run.partition,
+                from_retry_topic=False,
+                plain=True,
+                values=run.values,
+                first_offset=run.kept[0].offset() or 0,
+                last_offset=run.kept[-1].offset() or 0,
+                record=run.record,
+            )
+        )
 
 
 # What stands for the headers of a record whose header names are not all UTF-8.
 _UNREADABLE: Any = object()
 
 
-def _whole(message: Message, topic: str, raw: Any, retry_topic: str | None) -> Incoming:
-    """A record with no error, whole, given its topic and what `headers()` gave (or `_UNREADABLE`)."""
-    headers: tuple[tuple[str, bytes], ...]
+def _headers_of(raw: Any) -> tuple[Headers, str]:
+    """What `headers()` gave (or `_UNREADABLE`), checked: the headers, and why they are unreadable or ""."""
     if raw is _UNREADABLE:
-        headers, unreadable = (), UNREADABLE_HEADERS
-    else:
-        # Headers are rare on `orders`: a record without them takes no call of its own.
-        headers, unreadable = _checked_headers(raw) if raw else ((), "")
+        return (), UNREADABLE_HEADERS
+    return _checked_headers(raw)
+
+
+def _whole(message: Message, topic: str, headers: Headers, unreadable: str, retry_topic: str | None) -> Incoming:
+    """A record with no error, whole, given its topic and its checked headers."""
     return _new_tuple(
         Incoming,
         (
@@ -160,17 +183,18 @@ def _checked_headers(raw: Any) -> tuple[tuple[tuple[str, bytes], ...], str]:
         if not raw:  # the common case, with nothing to check
             return (), ""
         ctypes.pythonapi.PyErr_Occurred()
-        if not all(_filled(pair) for pair in raw):
-            return (), UNREADABLE_HEADERS
+        for pair in raw:
+            if not _filled(pair):
+                return (), UNREADABLE_HEADERS
     except Exception:  # the UnicodeDecodeError left pending
         return (), UNREADABLE_HEADERS
     return tuple((name, value or b"") for name, value in raw), ""
 
 
-_SLOTS_AT, _SLOT_SIZE = tuple.__basicsize__, tuple.__itemsize__
+_SLOTS_AT = tuple.__basicsize__
+_TWO_SLOTS = ctypes.c_void_p * 2
 
 
 def _filled(pair: Any) -> bool:
-    """Whether every slot of a tuple holds an object (read as addresses, without touching them)."""
-    start = id(pair) + _SLOTS_AT
-    return all(ctypes.c_void_p.from_address(start + i * _SLOT_SIZE).value for i in range(len(pair)))
+    """Whether a header is a (name, value) tuple whose two slots hold objects (read as addresses, not touched)."""
+    return type(pair) is tuple and len(pair) == 2 and all(_TWO_SLOTS.from_address(id(pair) + _SLOTS_AT))

@@ -157,7 +157,9 @@ def record_bytes(key: bytes | None, value: bytes | None, headers: Headers) -> in
     """About what a record costs on the wire, erring on the large side."""
     size = RECORD_OVERHEAD_BYTES + len(key or b"") + len(value or b"")
     for name, data in headers:
-        size += len(name.encode("utf-8", errors="replace")) + len(data) + HEADER_OVERHEAD_BYTES
+        # An ASCII name (the pipeline's, and nearly every other) is as long in bytes as in characters.
+        size += (len(name) if name.isascii() else len(name.encode("utf-8", errors="replace"))) + len(data)
+        size += HEADER_OVERHEAD_BYTES
     return size
 
 
@@ -166,15 +168,26 @@ class Run:
 
     Args:
         values: each record's value, in order.
-        plain: no record of the run has headers (readable or not) and none is of the
-            retry topic, so each value is all there is to know of its record before
-            it is decoded.
+        plain: every record of the run is of the orders topic (not the retry topic)
+            and its headers, if it has any, are readable, so its value is all the
+            fast lane needs to know of it: a valid order is processed whatever headers
+            it carries.
         first_offset, last_offset: the offsets of the first and the last record.
         record: makes the record at an index whole (an attribute, not a method: called
             for every record the fast lane refuses).
     """
 
-    __slots__ = ("first_offset", "from_retry_topic", "last_offset", "partition", "plain", "record", "topic", "values")
+    __slots__ = (
+        "_whole",
+        "first_offset",
+        "from_retry_topic",
+        "last_offset",
+        "partition",
+        "plain",
+        "record",
+        "topic",
+        "values",
+    )
 
     def __init__(
         self,
@@ -191,22 +204,42 @@ class Run:
         self.topic, self.partition, self.from_retry_topic, self.plain = topic, partition, from_retry_topic, plain
         self.values, self.first_offset, self.last_offset = values, first_offset, last_offset
         self.record = record
+        self._whole: list[Incoming] | None = None
+
+    @classmethod
+    def of_whole(cls, records: list[Incoming]) -> Run:
+        """A run of records already whole: of one partition, and all plain or none (see `runs_of`)."""
+        first = records[0]
+        run = cls(
+            first.topic,
+            first.partition,
+            from_retry_topic=first.from_retry_topic,
+            plain=_is_plain(first),
+            values=[record.value for record in records],
+            first_offset=first.offset,
+            last_offset=records[-1].offset,
+            record=records.__getitem__,
+        )
+        run._whole = records
+        return run
 
     def records(self) -> list[Incoming]:
         """Every record of the run, whole."""
+        if self._whole is not None:
+            return list(self._whole)
         return [self.record(index) for index in range(len(self.values))]
 
     def __len__(self) -> int:
         return len(self.values)
 
     def __repr__(self) -> str:
-        kind = "retry" if self.from_retry_topic else "plain" if self.plain else "with headers"
+        kind = "retry" if self.from_retry_topic else "plain" if self.plain else "unreadable"
         return f"Run({self.topic}-{self.partition}, offsets {self.first_offset}-{self.last_offset}, {len(self)} {kind})"
 
 
 def _is_plain(record: Incoming) -> bool:
-    """Whether a record's value is all there is to know of it before it is decoded (see `Run`)."""
-    return not (record.from_retry_topic or record.headers or record.unreadable)
+    """Whether a record's value is all the fast lane needs to know of it (see `Run`)."""
+    return not (record.from_retry_topic or record.unreadable)
 
 
 def runs_of(records: Iterable[Incoming]) -> list[Run]:
@@ -215,22 +248,7 @@ def runs_of(records: Iterable[Incoming]) -> list[Run]:
     A run ends where the partition changes, and where a plain record follows one that
     is not, or the other way round, as at the edge.
     """
-    runs = []
-    for (topic, partition, from_retry_topic, plain), group in groupby(records, _run_key):
-        whole = list(group)
-        runs.append(
-            Run(
-                topic,
-                partition,
-                from_retry_topic=from_retry_topic,
-                plain=plain,
-                values=[record.value for record in whole],
-                first_offset=whole[0].offset,
-                last_offset=whole[-1].offset,
-                record=whole.__getitem__,
-            )
-        )
-    return runs
+    return [Run.of_whole(list(group)) for _, group in groupby(records, _run_key)]
 
 
 def _run_key(record: Incoming) -> tuple[str, int, bool, bool]:

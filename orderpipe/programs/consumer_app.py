@@ -27,7 +27,7 @@ from orderpipe.core.acls import require
 from orderpipe.core.batch_plan import BatchPlan, plan_batch
 from orderpipe.core.effects import OutputTopics
 from orderpipe.core.health import Health
-from orderpipe.core.intake import Intake
+from orderpipe.core.intake import record_processing
 from orderpipe.core.latency import LatencyHistogram
 from orderpipe.core.ports import EdgeOpener, EdgeOptions, KafkaEdge
 from orderpipe.core.replicas import ReplicaWatch, min_isr_of
@@ -48,8 +48,8 @@ from orderpipe.errors import ConfigError, FatalKafkaError
 from orderpipe.kafka.edge import open_kafka_edge
 from orderpipe.kafka.registry import RegistryLookup, connect_registry
 from orderpipe.kafka.watchdog import WATCHDOG
-from orderpipe.model.order import ValidOrder, validate
-from orderpipe.model.records import Incoming, Run
+from orderpipe.model.order import ValidOrder
+from orderpipe.model.records import Run
 from orderpipe.observe.console import Console
 from orderpipe.observe.metrics import ConsumerMetrics
 from orderpipe.observe.metrics_http import serving
@@ -280,18 +280,9 @@ class OrderConsumer:
     ) -> ConsumerLoop:
         settings, options = self._settings, self._options
         policy = RetryPolicy(settings.max_retries, settings.retry_backoff_ms, settings.retry_backoff_max_ms)
-        max_price_cents, downstream = settings.max_order_price_cents, self._downstream
+        max_price_cents = settings.max_order_price_cents
 
-        intake = Intake(decoder, max_price_cents)
-
-        def decode_and_validate(record: Incoming) -> ValidOrder:
-            # The common record in one pass; anything else decoded and validated in full.
-            return intake(record.value) or validate(decoder.decode(record.value), max_price_cents)
-
-        process = decode_and_validate if downstream is None else _then_call(decode_and_validate, downstream)
-        # Without a downstream call reading the order is all there is to processing: plan_batch takes
-        # the common record through the intake itself, a call less per record.
-        fast = intake if downstream is None else None
+        process, fast = record_processing(decoder, max_price_cents, self._downstream)
 
         def decide(runs: Sequence[Run], now_ms: int) -> BatchPlan:
             if lookup is not None:
@@ -340,17 +331,6 @@ def wire_label(settings: Settings) -> str:
     if settings.schema_registry_url:
         return f"single-object or Confluent-framed Avro, {registry}"
     return "single-object Avro, no schema registry"
-
-
-def _then_call(process: Callable[[Incoming], ValidOrder], downstream: Downstream) -> Callable[[Incoming], ValidOrder]:
-    """`process`, then the downstream call with the valid order it returned."""
-
-    def process_and_call(record: Incoming) -> ValidOrder:
-        order = process(record)
-        downstream(order)
-        return order
-
-    return process_and_call
 
 
 def simulated_outage(rng: Any, rate: float) -> Downstream | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 from typing import Any
 
 import pytest
@@ -41,7 +42,17 @@ def test_headers_are_checked_before_they_are_read() -> None:
     assert _checked_headers(Unreadable([("x", b"")])) == ((), UNREADABLE_HEADERS)
 
 
-def test_a_poll_comes_as_runs_split_where_the_partition_or_plainness_changes() -> None:
+def test_a_header_tuple_with_an_empty_slot_makes_the_headers_unreadable_without_being_read() -> None:
+    # What confluent-kafka builds for a header name that is not UTF-8: a tuple whose name slot is empty.
+    new_tuple = ctypes.pythonapi.PyTuple_New
+    new_tuple.restype, new_tuple.argtypes = ctypes.py_object, [ctypes.c_ssize_t]
+    empty = new_tuple(2)
+    assert _checked_headers([("trace", b"1"), empty]) == ((), UNREADABLE_HEADERS)
+    assert _checked_headers([("trace", b"1"), ("no-value", None)]) == ((("trace", b"1"), ("no-value", b"")), "")
+    assert _checked_headers([["trace", b"1"]]) == ((), UNREADABLE_HEADERS)  # not confluent-kafka's shape
+
+
+def test_a_poll_comes_as_runs_split_where_the_partition_or_the_topic_changes() -> None:
     messages = [
         Message(topic="orders", partition=0, offset=1, key=b"a", value=b"1", timestamp=(1, 10)),
         Message(topic="orders", partition=0, offset=3, key=b"b", value=b"2", timestamp=(1, 11)),
@@ -59,9 +70,7 @@ def test_a_poll_comes_as_runs_split_where_the_partition_or_plainness_changes() -
         for run in runs
     ]
     assert shapes == [
-        ("orders", 0, True, False, 1, 3, [b"1", b"2"]),
-        ("orders", 0, False, False, 4, 4, [b"3"]),
-        ("orders", 0, True, False, 5, 5, [b"4"]),
+        ("orders", 0, True, False, 1, 5, [b"1", b"2", b"3", b"4"]),
         ("orders", 1, True, False, 0, 0, [b"5"]),
         ("orders-retry", 1, False, True, 7, 8, [b"6", b"7"]),
     ]
@@ -69,4 +78,31 @@ def test_a_poll_comes_as_runs_split_where_the_partition_or_plainness_changes() -
     # Made whole when asked, a record is what `incoming` makes of its message.
     whole = [m for m in messages if m.error() is None]
     assert [record for run in runs for record in run.records()] == [incoming(m, "orders-retry") for m in whole]
-    assert runs[1].record(0).headers == (("trace", b"x"),)
+    assert runs[0].record(2).headers == (("trace", b"x"),)
+
+
+class HeadersNotUtf8:
+    """A consumed message whose header names are not UTF-8: `headers()` raises, as confluent-kafka's may."""
+
+    def __init__(self, message: Message) -> None:
+        self._message = message
+
+    def headers(self) -> Any:
+        raise SystemError("<built-in method headers> returned a result with an exception set")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._message, name)
+
+
+def test_a_record_whose_headers_are_unreadable_ends_the_plain_run_and_comes_whole_marked() -> None:
+    messages: list[Any] = [
+        Message(topic="orders", partition=0, offset=1, value=b"1", headers=[("trace", b"x")], timestamp=(1, 10)),
+        HeadersNotUtf8(Message(topic="orders", partition=0, offset=2, value=b"2", timestamp=(1, 11))),
+        Message(topic="orders", partition=0, offset=3, value=b"3", timestamp=(1, 12)),
+    ]
+    runs = incoming_runs(messages, "orders-retry", lambda error, topic: None)
+    shapes = [(run.plain, run.first_offset, run.last_offset) for run in runs]
+    assert shapes == [(True, 1, 1), (False, 2, 2), (True, 3, 3)]
+    assert runs[1].record(0).unreadable == UNREADABLE_HEADERS
+    assert runs[1].record(0).headers == ()
+    assert runs[0].record(0).headers == (("trace", b"x"),)
