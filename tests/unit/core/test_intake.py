@@ -6,13 +6,15 @@ import io
 import random
 
 import fastavro
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from orderpipe.core.intake import Intake
-from orderpipe.errors import ValidationError
+from orderpipe.core.intake import Intake, record_processing
+from orderpipe.errors import DeserializationError, ValidationError
 from orderpipe.model.generator import OrderFactory
 from orderpipe.model.order import Order, ValidOrder, validate
+from orderpipe.model.records import Incoming
 from orderpipe.serde.codec import CONFLUENT_MAGIC, OrderDecoder
 from orderpipe.serde.schemas import SINGLE_OBJECT_MAGIC, load_order_schema
 from orderpipe.serde.wire import CONFLUENT, RAW
@@ -136,3 +138,25 @@ def test_a_run_of_values_is_read_up_to_the_first_one_the_fast_path_does_not_take
     assert INTAKE.read(remaining) == (2, 375 + 500)  # counted, with no order made
     assert INTAKE.read(remaining) == (0, 0)
     assert next(remaining, "end") == "end"
+
+
+def test_without_a_downstream_call_the_intake_is_the_fast_lane_and_the_processing_reads_in_full() -> None:
+    factory = OrderFactory(random.Random(3), "P")
+    value = SCHEMA.encode_single_object(factory.make(lambda order: b"").order)
+    record = Incoming("orders", 0, 1, 0, None, value)
+    process, fast = record_processing(OrderDecoder(SCHEMA), MAX)
+    assert fast is not None
+    assert process(record) == fast(value) == general(value)
+    # What the intake refuses is read in full, and fails as the general path does.
+    bad = Incoming("orders", 0, 2, 0, None, value[:-1])
+    with pytest.raises(DeserializationError):
+        process(bad)
+
+
+def test_with_a_downstream_call_there_is_no_fast_lane_and_each_order_is_handed_on() -> None:
+    factory = OrderFactory(random.Random(4), "P")
+    value = SCHEMA.encode_single_object(factory.make(lambda order: b"").order)
+    handed: list[ValidOrder] = []
+    process, fast = record_processing(OrderDecoder(SCHEMA), MAX, handed.append)
+    assert fast is None
+    assert [process(Incoming("orders", 0, 1, 0, None, value))] == handed == [general(value)]

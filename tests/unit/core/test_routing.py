@@ -1,5 +1,8 @@
 """Routing: one test per row of the routing table, the headers and the backoff."""
 
+import gc
+from collections.abc import Iterable
+
 import pytest
 
 from orderpipe.core.batch_plan import CLOCK_SKEW_MS, Deferred, plan_batch
@@ -287,3 +290,60 @@ def test_a_retry_copy_too_large_is_dead_lettered_instead() -> None:
     assert decision.reason == "retries-exhausted"
     assert hdrs(decision)["dlq.truncated"] == "headers (1)"
     assert isinstance(decide(fresh(), TimeoutError("slow"), NOW, POLICY, limit), Retry)
+
+
+class EveryValueAnOrder:
+    """A fast lane that reads every value as ORDER and notes which it was offered."""
+
+    def __init__(self) -> None:
+        self.offered: list[bytes | None] = []
+
+    def __call__(self, value: bytes | None) -> ValidOrder | None:
+        self.offered.append(value)
+        return ORDER
+
+    def read(self, values: Iterable[bytes | None], orders: list[ValidOrder] | None = None) -> tuple[int, int]:
+        taken = list(values)
+        self.offered += taken
+        if orders is not None:
+            orders += [ORDER] * len(taken)
+        return len(taken), len(taken) * ORDER.price_cents
+
+
+def test_the_fast_lane_reads_retries_that_are_due_and_never_one_that_is_not() -> None:
+    due, waiting = _retry_record(0, 10, NOW - 1), _retry_record(0, 11, NOW + 500)
+    due, waiting = due._replace(value=b"due"), waiting._replace(value=b"waiting")
+
+    def process(record: Incoming) -> ValidOrder:
+        raise AssertionError(f"the fast lane took {record}")
+
+    fast = EveryValueAnOrder()
+    plan = plan_batch([due, waiting], NOW, process, POLICY, fast=fast)
+    assert fast.offered == [b"due"]
+    assert list(plan.decisions) == [Processed(due, ORDER)]
+    assert plan.deferred == (Deferred("orders-retry", 0, 11, NOW + 500),)
+
+
+def test_a_failure_keeps_no_traceback_so_failed_records_leave_no_cycles_to_the_collector() -> None:
+    def process(record: Incoming) -> ValidOrder:
+        try:
+            int(record.value or b"")
+        except ValueError as exc:
+            raise DeserializationError("not an order") from exc
+        raise AssertionError("a poison value was read")
+
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        gc.collect()
+        plan = plan_batch([fresh(offset=i) for i in range(50)], NOW, process, POLICY)
+        assert [d.reason for d in plan.routed if isinstance(d, DeadLetter)] == ["deserialization"] * 50
+        error = plan.routed[0].error
+        assert error.__traceback__ is None
+        assert error.__cause__ is not None
+        assert error.__cause__.__traceback__ is None
+        del plan, error
+        assert gc.collect() == 0  # all freed as soon as the plan was: no cycles
+    finally:
+        if collecting:
+            gc.enable()
