@@ -18,7 +18,7 @@ from typing import NamedTuple, Protocol, overload
 from orderpipe.core.routing import DeadLetter, Decision, Processed, Retry, RetryPolicy, decide
 from orderpipe.errors import DeserializationError, NotReady
 from orderpipe.model.order import ValidOrder
-from orderpipe.model.records import Incoming, Run, runs_of
+from orderpipe.model.records import Incoming, Run
 
 __all__ = ["CLOCK_SKEW_MS", "BatchPlan", "Decisions", "Deferred", "FastLane", "plan_batch"]
 
@@ -71,6 +71,19 @@ class Decisions(Sequence[Decision]):
         return self._length
 
     def __iter__(self) -> Iterator[Decision]:
+        if self._made is not None:
+            return iter(self._made)
+        return self._making()
+
+    def _making(self) -> Iterator[Decision]:
+        """The decisions, made from the parts; kept once all were made, so they are made once."""
+        made: list[Decision] = []
+        for decision in self._from_parts():
+            made.append(decision)
+            yield decision
+        self._made = tuple(made)
+
+    def _from_parts(self) -> Iterator[Decision]:
         new = tuple.__new__
         for part in self._parts:
             if type(part) is _Orders:
@@ -150,7 +163,7 @@ class BatchPlan:
 
 
 def plan_batch(
-    runs: Sequence[Run] | Sequence[Incoming],
+    runs: Sequence[Run],
     now_ms: int,
     process: Callable[[Incoming], ValidOrder],
     policy: RetryPolicy,
@@ -161,8 +174,8 @@ def plan_batch(
     """Decides a batch in order, stopping a partition at its first record not yet due or not yet readable.
 
     Args:
-        runs: the batch as the consumer returned it: runs of one partition, or the
-            records themselves (made into runs with `runs_of`).
+        runs: the batch as the consumer returned it, in runs of one partition
+            (records already whole are made into runs by `runs_of`).
         now_ms: the current time in epoch milliseconds (one reading per batch).
         process: decodes, validates and handles one record; any exception it raises
             is the record's failure and is routed by `decide`, except `NotReady`,
@@ -173,11 +186,8 @@ def plan_batch(
             valid order `process` would return, or answers None, and then `process`
             decides. Only for a `process` that does nothing more than read the order.
     """
-    if runs and isinstance(runs[0], Incoming):
-        runs = runs_of(runs)  # type: ignore[arg-type]
     planner = _Planner(now_ms, process, policy, max_record_bytes)
     for run in runs:
-        assert isinstance(run, Run)
         tp = (run.topic, run.partition)
         if tp in planner.stopped:
             continue  # refetched after the seek back to a deferred record

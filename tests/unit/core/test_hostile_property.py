@@ -16,7 +16,7 @@ from orderpipe.core.intake import Intake
 from orderpipe.core.routing import DeadLetter, Processed, Retry, RetryPolicy
 from orderpipe.errors import DeserializationError, NotReady
 from orderpipe.model.order import Order, ValidOrder, validate
-from orderpipe.model.records import PIPELINE_HEADERS, UNREADABLE_HEADERS, Incoming, record_bytes
+from orderpipe.model.records import PIPELINE_HEADERS, UNREADABLE_HEADERS, Incoming, record_bytes, runs_of
 from orderpipe.serde.codec import CONFLUENT_MAGIC, OrderDecoder
 from orderpipe.serde.schemas import SINGLE_OBJECT_MAGIC, load_order_schema
 
@@ -102,7 +102,7 @@ def in_order(batch: list[Incoming]) -> list[Incoming]:
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(records, max_size=12).map(in_order))
 def test_every_record_is_decided_or_deferred_and_nothing_raises(batch: list[Incoming]) -> None:
-    plan = plan_batch(batch, NOW, process, POLICY, LIMIT)
+    plan = plan_batch(runs_of(batch), NOW, process, POLICY, LIMIT)
     # What it adds up while deciding (retries and dead letters, totals) is what its decisions add up to.
     assert plan == BatchPlan.of(plan.decisions, plan.commits, plan.deferred)
     decided = [(d.record.topic, d.record.partition, d.record.offset) for d in plan.decisions]
@@ -132,8 +132,8 @@ def read_only(record: Incoming) -> ValidOrder:
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(records, max_size=12).map(in_order))
 def test_the_intakes_fast_lane_plans_a_batch_as_processing_each_record_does(batch: list[Incoming]) -> None:
-    fast = plan_batch(batch, NOW, read_only, POLICY, LIMIT, fast=Intake(DECODER, 10_000_000))
-    general = plan_batch(batch, NOW, read_only, POLICY, LIMIT)
+    fast = plan_batch(runs_of(batch), NOW, read_only, POLICY, LIMIT, fast=Intake(DECODER, 10_000_000))
+    general = plan_batch(runs_of(batch), NOW, read_only, POLICY, LIMIT)
     assert comparable(fast) == comparable(general)
 
 
@@ -153,7 +153,7 @@ def comparable(plan: BatchPlan) -> tuple[Any, ...]:
     )
 
 
-plain_records = records.map(lambda r: r._replace(topic="orders", headers=(), from_retry_topic=False, unreadable=""))
+plain_records = records.map(lambda r: r._replace(topic="orders", from_retry_topic=False, unreadable=""))
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -161,11 +161,11 @@ plain_records = records.map(lambda r: r._replace(topic="orders", headers=(), fro
 def test_plain_runs_plan_as_whole_records_do_and_make_a_decision_only_when_read(
     batch: list[Incoming], head: int
 ) -> None:
-    # Records without headers on the orders topic make plain runs: the fast lane reads
+    # Records of the orders topic, headers or none, make plain runs: the fast lane reads
     # their values alone, and steps aside for each record it does not take (a schema
     # being looked up among them stops the partition there).
-    fast = plan_batch(batch, NOW, read_only, POLICY, LIMIT, fast=Intake(DECODER, 10_000_000))
-    general = plan_batch(batch, NOW, read_only, POLICY, LIMIT)
+    fast = plan_batch(runs_of(batch), NOW, read_only, POLICY, LIMIT, fast=Intake(DECODER, 10_000_000))
+    general = plan_batch(runs_of(batch), NOW, read_only, POLICY, LIMIT)
     assert comparable(fast) == comparable(general)
     assert len(fast.decisions) == len(tuple(fast.decisions))
     assert fast.decisions[:head] == tuple(fast.decisions)[:head]

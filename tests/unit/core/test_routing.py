@@ -9,7 +9,7 @@ from orderpipe.core.batch_plan import CLOCK_SKEW_MS, Deferred, plan_batch
 from orderpipe.core.routing import DeadLetter, Processed, Retry, RetryPolicy, backoff_ms, decide
 from orderpipe.errors import DeserializationError, NotReady, ValidationError
 from orderpipe.model.order import ValidOrder
-from orderpipe.model.records import UNREADABLE_HEADERS, Incoming, record_bytes
+from orderpipe.model.records import UNREADABLE_HEADERS, Incoming, Run, record_bytes, runs_of
 
 NOW = 1_700_000_000_000
 POLICY = RetryPolicy(max_retries=3, backoff_ms=1000, backoff_max_ms=30000)
@@ -151,7 +151,7 @@ def test_plan_batch_defers_a_retry_partition_at_its_first_record_not_yet_due() -
         seen.append((record.topic, record.partition, record.offset))
         return ORDER
 
-    plan = plan_batch(records, NOW, process, POLICY)
+    plan = plan_batch(runs_of(records), NOW, process, POLICY)
     assert seen == [("orders-retry", 0, 10), ("orders", 2, 40), ("orders-retry", 1, 5)]
     assert plan.deferred == (Deferred("orders-retry", 0, 11, NOW + 500),)
     assert plan.commits == {("orders-retry", 0): 11, ("orders", 2): 41, ("orders-retry", 1): 6}
@@ -161,7 +161,7 @@ def test_plan_batch_routes_every_exception_the_processing_raises() -> None:
     def process(record: Incoming) -> ValidOrder:
         raise {0: DeserializationError("x"), 1: ValidationError("y"), 2: ZeroDivisionError("z")}[record.offset]
 
-    plan = plan_batch([fresh(offset=i) for i in range(3)], NOW, process, POLICY)
+    plan = plan_batch(runs_of([fresh(offset=i) for i in range(3)]), NOW, process, POLICY)
     kinds = [(type(d).__name__, getattr(d, "reason", None)) for d in plan.decisions]
     assert kinds == [("DeadLetter", "deserialization"), ("DeadLetter", "validation"), ("Retry", None)]
     assert plan.commits == {("orders", 2): 3}
@@ -199,14 +199,14 @@ def test_a_due_time_no_retry_of_ours_can_have_counts_as_due_now() -> None:
         seen.append(record.partition)
         return ORDER
 
-    plan = plan_batch([on_time, forged, far], NOW + 1, process, POLICY)
+    plan = plan_batch(runs_of([on_time, forged, far]), NOW + 1, process, POLICY)
     assert plan.deferred == (Deferred("orders-retry", 0, 1, latest),)
     assert seen == [1, 2]
 
 
 def test_a_retry_record_timestamped_in_the_future_is_bounded_by_now() -> None:
     future = _retry_record(0, 1, NOW + 10**9)._replace(timestamp=NOW + 10**9 - 1)
-    plan = plan_batch([future], NOW, lambda r: ORDER, POLICY)
+    plan = plan_batch(runs_of([future]), NOW, lambda r: ORDER, POLICY)
     assert plan.deferred == ()
     assert len(plan.decisions) == 1
 
@@ -223,7 +223,7 @@ def test_absurd_pipeline_headers_never_stall_or_crash() -> None:
         Incoming("orders-retry", p, 1, NOW, b"k", b"v", headers, from_retry_topic=True)
         for p, headers in enumerate(cases)
     ]
-    plan = plan_batch(records, NOW, lambda r: ORDER, POLICY)
+    plan = plan_batch(runs_of(records), NOW, lambda r: ORDER, POLICY)
     assert [type(d).__name__ for d in plan.decisions] == ["Processed"] * len(cases)
     assert plan.deferred == ()
 
@@ -235,7 +235,7 @@ def test_a_record_not_ready_defers_its_partition_only() -> None:
         return ORDER
 
     records = [fresh(offset=1)._replace(partition=0), fresh(offset=2)._replace(partition=0), fresh(offset=5)]
-    plan = plan_batch(records, NOW, process, POLICY)
+    plan = plan_batch(runs_of(records), NOW, process, POLICY)
     assert plan.deferred == (Deferred("orders", 0, 1, NOW + 50),)
     assert plan.commits == {("orders", 0): 1, ("orders", 2): 6}
     assert [d.record.offset for d in plan.decisions] == [5]
@@ -243,7 +243,7 @@ def test_a_record_not_ready_defers_its_partition_only() -> None:
 
 def test_a_record_with_unreadable_headers_is_dead_lettered_without_them() -> None:
     record = fresh()._replace(headers=(), unreadable=UNREADABLE_HEADERS)
-    plan = plan_batch([record], NOW, lambda r: ORDER, POLICY)
+    plan = plan_batch(runs_of([record]), NOW, lambda r: ORDER, POLICY)
     (dead,) = plan.decisions
     assert isinstance(dead, DeadLetter)
     assert dead.reason == "deserialization"
@@ -318,7 +318,7 @@ def test_the_fast_lane_reads_retries_that_are_due_and_never_one_that_is_not() ->
         raise AssertionError(f"the fast lane took {record}")
 
     fast = EveryValueAnOrder()
-    plan = plan_batch([due, waiting], NOW, process, POLICY, fast=fast)
+    plan = plan_batch(runs_of([due, waiting]), NOW, process, POLICY, fast=fast)
     assert fast.offered == [b"due"]
     assert list(plan.decisions) == [Processed(due, ORDER)]
     assert plan.deferred == (Deferred("orders-retry", 0, 11, NOW + 500),)
@@ -336,7 +336,7 @@ def test_a_failure_keeps_no_traceback_so_failed_records_leave_no_cycles_to_the_c
     gc.disable()
     try:
         gc.collect()
-        plan = plan_batch([fresh(offset=i) for i in range(50)], NOW, process, POLICY)
+        plan = plan_batch(runs_of([fresh(offset=i) for i in range(50)]), NOW, process, POLICY)
         assert [d.reason for d in plan.routed if isinstance(d, DeadLetter)] == ["deserialization"] * 50
         error = plan.routed[0].error
         assert error.__traceback__ is None
@@ -347,3 +347,28 @@ def test_a_failure_keeps_no_traceback_so_failed_records_leave_no_cycles_to_the_c
     finally:
         if collecting:
             gc.enable()
+
+
+def test_decisions_the_fast_lane_read_are_made_when_read_and_only_once() -> None:
+    whole = [fresh(offset=i, headers=()) for i in range(3)]
+    made: list[int] = []
+
+    def record(index: int) -> Incoming:
+        made.append(index)
+        return whole[index]
+
+    run = Run(
+        "orders",
+        2,
+        from_retry_topic=False,
+        plain=True,
+        values=[r.value for r in whole],
+        first_offset=0,
+        last_offset=2,
+        record=record,
+    )
+    plan = plan_batch([run], NOW, lambda r: ORDER, POLICY, fast=EveryValueAnOrder())
+    assert made == []
+    assert plan.totals == {("orders", 2): [3, 3 * ORDER.price_cents]}
+    assert list(plan.decisions) == list(plan.decisions) == [Processed(r, ORDER) for r in whole]
+    assert made == [0, 1, 2]
