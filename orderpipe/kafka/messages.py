@@ -1,11 +1,11 @@
 """Consumed messages as plain records for the core: confluent-kafka's `Message` to `Run`s of records.
 
-Every record a consumer reads comes through `incoming_runs`. The common record (no
-headers, on the orders topic) costs five calls and no object of its own: its run keeps
-the message and makes the `Incoming` only if the core asks for it. Header names that
-are not UTF-8 are handled with care here: confluent-kafka would crash the interpreter
-on them (see `_checked_headers`), so such a record comes without headers, marked
-unreadable.
+Every record a consumer reads comes through `incoming_runs`. A record of the orders
+topic costs five calls (and the check of its headers, if it has any) and no object of
+its own: its run keeps the message and makes the `Incoming`, in three more calls, only
+if the core asks for it. Header names that are not UTF-8 are handled with care here:
+confluent-kafka would crash the interpreter on them (see `_checked_headers`), so such
+a record comes without headers, marked unreadable.
 """
 
 from __future__ import annotations
