@@ -7,7 +7,8 @@ days, so a figure is only compared with one measured beside it. BASE (a commit,
 branch or tag) is checked out once with `git worktree` under .cache/bench/; every
 round runs base then head for: the producer (`producer.py --rate 0`, fresh topic),
 and the exactly-once consumer (`consumer.py`, a fresh topic filled beforehand by
-this checkout's producer, untimed); with --latency-s, also the at-least-once consumer's
+this checkout's producer, untimed, with --poison-rate of its records poison, which the
+consumer dead-letters); with --latency-s, also the at-least-once consumer's
 p99 latency while this checkout's producer offers 10,000 orders/s. Prints medians,
 min-max and head/base; it needs a running broker.
 """
@@ -49,9 +50,10 @@ def producer(root: Path, orders: int) -> Run:
     return run([sys.executable, "producer.py", "--rate", "0", "--count", str(orders), "--quiet"], env(prefix), cwd=root)
 
 
-def consumer(root: Path, orders: int) -> Run:
+def consumer(root: Path, orders: int, poison_rate: float = 0.0) -> Run:
     prefix = f"cmp-{uuid.uuid4().hex[:8]}"
-    run([sys.executable, "producer.py", "--rate", "0", "--count", str(orders), "--quiet"], env(prefix))
+    fill = [sys.executable, "producer.py", "--rate", "0", "--count", str(orders), "--quiet"]
+    run([*fill, "--poison-rate", f"{poison_rate:g}"], env(prefix))
     argv = [sys.executable, "consumer.py", "--quiet", "--idle-exit", "2"]
     return run(argv, env(prefix), cwd=root)
 
@@ -86,13 +88,20 @@ def main() -> None:
     parser.add_argument("--orders", type=int, default=1_000_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--latency-s", type=float, default=0, help="length of each latency run (0: none)")
+    parser.add_argument(
+        "--poison-rate", type=float, default=0.0, help="share of the consumer's records that are poison (DLQ'd)"
+    )
     args = parser.parse_args()
     base_root = worktree(args.base)
+
+    def consume(root: Path, orders: int) -> Run:
+        return consumer(root, orders, args.poison_rate)
+
     runs: dict[tuple[str, str], list[Run]] = {}
     p99s: dict[str, list[int]] = {}
     for round_number in range(1, args.rounds + 1):
         print(f"Round {round_number}", flush=True)
-        for name, measure in (("producer", producer), ("consumer, exactly-once", consumer)):
+        for name, measure in (("producer", producer), ("consumer, exactly-once", consume)):
             for label, root in (("base", base_root), ("head", ROOT)):
                 result = measure(root, args.orders)
                 runs.setdefault((name, label), []).append(result)
@@ -102,7 +111,9 @@ def main() -> None:
             p99s.setdefault(label, []).append(p99)
             print(f"  {'p99 at-least-once':<24} {label}  {p99:>10} ms", flush=True)
     command = f"python -m bench.compare {args.base} --orders {args.orders} --rounds {args.rounds}"
-    print(f"\nCommand: {command}" + (f" --latency-s {args.latency_s:g}" if args.latency_s else ""))
+    command += f" --latency-s {args.latency_s:g}" if args.latency_s else ""
+    command += f" --poison-rate {args.poison_rate:g}" if args.poison_rate else ""
+    print(f"\nCommand: {command}")
     print(f"{args.rounds} rounds of {args.orders} orders, base and head taking turns; median (min-max).\n")
     print(f"| figure | base ({args.base}) | head | head / base |")
     print("|---|---|---|---|")

@@ -60,10 +60,18 @@ THROUGHPUT = re.compile(r"Throughput: (\d+) \w+ in ([\d.]+)s")
 RSS_SAMPLE_S = 5.0
 # Enough for each capped consumer to run for several seconds at a quarter of a core.
 SCALE_OUT_ORDERS = 300_000
+SCALE_OUT_ROUNDS = 3
 SCALE_OUT_NOTE = (
     "bench/scale_out.py on the single broker: each consumer in a cgroup of its own, capped at a share of one "
     "core, standing for a machine; 1, 2 and 3 exactly-once consumers in one group on 6 partitions, the "
-    "producer and the broker not capped; an audit after each run checks every order was counted once."
+    "producer and the broker not capped, the group sizes taking turns for 3 rounds; an audit after each run "
+    'checks every order was counted once. "sent in" is the producer\'s time: a group fed by the producer '
+    "read at 90% of its rate or more, and its figure is the producer's."
+)
+REFUSED_NOTE = (
+    "bench/refused.py: the consumer's work per poll of 500 real confluent-kafka messages (made into records "
+    "and decided, no broker), for the records the fast lane refuses and for records with headers, the base "
+    "commit's code beside this checkout's in two processes pinned to one core, taking turns pass by pass."
 )
 PROFILE_NOTE = (
     "py-spy samples each program 250 times a second while it holds the GIL (bench/profile.py): the share of "
@@ -557,7 +565,9 @@ def main() -> None:
     parser.add_argument("--soak-s", type=float, default=300, help="length of the exactly-once latency and memory run")
     parser.add_argument("--write", type=Path, help="also write the report to this file")
     parser.add_argument(
-        "--profile-base", metavar="REF", help="end with py-spy profiles of both programs, REF's beside this checkout's"
+        "--profile-base",
+        metavar="REF",
+        help="end with py-spy profiles of both programs and bench/refused.py, REF's beside this checkout's",
     )
     parser.add_argument(
         "--scale-out-cpu",
@@ -579,13 +589,17 @@ def main() -> None:
     if args.scale_out_cpu:
         print("Scale-out (capped consumers)", flush=True)
         argv = [sys.executable, "-m", "bench.scale_out", "--orders", str(SCALE_OUT_ORDERS), "--cpu"]
-        table = run([*argv, f"{args.scale_out_cpu:g}", "--broker", "single"]).stdout.strip()
+        argv += [f"{args.scale_out_cpu:g}", "--broker", "single", "--rounds", str(SCALE_OUT_ROUNDS)]
+        table = run(argv).stdout.strip()
         report += f"\n## Scale-out\n\n{SCALE_OUT_NOTE}\n\n{table}\n"
     if args.profile_base:
         print("Profiles (py-spy)", flush=True)
         argv = [sys.executable, "-m", "bench.profile", "--orders", str(args.orders), "--base", args.profile_base]
         profiles = run(argv).stdout.split("\nCommand:")[0].strip()
         report += f"\n## Where the time goes\n\n{PROFILE_NOTE}\n\n{profiles}\n"
+        print("Records the fast lane refuses", flush=True)
+        refused = run([sys.executable, "-m", "bench.refused", "--base", args.profile_base]).stdout.strip()
+        report += f"\n## Records the fast lane refuses\n\n{REFUSED_NOTE}\n\n{refused}\n"
     print(report)
     if args.write:
         args.write.write_text(report)
