@@ -58,6 +58,7 @@ THROUGHPUT = re.compile(r"Throughput: (\d+) records in ([\d.]+)s")
 PRODUCER_THROUGHPUT = re.compile(r"Throughput: (\d+) orders in ([\d.]+)s")
 CGROUPS = Path("/sys/fs/cgroup/cpu")
 PERIOD_US = 100_000
+WEIGHT = 100 * 1024  # cpu.shares: a hundred times that of a process outside the groups
 
 
 def _env(bootstrap: str, replication: int, prefix: str) -> dict[str, str]:
@@ -77,6 +78,9 @@ def cpu_cgroup(index: int, share: float) -> Path:
     group.mkdir()
     (group / "cpu.cfs_period_us").write_text(str(PERIOD_US))
     (group / "cpu.cfs_quota_us").write_text(str(int(share * PERIOD_US)))
+    # The quota caps the consumer; the weight makes sure it gets that much while the
+    # producer and the broker keep the cores busy, as a machine of its own would.
+    (group / "cpu.shares").write_text(str(WEIGHT))
     return group
 
 
