@@ -86,23 +86,25 @@ def open_transaction(admin: AdminClient, topics: list[str]) -> bool:
     return ends[IsolationLevel.READ_COMMITTED] != ends[IsolationLevel.READ_UNCOMMITTED]
 
 
-def kill_mid_transaction(process: subprocess.Popen[str], admin: AdminClient, topics: list[str]) -> None:
-    """SIGKILLs the consumer while one of its transactions is open on `topics`.
+def kill_mid_transaction(process: subprocess.Popen[str], admin: AdminClient, topics: list[str]) -> int:
+    """SIGKILLs the consumer while one of its transactions is open on `topics`; returns the tries it took.
 
     The consumer is frozen first (SIGSTOP). A commit it had already sent may still
     complete at the broker, so the transaction must stay open for a moment while the
     process is frozen; then it is certainly left open by the kill.
     """
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 90
+    tries = 0
     while time.monotonic() < deadline:
         wait_for(lambda: open_transaction(admin, topics), 30, "a transaction to be open")
+        tries += 1
         process.send_signal(signal.SIGSTOP)
         if holds_for(lambda: open_transaction(admin, topics), 0.3):
             process.kill()
             process.wait()
-            return
+            return tries
         process.send_signal(signal.SIGCONT)
-    pytest.fail("never caught the consumer with a transaction open")
+    pytest.fail(f"never caught the consumer with a transaction open in {tries} tries")
 
 
 def test_consumer_killed_at_five_random_moments_counts_every_order_exactly_once(pipeline: Pipeline) -> None:
@@ -125,7 +127,7 @@ def test_consumer_killed_at_five_random_moments_counts_every_order_exactly_once(
         # The kill moment: after a random number of further lines (up to about two seconds
         # at the console's 20 lines/s), then the next instant a transaction is open.
         output.wait_for_line("✓ Processed", at_least=output.count("✓ Processed") + moments.randint(1, 40))
-        kill_mid_transaction(output.process, admin, written)
+        tries = kill_mid_transaction(output.process, admin, written)
         assert open_transaction(admin, written)
         restarted = time.monotonic()
         idle_exit = ["--idle-exit", "5"] if kill == 5 else []
@@ -134,7 +136,7 @@ def test_consumer_killed_at_five_random_moments_counts_every_order_exactly_once(
         # transaction the kill left open, instead of waiting for it to time out.
         wait_for(lambda: not open_transaction(admin, written), 30, "the open transaction to be aborted")
         print(
-            f"crash test: kill {kill}: working {working:.1f}s after its start, killed mid-transaction at "
+            f"crash test: kill {kill}: working {working:.1f}s after its start, killed mid-transaction (try {tries}) at "
             f"{restarted - started:.1f}s, its transaction aborted {time.monotonic() - restarted:.1f}s after the restart"
         )
     sent_out, sent_err = producer.communicate(timeout=240)

@@ -103,6 +103,38 @@ def test_a_header_name_that_is_not_utf8_is_dead_lettered_and_the_rest_goes_on(pi
     assert_exact(pipeline)
 
 
+def test_records_with_and_without_headers_taking_turns_are_each_decided_as_they_are(pipeline: Pipeline) -> None:
+    # Readable headers leave a record among its partition's plain ones (one run); an
+    # unreadable header name ends the run; each record is decided as it would be alone.
+    produce_valid_orders(pipeline, 10, seed=45)
+    settings = pipeline.settings
+    producer = producer_of(pipeline)
+
+    def order(key: str) -> bytes:
+        return SCHEMA.encode_single_object(Order(key, "Lamp", 10.0))
+
+    trace: list[tuple[str, str | bytes | None]] = [("trace", b"t")]
+    for key, value, headers in (
+        ("P-1", order("P-1"), None),
+        ("P-2", order("P-2"), trace),
+        ("P-3", b"\x00not an order", trace),
+        ("P-4", order("P-4"), trace),
+    ):
+        producer.produce(settings.orders_topic, key=key.encode(), value=value, partition=0, headers=headers)
+    assert producer.flush(30) == 0
+    produce_raw(settings.bootstrap_servers, settings.orders_topic, 0, (b"H-5", order("H-5"), [(b"\xff", b"v")]))
+    for key, headers in (("P-6", trace), ("P-7", None)):
+        producer.produce(settings.orders_topic, key=key.encode(), value=order(key), partition=0, headers=headers)
+    assert producer.flush(30) == 0
+    final, _ = consume(pipeline)
+    dead = {record.key: record for record in pipeline.read(settings.dlq_topic)}
+    assert set(dead) == {b"P-3", b"H-5"}
+    assert dead[b"P-3"].header("trace") == "t"
+    assert dead[b"H-5"].header("dlq.truncated") == "headers (unreadable)"
+    assert final["processed"] == "15"
+    assert_exact(pipeline)
+
+
 def test_a_record_of_a_megabyte_is_dead_lettered_without_its_value_and_nothing_aborts(pipeline: Pipeline) -> None:
     produce_valid_orders(pipeline, 20, seed=44)
     big = b"\xc3\x01" + random.Random(1).randbytes(1_040_000)
