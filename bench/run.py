@@ -68,6 +68,11 @@ SCALE_OUT_NOTE = (
     'checks every order was counted once. "sent in" is the producer\'s time: a group fed by the producer '
     "read at 90% of its rate or more, and its figure is the producer's."
 )
+WIRE_FORMATS_NOTE = (
+    "bench/wire_formats.py, as the producer's target is set: the binding and producer.py without and with the "
+    "schema registry taking turns on fresh topics, each program's own orders/s (first send to last "
+    "acknowledgement), the best of 2 rounds."
+)
 REFUSED_NOTE = (
     "bench/refused.py: the consumer's work per poll of 500 real confluent-kafka messages (made into records "
     "and decided, no broker), for the records the fast lane refuses and for records with headers, the base "
@@ -586,6 +591,10 @@ def main() -> None:
         bench.latency_run("exactly-once", args.soak_s),
     ]
     report = summarise(bench, latency, command.strip())
+    print("The producer in both wire formats", flush=True)
+    argv = [sys.executable, "-m", "bench.wire_formats", "--orders", str(args.orders), "--rounds", "2"]
+    formats = run(argv).stdout.split("\n\n", 1)[-1].strip()
+    report += f"\n## The producer in both wire formats\n\n{WIRE_FORMATS_NOTE}\n\n{formats}\n"
     if args.scale_out_cpu:
         print("Scale-out (capped consumers)", flush=True)
         argv = [sys.executable, "-m", "bench.scale_out", "--orders", str(SCALE_OUT_ORDERS), "--cpu"]

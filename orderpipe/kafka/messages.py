@@ -56,7 +56,8 @@ def incoming_runs(
     """
     runs: list[Run] = []
     whole: list[Incoming] = []  # records of the run being made, when it is not plain
-    run = _PlainRun("", -1)  # the plain run being made
+    run = _PlainRun("", -1)  # the plain run being made; its key and appends kept as locals below
+    run_topic, run_partition, keep, keep_value = run.topic, run.partition, run.kept.append, run.values.append
     for message in messages:
         error = message.error()
         if error is not None:
@@ -67,21 +68,24 @@ def incoming_runs(
             raw = message.headers()
         except Exception:  # SystemError: a header name that is not UTF-8 (see _checked_headers)
             raw = _UNREADABLE
-        # Checked before any other call: headers() may have left an error pending (see _checked_headers).
-        headers, unreadable = ((), "") if raw is None else _headers_of(raw)
-        if topic != retry_topic and not unreadable:
-            if whole or partition != run.partition or topic != run.topic:
-                _end_run(runs, whole, run)
-                run = _PlainRun(topic, partition)
-            if headers:
-                run.headers[len(run.kept)] = headers
-            run.kept.append(message)
-            run.values.append(message.value())
-            continue
-        if run.kept or (whole and (partition != whole[-1].partition or topic != whole[-1].topic)):
+        headers: Headers = ()
+        if raw is not None or topic == retry_topic:  # not the common record
+            # Checked before any other call: headers() may have left an error pending (see _checked_headers).
+            headers, unreadable = ((), "") if raw is None else _headers_of(raw)
+            if topic == retry_topic or unreadable:
+                if run.kept or (whole and (partition != whole[-1].partition or topic != whole[-1].topic)):
+                    _end_run(runs, whole, run)
+                    run, run_partition = _PlainRun("", -1), -1
+                whole.append(_whole(message, topic, headers, unreadable, retry_topic))
+                continue
+        if whole or partition != run_partition or topic != run_topic:
             _end_run(runs, whole, run)
-            run = _PlainRun("", -1)
-        whole.append(_whole(message, topic, headers, unreadable, retry_topic))
+            run = _PlainRun(topic, partition)
+            run_topic, run_partition, keep, keep_value = topic, partition, run.kept.append, run.values.append
+        if headers:
+            run.headers[len(run.kept)] = headers
+        keep(message)
+        keep_value(message.value())
     _end_run(runs, whole, run)
     return runs
 
@@ -117,7 +121,7 @@ class _PlainRun:
 
 
 def _end_run(runs: list[Run], whole: list[Incoming], run: _PlainRun) -> None:
-    """Adds the run being made, if any: the plain one kept as messages, or the whole records' runs."""
+    """Adds the runs being made, if any: the whole records' (of one partition), then the plain one."""
     if whole:  # of one partition, and none plain
         runs.append(Run.of_whole(whole[:]))
         whole.clear()
