@@ -206,7 +206,6 @@ def main(argv: list[str] | None = None) -> int:
             for label, each in sorted(workers.items(), reverse=bool(number % 2)):
                 times.setdefault((label, kind), []).append(each.time(kind))
             times.setdefault(("bare", kind), []).append(workers["head"].time("bare " + kind))
-        print(f"{kind}: done", file=sys.stderr, flush=True)
     for each in workers.values():
         each.close()
     print(table(args, times))
