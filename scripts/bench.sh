@@ -3,7 +3,7 @@
 # broker (scripts/broker.sh), kcat (the C ceiling, from Debian's packages) and Kafka's
 # Java performance tools from Maven Central (cached under .cache/bench/).
 # Arguments go to bench/run.py, e.g. scripts/bench.sh --write bench/RESULTS.md --profile-base REF
-# --scale-out-cpu 0.25 (the last as root);
+# --scale-out-cpu 0.15 (the last as root);
 # scripts/bench.sh --compare BASE runs bench/compare.py instead (this checkout against BASE);
 # scripts/bench.sh --unknown-ids runs bench/unknown_ids.py (records with random schema ids).
 set -euo pipefail
