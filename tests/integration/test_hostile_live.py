@@ -114,22 +114,24 @@ def test_records_with_and_without_headers_taking_turns_are_each_decided_as_they_
         return SCHEMA.encode_single_object(Order(key, "Lamp", 10.0))
 
     trace: list[tuple[str, str | bytes | None]] = [("trace", b"t")]
+    no_value: list[tuple[str, str | bytes | None]] = [("no-value", None)]  # Kafka allows a header without a value
     for key, value, headers in (
         ("P-1", order("P-1"), None),
         ("P-2", order("P-2"), trace),
-        ("P-3", b"\x00not an order", trace),
+        ("P-3", b"\x00not an order", [*trace, *no_value]),
         ("P-4", order("P-4"), trace),
     ):
         producer.produce(settings.orders_topic, key=key.encode(), value=value, partition=0, headers=headers)
     assert producer.flush(30) == 0
     produce_raw(settings.bootstrap_servers, settings.orders_topic, 0, (b"H-5", order("H-5"), [(b"\xff", b"v")]))
-    for key, headers in (("P-6", trace), ("P-7", None)):
+    for key, headers in (("P-6", no_value), ("P-7", None)):
         producer.produce(settings.orders_topic, key=key.encode(), value=order(key), partition=0, headers=headers)
     assert producer.flush(30) == 0
     final, _ = consume(pipeline)
     dead = {record.key: record for record in pipeline.read(settings.dlq_topic)}
     assert set(dead) == {b"P-3", b"H-5"}
     assert dead[b"P-3"].header("trace") == "t"
+    assert dead[b"P-3"].header("no-value") == ""  # a header without a value is carried as empty
     assert dead[b"H-5"].header("dlq.truncated") == "headers (unreadable)"
     assert final["processed"] == "15"
     assert_exact(pipeline)
