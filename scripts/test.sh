@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sets everything up and runs every check: Python packages, ruff, mypy, the import
 # contract (lint-imports, configured in pyproject.toml), the unit tests
-# (before any broker is started: they need none, and must cover at least 85% of the
+# (before any broker is started: they need none; two workers, one per core; they must cover at least 85% of the
 # package's lines and 80% of each module), then the Kafka broker and the schema
 # registry (scripts/broker.sh) and the integration tests, then the secured broker
 # (scripts/broker.sh secure) and the tests of TLS, SASL, OAuth and ACLs, then the
@@ -23,7 +23,7 @@ if [ $# -gt 0 ]; then
   exec .venv/bin/python -m pytest "$@"
 fi
 mkdir -p .cache
-.venv/bin/python -m pytest tests/unit -m 'not integration and not secured and not cluster' --cov=orderpipe --cov-report=term --cov-report=json:.cache/coverage.json \
+.venv/bin/python -m pytest tests/unit -m 'not integration and not secured and not cluster' -n 2 --cov=orderpipe --cov-report=term --cov-report=json:.cache/coverage.json \
   --cov-fail-under=85
 .venv/bin/python scripts/coverage_floor.py .cache/coverage.json 80
 scripts/broker.sh up

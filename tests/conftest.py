@@ -7,6 +7,7 @@ test, the end of its traceback and of its captured output.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,8 @@ KEEP_CHARS = 4000  # of the traceback, and of each captured stream
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    if not report.failed:
+    # Under pytest-xdist the controller hears of every worker's report again: it writes them.
+    if not report.failed or os.environ.get("PYTEST_XDIST_WORKER"):
         return
     parts = [f"=== {report.nodeid} ({report.when})", report.longreprtext[-KEEP_CHARS:]]
     for name, text in (("stdout", report.capstdout), ("stderr", report.capstderr)):
