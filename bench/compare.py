@@ -9,8 +9,8 @@ round runs base then head for: the producer (`producer.py --rate 0`, fresh topic
 and the exactly-once consumer (`consumer.py`, a fresh topic filled beforehand by
 this checkout's producer, untimed, with --poison-rate of its records poison, which the
 consumer dead-letters); with --latency-s, also the at-least-once consumer's
-p99 latency while this checkout's producer offers 10,000 orders/s. Prints medians,
-min-max and head/base; it needs a running broker.
+p99 latency while this checkout's producer offers 10,000 orders/s (with --only-latency,
+only that). Prints medians, min-max and head/base; it needs a running broker.
 """
 
 from __future__ import annotations
@@ -89,6 +89,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--latency-s", type=float, default=0, help="length of each latency run (0: none)")
     parser.add_argument(
+        "--only-latency", action="store_true", help="only the latency runs (with --latency-s), not the throughput"
+    )
+    parser.add_argument(
         "--poison-rate", type=float, default=0.0, help="share of the consumer's records that are poison (DLQ'd)"
     )
     args = parser.parse_args()
@@ -101,7 +104,7 @@ def main() -> None:
     p99s: dict[str, list[int]] = {}
     for round_number in range(1, args.rounds + 1):
         print(f"Round {round_number}", flush=True)
-        for name, measure in (("producer", producer), ("consumer, exactly-once", consume)):
+        for name, measure in () if args.only_latency else (("producer", producer), ("consumer, exactly-once", consume)):
             for label, root in (("base", base_root), ("head", ROOT)):
                 result = measure(root, args.orders)
                 runs.setdefault((name, label), []).append(result)
@@ -110,18 +113,25 @@ def main() -> None:
             p99 = latency(root, args.latency_s)
             p99s.setdefault(label, []).append(p99)
             print(f"  {'p99 at-least-once':<24} {label}  {p99:>10} ms", flush=True)
-    command = f"python -m bench.compare {args.base} --orders {args.orders} --rounds {args.rounds}"
+    command = f"python -m bench.compare {args.base} --rounds {args.rounds}"
+    command += "" if args.only_latency else f" --orders {args.orders}"
     command += f" --latency-s {args.latency_s:g}" if args.latency_s else ""
+    command += " --only-latency" if args.only_latency else ""
     command += f" --poison-rate {args.poison_rate:g}" if args.poison_rate else ""
     print(f"\nCommand: {command}")
-    print(f"{args.rounds} rounds of {args.orders} orders, base and head taking turns; median (min-max).\n")
+    what = f"{args.latency_s:g} s latency runs" if args.only_latency else f"{args.orders} orders"
+    print(f"{args.rounds} rounds of {what}, base and head taking turns; median (min-max).\n")
     print(f"| figure | base ({args.base}) | head | head / base |")
     print("|---|---|---|---|")
-    for name in ("producer", "consumer, exactly-once"):
+    for name in () if args.only_latency else ("producer", "consumer, exactly-once"):
         print(line(name, runs[(name, "base")], runs[(name, "head")], args.orders))
     if p99s:
         base, head = (statistics.median(p99s[label]) for label in ("base", "head"))
-        print(f"| p99 latency at 10,000/s, at-least-once | {base:g} ms | {head:g} ms | {head / base:.2f} |")
+        spread = {label: f"({min(p99s[label])}-{max(p99s[label])})" for label in ("base", "head")}
+        print(
+            f"| p99 latency at 10,000/s, at-least-once | {base:g} ms {spread['base']} | {head:g} ms {spread['head']} "
+            f"| {head / base:.2f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -78,6 +78,12 @@ REFUSED_NOTE = (
     "and decided, no broker), for the records the fast lane refuses and for records with headers, the base "
     "commit's code beside this checkout's in two processes pinned to one core, taking turns pass by pass."
 )
+LATENCY_NOTE = (
+    "bench/compare.py with --only-latency: the at-least-once consumer's p99 at 10,000 orders/s offered by this "
+    "checkout's producer, the base commit's consumer and this checkout's taking turns, 30 s each. The latency "
+    "target was set against the base's figure on the day it was measured; on this shared machine only a "
+    "figure measured beside it tells whether a change made it worse."
+)
 PROFILE_NOTE = (
     "py-spy samples each program 250 times a second while it holds the GIL (bench/profile.py): the share of "
     "samples with the function on the stack (inclusive) and running it (own), start-up included; the "
@@ -572,7 +578,7 @@ def main() -> None:
     parser.add_argument(
         "--profile-base",
         metavar="REF",
-        help="end with py-spy profiles of both programs and bench/refused.py, REF's beside this checkout's",
+        help="end with py-spy profiles, bench/refused.py and the latency: REF's beside this checkout's",
     )
     parser.add_argument(
         "--scale-out-cpu",
@@ -609,6 +615,10 @@ def main() -> None:
         print("Records the fast lane refuses", flush=True)
         refused = run([sys.executable, "-m", "bench.refused", "--base", args.profile_base]).stdout.strip()
         report += f"\n## Records the fast lane refuses\n\n{REFUSED_NOTE}\n\n{refused}\n"
+        print("Latency beside the base", flush=True)
+        argv = [sys.executable, "-m", "bench.compare", args.profile_base, "--rounds", "3", "--latency-s", "30"]
+        command_line, table = run([*argv, "--only-latency"]).stdout.split("\nCommand: ", 1)[1].split("\n", 1)
+        report += f"\n## Latency beside the base\n\n{LATENCY_NOTE}\n\n{table.strip()}\n\nCommand: {command_line}\n"
     print(report)
     if args.write:
         args.write.write_text(report)
