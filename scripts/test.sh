@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Sets everything up and runs every check: Python packages, ruff, mypy, the import
-# contract (lint-imports, configured in pyproject.toml), the unit tests
-# (before any broker is started: they need none; two workers, one per core; they must cover at least 85% of the
-# package's lines and 80% of each module), then the Kafka broker and the schema
-# registry (scripts/broker.sh) and the integration tests, then the secured broker
+# contract (lint-imports, configured in pyproject.toml), the unit tests on two
+# workers, one per core (before any broker is started: they need none, and must cover
+# at least 85% of the package's lines and 80% of each module), then the Kafka broker
+# and the schema registry (scripts/broker.sh) and the integration tests, then the secured broker
 # (scripts/broker.sh secure) and the tests of TLS, SASL, OAuth and ACLs, then the
 # three-node cluster (scripts/broker.sh cluster) and the broker-failure tests.
 # Extra arguments run pytest with them instead, after the same set-up, e.g.
